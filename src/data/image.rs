@@ -1,0 +1,429 @@
+//! Single PNG images for inference: decode any common PNG, convert it to
+//! the channel count the model expects and resize it to the model's input.
+
+use crate::error::{Error, Result};
+use png::{BitDepth, ColorType, Decoder, Encoder, Transformations};
+use std::fs::File;
+use std::io::{BufReader, BufWriter};
+use std::path::Path;
+
+/// Largest image accepted, in pixels (64 Mpx). Checked from the header so a
+/// forged size cannot make the decoder allocate gigabytes.
+pub const MAX_PNG_PIXELS: u64 = 1 << 26;
+
+/// Loads a PNG as `channels x height x width` bytes (CHW).
+///
+/// Any PNG colour type and bit depth is accepted: palettes and low bit
+/// depths are expanded and 16-bit samples reduced to 8 bits. Colour becomes
+/// grey by luminance (0.299 R + 0.587 G + 0.114 B), grey becomes colour by
+/// replication, and alpha is dropped (not composited: MNIST-style images
+/// are opaque). If the image is not `height x width` it is resized with
+/// bilinear interpolation (pixel centres aligned, as in most image
+/// libraries; no anti-aliasing, so large reductions alias).
+pub fn load_png(path: &Path, channels: usize, height: usize, width: usize) -> Result<Vec<u8>> {
+    if channels != 1 && channels != 3 {
+        return Err(Error::Usage(format!(
+            "load_png {}: can produce 1 or 3 channels, asked for {channels}",
+            path.display()
+        )));
+    }
+    if height == 0 || width == 0 {
+        return Err(Error::Usage(format!(
+            "load_png {}: target size {height}x{width} is empty",
+            path.display()
+        )));
+    }
+    let (src, sw, sh) = decode(path)?;
+    let chw = to_chw(&src.data, src.channels, src.has_alpha, channels);
+    if (sh, sw) == (height, width) {
+        return Ok(chw);
+    }
+    let plane = sh * sw;
+    let mut out = Vec::with_capacity(channels * height * width);
+    for c in 0..channels {
+        resize_bilinear(
+            &chw[c * plane..(c + 1) * plane],
+            sh,
+            sw,
+            height,
+            width,
+            &mut out,
+        );
+    }
+    Ok(out)
+}
+
+/// Writes an 8-bit greyscale PNG of `width x height` row-major bytes.
+pub fn save_png_gray(path: &Path, width: usize, height: usize, data: &[u8]) -> Result<()> {
+    encode(
+        path,
+        width,
+        height,
+        ColorType::Grayscale,
+        BitDepth::Eight,
+        data,
+    )
+}
+
+/// Decoded interleaved 8-bit pixels.
+struct Pixels {
+    data: Vec<u8>,
+    /// Samples per pixel including alpha.
+    channels: usize,
+    has_alpha: bool,
+}
+
+/// Decodes to interleaved 8-bit samples; returns them with width, height.
+fn decode(path: &Path) -> Result<(Pixels, usize, usize)> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let bad = |e: png::DecodingError| match e {
+        png::DecodingError::IoError(io) => Error::io(path, io),
+        other => Error::format(path, format!("not a readable PNG: {other}")),
+    };
+    let mut decoder = Decoder::new(BufReader::new(file));
+    decoder.set_transformations(Transformations::EXPAND | Transformations::STRIP_16);
+    let (w, h) = decoder.read_header_info().map_err(bad)?.size();
+    let pixels = u64::from(w) * u64::from(h);
+    if pixels > MAX_PNG_PIXELS {
+        return Err(Error::Limit(format!(
+            "{}: image is {w}x{h} = {pixels} pixels, over the limit of {MAX_PNG_PIXELS}",
+            path.display()
+        )));
+    }
+    let mut reader = decoder.read_info().map_err(bad)?;
+    let size = reader
+        .output_buffer_size()
+        .ok_or_else(|| Error::format(path, format!("image of {w}x{h} does not fit in memory")))?;
+    let mut data = vec![0u8; size];
+    let info = reader.next_frame(&mut data).map_err(bad)?;
+    if info.bit_depth != BitDepth::Eight {
+        return Err(Error::format(
+            path,
+            format!("decoded to {:?}-bit samples, expected 8", info.bit_depth),
+        ));
+    }
+    let (channels, has_alpha) = match info.color_type {
+        ColorType::Grayscale => (1, false),
+        ColorType::GrayscaleAlpha => (2, true),
+        ColorType::Rgb => (3, false),
+        ColorType::Rgba => (4, true),
+        ColorType::Indexed => {
+            return Err(Error::format(path, "palette image was not expanded"));
+        }
+    };
+    // Rows are packed at 8 bits, so the frame is exactly w*h*channels.
+    let (w, h) = (info.width as usize, info.height as usize);
+    data.truncate(w * h * channels);
+    if data.len() != w * h * channels {
+        return Err(Error::format(
+            path,
+            "decoded frame is shorter than its size",
+        ));
+    }
+    Ok((
+        Pixels {
+            data,
+            channels,
+            has_alpha,
+        },
+        w,
+        h,
+    ))
+}
+
+/// Interleaved pixels of `src_ch` samples (the last being alpha if
+/// `has_alpha`) to `out_ch` planes.
+fn to_chw(src: &[u8], src_ch: usize, has_alpha: bool, out_ch: usize) -> Vec<u8> {
+    let colour = src_ch - usize::from(has_alpha);
+    let n = src.len() / src_ch;
+    let mut out = vec![0u8; n * out_ch];
+    for (i, px) in src.chunks_exact(src_ch).enumerate() {
+        match (colour, out_ch) {
+            (1, _) => {
+                for c in 0..out_ch {
+                    out[c * n + i] = px[0];
+                }
+            }
+            (_, 1) => out[i] = luminance(px[0], px[1], px[2]),
+            _ => {
+                for c in 0..3 {
+                    out[c * n + i] = px[c];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// ITU-R BT.601 luma, the weights MNIST-style greyscale conversions use.
+fn luminance(r: u8, g: u8, b: u8) -> u8 {
+    let y = 0.299 * f32::from(r) + 0.587 * f32::from(g) + 0.114 * f32::from(b);
+    y.round().clamp(0.0, 255.0) as u8
+}
+
+/// Resizes one plane and appends it to `out`. Sample positions use pixel
+/// centres: destination pixel `x` maps to source `(x + 0.5) * sw / dw - 0.5`,
+/// clamped to the edge, which keeps the image centred at any scale.
+fn resize_bilinear(src: &[u8], sh: usize, sw: usize, dh: usize, dw: usize, out: &mut Vec<u8>) {
+    let taps = |d: usize, s: usize| -> Vec<(usize, usize, f32)> {
+        let scale = s as f64 / d as f64;
+        (0..d)
+            .map(|i| {
+                let pos = ((i as f64 + 0.5) * scale - 0.5).clamp(0.0, (s - 1) as f64);
+                let i0 = pos.floor() as usize;
+                let i1 = (i0 + 1).min(s - 1);
+                (i0, i1, (pos - i0 as f64) as f32)
+            })
+            .collect()
+    };
+    let ys = taps(dh, sh);
+    let xs = taps(dw, sw);
+    for &(y0, y1, fy) in &ys {
+        let r0 = &src[y0 * sw..(y0 + 1) * sw];
+        let r1 = &src[y1 * sw..(y1 + 1) * sw];
+        for &(x0, x1, fx) in &xs {
+            let top = f32::from(r0[x0]) * (1.0 - fx) + f32::from(r0[x1]) * fx;
+            let bot = f32::from(r1[x0]) * (1.0 - fx) + f32::from(r1[x1]) * fx;
+            let v = top * (1.0 - fy) + bot * fy;
+            out.push(v.round().clamp(0.0, 255.0) as u8);
+        }
+    }
+}
+
+/// Writes a PNG of the given colour type at 8 or 16 bits; `data` is
+/// interleaved rows, with 16-bit samples big-endian as PNG stores them.
+fn encode(
+    path: &Path,
+    width: usize,
+    height: usize,
+    color: ColorType,
+    depth: BitDepth,
+    data: &[u8],
+) -> Result<()> {
+    let samples = match color {
+        ColorType::Grayscale | ColorType::Indexed => 1,
+        ColorType::GrayscaleAlpha => 2,
+        ColorType::Rgb => 3,
+        ColorType::Rgba => 4,
+    };
+    let bytes_per_sample = match depth {
+        BitDepth::Eight => 1,
+        BitDepth::Sixteen => 2,
+        other => {
+            return Err(Error::Usage(format!(
+                "save png {}: only 8 and 16-bit output is supported, not {other:?}",
+                path.display()
+            )))
+        }
+    };
+    let expected = width
+        .checked_mul(height)
+        .and_then(|v| v.checked_mul(samples * bytes_per_sample));
+    if expected != Some(data.len()) {
+        return Err(Error::Usage(format!(
+            "save png {}: {width}x{height} image needs {} bytes, got {}",
+            path.display(),
+            expected.map_or_else(|| "too many".to_string(), |n| n.to_string()),
+            data.len()
+        )));
+    }
+    let (Ok(w), Ok(h)) = (u32::try_from(width), u32::try_from(height)) else {
+        return Err(Error::Usage(format!(
+            "save png {}: {width}x{height} is too large for PNG",
+            path.display()
+        )));
+    };
+    let bad = |e: png::EncodingError| match e {
+        png::EncodingError::IoError(io) => Error::io(path, io),
+        other => Error::format(path, format!("cannot encode PNG: {other}")),
+    };
+    let file = File::create(path).map_err(|e| Error::io(path, e))?;
+    let mut encoder = Encoder::new(BufWriter::new(file), w, h);
+    encoder.set_color(color);
+    encoder.set_depth(depth);
+    let mut writer = encoder.write_header().map_err(bad)?;
+    writer.write_image_data(data).map_err(bad)?;
+    writer.finish().map_err(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_chacha::rand_core::{RngCore, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+        let mut v = vec![0u8; n];
+        ChaCha8Rng::seed_from_u64(seed).fill_bytes(&mut v);
+        v
+    }
+
+    #[test]
+    fn gray_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("g.png");
+        let img = random_bytes(7 * 5, 1);
+        save_png_gray(&p, 7, 5, &img).unwrap();
+        assert_eq!(load_png(&p, 1, 5, 7).unwrap(), img);
+        // Grey to RGB replicates the plane.
+        let rgb = load_png(&p, 3, 5, 7).unwrap();
+        assert_eq!(rgb, [img.clone(), img.clone(), img].concat());
+    }
+
+    #[test]
+    fn colour_types_and_depths() {
+        let dir = tempfile::tempdir().unwrap();
+        let (w, h) = (6, 4);
+        let n = w * h;
+        let rgb = random_bytes(n * 3, 2);
+        let alpha = random_bytes(n, 3);
+        let planes = |px: &[u8], stride: usize| -> Vec<u8> {
+            (0..3)
+                .flat_map(|c| (0..n).map(move |i| (c, i)))
+                .map(|(c, i)| px[i * stride + c])
+                .collect()
+        };
+
+        // RGB 8-bit: exact planes; grey by luminance.
+        let p = dir.path().join("rgb.png");
+        encode(&p, w, h, ColorType::Rgb, BitDepth::Eight, &rgb).unwrap();
+        assert_eq!(load_png(&p, 3, h, w).unwrap(), planes(&rgb, 3));
+        let grey = load_png(&p, 1, h, w).unwrap();
+        for i in 0..n {
+            let want = luminance(rgb[3 * i], rgb[3 * i + 1], rgb[3 * i + 2]);
+            assert_eq!(grey[i], want);
+        }
+
+        // RGBA: alpha dropped.
+        let rgba: Vec<u8> = (0..n)
+            .flat_map(|i| [rgb[3 * i], rgb[3 * i + 1], rgb[3 * i + 2], alpha[i]])
+            .collect();
+        let p = dir.path().join("rgba.png");
+        encode(&p, w, h, ColorType::Rgba, BitDepth::Eight, &rgba).unwrap();
+        assert_eq!(load_png(&p, 3, h, w).unwrap(), planes(&rgb, 3));
+
+        // Grey + alpha.
+        let ga: Vec<u8> = (0..n).flat_map(|i| [rgb[i], alpha[i]]).collect();
+        let p = dir.path().join("ga.png");
+        encode(&p, w, h, ColorType::GrayscaleAlpha, BitDepth::Eight, &ga).unwrap();
+        assert_eq!(load_png(&p, 1, h, w).unwrap(), rgb[..n].to_vec());
+
+        // 16-bit RGB: the high byte survives.
+        let rgb16: Vec<u8> = rgb.iter().flat_map(|&v| [v, 0x7f]).collect();
+        let p = dir.path().join("rgb16.png");
+        encode(&p, w, h, ColorType::Rgb, BitDepth::Sixteen, &rgb16).unwrap();
+        assert_eq!(load_png(&p, 3, h, w).unwrap(), planes(&rgb, 3));
+
+        // 16-bit grey.
+        let g16: Vec<u8> = rgb[..n].iter().flat_map(|&v| [v, 0xff]).collect();
+        let p = dir.path().join("g16.png");
+        encode(&p, w, h, ColorType::Grayscale, BitDepth::Sixteen, &g16).unwrap();
+        assert_eq!(load_png(&p, 1, h, w).unwrap(), rgb[..n].to_vec());
+
+        // 1-bit grey expands to 0 / 255.
+        let bits = vec![0b1010_0000u8; h]; // one byte per 6-pixel row
+        let p = dir.path().join("g1.png");
+        let mut enc = Encoder::new(
+            BufWriter::new(File::create(&p).unwrap()),
+            w as u32,
+            h as u32,
+        );
+        enc.set_color(ColorType::Grayscale);
+        enc.set_depth(BitDepth::One);
+        let mut wr = enc.write_header().unwrap();
+        wr.write_image_data(&bits).unwrap();
+        wr.finish().unwrap();
+        let g = load_png(&p, 1, h, w).unwrap();
+        assert_eq!(&g[..6], &[255, 0, 255, 0, 0, 0]);
+    }
+
+    #[test]
+    fn resize_bilinear_behaves() {
+        let dir = tempfile::tempdir().unwrap();
+        // A constant image stays constant at any size.
+        let p = dir.path().join("flat.png");
+        save_png_gray(&p, 9, 13, &[77; 9 * 13]).unwrap();
+        let out = load_png(&p, 1, 28, 28).unwrap();
+        assert_eq!(out.len(), 28 * 28);
+        assert!(out.iter().all(|&v| v == 77));
+        // A horizontal ramp upsampled 2x: interior samples interpolate.
+        let p = dir.path().join("ramp.png");
+        save_png_gray(&p, 3, 1, &[0, 100, 200]).unwrap();
+        let out = load_png(&p, 1, 1, 6).unwrap();
+        assert_eq!(out, vec![0, 25, 75, 125, 175, 200]);
+        // Downsampling 2x averages pairs.
+        let p = dir.path().join("pairs.png");
+        save_png_gray(&p, 4, 2, &[0, 100, 50, 150, 0, 100, 50, 150]).unwrap();
+        assert_eq!(load_png(&p, 1, 1, 2).unwrap(), vec![50, 100]);
+        // Random image, random target: output shape and value range.
+        let p = dir.path().join("rnd.png");
+        let img = random_bytes(3 * 40 * 30, 9);
+        encode(&p, 40, 30, ColorType::Rgb, BitDepth::Eight, &img).unwrap();
+        assert_eq!(load_png(&p, 3, 32, 32).unwrap().len(), 3 * 32 * 32);
+    }
+
+    #[test]
+    fn errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.png");
+        let e = load_png(&missing, 1, 28, 28).unwrap_err().to_string();
+        assert!(e.contains("missing.png"), "{e}");
+
+        let junk = dir.path().join("junk.png");
+        std::fs::write(&junk, b"definitely not a png").unwrap();
+        let e = load_png(&junk, 1, 28, 28).unwrap_err().to_string();
+        assert!(e.contains("junk.png") && e.contains("PNG"), "{e}");
+
+        let p = dir.path().join("ok.png");
+        save_png_gray(&p, 2, 2, &[1, 2, 3, 4]).unwrap();
+        let e = load_png(&p, 2, 28, 28).unwrap_err().to_string();
+        assert!(e.contains("ok.png") && e.contains("1 or 3"), "{e}");
+        let e = save_png_gray(&p, 3, 3, &[0; 4]).unwrap_err().to_string();
+        assert!(e.contains("needs 9 bytes, got 4"), "{e}");
+
+        // Truncated PNG: header fine, data cut.
+        let bytes = std::fs::read(&p).unwrap();
+        let cut = dir.path().join("cut.png");
+        std::fs::write(&cut, &bytes[..bytes.len() - 20]).unwrap();
+        let e = load_png(&cut, 1, 2, 2).unwrap_err().to_string();
+        assert!(e.contains("cut.png"), "{e}");
+    }
+
+    #[test]
+    fn huge_header_rejected_before_decoding() {
+        // A valid PNG header declaring 100000 x 100000 pixels and no data.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("huge.png");
+        let mut ihdr = Vec::new();
+        ihdr.extend_from_slice(&100_000u32.to_be_bytes());
+        ihdr.extend_from_slice(&100_000u32.to_be_bytes());
+        ihdr.extend_from_slice(&[8, 0, 0, 0, 0]); // 8-bit grey, no interlace
+        let mut chunk = b"IHDR".to_vec();
+        chunk.extend_from_slice(&ihdr);
+        let crc = crc32(&chunk);
+        let mut file = b"\x89PNG\r\n\x1a\n".to_vec();
+        file.extend_from_slice(&13u32.to_be_bytes());
+        file.extend_from_slice(&chunk);
+        file.extend_from_slice(&crc.to_be_bytes());
+        std::fs::write(&p, file).unwrap();
+        let e = load_png(&p, 1, 28, 28).unwrap_err().to_string();
+        assert!(e.contains("huge.png") && e.contains("100000x100000"), "{e}");
+        assert!(e.contains("over the limit"), "{e}");
+    }
+
+    /// CRC-32 (IEEE) for hand-built PNG chunks.
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = 0xffff_ffffu32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xedb8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+}

@@ -1,0 +1,75 @@
+//! One typed error for the whole library. Every variant names what failed
+//! (the op, the shapes, the file or the tensor) so the CLI can print one
+//! clear line and exit non-zero.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An op was given inputs whose shapes do not fit its rule.
+    #[error("shape mismatch in {op}: {detail}")]
+    Shape { op: String, detail: String },
+
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A file was read but its contents are not what the format says.
+    #[error("{path}: {detail}")]
+    Format { path: PathBuf, detail: String },
+
+    /// A weights file does not fit the model (missing tensor, wrong shape, dtype).
+    #[error("weights {path}: tensor '{tensor}': {detail}")]
+    Weights {
+        path: PathBuf,
+        tensor: String,
+        detail: String,
+    },
+
+    /// A model spec (preset or TOML) is invalid.
+    #[error("model spec: {0}")]
+    Model(String),
+
+    /// A size computation overflowed or exceeds a limit.
+    #[error("resource limit: {0}")]
+    Limit(String),
+
+    /// A backend failed to initialise or to run.
+    #[error("device {device}: {detail}")]
+    Device { device: String, detail: String },
+
+    /// Training diverged.
+    #[error("non-finite value at step {step}: {detail}")]
+    NonFinite { step: u64, detail: String },
+
+    /// A caller used the API wrongly (wrong input shape, unknown name).
+    #[error("{0}")]
+    Usage(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+    pub fn format(path: impl Into<PathBuf>, detail: impl Into<String>) -> Self {
+        Error::Format {
+            path: path.into(),
+            detail: detail.into(),
+        }
+    }
+    pub fn shape(op: impl Into<String>, detail: impl Into<String>) -> Self {
+        Error::Shape {
+            op: op.into(),
+            detail: detail.into(),
+        }
+    }
+}

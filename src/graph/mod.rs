@@ -1,0 +1,10 @@
+//! The graph layer: IR, autodiff, lowering to a planned program.
+
+pub mod autodiff;
+pub mod exec;
+pub mod ir;
+pub mod plan;
+
+pub use exec::Session;
+pub use ir::{Graph, NodeId, Role, ScalarId, ValueId};
+pub use plan::{compile, Binding, Launch, Module, Program, Slot};

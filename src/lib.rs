@@ -1,0 +1,22 @@
+//! gpurt: a compact runtime that compiles a whole training step once and
+//! replays it on the CPU (and, as they land, wgpu and CUDA backends).
+//!
+//! Data flows one way: model spec -> [`graph::Graph`] -> autodiff and
+//! optimiser nodes -> [`graph::plan`] (schedule + arena) -> a
+//! [`backend::Backend`] -> [`graph::Session`] that replays it.
+
+pub mod backend;
+pub mod data;
+pub mod error;
+pub mod graph;
+pub mod metrics;
+pub mod model;
+pub mod nn;
+pub mod ops;
+pub mod optim;
+pub mod plot;
+pub mod tensor;
+pub mod weights;
+
+pub use error::{Error, Result};
+pub use tensor::{DType, Shape, Tensor};

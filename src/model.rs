@@ -1,0 +1,281 @@
+//! A classifier: a model spec compiled into one module holding a training
+//! step program and an inference program over the same parameters.
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::graph::exec::Session;
+use crate::graph::ir::{Graph, Role};
+use crate::graph::plan;
+use crate::nn::init::init_params;
+use crate::nn::spec::{Init, ModelSpec, ParamDecl};
+use crate::optim::{self, OptimConfig};
+use crate::tensor::{DType, Shape, Tensor};
+use crate::weights;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// What to compile.
+#[derive(Clone, Debug)]
+pub struct ClassifierConfig {
+    pub spec: ModelSpec,
+    /// `[c, h, w]` of one example.
+    pub input: Vec<usize>,
+    pub classes: usize,
+    /// Batch of the training program; None builds inference only.
+    pub train_batch: Option<usize>,
+    pub infer_batch: usize,
+    pub optim: OptimConfig,
+    pub seed: u64,
+}
+
+pub struct Classifier {
+    pub config: ClassifierConfig,
+    session: Session,
+    decls: Vec<ParamDecl>,
+    train: Option<usize>,
+    infer: usize,
+    /// Optimiser steps taken so far.
+    pub step: u64,
+}
+
+pub const TRAIN: &str = "train";
+pub const INFER: &str = "infer";
+
+impl Classifier {
+    pub fn new(config: ClassifierConfig, backend: &dyn Backend) -> Result<Self> {
+        let decls = config.spec.declare(&config.input)?;
+        let mut graphs = Vec::new();
+        let train_graph = match config.train_batch {
+            Some(b) => Some(Self::train_graph(&config, b)?),
+            None => None,
+        };
+        let infer_graph = Self::infer_graph(&config, config.infer_batch)?;
+        if let Some(g) = &train_graph {
+            graphs.push((TRAIN, g));
+        }
+        graphs.push((INFER, &infer_graph));
+        let module = plan::compile(&graphs)?;
+        let mut session = Session::new(backend, module)?;
+        for (name, t) in init_params(&decls, config.seed) {
+            session.write_persistent(&name, &t.data)?;
+        }
+        let train = config
+            .train_batch
+            .map(|_| session.program(TRAIN))
+            .transpose()?;
+        let infer = session.program(INFER)?;
+        Ok(Classifier {
+            config,
+            session,
+            decls,
+            train,
+            infer,
+            step: 0,
+        })
+    }
+
+    fn input_shape(c: &ClassifierConfig, batch: usize) -> Shape {
+        let mut s = vec![batch];
+        s.extend_from_slice(&c.input);
+        Shape(s)
+    }
+
+    /// Forward, cross-entropy, backward and the optimiser update as one graph.
+    pub fn train_graph(c: &ClassifierConfig, batch: usize) -> Result<Graph> {
+        let mut g = Graph::new(true);
+        let x = g.input("x", Self::input_shape(c, batch), DType::F32)?;
+        let y = g.input("y", [batch], DType::U32)?;
+        let logits = c.spec.build(&mut g, x)?;
+        Self::check_classes(&g, logits, c.classes)?;
+        let loss = g.cross_entropy(logits, y)?;
+        optim::append_update(&mut g, loss, &c.optim)?;
+        g.set_output("loss", loss);
+        g.set_output("logits", logits);
+        Ok(g)
+    }
+
+    pub fn infer_graph(c: &ClassifierConfig, batch: usize) -> Result<Graph> {
+        let mut g = Graph::new(false);
+        let x = g.input("x", Self::input_shape(c, batch), DType::F32)?;
+        let logits = c.spec.build(&mut g, x)?;
+        Self::check_classes(&g, logits, c.classes)?;
+        g.set_output("logits", logits);
+        Ok(g)
+    }
+
+    fn check_classes(g: &Graph, logits: crate::graph::ValueId, classes: usize) -> Result<()> {
+        let s = g.shape(logits);
+        if s.0[1] != classes {
+            return Err(Error::Model(format!(
+                "the model outputs {} values per example but the data has {classes} classes",
+                s.0[1]
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+    pub fn session_mut(&mut self) -> &mut Session {
+        &mut self.session
+    }
+    pub fn device(&self) -> &str {
+        self.session.device()
+    }
+
+    /// One optimiser step on a full batch. Returns the mean loss; the batch's
+    /// logits can then be read with [`Classifier::train_logits`].
+    pub fn train_step(&mut self, x: &[f32], y: &[u32], lr: f32) -> Result<f32> {
+        let p = self
+            .train
+            .ok_or_else(|| Error::Usage("this classifier was built for inference only".into()))?;
+        if let Some((i, &l)) = y
+            .iter()
+            .enumerate()
+            .find(|(_, &l)| l as usize >= self.config.classes)
+        {
+            return Err(Error::Usage(format!(
+                "label {l} at batch row {i} is outside 0..{}",
+                self.config.classes
+            )));
+        }
+        self.session.write_input(p, "x", x)?;
+        self.session.write_input_u32(p, "y", y)?;
+        self.session.set_scalar("lr", lr);
+        self.session.set_scalar("step", (self.step + 1) as f32);
+        self.session.run(p)?;
+        let mut loss = [0.0f32];
+        self.session.read_output(p, "loss", &mut loss)?;
+        self.step += 1;
+        Ok(loss[0])
+    }
+
+    pub fn train_logits(&mut self, out: &mut [f32]) -> Result<()> {
+        let p = self
+            .train
+            .ok_or_else(|| Error::Usage("no training program".into()))?;
+        self.session.read_output(p, "logits", out)
+    }
+
+    /// Logits `[infer_batch, classes]` for a full inference batch.
+    pub fn infer(&mut self, x: &[f32], out: &mut [f32]) -> Result<()> {
+        self.session.write_input(self.infer, "x", x)?;
+        self.session.run(self.infer)?;
+        self.session.read_output(self.infer, "logits", out)
+    }
+
+    /// Parameters and running statistics: what a weights file holds.
+    pub fn model_tensors(&mut self) -> Result<Vec<(String, Tensor)>> {
+        let names: Vec<String> = self.decls.iter().map(|d| d.name.clone()).collect();
+        names
+            .into_iter()
+            .map(|n| Ok((n.clone(), self.session.read_persistent(&n)?)))
+            .collect()
+    }
+
+    /// Optimiser state tensors (not model weights).
+    pub fn optim_tensors(&mut self) -> Result<Vec<(String, Tensor)>> {
+        let names: Vec<String> = self
+            .session
+            .module()
+            .persistent
+            .iter()
+            .filter(|b| b.name.starts_with("optim."))
+            .map(|b| b.name.clone())
+            .collect();
+        names
+            .into_iter()
+            .map(|n| Ok((n.clone(), self.session.read_persistent(&n)?)))
+            .collect()
+    }
+
+    pub fn save_weights(&mut self, path: &Path, dtype: DType) -> Result<()> {
+        let tensors = self.model_tensors()?;
+        let refs: Vec<(String, &Tensor)> = tensors.iter().map(|(n, t)| (n.clone(), t)).collect();
+        let meta = HashMap::from([
+            ("format".to_string(), "pt".to_string()),
+            ("gpurt.model".to_string(), self.config.spec.name.clone()),
+        ]);
+        weights::save(path, &refs, dtype, Some(meta))
+    }
+
+    /// Load weights saved by gpurt or PyTorch (`state_dict` names). Every
+    /// declared tensor must be present with its shape; nothing is written
+    /// to the device unless all of them are.
+    pub fn load_weights(&mut self, path: &Path) -> Result<()> {
+        let mut lw = weights::load(path)?;
+        let mut loaded = Vec::new();
+        for d in &self.decls {
+            loaded.push((d.name.clone(), lw.take(&d.name, &d.shape)?));
+        }
+        // PyTorch's batch-norm counter has no role here.
+        lw.tensors
+            .retain(|k, _| !k.ends_with(".num_batches_tracked"));
+        lw.check_no_extra()?;
+        for (n, t) in loaded {
+            self.session.write_persistent(&n, &t.data)?;
+        }
+        Ok(())
+    }
+
+    pub fn save_optim(&mut self, path: &Path) -> Result<()> {
+        let tensors = self.optim_tensors()?;
+        let refs: Vec<(String, &Tensor)> = tensors.iter().map(|(n, t)| (n.clone(), t)).collect();
+        let meta = HashMap::from([
+            ("format".to_string(), "gpurt-optim-v1".to_string()),
+            ("step".to_string(), self.step.to_string()),
+        ]);
+        weights::save(path, &refs, DType::F32, Some(meta))
+    }
+
+    pub fn load_optim(&mut self, path: &Path) -> Result<()> {
+        let mut lw = weights::load(path)?;
+        let step: u64 = lw
+            .metadata
+            .get("step")
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| Error::format(path, "optimiser state has no 'step' in its metadata"))?;
+        let bindings: Vec<(String, Shape)> = self
+            .session
+            .module()
+            .persistent
+            .iter()
+            .filter(|b| b.name.starts_with("optim."))
+            .map(|b| (b.name.clone(), b.shape.clone()))
+            .collect();
+        let mut loaded = Vec::new();
+        for (n, s) in &bindings {
+            loaded.push((n.clone(), lw.take(n, s)?));
+        }
+        lw.check_no_extra()?;
+        for (n, t) in loaded {
+            self.session.write_persistent(&n, &t.data)?;
+        }
+        self.step = step;
+        Ok(())
+    }
+
+    /// Number of trainable parameters.
+    pub fn num_params(&self) -> usize {
+        self.decls
+            .iter()
+            .filter(|d| !d.name.ends_with("running_mean") && !d.name.ends_with("running_var"))
+            .map(|d| d.shape.numel())
+            .sum()
+    }
+
+    pub fn decls(&self) -> &[ParamDecl] {
+        &self.decls
+    }
+}
+
+/// Whether a graph value is a parameter (for reporting).
+pub fn is_param(role: &Role) -> bool {
+    matches!(role, Role::Param(_))
+}
+
+#[allow(dead_code)]
+fn _init_is_used(i: Init) -> Init {
+    i
+}

@@ -1,0 +1,408 @@
+//! The model spec: layers, presets, TOML parsing, and building into a graph.
+
+use crate::error::{Error, Result};
+use crate::graph::ir::{Graph, ValueId};
+use crate::ops::batchnorm::BatchNormParams;
+use crate::ops::{Activation, ConvParams, PoolParams};
+use crate::tensor::Shape;
+use serde::Deserialize;
+use std::path::Path;
+
+/// One layer. Parameter-free layers adapt to whatever shape arrives.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Layer {
+    Conv2d {
+        filters: usize,
+        kernel: usize,
+        #[serde(default = "one")]
+        stride: usize,
+        #[serde(default)]
+        padding: usize,
+        #[serde(default = "one")]
+        dilation: usize,
+        #[serde(default = "yes")]
+        bias: bool,
+    },
+    MaxPool2d {
+        #[serde(default = "two")]
+        kernel: usize,
+        stride: Option<usize>,
+    },
+    AvgPool2d {
+        #[serde(default = "two")]
+        kernel: usize,
+        stride: Option<usize>,
+    },
+    GlobalAvgPool,
+    Flatten,
+    Dense {
+        units: usize,
+        #[serde(default = "yes")]
+        bias: bool,
+    },
+    Relu,
+    Gelu,
+    Sigmoid,
+    Tanh,
+    Dropout {
+        rate: f32,
+    },
+    BatchNorm2d {
+        #[serde(default = "bn_eps")]
+        eps: f32,
+        #[serde(default = "bn_momentum")]
+        momentum: f32,
+    },
+}
+
+fn one() -> usize {
+    1
+}
+fn two() -> usize {
+    2
+}
+fn yes() -> bool {
+    true
+}
+fn bn_eps() -> f32 {
+    1e-5
+}
+fn bn_momentum() -> f32 {
+    0.1
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    #[serde(default = "default_name")]
+    pub name: String,
+    #[serde(rename = "layer")]
+    pub layers: Vec<Layer>,
+}
+
+fn default_name() -> String {
+    "custom".into()
+}
+
+/// How a parameter is initialised (PyTorch's defaults).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Init {
+    /// U(-1/√fan_in, 1/√fan_in): PyTorch's default for conv/linear
+    /// weights (kaiming-uniform with a=√5) and biases.
+    FanIn(usize),
+    Ones,
+    Zeros,
+}
+
+/// A declared parameter or state tensor with its initialiser.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamDecl {
+    pub name: String,
+    pub shape: Shape,
+    pub init: Init,
+}
+
+impl ModelSpec {
+    /// The seed CNN: conv32-pool-conv64-pool-conv64-dense64-dense10, ReLU,
+    /// no padding. Adapts to 28×28×1 or 32×32×3 (or any input that fits).
+    pub fn cnn(classes: usize) -> Self {
+        use Layer::*;
+        let conv = |f| Conv2d {
+            filters: f,
+            kernel: 3,
+            stride: 1,
+            padding: 0,
+            dilation: 1,
+            bias: true,
+        };
+        let pool = || MaxPool2d {
+            kernel: 2,
+            stride: None,
+        };
+        ModelSpec {
+            name: "cnn".into(),
+            layers: vec![
+                conv(32),
+                Relu,
+                pool(),
+                conv(64),
+                Relu,
+                pool(),
+                conv(64),
+                Relu,
+                Flatten,
+                Dense {
+                    units: 64,
+                    bias: true,
+                },
+                Relu,
+                Dense {
+                    units: classes,
+                    bias: true,
+                },
+            ],
+        }
+    }
+
+    /// A two-hidden-layer MLP classifier.
+    pub fn mlp(classes: usize) -> Self {
+        use Layer::*;
+        ModelSpec {
+            name: "mlp".into(),
+            layers: vec![
+                Flatten,
+                Dense {
+                    units: 256,
+                    bias: true,
+                },
+                Relu,
+                Dense {
+                    units: 128,
+                    bias: true,
+                },
+                Relu,
+                Dense {
+                    units: classes,
+                    bias: true,
+                },
+            ],
+        }
+    }
+
+    pub fn preset(name: &str, classes: usize) -> Option<Self> {
+        match name {
+            "cnn" => Some(Self::cnn(classes)),
+            "mlp" => Some(Self::mlp(classes)),
+            _ => None,
+        }
+    }
+
+    /// A preset name, or a path to a TOML spec.
+    pub fn resolve(model: &str, classes: usize) -> Result<Self> {
+        if let Some(s) = Self::preset(model, classes) {
+            return Ok(s);
+        }
+        let p = Path::new(model);
+        if p.extension().is_some_and(|e| e == "toml") || p.exists() {
+            return Self::from_toml_file(p);
+        }
+        Err(Error::Model(format!(
+            "unknown model '{model}' (expected cnn, mlp or a path to a .toml spec)"
+        )))
+    }
+
+    pub fn from_toml_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_toml(&text).map_err(|e| match e {
+            Error::Model(m) => Error::Model(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self> {
+        if text.len() > 1 << 20 {
+            return Err(Error::Limit("model spec is larger than 1 MiB".into()));
+        }
+        let spec: ModelSpec =
+            toml::from_str(text).map_err(|e| Error::Model(e.message().trim().to_string()))?;
+        if spec.layers.is_empty() {
+            return Err(Error::Model("the model has no layers".into()));
+        }
+        Ok(spec)
+    }
+
+    /// Parameters and state this spec declares for an input `[c, h, w]`,
+    /// with shapes checked layer by layer. This is the shape rule of the
+    /// whole model, run without building a graph.
+    pub fn declare(&self, input: &[usize]) -> Result<Vec<ParamDecl>> {
+        let mut g = Graph::new(false);
+        let mut shape = vec![1];
+        shape.extend_from_slice(input);
+        let x = g.input("x", shape, crate::DType::F32)?;
+        let mut decls = Vec::new();
+        self.build_inner(&mut g, x, Some(&mut decls))?;
+        Ok(decls)
+    }
+
+    /// Build the forward pass on `x [n, c, h, w]`; returns the logits.
+    pub fn build(&self, g: &mut Graph, x: ValueId) -> Result<ValueId> {
+        self.build_inner(g, x, None)
+    }
+
+    fn build_inner(
+        &self,
+        g: &mut Graph,
+        x: ValueId,
+        mut decls: Option<&mut Vec<ParamDecl>>,
+    ) -> Result<ValueId> {
+        let (mut n_conv, mut n_fc, mut n_bn, mut n_drop) = (0, 0, 0, 0);
+        let mut h = x;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let at = |e: Error| match e {
+                Error::Shape { op, detail } => {
+                    Error::Model(format!("layer {} ({op}): {detail}", i + 1))
+                }
+                other => other,
+            };
+            let mut declare = |g: &mut Graph,
+                               name: String,
+                               shape: Vec<usize>,
+                               init: Init,
+                               state: bool|
+             -> Result<ValueId> {
+                if let Some(d) = decls.as_deref_mut() {
+                    d.push(ParamDecl {
+                        name: name.clone(),
+                        shape: Shape(shape.clone()),
+                        init,
+                    });
+                }
+                if state {
+                    g.state(&name, shape)
+                } else {
+                    g.param(&name, shape)
+                }
+            };
+            let s = g.shape(h).clone();
+            h = match layer {
+                Layer::Conv2d {
+                    filters,
+                    kernel,
+                    stride,
+                    padding,
+                    dilation,
+                    bias,
+                } => {
+                    if s.rank() != 4 {
+                        return Err(Error::Model(format!(
+                            "layer {} (conv2d) needs an image [N,C,H,W], got {s}",
+                            i + 1
+                        )));
+                    }
+                    n_conv += 1;
+                    let fan_in = s.0[1] * kernel * kernel;
+                    let w = declare(
+                        g,
+                        format!("conv{n_conv}.weight"),
+                        vec![*filters, s.0[1], *kernel, *kernel],
+                        Init::FanIn(fan_in),
+                        false,
+                    )?;
+                    let b = if *bias {
+                        Some(declare(
+                            g,
+                            format!("conv{n_conv}.bias"),
+                            vec![*filters],
+                            Init::FanIn(fan_in),
+                            false,
+                        )?)
+                    } else {
+                        None
+                    };
+                    let p = ConvParams {
+                        stride: (*stride, *stride),
+                        pad: (*padding, *padding),
+                        dilation: (*dilation, *dilation),
+                    };
+                    g.conv2d(h, w, b, p).map_err(at)?
+                }
+                Layer::MaxPool2d { kernel, stride } => {
+                    let p = PoolParams {
+                        kernel: (*kernel, *kernel),
+                        stride: (stride.unwrap_or(*kernel), stride.unwrap_or(*kernel)),
+                        pad: (0, 0),
+                    };
+                    g.max_pool2d(h, p).map_err(at)?
+                }
+                Layer::AvgPool2d { kernel, stride } => {
+                    let p = PoolParams {
+                        kernel: (*kernel, *kernel),
+                        stride: (stride.unwrap_or(*kernel), stride.unwrap_or(*kernel)),
+                        pad: (0, 0),
+                    };
+                    g.avg_pool2d(h, p).map_err(at)?
+                }
+                Layer::GlobalAvgPool => g.global_avg_pool(h).map_err(at)?,
+                Layer::Flatten => g.flatten(h).map_err(at)?,
+                Layer::Dense { units, bias } => {
+                    if s.rank() != 2 {
+                        return Err(Error::Model(format!("layer {} (dense) needs [N, features], got {s}: add a flatten layer first", i + 1)));
+                    }
+                    n_fc += 1;
+                    let fan_in = s.0[1];
+                    let w = declare(
+                        g,
+                        format!("fc{n_fc}.weight"),
+                        vec![*units, fan_in],
+                        Init::FanIn(fan_in),
+                        false,
+                    )?;
+                    let b = if *bias {
+                        Some(declare(
+                            g,
+                            format!("fc{n_fc}.bias"),
+                            vec![*units],
+                            Init::FanIn(fan_in),
+                            false,
+                        )?)
+                    } else {
+                        None
+                    };
+                    g.linear(h, w, b).map_err(at)?
+                }
+                Layer::Relu => g.act(Activation::Relu, h)?,
+                Layer::Gelu => g.act(Activation::Gelu, h)?,
+                Layer::Sigmoid => g.act(Activation::Sigmoid, h)?,
+                Layer::Tanh => g.act(Activation::Tanh, h)?,
+                Layer::Dropout { rate } => {
+                    n_drop += 1;
+                    g.dropout(h, *rate, 0x9E37_79B9u32.wrapping_mul(n_drop))
+                        .map_err(at)?
+                }
+                Layer::BatchNorm2d { eps, momentum } => {
+                    if s.rank() != 4 {
+                        return Err(Error::Model(format!(
+                            "layer {} (batch_norm2d) needs [N,C,H,W], got {s}",
+                            i + 1
+                        )));
+                    }
+                    n_bn += 1;
+                    let c = vec![s.0[1]];
+                    let p = BatchNormParams {
+                        gamma: declare(
+                            g,
+                            format!("bn{n_bn}.weight"),
+                            c.clone(),
+                            Init::Ones,
+                            false,
+                        )?,
+                        beta: declare(g, format!("bn{n_bn}.bias"), c.clone(), Init::Zeros, false)?,
+                        running_mean: declare(
+                            g,
+                            format!("bn{n_bn}.running_mean"),
+                            c.clone(),
+                            Init::Zeros,
+                            true,
+                        )?,
+                        running_var: declare(
+                            g,
+                            format!("bn{n_bn}.running_var"),
+                            c,
+                            Init::Ones,
+                            true,
+                        )?,
+                    };
+                    g.batch_norm2d(h, &p, *eps, *momentum).map_err(at)?
+                }
+            };
+        }
+        let s = g.shape(h);
+        if s.rank() != 2 {
+            return Err(Error::Model(format!(
+                "the last layer must give [N, classes], got {s}: add flatten and dense layers"
+            )));
+        }
+        Ok(h)
+    }
+}

@@ -1,0 +1,215 @@
+//! Batch normalisation over NCHW (per channel). Training uses the batch
+//! statistics and updates the running averages in place (PyTorch's
+//! momentum convention, unbiased running variance); inference uses the
+//! running averages.
+
+use crate::error::{Error, Result};
+use crate::graph::ir::{Graph, ValueId};
+use crate::ops::Op;
+use crate::tensor::{DType, Shape};
+use rayon::prelude::*;
+
+pub struct BatchNormParams {
+    pub gamma: ValueId,
+    pub beta: ValueId,
+    pub running_mean: ValueId,
+    pub running_var: ValueId,
+}
+
+impl Graph {
+    pub fn batch_norm2d(
+        &mut self,
+        x: ValueId,
+        p: &BatchNormParams,
+        eps: f32,
+        momentum: f32,
+    ) -> Result<ValueId> {
+        let s = self.shape(x).clone();
+        if s.rank() != 4 {
+            return Err(Error::shape(
+                "batch_norm2d",
+                format!("input {s} is not [N,C,H,W]"),
+            ));
+        }
+        let c = Shape(vec![s.0[1]]);
+        for (name, v) in [
+            ("weight", p.gamma),
+            ("bias", p.beta),
+            ("running_mean", p.running_mean),
+            ("running_var", p.running_var),
+        ] {
+            if self.shape(v) != &c {
+                return Err(Error::shape(
+                    "batch_norm2d",
+                    format!("{name} {} for input {s} (expected {c})", self.shape(v)),
+                ));
+            }
+        }
+        let training = self.training;
+        let op = Op::BatchNorm2d {
+            eps,
+            momentum,
+            training,
+        };
+        if training {
+            let outs = self.push_node(
+                op,
+                vec![x, p.gamma, p.beta],
+                vec![(s, DType::F32), (c.clone(), DType::F32), (c, DType::F32)],
+                vec![p.running_mean, p.running_var],
+            )?;
+            Ok(outs[0])
+        } else {
+            self.push1(
+                op,
+                vec![x, p.gamma, p.beta, p.running_mean, p.running_var],
+                s,
+            )
+        }
+    }
+}
+
+pub fn backward(
+    g: &mut Graph,
+    inputs: &[ValueId],
+    outputs: &[ValueId],
+    dy: ValueId,
+) -> Result<Vec<Option<ValueId>>> {
+    let (x, gamma) = (inputs[0], inputs[1]);
+    let (sx, sc) = (g.shape(x).clone(), g.shape(gamma).clone());
+    let outs = g.push_node(
+        Op::BatchNorm2dBackward,
+        vec![x, gamma, outputs[1], outputs[2], dy],
+        vec![(sx, DType::F32), (sc.clone(), DType::F32), (sc, DType::F32)],
+        vec![],
+    )?;
+    Ok(vec![Some(outs[0]), Some(outs[1]), Some(outs[2])])
+}
+
+/// Per-channel (mean, biased variance) in f64 for accuracy.
+fn channel_stats(n: usize, c: usize, hw: usize, x: &[f32], ch: usize) -> (f64, f64) {
+    let (mut s, mut s2) = (0.0f64, 0.0f64);
+    for i in 0..n {
+        for &v in &x[(i * c + ch) * hw..(i * c + ch + 1) * hw] {
+            s += v as f64;
+            s2 += (v as f64) * (v as f64);
+        }
+    }
+    let cnt = (n * hw) as f64;
+    let mean = s / cnt;
+    (mean, (s2 / cnt - mean * mean).max(0.0))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn cpu_train(
+    sx: &Shape,
+    eps: f32,
+    momentum: f32,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    y: &mut [f32],
+    mean: &mut [f32],
+    invstd: &mut [f32],
+    rmean: &mut [f32],
+    rvar: &mut [f32],
+) {
+    let (n, c) = (sx.0[0], sx.0[1]);
+    let hw = sx.0[2] * sx.0[3];
+    let cnt = n * hw;
+    for ch in 0..c {
+        let (m, v) = channel_stats(n, c, hw, x, ch);
+        mean[ch] = m as f32;
+        invstd[ch] = (1.0 / (v + eps as f64).sqrt()) as f32;
+        let unbiased = if cnt > 1 {
+            v * cnt as f64 / (cnt - 1) as f64
+        } else {
+            v
+        };
+        rmean[ch] = (1.0 - momentum) * rmean[ch] + momentum * m as f32;
+        rvar[ch] = (1.0 - momentum) * rvar[ch] + momentum * unbiased as f32;
+    }
+    normalize(n, c, hw, x, gamma, beta, mean, invstd, y);
+}
+
+pub fn cpu_infer(
+    sx: &Shape,
+    eps: f32,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    rmean: &[f32],
+    rvar: &[f32],
+    y: &mut [f32],
+) {
+    let (n, c) = (sx.0[0], sx.0[1]);
+    let hw = sx.0[2] * sx.0[3];
+    let invstd: Vec<f32> = rvar.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+    normalize(n, c, hw, x, gamma, beta, rmean, &invstd, y);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn normalize(
+    n: usize,
+    c: usize,
+    hw: usize,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    mean: &[f32],
+    invstd: &[f32],
+    y: &mut [f32],
+) {
+    y.par_chunks_mut(hw.max(1))
+        .enumerate()
+        .for_each(|(plane, yp)| {
+            let ch = plane % c;
+            let xp = &x[plane * hw..(plane + 1) * hw];
+            let a = gamma[ch] * invstd[ch];
+            let b = beta[ch] - mean[ch] * a;
+            for (y, &x) in yp.iter_mut().zip(xp) {
+                *y = x * a + b;
+            }
+        });
+    let _ = n;
+}
+
+/// dx = γ·invstd/M · (M·dy − Σdy − x̂·Σ(dy·x̂)), dγ = Σ dy·x̂, dβ = Σ dy.
+#[allow(clippy::too_many_arguments)]
+pub fn cpu_backward(
+    sx: &Shape,
+    x: &[f32],
+    gamma: &[f32],
+    mean: &[f32],
+    invstd: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+) {
+    let (n, c) = (sx.0[0], sx.0[1]);
+    let hw = sx.0[2] * sx.0[3];
+    let m = (n * hw) as f32;
+    for ch in 0..c {
+        let (mut sdy, mut sdyx) = (0.0f64, 0.0f64);
+        for i in 0..n {
+            let o = (i * c + ch) * hw;
+            for j in 0..hw {
+                let xh = (x[o + j] - mean[ch]) * invstd[ch];
+                sdy += dy[o + j] as f64;
+                sdyx += (dy[o + j] * xh) as f64;
+            }
+        }
+        dgamma[ch] = sdyx as f32;
+        dbeta[ch] = sdy as f32;
+        let k = gamma[ch] * invstd[ch] / m;
+        let (sdy, sdyx) = (sdy as f32, sdyx as f32);
+        for i in 0..n {
+            let o = (i * c + ch) * hw;
+            for j in 0..hw {
+                let xh = (x[o + j] - mean[ch]) * invstd[ch];
+                dx[o + j] = k * (m * dy[o + j] - sdy - xh * sdyx);
+            }
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! 2-D convolution, NCHW activations and OIHW weights (PyTorch layouts),
+//! with stride, padding and dilation. The CPU kernels (im2col + GEMM) are
+//! in `conv2d_cpu.rs`; this file holds the shape and gradient rules.
+
+use crate::error::{Error, Result};
+use crate::graph::ir::{Graph, ValueId};
+use crate::ops::activation::Activation;
+use crate::ops::conv2d_cpu::Conv2dGeom;
+use crate::ops::Op;
+use crate::tensor::Shape;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConvParams {
+    pub stride: (usize, usize),
+    pub pad: (usize, usize),
+    pub dilation: (usize, usize),
+}
+
+impl Default for ConvParams {
+    fn default() -> Self {
+        ConvParams {
+            stride: (1, 1),
+            pad: (0, 0),
+            dilation: (1, 1),
+        }
+    }
+}
+
+impl ConvParams {
+    /// The kernel geometry for input `x [n,c,h,w]` and weight `[o,c,kh,kw]`.
+    pub fn geom(&self, sx: &Shape, sw: &Shape) -> Result<Conv2dGeom> {
+        let bad = |why: String| Error::shape("conv2d", format!("input {sx}, weight {sw}: {why}"));
+        if sx.rank() != 4 || sw.rank() != 4 {
+            return Err(bad("input must be [N,C,H,W] and weight [O,C,KH,KW]".into()));
+        }
+        if sx.0[1] != sw.0[1] {
+            return Err(bad(format!(
+                "input has {} channels, weight expects {}",
+                sx.0[1], sw.0[1]
+            )));
+        }
+        if self.stride.0 == 0 || self.stride.1 == 0 || self.dilation.0 == 0 || self.dilation.1 == 0
+        {
+            return Err(bad("stride and dilation must be at least 1".into()));
+        }
+        let g = Conv2dGeom {
+            n: sx.0[0],
+            c_in: sx.0[1],
+            h: sx.0[2],
+            w: sx.0[3],
+            c_out: sw.0[0],
+            kh: sw.0[2],
+            kw: sw.0[3],
+            stride: self.stride,
+            pad: self.pad,
+            dilation: self.dilation,
+        };
+        if g.out_hw().is_none() {
+            return Err(bad(format!(
+                "a {}x{} kernel (dilation {:?}) does not fit the padded {}x{} input",
+                g.kh,
+                g.kw,
+                self.dilation,
+                g.h + 2 * g.pad.0,
+                g.w + 2 * g.pad.1
+            )));
+        }
+        Ok(g)
+    }
+}
+
+impl Graph {
+    pub fn conv2d(
+        &mut self,
+        x: ValueId,
+        w: ValueId,
+        b: Option<ValueId>,
+        p: ConvParams,
+    ) -> Result<ValueId> {
+        self.conv2d_act(x, w, b, p, None)
+    }
+
+    pub fn conv2d_act(
+        &mut self,
+        x: ValueId,
+        w: ValueId,
+        b: Option<ValueId>,
+        p: ConvParams,
+        act: Option<Activation>,
+    ) -> Result<ValueId> {
+        let g = p.geom(self.shape(x), self.shape(w))?;
+        let mut inputs = vec![x, w];
+        if let Some(b) = b {
+            if self.shape(b) != &Shape(vec![g.c_out]) {
+                return Err(Error::shape(
+                    "conv2d",
+                    format!("bias {} for {} output channels", self.shape(b), g.c_out),
+                ));
+            }
+            inputs.push(b);
+        }
+        let (oh, ow) = g.out_hw().expect("checked by geom");
+        self.push1(
+            Op::Conv2d { p, act },
+            inputs,
+            Shape(vec![g.n, g.c_out, oh, ow]),
+        )
+    }
+}
+
+/// Gradient rule: grad-input, grad-weight and grad-bias kernels. A fused
+/// activation's mask is applied to dy first.
+pub fn backward(
+    g: &mut Graph,
+    p: ConvParams,
+    act: Option<Activation>,
+    inputs: &[ValueId],
+    y: ValueId,
+    dy: ValueId,
+) -> Result<Vec<Option<ValueId>>> {
+    let (x, w) = (inputs[0], inputs[1]);
+    let dy = match act {
+        Some(a) => {
+            debug_assert!(a.backward_uses_output());
+            let s = g.shape(y).clone();
+            g.push1(Op::ActBackward(a), vec![y, dy], s)?
+        }
+        None => dy,
+    };
+    let (sx, sw) = (g.shape(x).clone(), g.shape(w).clone());
+    let dx = g.push1(Op::Conv2dGradInput { p }, vec![dy, w], sx)?;
+    let dw = g.push1(Op::Conv2dGradWeight { p }, vec![x, dy], sw.clone())?;
+    let mut grads = vec![Some(dx), Some(dw)];
+    if inputs.len() == 3 {
+        grads.push(Some(g.push1(
+            Op::Conv2dGradBias,
+            vec![dy],
+            Shape(vec![sw.0[0]]),
+        )?));
+    }
+    Ok(grads)
+}

@@ -1,0 +1,201 @@
+//! Matrix multiply: 2-D and batched, either operand transposed.
+//!
+//! The CPU kernel is a thin, checked wrapper over the `gemm` crate (with its
+//! AVX-512 path enabled), which is as fast as MKL on these machines.
+
+/// Threading choice for one GEMM call. Inside an outer rayon loop (e.g. conv
+/// over the batch) use `Serial` so threads are not oversubscribed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Threads {
+    Serial,
+    Parallel,
+}
+
+/// `c[m,n] = (accumulate ? c : 0) + op(a)[m,k] · op(b)[k,n]`, row-major.
+///
+/// `a` is stored `[m,k]`, or `[k,m]` when `a_t`; `b` is stored `[k,n]`, or
+/// `[n,k]` when `b_t`. Lengths are checked; a mismatch is a bug in the
+/// caller (the graph has already validated shapes), so it panics.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    a_t: bool,
+    b: &[f32],
+    b_t: bool,
+    c: &mut [f32],
+    accumulate: bool,
+    threads: Threads,
+) {
+    assert!(a.len() >= m * k, "sgemm: a has {} < {}x{}", a.len(), m, k);
+    assert!(b.len() >= k * n, "sgemm: b has {} < {}x{}", b.len(), k, n);
+    assert!(c.len() >= m * n, "sgemm: c has {} < {}x{}", c.len(), m, n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            c[..m * n].fill(0.0);
+        }
+        return;
+    }
+    // (column stride, row stride) of each operand in elements.
+    let (a_cs, a_rs) = if a_t {
+        (m as isize, 1)
+    } else {
+        (1, k as isize)
+    };
+    let (b_cs, b_rs) = if b_t {
+        (k as isize, 1)
+    } else {
+        (1, n as isize)
+    };
+    // Small products do not pay for thread start-up.
+    let par = match threads {
+        Threads::Parallel if m * n * k >= 48 * 48 * 48 => gemm::Parallelism::Rayon(0),
+        _ => gemm::Parallelism::None,
+    };
+    // SAFETY: the asserts above guarantee every index the strides reach is in
+    // bounds of `a`, `b` and `c`; `c` is uniquely borrowed and does not alias
+    // `a` or `b` (distinct Rust borrows).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs,
+            a_rs,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+use crate::error::{Error, Result};
+use crate::graph::ir::{Graph, ValueId};
+use crate::ops::Op;
+use crate::tensor::Shape;
+
+/// (batch, m, k, n) of a matmul over operands of the given shapes.
+pub fn matmul_dims(
+    sa: &Shape,
+    ta: bool,
+    sb: &Shape,
+    tb: bool,
+) -> Result<(usize, usize, usize, usize)> {
+    let bad = |why: &str| {
+        Error::shape(
+            "matmul",
+            format!(
+                "a {sa}{} and b {sb}{}: {why}",
+                if ta { "ᵀ" } else { "" },
+                if tb { "ᵀ" } else { "" }
+            ),
+        )
+    };
+    if sa.rank() < 2 || sb.rank() < 2 {
+        return Err(bad("both operands need rank >= 2"));
+    }
+    if sa.rank() != sb.rank() || sa.0[..sa.rank() - 2] != sb.0[..sb.rank() - 2] {
+        return Err(bad("batch dimensions differ"));
+    }
+    let r = sa.rank();
+    let batch: usize = sa.0[..r - 2].iter().product();
+    let (m, ka) = if ta {
+        (sa.0[r - 1], sa.0[r - 2])
+    } else {
+        (sa.0[r - 2], sa.0[r - 1])
+    };
+    let (kb, n) = if tb {
+        (sb.0[r - 1], sb.0[r - 2])
+    } else {
+        (sb.0[r - 2], sb.0[r - 1])
+    };
+    if ka != kb {
+        return Err(bad(&format!("inner dimensions {ka} and {kb} differ")));
+    }
+    Ok((batch, m, ka, n))
+}
+
+impl Graph {
+    /// `op(a) · op(b)`. Batched when both have the same leading dims; a
+    /// batched `a` (not transposed) times a 2-D `b` is folded into one 2-D
+    /// product.
+    pub fn matmul_t(&mut self, a: ValueId, ta: bool, b: ValueId, tb: bool) -> Result<ValueId> {
+        self.expect_f32("matmul", a)?;
+        self.expect_f32("matmul", b)?;
+        let (sa, sb) = (self.shape(a).clone(), self.shape(b).clone());
+        if sa.rank() > 2 && sb.rank() == 2 && !ta {
+            let k = sa.last();
+            let rows = sa.numel() / k.max(1);
+            let a2 = self.reshape(a, [rows, k])?;
+            let y = self.matmul_t(a2, false, b, tb)?;
+            let mut out = sa.0.clone();
+            *out.last_mut().unwrap() = self.shape(y).last();
+            return self.reshape(y, out);
+        }
+        let (_, m, _, n) = matmul_dims(&sa, ta, &sb, tb)?;
+        let mut out = sa.0[..sa.rank() - 2].to_vec();
+        out.extend([m, n]);
+        self.push1(Op::MatMul { ta, tb }, vec![a, b], Shape(out))
+    }
+    pub fn matmul(&mut self, a: ValueId, b: ValueId) -> Result<ValueId> {
+        self.matmul_t(a, false, b, false)
+    }
+}
+
+/// Gradient rule: with C = op(A)·op(B), dA and dB are again matmuls with
+/// transpose flags, so no transpose is ever materialised.
+pub fn backward(
+    g: &mut Graph,
+    ta: bool,
+    tb: bool,
+    a: ValueId,
+    b: ValueId,
+    dc: ValueId,
+) -> Result<[Option<ValueId>; 2]> {
+    let da = if !ta {
+        g.matmul_t(dc, false, b, !tb)?
+    } else {
+        g.matmul_t(b, tb, dc, true)?
+    };
+    let db = if !tb {
+        g.matmul_t(a, !ta, dc, false)?
+    } else {
+        g.matmul_t(dc, true, a, ta)?
+    };
+    Ok([Some(da), Some(db)])
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn cpu_matmul(sa: &Shape, ta: bool, sb: &Shape, tb: bool, a: &[f32], b: &[f32], c: &mut [f32]) {
+    let (batch, m, k, n) = matmul_dims(sa, ta, sb, tb).expect("validated at build time");
+    for i in 0..batch {
+        sgemm(
+            m,
+            n,
+            k,
+            &a[i * m * k..(i + 1) * m * k],
+            ta,
+            &b[i * k * n..(i + 1) * k * n],
+            tb,
+            &mut c[i * m * n..(i + 1) * m * n],
+            false,
+            Threads::Parallel,
+        );
+    }
+}

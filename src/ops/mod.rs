@@ -1,0 +1,174 @@
+//! The op set. Each op lives in one file with its shape rule (a builder
+//! method on [`Graph`]), its gradient rule and its CPU kernel; the CUDA
+//! kernel and WGSL shader carry the same name under `kernels/` and
+//! `shaders/`.
+//!
+//! [`Op`] is the launch-level vocabulary: every node of a compiled step is
+//! one of these, and every backend implements each of them.
+
+pub mod activation;
+pub mod adam;
+pub mod batchnorm;
+pub mod binary;
+pub mod conv2d;
+pub mod conv2d_cpu;
+pub mod cross_entropy;
+pub mod dropout;
+pub mod linear;
+pub mod matmul;
+pub mod pool;
+pub mod pool_cpu;
+pub mod reduce;
+pub mod sgd;
+pub mod shape;
+pub mod softmax;
+
+use crate::graph::ir::ScalarId;
+
+pub use activation::Activation;
+pub use binary::BinaryKind;
+pub use conv2d::ConvParams;
+pub use pool::PoolParams;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// `op(a) · op(b)`, 2-D or batched with equal batch dims.
+    MatMul {
+        ta: bool,
+        tb: bool,
+    },
+    /// `x · wᵀ (+ b)`, then an optional activation (fused epilogue).
+    Linear {
+        bias: bool,
+        act: Option<Activation>,
+    },
+    /// NCHW convolution (+ bias), then an optional activation.
+    Conv2d {
+        p: ConvParams,
+        act: Option<Activation>,
+    },
+    Conv2dGradInput {
+        p: ConvParams,
+    },
+    Conv2dGradWeight {
+        p: ConvParams,
+    },
+    Conv2dGradBias,
+    /// Outputs: y and the argmax (u32, flat index within each h×w plane).
+    MaxPool2d {
+        p: PoolParams,
+    },
+    MaxPool2dBackward {
+        p: PoolParams,
+    },
+    AvgPool2d {
+        p: PoolParams,
+    },
+    AvgPool2dBackward {
+        p: PoolParams,
+    },
+    GlobalAvgPool,
+    GlobalAvgPoolBackward,
+    /// Elementwise activation.
+    Act(Activation),
+    /// Inputs (saved, dy): saved is y for relu/sigmoid/tanh, x for gelu.
+    ActBackward(Activation),
+    /// NumPy-broadcasting elementwise binary op.
+    Binary(BinaryKind),
+    /// `x * alpha`.
+    Scale(f32),
+    /// A constant-filled tensor (seeds the loss gradient).
+    Fill(f32),
+    /// Sum a broadcast tensor back down to the output's shape.
+    SumTo,
+    /// Expand to the output's shape (NumPy broadcasting).
+    BroadcastTo,
+    /// A view with a new shape; no launch, no copy.
+    Reshape,
+    /// Permute axes (a copy).
+    Transpose {
+        perm: Vec<usize>,
+    },
+    Softmax,
+    LogSoftmax,
+    /// Inputs (y, dy).
+    SoftmaxBackward,
+    /// Inputs (y, dy) where y = log_softmax(x).
+    LogSoftmaxBackward,
+    /// Inputs (logits [B,C], labels u32 [B]) -> mean loss [].
+    CrossEntropy,
+    /// Inputs (logits, labels, dloss []) -> dlogits.
+    CrossEntropyBackward,
+    /// Inverted dropout; the mask is a hash of (seed, step, index), so it
+    /// is recomputed in backward instead of stored.
+    /// Its own gradient: the same mask applied to dy.
+    Dropout {
+        p: f32,
+        seed: u32,
+        step: ScalarId,
+    },
+    /// Training: inputs (x, gamma, beta), outputs (y, mean, invstd),
+    /// mutates (running_mean, running_var). Inference: inputs
+    /// (x, gamma, beta, running_mean, running_var), output y.
+    BatchNorm2d {
+        eps: f32,
+        momentum: f32,
+        training: bool,
+    },
+    /// Inputs (x, gamma, mean, invstd, dy) -> (dx, dgamma, dbeta).
+    BatchNorm2dBackward,
+    /// Inputs (grad...), mutates (param, velocity) per tensor.
+    SgdUpdate(sgd::SgdConfig),
+    /// Inputs (grad...), mutates (param, m, v) per tensor.
+    AdamUpdate(adam::AdamConfig),
+}
+
+impl Op {
+    /// The kernel name, shared by `src/ops/<name>.rs`, `kernels/<name>.cu`
+    /// and `shaders/<name>.wgsl`.
+    pub fn kernel_name(&self) -> &'static str {
+        match self {
+            Op::MatMul { .. } => "matmul",
+            Op::Linear { .. } => "linear",
+            Op::Conv2d { .. } => "conv2d_forward",
+            Op::Conv2dGradInput { .. } => "conv2d_grad_input",
+            Op::Conv2dGradWeight { .. } => "conv2d_grad_weight",
+            Op::Conv2dGradBias => "conv2d_grad_bias",
+            Op::MaxPool2d { .. } => "maxpool2d_forward",
+            Op::MaxPool2dBackward { .. } => "maxpool2d_backward",
+            Op::AvgPool2d { .. } => "avgpool2d_forward",
+            Op::AvgPool2dBackward { .. } => "avgpool2d_backward",
+            Op::GlobalAvgPool => "global_avgpool_forward",
+            Op::GlobalAvgPoolBackward => "global_avgpool_backward",
+            Op::Act(a) => a.name(),
+            Op::ActBackward(a) => a.backward_name(),
+            Op::Binary(b) => b.name(),
+            Op::Scale(_) => "scale",
+            Op::Fill(_) => "fill",
+            Op::SumTo => "sum_to",
+            Op::BroadcastTo => "broadcast_to",
+            Op::Reshape => "reshape",
+            Op::Transpose { .. } => "transpose",
+            Op::Softmax => "softmax",
+            Op::LogSoftmax => "log_softmax",
+            Op::SoftmaxBackward => "softmax_backward",
+            Op::LogSoftmaxBackward => "log_softmax_backward",
+            Op::CrossEntropy => "cross_entropy",
+            Op::CrossEntropyBackward => "cross_entropy_backward",
+            Op::Dropout { .. } => "dropout",
+            Op::BatchNorm2d { training: true, .. } => "batchnorm2d_train",
+            Op::BatchNorm2d {
+                training: false, ..
+            } => "batchnorm2d_infer",
+            Op::BatchNorm2dBackward => "batchnorm2d_backward",
+            Op::SgdUpdate(_) => "sgd_update",
+            Op::AdamUpdate(c) if c.decoupled => "adamw_update",
+            Op::AdamUpdate(_) => "adam_update",
+        }
+    }
+
+    /// Ops that launch nothing: their outputs alias their first input.
+    pub fn is_view(&self) -> bool {
+        matches!(self, Op::Reshape)
+    }
+}

@@ -1,0 +1,58 @@
+//! Sum and mean over axes. Both lower to `sum_to` (a reduction to the
+//! keep-dims shape) plus a reshape view, so there is one reduction kernel.
+
+use crate::error::{Error, Result};
+use crate::graph::ir::{Graph, ValueId};
+use crate::tensor::Shape;
+
+impl Graph {
+    pub fn sum(&mut self, x: ValueId, axes: &[usize], keepdim: bool) -> Result<ValueId> {
+        let s = self.shape(x).clone();
+        if let Some(&a) = axes.iter().find(|&&a| a >= s.rank()) {
+            return Err(Error::shape(
+                "sum",
+                format!("axis {a} out of range for {s}"),
+            ));
+        }
+        let kd = Shape(
+            s.0.iter()
+                .enumerate()
+                .map(|(i, &d)| if axes.contains(&i) { 1 } else { d })
+                .collect(),
+        );
+        let y = self.sum_to(x, &kd)?;
+        if keepdim {
+            return Ok(y);
+        }
+        let out: Vec<usize> =
+            s.0.iter()
+                .enumerate()
+                .filter(|(i, _)| !axes.contains(i))
+                .map(|(_, &d)| d)
+                .collect();
+        self.reshape(y, out)
+    }
+
+    pub fn mean(&mut self, x: ValueId, axes: &[usize], keepdim: bool) -> Result<ValueId> {
+        let s = self.shape(x).clone();
+        let count: usize = axes
+            .iter()
+            .filter(|&&a| a < s.rank())
+            .map(|&a| s.0[a])
+            .product();
+        let y = self.sum(x, axes, keepdim)?;
+        self.scale(y, 1.0 / count.max(1) as f32)
+    }
+}
+
+/// Gradient of `sum_to`: broadcast back to the input's shape.
+pub fn sum_to_backward(g: &mut Graph, x: ValueId, dy: ValueId) -> Result<ValueId> {
+    let s = g.shape(x).clone();
+    g.broadcast_to(dy, &s)
+}
+
+/// Gradient of `broadcast_to`: sum back down.
+pub fn broadcast_to_backward(g: &mut Graph, x: ValueId, dy: ValueId) -> Result<ValueId> {
+    let s = g.shape(x).clone();
+    g.sum_to(dy, &s)
+}

@@ -1,0 +1,169 @@
+//! Optimisers as graph ops (SGD with momentum/Nesterov/weight decay, Adam,
+//! AdamW) and learning-rate schedules. The learning rate and step count are
+//! runtime scalars, so a schedule never recompiles anything.
+
+use crate::error::{Error, Result};
+use crate::graph::autodiff::gradients;
+use crate::graph::ir::{Graph, ValueId};
+use crate::ops::adam::AdamConfig;
+use crate::ops::sgd::SgdConfig;
+use crate::ops::Op;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OptimizerKind {
+    Sgd,
+    Adam,
+    AdamW,
+}
+
+impl std::str::FromStr for OptimizerKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "sgd" => Ok(OptimizerKind::Sgd),
+            "adam" => Ok(OptimizerKind::Adam),
+            "adamw" => Ok(OptimizerKind::AdamW),
+            _ => Err(Error::Usage(format!(
+                "unknown optimizer '{s}' (expected sgd, adam or adamw)"
+            ))),
+        }
+    }
+}
+
+/// Hyper-parameters, with PyTorch's defaults.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct OptimConfig {
+    pub kind: OptimizerKind,
+    pub weight_decay: f32,
+    pub momentum: f32,
+    pub nesterov: bool,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+}
+
+impl OptimConfig {
+    pub fn new(kind: OptimizerKind) -> Self {
+        OptimConfig {
+            kind,
+            weight_decay: if kind == OptimizerKind::AdamW {
+                0.01
+            } else {
+                0.0
+            },
+            momentum: if kind == OptimizerKind::Sgd { 0.9 } else { 0.0 },
+            nesterov: false,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        }
+    }
+
+    /// The optimiser state tensors kept per parameter, by suffix.
+    pub fn state_names(&self) -> &'static [&'static str] {
+        match self.kind {
+            OptimizerKind::Sgd if self.momentum != 0.0 => &["momentum_buffer"],
+            OptimizerKind::Sgd => &[],
+            OptimizerKind::Adam | OptimizerKind::AdamW => &["exp_avg", "exp_avg_sq"],
+        }
+    }
+}
+
+/// Name of a parameter's optimiser state tensor.
+pub fn state_name(param: &str, which: &str) -> String {
+    format!("optim.{which}.{param}")
+}
+
+/// Differentiate `loss` with respect to every parameter and append one
+/// update node per parameter. Runtime scalars: `lr`, `step` (1-based).
+pub fn append_update(g: &mut Graph, loss: ValueId, cfg: &OptimConfig) -> Result<()> {
+    let params = g.params();
+    if params.is_empty() {
+        return Err(Error::Model("the model has no trainable parameters".into()));
+    }
+    let ids: Vec<ValueId> = params.iter().map(|(_, v)| *v).collect();
+    let grads = gradients(g, loss, &ids)?;
+    let lr = g.scalar("lr");
+    let step = g.scalar("step");
+    for ((name, p), grad) in params.iter().zip(grads) {
+        let shape = g.shape(*p).clone();
+        let mut mutates = vec![*p];
+        for s in cfg.state_names() {
+            mutates.push(g.state(&state_name(name, s), shape.clone())?);
+        }
+        let op = match cfg.kind {
+            OptimizerKind::Sgd => Op::SgdUpdate(SgdConfig {
+                momentum: cfg.momentum,
+                nesterov: cfg.nesterov,
+                weight_decay: cfg.weight_decay,
+                lr,
+            }),
+            OptimizerKind::Adam | OptimizerKind::AdamW => Op::AdamUpdate(AdamConfig {
+                beta1: cfg.beta1,
+                beta2: cfg.beta2,
+                eps: cfg.eps,
+                weight_decay: cfg.weight_decay,
+                decoupled: cfg.kind == OptimizerKind::AdamW,
+                lr,
+                step,
+            }),
+        };
+        g.push_node(op, vec![grad], vec![], mutates)?;
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum LrSchedule {
+    Constant,
+    /// Multiply by `gamma` every `every` epochs.
+    Step {
+        every: usize,
+        gamma: f32,
+    },
+    /// Cosine decay from the base rate to 0 over the run.
+    Cosine,
+}
+
+impl std::str::FromStr for LrSchedule {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "constant" => Ok(LrSchedule::Constant),
+            "step" => Ok(LrSchedule::Step {
+                every: 1,
+                gamma: 0.5,
+            }),
+            "cosine" => Ok(LrSchedule::Cosine),
+            _ => Err(Error::Usage(format!(
+                "unknown lr schedule '{s}' (expected constant, step or cosine)"
+            ))),
+        }
+    }
+}
+
+/// Learning rate for 0-based `step` of `total` steps with `steps_per_epoch`,
+/// after a linear warm-up of `warmup` steps.
+pub fn lr_at(
+    base: f32,
+    schedule: LrSchedule,
+    step: usize,
+    total: usize,
+    steps_per_epoch: usize,
+    warmup: usize,
+) -> f32 {
+    if step < warmup {
+        return base * (step + 1) as f32 / warmup as f32;
+    }
+    match schedule {
+        LrSchedule::Constant => base,
+        LrSchedule::Step { every, gamma } => {
+            base * gamma.powi((step / steps_per_epoch.max(1) / every.max(1)) as i32)
+        }
+        LrSchedule::Cosine => {
+            let span = total.saturating_sub(warmup).max(1) as f32;
+            let t = (step - warmup) as f32 / span;
+            base * 0.5 * (1.0 + (std::f32::consts::PI * t.min(1.0)).cos())
+        }
+    }
+}
