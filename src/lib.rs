@@ -6,8 +6,10 @@
 //! [`backend::Backend`] -> [`graph::Session`] that replays it.
 
 pub mod backend;
+pub mod cli;
 pub mod data;
 pub mod error;
+pub mod eval;
 pub mod graph;
 pub mod metrics;
 pub mod model;
@@ -16,6 +18,7 @@ pub mod ops;
 pub mod optim;
 pub mod plot;
 pub mod tensor;
+pub mod train;
 pub mod weights;
 
 pub use error::{Error, Result};

@@ -1,1 +1,147 @@
-fn main() {}
+//! The `gpurt` command. Errors print as one line and exit non-zero.
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use gpurt::backend::{self, DeviceSpec};
+use gpurt::cli::{Cli, Command, EvalArgs, PredictArgs};
+use gpurt::data::{self, DataSpec, Split};
+use gpurt::eval::{evaluate, top_k};
+use gpurt::train::{self, checkpoint_normalizer, load_run};
+use std::io::IsTerminal;
+use std::path::Path;
+use std::sync::Arc;
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train(a) => {
+            let mut opts = a.options()?;
+            opts.progress &= std::io::stderr().is_terminal();
+            let _ = ctrlc::set_handler(|| {
+                if train::STOP.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    std::process::exit(130);
+                }
+                eprintln!("\nstopping after this batch (Ctrl-C again to quit now)");
+            });
+            let s = train::train(&opts, &mut |l| println!("{l}"))?;
+            println!(
+                "saved {}/model.safetensors; `gpurt eval --run {}` reproduces the test accuracy",
+                s.out.display(),
+                s.out.display()
+            );
+            Ok(())
+        }
+        Command::Eval(a) => eval(a),
+        Command::Predict(a) => predict(a),
+        Command::Devices => {
+            for (name, ok, detail) in backend::describe() {
+                println!(
+                    "{name:5} {} {detail}",
+                    if ok { "available  " } else { "unavailable" }
+                );
+            }
+            let auto = backend::select(&DeviceSpec::Auto)?;
+            println!("auto -> {}", auto.name());
+            Ok(())
+        }
+    }
+}
+
+fn eval(a: EvalArgs) -> Result<()> {
+    let device: DeviceSpec = a.device.parse()?;
+    let (mut model, ck) = load_run(&a.run, &device, 256)?;
+    let spec: DataSpec = a.data.clone().unwrap_or_else(|| ck.data.clone()).parse()?;
+    let test = Arc::new(spec.load(Split::Test)?);
+    if [test.channels, test.height, test.width] != ck.input[..] {
+        bail!(
+            "{}: images are {}x{}x{} but the model expects {:?}",
+            spec,
+            test.channels,
+            test.height,
+            test.width,
+            ck.input
+        );
+    }
+    let e = evaluate(&mut model, &test, &checkpoint_normalizer(&ck))?;
+    let report = e.confusion.report();
+    if a.json {
+        let v = serde_json::json!({ "run": a.run, "data": spec.to_string(), "loss": e.loss, "report": report });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "{} on {} ({} test images): loss {:.4}, accuracy {:.2}%",
+            a.run.display(),
+            spec,
+            test.len(),
+            e.loss,
+            e.accuracy * 100.0
+        );
+        println!("{report}");
+    }
+    Ok(())
+}
+
+fn predict(a: PredictArgs) -> Result<()> {
+    let device: DeviceSpec = a.device.parse()?;
+    let (mut model, ck) = load_run(&a.run, &device, 1)?;
+    let norm = checkpoint_normalizer(&ck);
+    let (c, h, w) = (ck.input[0], ck.input[1], ck.input[2]);
+    let mut images: Vec<(String, Vec<u8>)> = Vec::new();
+    for p in &a.inputs {
+        if is_png(p)? {
+            images.push((p.display().to_string(), data::load_png(p, c, h, w)?));
+        } else {
+            let (n, rows, cols, px) = data::read_idx_images(p)?;
+            if c != 1 || rows != h || cols != w {
+                bail!(
+                    "{}: {n} images of {rows}x{cols} but the model expects {c}x{h}x{w}",
+                    p.display()
+                );
+            }
+            for i in 0..n {
+                images.push((
+                    format!("{}[{i}]", p.display()),
+                    px[i * h * w..(i + 1) * h * w].to_vec(),
+                ));
+            }
+        }
+    }
+    let mut x = vec![0.0f32; c * h * w];
+    let mut logits = vec![0.0f32; ck.classes];
+    let mut out = Vec::new();
+    for (name, px) in &images {
+        norm.normalize_into(px, c, &mut x);
+        model.infer(&x, &mut logits)?;
+        let top = top_k(&logits, a.top_k.max(1));
+        if a.json {
+            out.push(serde_json::json!({ "input": name, "class": top[0].0, "top": top.iter().map(|(k, p)| serde_json::json!({"class": k, "probability": p})).collect::<Vec<_>>() }));
+        } else {
+            let rest: Vec<String> = top
+                .iter()
+                .map(|(k, p)| format!("{k}: {:.2}%", p * 100.0))
+                .collect();
+            println!("{name}: {} ({})", top[0].0, rest.join(", "));
+        }
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(())
+}
+
+fn is_png(p: &Path) -> Result<bool> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(p).with_context(|| format!("{}", p.display()))?;
+    let mut sig = [0u8; 8];
+    let n = f
+        .read(&mut sig)
+        .with_context(|| format!("{}", p.display()))?;
+    Ok(n == 8 && sig == [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A])
+}

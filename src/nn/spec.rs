@@ -5,11 +5,11 @@ use crate::graph::ir::{Graph, ValueId};
 use crate::ops::batchnorm::BatchNormParams;
 use crate::ops::{Activation, ConvParams, PoolParams};
 use crate::tensor::Shape;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// One layer. Parameter-free layers adapt to whatever shape arrives.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Layer {
     Conv2d {
@@ -72,7 +72,7 @@ fn bn_momentum() -> f32 {
     0.1
 }
 
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
     #[serde(default = "default_name")]

@@ -1,0 +1,154 @@
+//! Command-line interface (clap). Thin: parse, call the library, print.
+
+use crate::backend::DeviceSpec;
+use crate::data::{Augment, DataSpec};
+use crate::optim::{LrSchedule, OptimizerKind};
+use crate::train::TrainOptions;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "gpurt",
+    version,
+    about = "Train, evaluate and run small neural networks on CPU, wgpu and CUDA with whole-step compiled kernels"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train a model; writes checkpoints, metrics.csv/json and training.png to --out.
+    Train(TrainArgs),
+    /// Evaluate a trained run on the test split: accuracy, per-class precision/recall/F1, confusion matrix.
+    Eval(EvalArgs),
+    /// Classify PNG images or an IDX image file with a trained run.
+    Predict(PredictArgs),
+    /// List the backends and adapters on this machine and what `auto` picks.
+    Devices,
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Preset (cnn, mlp) or a path to a TOML model spec.
+    #[arg(long, default_value = "cnn")]
+    pub model: String,
+    /// Dataset: mnist:DIR or cifar10:DIR [default: the bundled MNIST in data/mnist]
+    #[arg(long)]
+    pub data: Option<String>,
+    #[arg(long, default_value_t = 3)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// adam, adamw or sgd.
+    #[arg(long, default_value = "adam")]
+    pub optimizer: String,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f32,
+    /// constant, step (halve every epoch) or cosine.
+    #[arg(long, default_value = "constant")]
+    pub lr_schedule: String,
+    /// Linear learning-rate warm-up, in steps.
+    #[arg(long, default_value_t = 0)]
+    pub warmup: usize,
+    /// Weight decay [default: 0, or 0.01 for adamw].
+    #[arg(long)]
+    pub weight_decay: Option<f32>,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// auto, cpu, wgpu[:N] or cuda[:N].
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Output folder for checkpoints and metrics.
+    #[arg(long, default_value = "runs/latest")]
+    pub out: PathBuf,
+    /// Continue from the last checkpoint in this folder.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Fraction of the training split held out for validation.
+    #[arg(long, default_value_t = 0.1)]
+    pub val_split: f32,
+    /// Random-crop padding in pixels (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub crop_pad: usize,
+    /// Random horizontal flips (for natural images, not digits).
+    #[arg(long)]
+    pub hflip: bool,
+    /// Use only the first N training images.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// No progress bar (summary lines only).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// A folder written by `gpurt train`.
+    #[arg(long, default_value = "runs/latest")]
+    pub run: PathBuf,
+    /// Dataset to evaluate on [default: the one the run was trained on].
+    #[arg(long)]
+    pub data: Option<String>,
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PredictArgs {
+    /// A folder written by `gpurt train`.
+    #[arg(long, default_value = "runs/latest")]
+    pub run: PathBuf,
+    /// How many classes to show per image.
+    #[arg(long, default_value_t = 3)]
+    pub top_k: usize,
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    #[arg(long)]
+    pub json: bool,
+    /// PNG files, or one IDX image file (gzip or raw).
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+}
+
+/// The bundled MNIST, found from the working directory or the crate root.
+pub fn default_data() -> String {
+    let local = PathBuf::from("data/mnist");
+    if local.exists() {
+        return "mnist:data/mnist".into();
+    }
+    format!("mnist:{}/data/mnist", env!("CARGO_MANIFEST_DIR"))
+}
+
+impl TrainArgs {
+    pub fn options(&self) -> crate::Result<TrainOptions> {
+        let data: DataSpec = self.data.clone().unwrap_or_else(default_data).parse()?;
+        Ok(TrainOptions {
+            model: self.model.clone(),
+            data,
+            epochs: self.epochs,
+            batch: self.batch,
+            optimizer: self.optimizer.parse::<OptimizerKind>()?,
+            lr: self.lr,
+            lr_schedule: self.lr_schedule.parse::<LrSchedule>()?,
+            warmup: self.warmup,
+            weight_decay: self.weight_decay,
+            seed: self.seed,
+            device: self.device.parse::<DeviceSpec>()?,
+            out: self.out.clone(),
+            resume: self.resume.clone(),
+            val_split: self.val_split,
+            augment: Augment {
+                crop_pad: self.crop_pad,
+                hflip: self.hflip,
+            },
+            limit: self.limit,
+            progress: !self.quiet,
+        })
+    }
+}
