@@ -313,10 +313,20 @@ fn save_checkpoint(
         mean: norm.mean.clone(),
         std: norm.std.clone(),
         seed: o.seed,
-        data: o.data.to_string(),
+        data: absolute(&o.data).to_string(),
     };
     let json = serde_json::to_vec_pretty(&ck).map_err(|e| Error::Usage(e.to_string()))?;
     write_atomic(&o.out.join(CHECKPOINT), &json)
+}
+
+/// The data spec with an absolute folder, so a run's folder can be
+/// evaluated from any working directory.
+fn absolute(d: &DataSpec) -> DataSpec {
+    let abs = |p: &PathBuf| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+    match d {
+        DataSpec::Mnist(p) => DataSpec::Mnist(abs(p)),
+        DataSpec::Cifar10(p) => DataSpec::Cifar10(abs(p)),
+    }
 }
 
 fn read_metrics(dir: &Path) -> Vec<EpochMetrics> {

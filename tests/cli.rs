@@ -1,0 +1,263 @@
+//! The built `gpurt` binary, end to end: help, a short train, eval,
+//! predict, resume, and every bad input the user can give it. Each failure
+//! must be one clear line on stderr and a non-zero exit.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn gpurt(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gpurt")).args(args).output().expect("run gpurt")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn idx_images(n: usize, seed: u32) -> Vec<u8> {
+    let mut v = vec![0, 0, 8, 3];
+    for d in [n as u32, 28, 28] {
+        v.extend(d.to_be_bytes());
+    }
+    // Class-dependent blobs so a model can learn something quickly.
+    let mut s = seed;
+    for i in 0..n {
+        let label = i % 10;
+        for p in 0..784 {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let (r, c) = (p / 28, p % 28);
+            let on = r / 3 == label || c / 3 == label;
+            v.push(if on { 200 + (s >> 29) as u8 } else { (s >> 27) as u8 });
+        }
+    }
+    v
+}
+
+fn idx_labels(n: usize) -> Vec<u8> {
+    let mut v = vec![0, 0, 8, 1];
+    v.extend((n as u32).to_be_bytes());
+    v.extend((0..n).map(|i| (i % 10) as u8));
+    v
+}
+
+/// A tiny MNIST-format dataset in a fresh folder.
+fn tiny_mnist(dir: &Path, n_train: usize, n_test: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("train-images-idx3-ubyte"), idx_images(n_train, 1)).unwrap();
+    std::fs::write(dir.join("train-labels-idx1-ubyte"), idx_labels(n_train)).unwrap();
+    std::fs::write(dir.join("t10k-images-idx3-ubyte"), idx_images(n_test, 2)).unwrap();
+    std::fs::write(dir.join("t10k-labels-idx1-ubyte"), idx_labels(n_test)).unwrap();
+}
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+fn data_arg(dir: &Path) -> String {
+    format!("mnist:{}", dir.display())
+}
+
+fn assert_fails_with(o: &Output, needles: &[&str]) {
+    assert!(!o.status.success(), "expected failure, got success; stdout: {}", stdout(o));
+    let e = stderr(o);
+    assert!(!e.contains("panicked"), "panic instead of an error: {e}");
+    let last = e.lines().filter(|l| l.starts_with("error:")).collect::<Vec<_>>();
+    assert_eq!(last.len(), 1, "expected one error line, got: {e}");
+    for n in needles {
+        assert!(last[0].contains(n), "error line {:?} does not mention {n:?}", last[0]);
+    }
+}
+
+#[test]
+fn help_lists_commands_and_options() {
+    let o = gpurt(&["--help"]);
+    assert!(o.status.success());
+    for c in ["train", "eval", "predict", "devices"] {
+        assert!(stdout(&o).contains(c), "--help lacks {c}");
+    }
+    let o = gpurt(&["train", "--help"]);
+    for opt in ["--model", "--data", "--epochs", "--batch", "--optimizer", "--lr", "--lr-schedule", "--warmup", "--weight-decay", "--seed", "--device", "--out", "--resume", "--val-split"] {
+        assert!(stdout(&o).contains(opt), "train --help lacks {opt}");
+    }
+}
+
+#[test]
+fn bad_arguments_exit_non_zero() {
+    assert!(!gpurt(&["train", "--epochs", "many"]).status.success());
+    assert_fails_with(&gpurt(&["train", "--optimizer", "adagrad"]), &["adagrad"]);
+    assert_fails_with(&gpurt(&["train", "--device", "tpu"]), &["tpu"]);
+    assert_fails_with(&gpurt(&["train", "--data", "imagenet:/x"]), &["imagenet"]);
+    assert!(!gpurt(&["frobnicate"]).status.success());
+}
+
+#[test]
+fn devices_reports_cpu_and_auto() {
+    let o = gpurt(&["devices"]);
+    assert!(o.status.success());
+    let s = stdout(&o);
+    assert!(s.contains("cpu") && s.contains("auto ->"), "{s}");
+    assert!(s.contains("cuda") && s.contains("unavailable"), "{s}");
+}
+
+#[test]
+fn train_eval_predict_resume() {
+    let t = tmp();
+    let data = t.path().join("mnist");
+    tiny_mnist(&data, 640, 200);
+    let out = t.path().join("run");
+    let common = ["--data", &data_arg(&data), "--model", "mlp", "--batch", "32", "--quiet", "--seed", "5"];
+    let o = gpurt(&[&["train", "--epochs", "2", "--out", out.to_str().unwrap()], &common[..]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = stdout(&o);
+    assert!(s.contains("epoch 1/2") && s.contains("epoch 2/2") && s.contains("val loss"), "{s}");
+    for f in ["model.safetensors", "optim.safetensors", "checkpoint.json", "metrics.csv", "metrics.json", "training.png"] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    let test_line = s.lines().find(|l| l.starts_with("test:")).unwrap();
+    let acc = test_line.split("accuracy ").nth(1).unwrap().split('%').next().unwrap().to_string();
+
+    // eval reproduces the trainer's test accuracy.
+    let o = gpurt(&["eval", "--run", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains(&format!("accuracy {acc}%")), "eval: {} vs trainer {acc}", stdout(&o));
+    assert!(stdout(&o).contains("precision") && stdout(&o).contains("recall"));
+    let o = gpurt(&["eval", "--run", out.to_str().unwrap(), "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("eval --json is JSON");
+    assert!(v["report"]["macro_f1"].as_f64().is_some());
+
+    // predict on an IDX file and on a PNG.
+    let o = gpurt(&["predict", "--run", out.to_str().unwrap(), "--top-k", "2", data.join("t10k-images-idx3-ubyte").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).lines().count(), 200);
+    let png = t.path().join("digit.png");
+    gpurt::data::save_png_gray(&png, 28, 28, &idx_images(1, 9)[16..]).unwrap();
+    let o = gpurt(&["predict", "--run", out.to_str().unwrap(), "--json", png.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v[0]["top"].as_array().unwrap().len(), 3);
+
+    // Resume: 1 epoch, then resume to 2, equals the uninterrupted 2-epoch run.
+    let out1 = t.path().join("run1");
+    let o = gpurt(&[&["train", "--epochs", "1", "--out", out1.to_str().unwrap()], &common[..]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = gpurt(&[&["train", "--epochs", "2", "--out", out1.to_str().unwrap(), "--resume", out1.to_str().unwrap()], &common[..]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let a = gpurt::weights::load(&out.join("model.safetensors")).unwrap();
+    let b = gpurt::weights::load(&out1.join("model.safetensors")).unwrap();
+    assert_eq!(a.tensors.len(), b.tensors.len());
+    for (name, (ta, _)) in &a.tensors {
+        let tb = &b.tensors[name].0;
+        assert!(ta.data.iter().zip(&tb.data).all(|(x, y)| x.to_bits() == y.to_bits()), "{name} differs after resume");
+    }
+}
+
+fn expect_data_error(setup: impl Fn(&Path), needles: &[&str]) {
+    let t = tmp();
+    let data = t.path().join("mnist");
+    tiny_mnist(&data, 100, 20);
+    setup(&data);
+    let out = t.path().join("run");
+    // An existing checkpoint must survive a failed run untouched.
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("model.safetensors"), b"precious").unwrap();
+    let o = gpurt(&["train", "--data", &data_arg(&data), "--model", "mlp", "--epochs", "1", "--out", out.to_str().unwrap(), "--quiet"]);
+    assert_fails_with(&o, needles);
+    assert_eq!(std::fs::read(out.join("model.safetensors")).unwrap(), b"precious");
+}
+
+#[test]
+fn missing_data_folder() {
+    let o = gpurt(&["train", "--data", "mnist:/nonexistent/mnist", "--quiet"]);
+    assert_fails_with(&o, &["/nonexistent/mnist"]);
+}
+
+#[test]
+fn wrong_idx_magic() {
+    expect_data_error(
+        |d| {
+            let p = d.join("train-images-idx3-ubyte");
+            let mut b = std::fs::read(&p).unwrap();
+            b[3] = 9;
+            std::fs::write(p, b).unwrap();
+        },
+        &["train-images-idx3-ubyte", "magic"],
+    );
+}
+
+#[test]
+fn truncated_file() {
+    expect_data_error(
+        |d| {
+            let p = d.join("train-images-idx3-ubyte");
+            let b = std::fs::read(&p).unwrap();
+            std::fs::write(p, &b[..b.len() - 100]).unwrap();
+        },
+        &["train-images-idx3-ubyte"],
+    );
+}
+
+#[test]
+fn image_and_label_counts_disagree() {
+    expect_data_error(|d| std::fs::write(d.join("train-labels-idx1-ubyte"), idx_labels(90)).unwrap(), &["100", "90"]);
+}
+
+#[test]
+fn label_out_of_range() {
+    expect_data_error(
+        |d| {
+            let p = d.join("train-labels-idx1-ubyte");
+            let mut b = std::fs::read(&p).unwrap();
+            b[8 + 17] = 12;
+            std::fs::write(p, b).unwrap();
+        },
+        &["label", "12"],
+    );
+}
+
+fn spec_error(toml: &str, needles: &[&str]) {
+    let t = tmp();
+    let data = t.path().join("mnist");
+    tiny_mnist(&data, 100, 20);
+    let spec = t.path().join("model.toml");
+    std::fs::write(&spec, toml).unwrap();
+    let o = gpurt(&["train", "--data", &data_arg(&data), "--model", spec.to_str().unwrap(), "--out", t.path().join("run").to_str().unwrap(), "--quiet"]);
+    assert_fails_with(&o, needles);
+}
+
+#[test]
+fn unknown_model_layer() {
+    spec_error("[[layer]]\ntype = \"lstm\"\nunits = 4\n", &["model.toml", "lstm"]);
+}
+
+#[test]
+fn model_spec_shapes_do_not_fit() {
+    // Three 2x2 poolings take 28 -> 3; a 5x5 convolution cannot fit.
+    let spec = "[[layer]]\ntype = \"max_pool2d\"\n[[layer]]\ntype = \"max_pool2d\"\n[[layer]]\ntype = \"max_pool2d\"\n[[layer]]\ntype = \"conv2d\"\nfilters = 8\nkernel = 5\n";
+    spec_error(spec, &["layer 4", "conv2d"]);
+}
+
+#[test]
+fn unknown_model_name() {
+    let o = gpurt(&["train", "--model", "resnet9000", "--quiet", "--limit", "100"]);
+    assert_fails_with(&o, &["resnet9000"]);
+}
+
+#[test]
+fn unwritable_output_folder() {
+    let t = tmp();
+    let data = t.path().join("mnist");
+    tiny_mnist(&data, 100, 20);
+    let file = t.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let out: PathBuf = file.join("run");
+    let o = gpurt(&["train", "--data", &data_arg(&data), "--model", "mlp", "--out", out.to_str().unwrap(), "--quiet"]);
+    assert_fails_with(&o, &["a-file"]);
+}
+
+#[test]
+fn eval_of_missing_run() {
+    let o = gpurt(&["eval", "--run", "/nonexistent/run"]);
+    assert_fails_with(&o, &["/nonexistent/run", "checkpoint.json"]);
+}

@@ -1,0 +1,200 @@
+//! Shared helpers for the numerical test suites: seeded random data, the
+//! relative-error metric, and a runner that compiles a graph and executes it
+//! on the CPU backend in f32.
+//!
+//! Data is generated as f32 values and handed to both sides as f64, so the
+//! f64 reference and the f32 runtime see bit-identical inputs.
+
+#![allow(dead_code)]
+
+pub mod reference;
+
+use gpurt::backend::cpu::CpuBackend;
+use gpurt::graph::exec::Session;
+use gpurt::graph::ir::{Graph, Role, ValueId};
+use gpurt::graph::plan::compile;
+use gpurt::tensor::DType;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::HashMap;
+
+/// Data for a graph's inputs, parameters and state, by value.
+pub type Data = HashMap<ValueId, Vec<f64>>;
+/// Runtime scalars by name (`lr`, `step`).
+pub type Scalars = HashMap<String, f64>;
+
+pub fn rng(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+/// `n` f32-representable values uniform in [-1, 1), never all zero.
+pub fn uniform(rng: &mut ChaCha8Rng, n: usize) -> Vec<f64> {
+    let v: Vec<f64> = (0..n)
+        .map(|_| rng.random_range(-1.0f32..1.0) as f64)
+        .collect();
+    assert!(v.iter().any(|&x| x != 0.0), "all-zero test data");
+    v
+}
+
+/// Like [`uniform`] but with |x| in [margin, 1): for inputs near a kink
+/// (relu at 0) or a pole (a divisor).
+pub fn uniform_away(rng: &mut ChaCha8Rng, n: usize, margin: f32) -> Vec<f64> {
+    (0..n)
+        .map(|_| {
+            let m = rng.random_range(margin..1.0f32);
+            (if rng.random_bool(0.5) { m } else { -m }) as f64
+        })
+        .collect()
+}
+
+/// `n` values uniform in [lo, hi), f32-representable.
+pub fn uniform_in(rng: &mut ChaCha8Rng, n: usize, lo: f32, hi: f32) -> Vec<f64> {
+    (0..n).map(|_| rng.random_range(lo..hi) as f64).collect()
+}
+
+/// `n` integer labels in 0..classes (stored as f64).
+pub fn labels(rng: &mut ChaCha8Rng, n: usize, classes: u32) -> Vec<f64> {
+    (0..n).map(|_| rng.random_range(0..classes) as f64).collect()
+}
+
+/// Random data for every input, parameter and state of `g`: u32 inputs get
+/// labels in `0..classes`, f32 values get [`uniform`].
+pub fn random_data(g: &Graph, rng: &mut ChaCha8Rng, classes: u32) -> Data {
+    let mut d = Data::new();
+    for (i, v) in g.values.iter().enumerate() {
+        if matches!(v.role, Role::Computed) {
+            continue;
+        }
+        let n = v.shape.numel();
+        let data = match v.dtype {
+            DType::U32 => labels(rng, n, classes),
+            _ => uniform(rng, n),
+        };
+        d.insert(ValueId(i as u32), data);
+    }
+    d
+}
+
+/// ‖a − b‖₂ / ‖b‖₂ over the whole tensor (`b` is the reference). When the
+/// reference is exactly zero the absolute norm ‖a‖ is returned instead.
+/// NaN anywhere gives NaN, which fails every `<` check.
+pub fn rel_err(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len(), "rel_err: lengths differ");
+    let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
+    let den: f64 = b.iter().map(|y| y * y).sum();
+    if den == 0.0 {
+        num.sqrt()
+    } else {
+        (num / den).sqrt()
+    }
+}
+
+/// Assert `rel_err(got, want) < tol` with a message naming the case.
+#[track_caller]
+pub fn assert_close(what: &str, got: &[f64], want: &[f64], tol: f64) {
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{what}: {} values, reference has {}",
+        got.len(),
+        want.len()
+    );
+    let e = rel_err(got, want);
+    assert!(
+        e < tol,
+        "{what}: relative error {e:.3e} >= {tol:.0e}\n  got  {:?}\n  want {:?}",
+        preview(got),
+        preview(want)
+    );
+}
+
+fn preview(v: &[f64]) -> Vec<f64> {
+    v.iter().take(8).cloned().collect()
+}
+
+pub fn scalars(kv: &[(&str, f64)]) -> Scalars {
+    kv.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+/// A graph compiled as program "p" and loaded on the CPU backend.
+pub struct Cpu {
+    pub session: Session,
+    program: usize,
+}
+
+impl Cpu {
+    pub fn new(g: &Graph) -> Self {
+        let module = compile(&[("p", g)]).expect("compile");
+        let session = Session::new(&CpuBackend::new(), module).expect("cpu session");
+        let program = session.program("p").expect("program p");
+        Cpu { session, program }
+    }
+
+    /// Upload every input, parameter and state value present in `data`
+    /// (as f32; u32 inputs as integers).
+    pub fn write(&mut self, g: &Graph, data: &Data) {
+        for (i, v) in g.values.iter().enumerate() {
+            let Some(d) = data.get(&ValueId(i as u32)) else {
+                continue;
+            };
+            match (&v.role, v.dtype) {
+                (Role::Input(n), DType::U32) => {
+                    let u: Vec<u32> = d.iter().map(|&x| x as u32).collect();
+                    self.session
+                        .write_input_u32(self.program, n, &u)
+                        .expect("write u32 input");
+                }
+                (Role::Input(n), _) => self
+                    .session
+                    .write_input(self.program, n, &to_f32(d))
+                    .expect("write input"),
+                (Role::Param(n) | Role::State(n), _) => self
+                    .session
+                    .write_persistent(n, &to_f32(d))
+                    .expect("write persistent"),
+                (Role::Computed, _) => {}
+            }
+        }
+    }
+
+    pub fn run(&mut self, scalars: &Scalars) {
+        for (k, v) in scalars {
+            self.session.set_scalar(k, *v as f32);
+        }
+        self.session.run(self.program).expect("run");
+    }
+
+    /// A named output as f64 (u32 outputs converted from their bits).
+    pub fn output(&mut self, g: &Graph, name: &str) -> Vec<f64> {
+        let v = g.output(name).unwrap_or_else(|| panic!("no output {name}"));
+        let mut out = vec![0.0f32; g.shape(v).numel()];
+        self.session
+            .read_output(self.program, name, &mut out)
+            .expect("read output");
+        match g.dtype(v) {
+            DType::U32 => out.iter().map(|x| x.to_bits() as f64).collect(),
+            _ => out.iter().map(|&x| x as f64).collect(),
+        }
+    }
+
+    pub fn persistent(&mut self, name: &str) -> Vec<f64> {
+        let t = self.session.read_persistent(name).expect("read persistent");
+        t.data.iter().map(|&x| x as f64).collect()
+    }
+}
+
+pub fn to_f32(d: &[f64]) -> Vec<f32> {
+    d.iter().map(|&x| x as f32).collect()
+}
+
+/// Compile `g`, run it once on the CPU backend in f32 and return every
+/// named output (as f64), keyed by name.
+pub fn run_cpu(g: &Graph, data: &Data, scalars: &Scalars) -> HashMap<String, Vec<f64>> {
+    let mut cpu = Cpu::new(g);
+    cpu.write(g, data);
+    cpu.run(scalars);
+    g.outputs
+        .iter()
+        .map(|(n, _)| (n.clone(), cpu.output(g, n)))
+        .collect()
+}
