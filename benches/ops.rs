@@ -1,1 +1,96 @@
-fn main() {}
+//! CPU benchmarks: GEMM, conv2d, softmax, Adam, and whole train steps.
+//! Throughput is reported by criterion from the FLOP/byte counts written
+//! next to each case. Compare against `../shared/peers/torch_bench.py`
+//! run on the same machine.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use gpurt::backend::cpu::CpuBackend;
+use gpurt::model::{Classifier, ClassifierConfig};
+use gpurt::nn::ModelSpec;
+use gpurt::ops::conv2d_cpu::{self, Conv2dGeom};
+use gpurt::ops::matmul::{sgemm, Threads};
+use gpurt::optim::{OptimConfig, OptimizerKind};
+use rand::{Rng, SeedableRng};
+use std::time::Duration;
+
+fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
+    let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..n).map(|_| r.random_range(-1.0f32..1.0)).collect()
+}
+
+fn gemm(c: &mut Criterion) {
+    let mut g = c.benchmark_group("gemm_f32");
+    g.sample_size(10).measurement_time(Duration::from_secs(3));
+    for n in [256usize, 1024, 2048] {
+        let (a, b) = (rand_vec(n * n, 1), rand_vec(n * n, 2));
+        let mut out = vec![0.0; n * n];
+        // FLOPs: 2·n³.
+        g.throughput(Throughput::Elements(2 * (n * n * n) as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |bch, &n| {
+            bch.iter(|| sgemm(n, n, n, &a, false, &b, false, &mut out, false, Threads::Parallel))
+        });
+    }
+    g.finish();
+}
+
+fn conv(c: &mut Criterion) {
+    let mut g = c.benchmark_group("conv2d");
+    g.sample_size(10).measurement_time(Duration::from_secs(3));
+    let geoms = [
+        ("N64_C32to64_32x32_pad1", Conv2dGeom { n: 64, c_in: 32, h: 32, w: 32, c_out: 64, kh: 3, kw: 3, stride: (1, 1), pad: (1, 1), dilation: (1, 1) }),
+        ("N64_C3to32_32x32_pad1", Conv2dGeom { n: 64, c_in: 3, h: 32, w: 32, c_out: 32, kh: 3, kw: 3, stride: (1, 1), pad: (1, 1), dilation: (1, 1) }),
+    ];
+    for (name, geo) in geoms {
+        let (oh, ow) = geo.out_hw().unwrap();
+        let x = rand_vec(geo.n * geo.c_in * geo.h * geo.w, 3);
+        let w = rand_vec(geo.c_out * geo.c_in * 9, 4);
+        let b = rand_vec(geo.c_out, 5);
+        let dy = rand_vec(geo.n * geo.c_out * oh * ow, 6);
+        let mut y = vec![0.0; dy.len()];
+        let mut dx = vec![0.0; x.len()];
+        let mut dw = vec![0.0; w.len()];
+        // FLOPs: 2·N·Cout·OH·OW·Cin·KH·KW forward; twice that for dx + dw.
+        let f = geo.flops_forward();
+        g.throughput(Throughput::Elements(f));
+        g.bench_function(format!("forward/{name}"), |bch| bch.iter(|| conv2d_cpu::conv2d_forward(&geo, &x, &w, Some(&b), &mut y)));
+        g.throughput(Throughput::Elements(2 * f));
+        g.bench_function(format!("backward_dx_dw/{name}"), |bch| {
+            bch.iter(|| {
+                conv2d_cpu::conv2d_grad_input(&geo, &dy, &w, &mut dx);
+                conv2d_cpu::conv2d_grad_weight(&geo, &x, &dy, &mut dw);
+            })
+        });
+    }
+    g.finish();
+}
+
+fn train_step(c: &mut Criterion) {
+    let mut g = c.benchmark_group("train_step");
+    g.sample_size(10).measurement_time(Duration::from_secs(5));
+    let cases: [(&str, ModelSpec, Vec<usize>, usize); 3] = [
+        ("cnn_cifar_b64", ModelSpec::cnn(10), vec![3, 32, 32], 64),
+        ("cnn_mnist_b64", ModelSpec::cnn(10), vec![1, 28, 28], 64),
+        (
+            "mlp_2048_512_20_b256",
+            ModelSpec {
+                name: "mlp".into(),
+                layers: vec![gpurt::nn::Layer::Flatten, gpurt::nn::Layer::Dense { units: 512, bias: true }, gpurt::nn::Layer::Relu, gpurt::nn::Layer::Dense { units: 20, bias: true }],
+            },
+            vec![2048, 1, 1],
+            256,
+        ),
+    ];
+    for (name, spec, input, batch) in cases {
+        let classes = if name.starts_with("mlp") { 20 } else { 10 };
+        let cfg = ClassifierConfig { spec, input: input.clone(), classes, train_batch: Some(batch), infer_batch: 1, optim: OptimConfig::new(OptimizerKind::Adam), seed: 1 };
+        let mut m = Classifier::new(cfg, &CpuBackend::new()).unwrap();
+        let x = rand_vec(batch * input.iter().product::<usize>(), 7);
+        let y: Vec<u32> = (0..batch as u32).map(|i| i % classes as u32).collect();
+        g.throughput(Throughput::Elements(batch as u64));
+        g.bench_function(name, |bch| bch.iter(|| m.train_step(&x, &y, 1e-4).unwrap()));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, gemm, conv, train_step);
+criterion_main!(benches);

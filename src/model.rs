@@ -7,7 +7,7 @@ use crate::graph::exec::Session;
 use crate::graph::ir::{Graph, Role};
 use crate::graph::plan;
 use crate::nn::init::init_params;
-use crate::nn::spec::{Init, ModelSpec, ParamDecl};
+use crate::nn::spec::{ModelSpec, ParamDecl};
 use crate::optim::{self, OptimConfig};
 use crate::tensor::{DType, Shape, Tensor};
 use crate::weights;
@@ -273,9 +273,4 @@ impl Classifier {
 /// Whether a graph value is a parameter (for reporting).
 pub fn is_param(role: &Role) -> bool {
     matches!(role, Role::Param(_))
-}
-
-#[allow(dead_code)]
-fn _init_is_used(i: Init) -> Init {
-    i
 }

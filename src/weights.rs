@@ -175,6 +175,11 @@ pub fn load(path: &Path) -> Result<LoadedWeights> {
         .map_err(|e| Error::format(path, format!("not a valid safetensors file: {e}")))?;
     let mut tensors = BTreeMap::new();
     for (name, view) in file.iter() {
+        // PyTorch's batch-norm step counter (an i64 scalar) is bookkeeping
+        // gpurt does not use; every other tensor must be a float type.
+        if name.ends_with(".num_batches_tracked") {
+            continue;
+        }
         let loaded = convert_view(path, name, &view)?;
         tensors.insert(name.to_string(), loaded);
     }
