@@ -27,7 +27,20 @@ fn gemm(c: &mut Criterion) {
         // FLOPs: 2·n³.
         g.throughput(Throughput::Elements(2 * (n * n * n) as u64));
         g.bench_with_input(BenchmarkId::from_parameter(n), &n, |bch, &n| {
-            bch.iter(|| sgemm(n, n, n, &a, false, &b, false, &mut out, false, Threads::Parallel))
+            bch.iter(|| {
+                sgemm(
+                    n,
+                    n,
+                    n,
+                    &a,
+                    false,
+                    &b,
+                    false,
+                    &mut out,
+                    false,
+                    Threads::Parallel,
+                )
+            })
         });
     }
     g.finish();
@@ -37,8 +50,36 @@ fn conv(c: &mut Criterion) {
     let mut g = c.benchmark_group("conv2d");
     g.sample_size(10).measurement_time(Duration::from_secs(3));
     let geoms = [
-        ("N64_C32to64_32x32_pad1", Conv2dGeom { n: 64, c_in: 32, h: 32, w: 32, c_out: 64, kh: 3, kw: 3, stride: (1, 1), pad: (1, 1), dilation: (1, 1) }),
-        ("N64_C3to32_32x32_pad1", Conv2dGeom { n: 64, c_in: 3, h: 32, w: 32, c_out: 32, kh: 3, kw: 3, stride: (1, 1), pad: (1, 1), dilation: (1, 1) }),
+        (
+            "N64_C32to64_32x32_pad1",
+            Conv2dGeom {
+                n: 64,
+                c_in: 32,
+                h: 32,
+                w: 32,
+                c_out: 64,
+                kh: 3,
+                kw: 3,
+                stride: (1, 1),
+                pad: (1, 1),
+                dilation: (1, 1),
+            },
+        ),
+        (
+            "N64_C3to32_32x32_pad1",
+            Conv2dGeom {
+                n: 64,
+                c_in: 3,
+                h: 32,
+                w: 32,
+                c_out: 32,
+                kh: 3,
+                kw: 3,
+                stride: (1, 1),
+                pad: (1, 1),
+                dilation: (1, 1),
+            },
+        ),
     ];
     for (name, geo) in geoms {
         let (oh, ow) = geo.out_hw().unwrap();
@@ -52,7 +93,9 @@ fn conv(c: &mut Criterion) {
         // FLOPs: 2·N·Cout·OH·OW·Cin·KH·KW forward; twice that for dx + dw.
         let f = geo.flops_forward();
         g.throughput(Throughput::Elements(f));
-        g.bench_function(format!("forward/{name}"), |bch| bch.iter(|| conv2d_cpu::conv2d_forward(&geo, &x, &w, Some(&b), &mut y)));
+        g.bench_function(format!("forward/{name}"), |bch| {
+            bch.iter(|| conv2d_cpu::conv2d_forward(&geo, &x, &w, Some(&b), &mut y))
+        });
         g.throughput(Throughput::Elements(2 * f));
         g.bench_function(format!("backward_dx_dw/{name}"), |bch| {
             bch.iter(|| {
@@ -74,7 +117,18 @@ fn train_step(c: &mut Criterion) {
             "mlp_2048_512_20_b256",
             ModelSpec {
                 name: "mlp".into(),
-                layers: vec![gpurt::nn::Layer::Flatten, gpurt::nn::Layer::Dense { units: 512, bias: true }, gpurt::nn::Layer::Relu, gpurt::nn::Layer::Dense { units: 20, bias: true }],
+                layers: vec![
+                    gpurt::nn::Layer::Flatten,
+                    gpurt::nn::Layer::Dense {
+                        units: 512,
+                        bias: true,
+                    },
+                    gpurt::nn::Layer::Relu,
+                    gpurt::nn::Layer::Dense {
+                        units: 20,
+                        bias: true,
+                    },
+                ],
             },
             vec![2048, 1, 1],
             256,
@@ -82,7 +136,16 @@ fn train_step(c: &mut Criterion) {
     ];
     for (name, spec, input, batch) in cases {
         let classes = if name.starts_with("mlp") { 20 } else { 10 };
-        let cfg = ClassifierConfig { spec, input: input.clone(), classes, train_batch: Some(batch), infer_batch: 1, optim: OptimConfig::new(OptimizerKind::Adam), seed: 1 };
+        let cfg = ClassifierConfig {
+            spec,
+            input: input.clone(),
+            classes,
+            train_batch: Some(batch),
+            infer_batch: 1,
+            optim: OptimConfig::new(OptimizerKind::Adam),
+            seed: 1,
+            fuse: true,
+        };
         let mut m = Classifier::new(cfg, &CpuBackend::new()).unwrap();
         let x = rand_vec(batch * input.iter().product::<usize>(), 7);
         let y: Vec<u32> = (0..batch as u32).map(|i| i % classes as u32).collect();

@@ -28,6 +28,8 @@ pub enum Command {
     Predict(PredictArgs),
     /// List the backends and adapters on this machine and what `auto` picks.
     Devices,
+    /// Show the compiled train step: launches before and after fusion, FLOPs, bytes, memory.
+    Plan(PlanArgs),
 }
 
 #[derive(Args, Debug)]
@@ -82,6 +84,9 @@ pub struct TrainArgs {
     /// No progress bar (summary lines only).
     #[arg(long)]
     pub quiet: bool,
+    /// Run the step unfused (for comparisons).
+    #[arg(long)]
+    pub no_fuse: bool,
 }
 
 #[derive(Args, Debug)]
@@ -149,6 +154,24 @@ impl TrainArgs {
             },
             limit: self.limit,
             progress: !self.quiet,
+            fuse: !self.no_fuse,
         })
     }
+}
+
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    /// Preset (cnn, mlp) or a path to a TOML model spec.
+    #[arg(long, default_value = "cnn")]
+    pub model: String,
+    /// Input shape C,H,W of one example.
+    #[arg(long, default_value = "1,28,28", value_delimiter = ',')]
+    pub input: Vec<usize>,
+    #[arg(long, default_value_t = 10)]
+    pub classes: usize,
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// adam, adamw or sgd.
+    #[arg(long, default_value = "adam")]
+    pub optimizer: String,
 }

@@ -11,6 +11,7 @@ pub mod data;
 pub mod error;
 pub mod eval;
 pub mod graph;
+pub mod inspect;
 pub mod metrics;
 pub mod model;
 pub mod nn;

@@ -3,7 +3,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use gpurt::backend::{self, DeviceSpec};
-use gpurt::cli::{Cli, Command, EvalArgs, PredictArgs};
+use gpurt::cli::{Cli, Command, EvalArgs, PlanArgs, PredictArgs};
 use gpurt::data::{self, DataSpec, Split};
 use gpurt::eval::{evaluate, top_k};
 use gpurt::train::{self, checkpoint_normalizer, load_run};
@@ -40,6 +40,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Eval(a) => eval(a),
         Command::Predict(a) => predict(a),
+        Command::Plan(a) => plan(a),
         Command::Devices => {
             for (name, ok, detail) in backend::describe() {
                 println!(
@@ -144,4 +145,27 @@ fn is_png(p: &Path) -> Result<bool> {
         .read(&mut sig)
         .with_context(|| format!("{}", p.display()))?;
     Ok(n == 8 && sig == [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A])
+}
+
+fn plan(a: PlanArgs) -> Result<()> {
+    if a.input.len() != 3 {
+        bail!("--input must be C,H,W (three numbers), got {:?}", a.input);
+    }
+    let cfg = gpurt::model::ClassifierConfig {
+        spec: gpurt::nn::ModelSpec::resolve(&a.model, a.classes)?,
+        input: a.input.clone(),
+        classes: a.classes,
+        train_batch: Some(a.batch),
+        infer_batch: 1,
+        optim: gpurt::optim::OptimConfig::new(a.optimizer.parse()?),
+        seed: 0,
+        fuse: true,
+    };
+    let r = gpurt::inspect::PlanReport::new(&cfg)?;
+    println!(
+        "model {} input {:?} batch {}\n",
+        cfg.spec.name, cfg.input, a.batch
+    );
+    print!("{}", r.render());
+    Ok(())
 }

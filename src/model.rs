@@ -5,7 +5,7 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::graph::exec::Session;
 use crate::graph::ir::{Graph, Role};
-use crate::graph::plan;
+use crate::graph::{fuse, plan};
 use crate::nn::init::init_params;
 use crate::nn::spec::{ModelSpec, ParamDecl};
 use crate::optim::{self, OptimConfig};
@@ -26,6 +26,8 @@ pub struct ClassifierConfig {
     pub infer_batch: usize,
     pub optim: OptimConfig,
     pub seed: u64,
+    /// Apply the fusion passes (off only to compare against unfused).
+    pub fuse: bool,
 }
 
 pub struct Classifier {
@@ -44,17 +46,7 @@ pub const INFER: &str = "infer";
 impl Classifier {
     pub fn new(config: ClassifierConfig, backend: &dyn Backend) -> Result<Self> {
         let decls = config.spec.declare(&config.input)?;
-        let mut graphs = Vec::new();
-        let train_graph = match config.train_batch {
-            Some(b) => Some(Self::train_graph(&config, b)?),
-            None => None,
-        };
-        let infer_graph = Self::infer_graph(&config, config.infer_batch)?;
-        if let Some(g) = &train_graph {
-            graphs.push((TRAIN, g));
-        }
-        graphs.push((INFER, &infer_graph));
-        let module = plan::compile(&graphs)?;
+        let module = Self::module(&config)?;
         let mut session = Session::new(backend, module)?;
         for (name, t) in init_params(&decls, config.seed) {
             session.write_persistent(&name, &t.data)?;
@@ -72,6 +64,22 @@ impl Classifier {
             infer,
             step: 0,
         })
+    }
+
+    /// The fused (unless disabled) graphs, lowered into one module.
+    pub fn module(config: &ClassifierConfig) -> Result<plan::Module> {
+        let mut graphs = Vec::new();
+        if let Some(b) = config.train_batch {
+            graphs.push((TRAIN, Self::train_graph(config, b)?));
+        }
+        graphs.push((INFER, Self::infer_graph(config, config.infer_batch)?));
+        if config.fuse {
+            for (_, g) in graphs.iter_mut() {
+                fuse::fuse(g);
+            }
+        }
+        let refs: Vec<(&str, &Graph)> = graphs.iter().map(|(n, g)| (*n, g)).collect();
+        plan::compile(&refs)
     }
 
     fn input_shape(c: &ClassifierConfig, batch: usize) -> Shape {

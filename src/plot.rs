@@ -519,7 +519,7 @@ mod tests {
         plot_training(&path, &rows).unwrap();
         let (w, h, pixels) = decode(&path);
         assert_eq!((w, h), (WIDTH, HEIGHT));
-        assert!(pixels.chunks(3).any(|p| p != pixels[..3].as_ref()));
+        assert!(pixels.chunks(3).any(|p| p != &pixels[..3]));
 
         let markers = expected_markers(&rows);
         // 4 train + 3 val points in each of the two panels.

@@ -37,6 +37,8 @@ pub struct TrainOptions {
     /// Train on the first N training images only (quick runs, CI).
     pub limit: Option<usize>,
     pub progress: bool,
+    /// Apply fusion passes (`--no-fuse` turns them off).
+    pub fuse: bool,
 }
 
 /// What `checkpoint.json` records: enough to rebuild the model, its input
@@ -130,6 +132,7 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
         infer_batch: 256,
         optim,
         seed: o.seed,
+        fuse: o.fuse,
     };
     let t_compile = Instant::now();
     let mut model = Classifier::new(cfg, backend.as_ref())?;
@@ -367,6 +370,7 @@ pub fn load_run(dir: &Path, device: &DeviceSpec, batch: usize) -> Result<(Classi
         infer_batch: batch,
         optim: OptimConfig::new(OptimizerKind::Adam),
         seed: ck.seed,
+        fuse: true,
     };
     let mut model = Classifier::new(cfg, backend.as_ref())?;
     model.load_weights(&dir.join(MODEL_FILE))?;

@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn gpurt(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gpurt")).args(args).output().expect("run gpurt")
+    Command::new(env!("CARGO_BIN_EXE_gpurt"))
+        .args(args)
+        .output()
+        .expect("run gpurt")
 }
 
 fn stderr(o: &Output) -> String {
@@ -29,7 +32,11 @@ fn idx_images(n: usize, seed: u32) -> Vec<u8> {
             s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
             let (r, c) = (p / 28, p % 28);
             let on = r / 3 == label || c / 3 == label;
-            v.push(if on { 200 + (s >> 29) as u8 } else { (s >> 27) as u8 });
+            v.push(if on {
+                200 + (s >> 29) as u8
+            } else {
+                (s >> 27) as u8
+            });
         }
     }
     v
@@ -60,13 +67,24 @@ fn data_arg(dir: &Path) -> String {
 }
 
 fn assert_fails_with(o: &Output, needles: &[&str]) {
-    assert!(!o.status.success(), "expected failure, got success; stdout: {}", stdout(o));
+    assert!(
+        !o.status.success(),
+        "expected failure, got success; stdout: {}",
+        stdout(o)
+    );
     let e = stderr(o);
     assert!(!e.contains("panicked"), "panic instead of an error: {e}");
-    let last = e.lines().filter(|l| l.starts_with("error:")).collect::<Vec<_>>();
+    let last = e
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect::<Vec<_>>();
     assert_eq!(last.len(), 1, "expected one error line, got: {e}");
     for n in needles {
-        assert!(last[0].contains(n), "error line {:?} does not mention {n:?}", last[0]);
+        assert!(
+            last[0].contains(n),
+            "error line {:?} does not mention {n:?}",
+            last[0]
+        );
     }
 }
 
@@ -78,7 +96,22 @@ fn help_lists_commands_and_options() {
         assert!(stdout(&o).contains(c), "--help lacks {c}");
     }
     let o = gpurt(&["train", "--help"]);
-    for opt in ["--model", "--data", "--epochs", "--batch", "--optimizer", "--lr", "--lr-schedule", "--warmup", "--weight-decay", "--seed", "--device", "--out", "--resume", "--val-split"] {
+    for opt in [
+        "--model",
+        "--data",
+        "--epochs",
+        "--batch",
+        "--optimizer",
+        "--lr",
+        "--lr-schedule",
+        "--warmup",
+        "--weight-decay",
+        "--seed",
+        "--device",
+        "--out",
+        "--resume",
+        "--val-split",
+    ] {
         assert!(stdout(&o).contains(opt), "train --help lacks {opt}");
     }
 }
@@ -107,49 +140,125 @@ fn train_eval_predict_resume() {
     let data = t.path().join("mnist");
     tiny_mnist(&data, 640, 200);
     let out = t.path().join("run");
-    let common = ["--data", &data_arg(&data), "--model", "mlp", "--batch", "32", "--quiet", "--seed", "5"];
-    let o = gpurt(&[&["train", "--epochs", "2", "--out", out.to_str().unwrap()], &common[..]].concat());
+    let common = [
+        "--data",
+        &data_arg(&data),
+        "--model",
+        "mlp",
+        "--batch",
+        "32",
+        "--quiet",
+        "--seed",
+        "5",
+    ];
+    let o = gpurt(
+        &[
+            &["train", "--epochs", "2", "--out", out.to_str().unwrap()],
+            &common[..],
+        ]
+        .concat(),
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let s = stdout(&o);
-    assert!(s.contains("epoch 1/2") && s.contains("epoch 2/2") && s.contains("val loss"), "{s}");
-    for f in ["model.safetensors", "optim.safetensors", "checkpoint.json", "metrics.csv", "metrics.json", "training.png"] {
+    assert!(
+        s.contains("epoch 1/2") && s.contains("epoch 2/2") && s.contains("val loss"),
+        "{s}"
+    );
+    for f in [
+        "model.safetensors",
+        "optim.safetensors",
+        "checkpoint.json",
+        "metrics.csv",
+        "metrics.json",
+        "training.png",
+    ] {
         assert!(out.join(f).exists(), "{f} missing");
     }
     let test_line = s.lines().find(|l| l.starts_with("test:")).unwrap();
-    let acc = test_line.split("accuracy ").nth(1).unwrap().split('%').next().unwrap().to_string();
+    let acc = test_line
+        .split("accuracy ")
+        .nth(1)
+        .unwrap()
+        .split('%')
+        .next()
+        .unwrap()
+        .to_string();
 
     // eval reproduces the trainer's test accuracy.
     let o = gpurt(&["eval", "--run", out.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stdout(&o).contains(&format!("accuracy {acc}%")), "eval: {} vs trainer {acc}", stdout(&o));
+    assert!(
+        stdout(&o).contains(&format!("accuracy {acc}%")),
+        "eval: {} vs trainer {acc}",
+        stdout(&o)
+    );
     assert!(stdout(&o).contains("precision") && stdout(&o).contains("recall"));
     let o = gpurt(&["eval", "--run", out.to_str().unwrap(), "--json"]);
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("eval --json is JSON");
     assert!(v["report"]["macro_f1"].as_f64().is_some());
 
     // predict on an IDX file and on a PNG.
-    let o = gpurt(&["predict", "--run", out.to_str().unwrap(), "--top-k", "2", data.join("t10k-images-idx3-ubyte").to_str().unwrap()]);
+    let o = gpurt(&[
+        "predict",
+        "--run",
+        out.to_str().unwrap(),
+        "--top-k",
+        "2",
+        data.join("t10k-images-idx3-ubyte").to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o).lines().count(), 200);
     let png = t.path().join("digit.png");
     gpurt::data::save_png_gray(&png, 28, 28, &idx_images(1, 9)[16..]).unwrap();
-    let o = gpurt(&["predict", "--run", out.to_str().unwrap(), "--json", png.to_str().unwrap()]);
+    let o = gpurt(&[
+        "predict",
+        "--run",
+        out.to_str().unwrap(),
+        "--json",
+        png.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v[0]["top"].as_array().unwrap().len(), 3);
 
     // Resume: 1 epoch, then resume to 2, equals the uninterrupted 2-epoch run.
     let out1 = t.path().join("run1");
-    let o = gpurt(&[&["train", "--epochs", "1", "--out", out1.to_str().unwrap()], &common[..]].concat());
+    let o = gpurt(
+        &[
+            &["train", "--epochs", "1", "--out", out1.to_str().unwrap()],
+            &common[..],
+        ]
+        .concat(),
+    );
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = gpurt(&[&["train", "--epochs", "2", "--out", out1.to_str().unwrap(), "--resume", out1.to_str().unwrap()], &common[..]].concat());
+    let o = gpurt(
+        &[
+            &[
+                "train",
+                "--epochs",
+                "2",
+                "--out",
+                out1.to_str().unwrap(),
+                "--resume",
+                out1.to_str().unwrap(),
+            ],
+            &common[..],
+        ]
+        .concat(),
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let a = gpurt::weights::load(&out.join("model.safetensors")).unwrap();
     let b = gpurt::weights::load(&out1.join("model.safetensors")).unwrap();
     assert_eq!(a.tensors.len(), b.tensors.len());
     for (name, (ta, _)) in &a.tensors {
         let tb = &b.tensors[name].0;
-        assert!(ta.data.iter().zip(&tb.data).all(|(x, y)| x.to_bits() == y.to_bits()), "{name} differs after resume");
+        assert!(
+            ta.data
+                .iter()
+                .zip(&tb.data)
+                .all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{name} differs after resume"
+        );
     }
 }
 
@@ -162,9 +271,23 @@ fn expect_data_error(setup: impl Fn(&Path), needles: &[&str]) {
     // An existing checkpoint must survive a failed run untouched.
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("model.safetensors"), b"precious").unwrap();
-    let o = gpurt(&["train", "--data", &data_arg(&data), "--model", "mlp", "--epochs", "1", "--out", out.to_str().unwrap(), "--quiet"]);
+    let o = gpurt(&[
+        "train",
+        "--data",
+        &data_arg(&data),
+        "--model",
+        "mlp",
+        "--epochs",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
     assert_fails_with(&o, needles);
-    assert_eq!(std::fs::read(out.join("model.safetensors")).unwrap(), b"precious");
+    assert_eq!(
+        std::fs::read(out.join("model.safetensors")).unwrap(),
+        b"precious"
+    );
 }
 
 #[test]
@@ -200,7 +323,10 @@ fn truncated_file() {
 
 #[test]
 fn image_and_label_counts_disagree() {
-    expect_data_error(|d| std::fs::write(d.join("train-labels-idx1-ubyte"), idx_labels(90)).unwrap(), &["100", "90"]);
+    expect_data_error(
+        |d| std::fs::write(d.join("train-labels-idx1-ubyte"), idx_labels(90)).unwrap(),
+        &["100", "90"],
+    );
 }
 
 #[test]
@@ -222,13 +348,25 @@ fn spec_error(toml: &str, needles: &[&str]) {
     tiny_mnist(&data, 100, 20);
     let spec = t.path().join("model.toml");
     std::fs::write(&spec, toml).unwrap();
-    let o = gpurt(&["train", "--data", &data_arg(&data), "--model", spec.to_str().unwrap(), "--out", t.path().join("run").to_str().unwrap(), "--quiet"]);
+    let o = gpurt(&[
+        "train",
+        "--data",
+        &data_arg(&data),
+        "--model",
+        spec.to_str().unwrap(),
+        "--out",
+        t.path().join("run").to_str().unwrap(),
+        "--quiet",
+    ]);
     assert_fails_with(&o, needles);
 }
 
 #[test]
 fn unknown_model_layer() {
-    spec_error("[[layer]]\ntype = \"lstm\"\nunits = 4\n", &["model.toml", "lstm"]);
+    spec_error(
+        "[[layer]]\ntype = \"lstm\"\nunits = 4\n",
+        &["model.toml", "lstm"],
+    );
 }
 
 #[test]
@@ -240,7 +378,14 @@ fn model_spec_shapes_do_not_fit() {
 
 #[test]
 fn unknown_model_name() {
-    let o = gpurt(&["train", "--model", "resnet9000", "--quiet", "--limit", "100"]);
+    let o = gpurt(&[
+        "train",
+        "--model",
+        "resnet9000",
+        "--quiet",
+        "--limit",
+        "100",
+    ]);
     assert_fails_with(&o, &["resnet9000"]);
 }
 
@@ -252,7 +397,16 @@ fn unwritable_output_folder() {
     let file = t.path().join("a-file");
     std::fs::write(&file, b"x").unwrap();
     let out: PathBuf = file.join("run");
-    let o = gpurt(&["train", "--data", &data_arg(&data), "--model", "mlp", "--out", out.to_str().unwrap(), "--quiet"]);
+    let o = gpurt(&[
+        "train",
+        "--data",
+        &data_arg(&data),
+        "--model",
+        "mlp",
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
     assert_fails_with(&o, &["a-file"]);
 }
 

@@ -15,7 +15,7 @@ use common::reference::{conv_out, eval_f64};
 use common::*;
 use gpurt::graph::ir::{Graph, ValueId};
 use gpurt::ops::batchnorm::BatchNormParams;
-use gpurt::ops::{Activation, BinaryKind, ConvParams, PoolParams};
+use gpurt::ops::{Activation, BinaryKind, ConvParams, Op, PoolParams};
 use gpurt::optim::{append_update, state_name, OptimConfig, OptimizerKind};
 use gpurt::tensor::{DType, Shape};
 
@@ -33,21 +33,43 @@ fn input(g: &mut Graph, name: &str, dims: &[usize]) -> ValueId {
 }
 
 /// Run `g` in f32 on the CPU backend and in f64 on the reference; compare
-/// every named output (u32 outputs exactly). Returns the reference values.
+/// every named output (u32 outputs exactly). The same is done for `g` after
+/// the fusion passes ([`fused`]): its f32 run must match the reference of
+/// the *unfused* graph, and its own f64 evaluation must equal the unfused
+/// one (the rewrite preserves the maths). Returns the reference values.
 fn check(what: &str, g: &Graph, data: &Data, sc: &Scalars, tol: f64) -> Vec<Vec<f64>> {
     let want = eval_f64(g, data, sc);
-    let got = run_cpu(g, data, sc);
     assert!(!g.outputs.is_empty(), "{what}: graph has no outputs");
-    for (name, v) in &g.outputs {
-        let (got, want) = (&got[name], &want[v.0 as usize]);
-        let what = format!("{what} output '{name}' {}", g.shape(*v));
-        if g.dtype(*v) == DType::U32 {
-            assert_eq!(got, want, "{what}: integer output differs");
-        } else {
-            assert_close(&what, got, want, tol);
+    let fg = fused(g);
+    let fused_want = eval_f64(&fg, data, sc);
+    for (graph, label) in [(g, "unfused"), (&fg, "fused")] {
+        let got = run_cpu(graph, data, sc);
+        for (name, v) in &g.outputs {
+            let fv = graph.output(name).expect("fusion keeps outputs");
+            let what = format!("{what} [{label}] output '{name}' {}", g.shape(*v));
+            let want = &want[v.0 as usize];
+            if g.dtype(*v) == DType::U32 {
+                assert_eq!(&got[name], want, "{what}: integer output differs");
+                assert_eq!(&fused_want[fv.0 as usize], want, "{what}: fused f64");
+            } else {
+                assert_close(&what, &got[name], want, tol);
+                assert_close(
+                    &format!("{what} (fused graph in f64)"),
+                    &fused_want[fv.0 as usize],
+                    want,
+                    1e-12,
+                );
+            }
         }
     }
     want
+}
+
+/// Whether any node of `g` is `op`'s kind.
+fn has_op(g: &Graph, pred: impl Fn(&Op) -> bool) -> bool {
+    g.nodes
+        .iter()
+        .any(|n| (!n.outputs.is_empty() || !n.mutates.is_empty()) && pred(&n.op))
 }
 
 // ---------------------------------------------------------------------------
@@ -378,7 +400,13 @@ fn max_pool2d_ties_pick_first() {
             -0.5, 0.75, 0.25, 0.25,
         ],
     )]);
-    let want = check("max_pool2d ties [1,1,3,4]", &g, &data, &Scalars::new(), 1e-300);
+    let want = check(
+        "max_pool2d ties [1,1,3,4]",
+        &g,
+        &data,
+        &Scalars::new(),
+        1e-300,
+    );
     assert_eq!(want[argmax.0 as usize], vec![0.0, 3.0, 9.0, 6.0]);
 }
 
@@ -432,7 +460,8 @@ fn global_avg_pool_forward() {
 // ---------------------------------------------------------------------------
 // Elementwise.
 
-const ELEMENTWISE_SHAPES: [&[usize]; 6] = [&[1], &[3, 7], &[33], &[2, 3, 7, 7], &[1, 1, 33, 3], &[]];
+const ELEMENTWISE_SHAPES: [&[usize]; 6] =
+    [&[1], &[3, 7], &[33], &[2, 3, 7, 7], &[1, 1, 33, 3], &[]];
 
 /// relu, exact gelu, sigmoid and tanh over [-4, 4).
 #[test]
@@ -499,6 +528,64 @@ fn binary_ops_broadcast() {
             }
         }
     }
+}
+
+/// Binary ops whose full-shape operand is a computed value that dies at the
+/// op, so the planner may write the result over it (either operand side,
+/// with the other operand broadcasting), inside longer chains.
+#[test]
+fn binary_ops_over_dying_operand() {
+    let mut r = rng(24);
+    let mut in_place = 0;
+    for (sa, sb) in BROADCAST_PAIRS {
+        for (sa, sb) in [(sa, sb), (sb, sa)] {
+            for k in [
+                BinaryKind::Add,
+                BinaryKind::Sub,
+                BinaryKind::Mul,
+                BinaryKind::Div,
+            ] {
+                for computed_side in [0, 1] {
+                    let mut g = Graph::new(false);
+                    let a = input(&mut g, "a", sa);
+                    let b = input(&mut g, "b", sb);
+                    // The computed operand: tanh of an input (never zero for a
+                    // divisor drawn away from zero).
+                    let (a, b) = if computed_side == 0 {
+                        (g.act(Activation::Tanh, a).unwrap(), b)
+                    } else {
+                        (a, g.act(Activation::Tanh, b).unwrap())
+                    };
+                    let y = g.binary(k, a, b).unwrap();
+                    let y = g.scale(y, 0.5).unwrap();
+                    g.set_output("y", y);
+                    let module = gpurt::graph::plan::compile(&[("p", &g)]).unwrap();
+                    in_place += module.programs[0]
+                        .launches
+                        .iter()
+                        .filter(|l| l.inplace.is_some())
+                        .count();
+                    let mut data = random_data(&g, &mut r, 1);
+                    let bv = g.inputs()[1].1;
+                    data.insert(bv, uniform_away(&mut r, g.shape(bv).numel(), 0.2));
+                    check(
+                        &format!(
+                            "{} {sa:?} ∘ {sb:?}, operand {computed_side} computed",
+                            k.name()
+                        ),
+                        &g,
+                        &data,
+                        &Scalars::new(),
+                        TOL,
+                    );
+                }
+            }
+        }
+    }
+    assert!(
+        in_place > 0,
+        "no launch ran in place: the test exercised nothing new"
+    );
 }
 
 /// `scale` by several factors, and `fill` of several shapes.
@@ -600,7 +687,10 @@ fn reductions_and_broadcast_to() {
 #[test]
 fn large_reduction() {
     let mut r = rng(14);
-    for (xd, axes) in [(&[33, 390][..], &[0usize, 1][..]), (&[2, 10007][..], &[1][..])] {
+    for (xd, axes) in [
+        (&[33, 390][..], &[0usize, 1][..]),
+        (&[2, 10007][..], &[1][..]),
+    ] {
         let mut g = Graph::new(false);
         let x = input(&mut g, "x", xd);
         let s = g.sum(x, axes, false).unwrap();
@@ -713,7 +803,10 @@ fn cross_entropy_bad_label_is_nan() {
     let mut r = rng(18);
     let data = Data::from([(x, uniform(&mut r, 6)), (y, vec![1.0, 3.0])]);
     let got = run_cpu(&g, &data, &Scalars::new());
-    assert!(got["loss"][0].is_nan(), "cross_entropy label 3 of 3 classes");
+    assert!(
+        got["loss"][0].is_nan(),
+        "cross_entropy label 3 of 3 classes"
+    );
 }
 
 /// Inverted dropout with the hash mask: kept values are scaled by
@@ -770,7 +863,12 @@ fn dropout_identity_and_rate() {
 // ---------------------------------------------------------------------------
 // Batch normalisation.
 
-fn bn_graph(training: bool, xd: &[usize], eps: f32, momentum: f32) -> (Graph, BatchNormParams, ValueId) {
+fn bn_graph(
+    training: bool,
+    xd: &[usize],
+    eps: f32,
+    momentum: f32,
+) -> (Graph, BatchNormParams, ValueId) {
     let mut g = Graph::new(training);
     let x = input(&mut g, "x", xd);
     let c = xd[1];
@@ -809,7 +907,13 @@ fn batch_norm_train_forward_and_running_stats() {
         data.insert(p.running_var, uniform_in(&mut r, xd[1], 0.5, 1.5));
         let x = g.inputs()[0].1;
         data.insert(x, uniform_in(&mut r, g.shape(x).numel(), -1.0, 3.0));
-        let want = check(&format!("batch_norm2d train x {xd:?}"), &g, &data, &Scalars::new(), TOL);
+        let want = check(
+            &format!("batch_norm2d train x {xd:?}"),
+            &g,
+            &data,
+            &Scalars::new(),
+            TOL,
+        );
 
         let mut cpu = Cpu::new(&g);
         cpu.write(&g, &data);
@@ -837,7 +941,13 @@ fn batch_norm_inference_forward() {
         g.set_output("y", y);
         let mut data = random_data(&g, &mut r, 1);
         data.insert(p.running_var, uniform_in(&mut r, xd[1], 0.1, 2.0));
-        check(&format!("batch_norm2d infer x {xd:?}"), &g, &data, &Scalars::new(), TOL);
+        check(
+            &format!("batch_norm2d infer x {xd:?}"),
+            &g,
+            &data,
+            &Scalars::new(),
+            TOL,
+        );
     }
 }
 
@@ -884,7 +994,8 @@ fn backward_kernels_match_reference() {
                 pad: (0, 0),
                 dilation: (1, 2),
             };
-            g.conv2d_act(x, w, Some(b), p, Some(Activation::Tanh)).unwrap()
+            g.conv2d_act(x, w, Some(b), p, Some(Activation::Tanh))
+                .unwrap()
         }),
         ("max_pool2d 3x2 s(2,1) p1", |g| {
             let x = input(g, "x", &[2, 3, 7, 5]);
@@ -987,6 +1098,218 @@ fn backward_kernels_match_reference() {
 }
 
 // ---------------------------------------------------------------------------
+// Fused kernels (the graph after `gpurt::graph::fuse::fuse`).
+
+/// Set `d loss / d v` for every `v` in `wrt` as outputs `grad0`, `grad1`, ...
+fn add_gradients(g: &mut Graph, loss: ValueId, wrt: &[ValueId]) {
+    let grads = gpurt::graph::autodiff::gradients(g, loss, wrt).unwrap();
+    for (i, d) in grads.iter().enumerate() {
+        g.set_output(&format!("grad{i}"), *d);
+    }
+}
+
+/// `sum(y ⊙ r)` with `r` a new random input.
+fn weighted_sum(g: &mut Graph, y: ValueId) -> ValueId {
+    let s = g.shape(y).clone();
+    let r = g.input("r", s.clone(), DType::F32).unwrap();
+    let p = g.mul(y, r).unwrap();
+    let axes: Vec<usize> = (0..s.rank()).collect();
+    g.sum(p, &axes, false).unwrap()
+}
+
+/// Epilogue fusion: conv2d / linear (+ bias) followed by a separate relu,
+/// sigmoid or tanh node runs as one kernel with the activation fused.
+#[test]
+fn fused_epilogue_matches_reference() {
+    let mut r = rng(40);
+    for a in [Activation::Relu, Activation::Sigmoid, Activation::Tanh] {
+        for case in CONV_CASES {
+            let (mut g, y) = build_conv(&case, true, None).unwrap();
+            let z = g.act(a, y).unwrap();
+            g.set_output("y", z);
+            assert!(
+                has_op(&fused(&g), |op| matches!(
+                    op,
+                    Op::Conv2d { act: Some(_), .. }
+                )),
+                "conv2d + {} {case:?}: no fused epilogue",
+                a.name()
+            );
+            let data = random_data(&g, &mut r, 1);
+            check(
+                &format!("conv2d + {} {case:?}", a.name()),
+                &g,
+                &data,
+                &Scalars::new(),
+                TOL,
+            );
+        }
+        for (xd, out) in LINEAR_CASES {
+            let mut g = Graph::new(false);
+            let x = input(&mut g, "x", xd);
+            let w = g.param("w", [out, *xd.last().unwrap()]).unwrap();
+            let b = g.param("b", [out]).unwrap();
+            let y = g.linear(x, w, Some(b)).unwrap();
+            let z = g.act(a, y).unwrap();
+            g.set_output("y", z);
+            assert!(
+                has_op(&fused(&g), |op| matches!(
+                    op,
+                    Op::Linear { act: Some(_), .. }
+                )),
+                "linear + {} x {xd:?}: no fused epilogue",
+                a.name()
+            );
+            let data = random_data(&g, &mut r, 1);
+            check(
+                &format!("linear + {} x {xd:?} -> {out}", a.name()),
+                &g,
+                &data,
+                &Scalars::new(),
+                TOL,
+            );
+        }
+    }
+}
+
+/// Activation backward fused with the bias gradient of the layer below
+/// (conv: per-channel sum of a 4-D dy; linear: column sums of a 2-D dy),
+/// in the gradient graph of `layer → act`.
+#[test]
+fn fused_act_backward_bias_matches_reference() {
+    let mut r = rng(41);
+    for a in [Activation::Relu, Activation::Sigmoid, Activation::Tanh] {
+        for case in CONV_CASES {
+            let (mut g, y) = build_conv(&case, true, None).unwrap();
+            let z = g.act(a, y).unwrap();
+            let loss = weighted_sum(&mut g, z);
+            let wrt: Vec<ValueId> = g.params().into_iter().map(|(_, v)| v).collect();
+            add_gradients(&mut g, loss, &wrt);
+            assert!(
+                has_op(&fused(&g), |op| matches!(op, Op::ActBackwardBias { .. })),
+                "conv2d + {} {case:?}: no fused act_backward_bias",
+                a.name()
+            );
+            let data = random_data(&g, &mut r, 1);
+            check(
+                &format!("backward of conv2d + {} {case:?}", a.name()),
+                &g,
+                &data,
+                &Scalars::new(),
+                TOL,
+            );
+        }
+        for (xd, out) in [
+            (&[1, 1][..], 1),
+            (&[3, 7][..], 33),
+            (&[33, 3][..], 7),
+            (&[5, 33][..], 1),
+            (&[7, 2][..], 3),
+        ] {
+            let mut g = Graph::new(false);
+            let x = input(&mut g, "x", xd);
+            let w = g.param("w", [out, xd[1]]).unwrap();
+            let b = g.param("b", [out]).unwrap();
+            let y = g.linear(x, w, Some(b)).unwrap();
+            let z = g.act(a, y).unwrap();
+            let loss = weighted_sum(&mut g, z);
+            add_gradients(&mut g, loss, &[x, w, b]);
+            assert!(
+                has_op(&fused(&g), |op| matches!(op, Op::ActBackwardBias { .. })),
+                "linear + {} x {xd:?}: no fused act_backward_bias",
+                a.name()
+            );
+            let data = random_data(&g, &mut r, 1);
+            check(
+                &format!("backward of linear + {} x {xd:?} -> {out}", a.name()),
+                &g,
+                &data,
+                &Scalars::new(),
+                TOL,
+            );
+        }
+    }
+}
+
+/// Elementwise chains (binary ops, activations, activation gradients,
+/// scale; one-element operands broadcast) run as one stack-program kernel,
+/// forward and in their gradient graphs.
+#[test]
+fn fused_elementwise_chain_matches_reference() {
+    let mut r = rng(42);
+    for xd in [
+        &[3, 7][..],
+        &[33][..],
+        &[2, 3, 7, 7][..],
+        &[1, 2][..],
+        &[7, 1, 3][..],
+    ] {
+        let mut g = Graph::new(false);
+        let a = input(&mut g, "a", xd);
+        let b = input(&mut g, "b", xd);
+        let c = input(&mut g, "c", xd);
+        let s = input(&mut g, "s", &[1]);
+        // y = (tanh(a·b + c) · 0.5 − sigmoid(c) / s) · gelu(a − b), relu'd
+        let ab = g.mul(a, b).unwrap();
+        let abc = g.add(ab, c).unwrap();
+        let t = g.act(Activation::Tanh, abc).unwrap();
+        let t = g.scale(t, 0.5).unwrap();
+        let sg = g.act(Activation::Sigmoid, c).unwrap();
+        let q = g.div(sg, s).unwrap();
+        let d = g.sub(t, q).unwrap();
+        let amb = g.sub(a, b).unwrap();
+        let ge = g.act(Activation::Gelu, amb).unwrap();
+        let y = g.mul(d, ge).unwrap();
+        let y = g.act(Activation::Relu, y).unwrap();
+        g.set_output("y", y);
+        let loss = weighted_sum(&mut g, y);
+        add_gradients(&mut g, loss, &[a, b, c]);
+        assert!(
+            has_op(&fused(&g), |op| matches!(op, Op::Elementwise(_))),
+            "elementwise chain x {xd:?}: nothing fused"
+        );
+        let mut data = random_data(&g, &mut r, 1);
+        data.insert(s, vec![0.75]);
+        check(
+            &format!("elementwise chain and its gradient x {xd:?}"),
+            &g,
+            &data,
+            &Scalars::new(),
+            TOL,
+        );
+    }
+}
+
+/// The constant loss-gradient seed folded into cross-entropy backward.
+#[test]
+fn fused_cross_entropy_backward_matches_reference() {
+    let mut r = rng(43);
+    for (b, c) in [(1, 1), (3, 7), (33, 3), (7, 33), (5, 10)] {
+        let mut g = Graph::new(false);
+        let x = input(&mut g, "logits", &[b, c]);
+        let l = g.input("labels", [b], DType::U32).unwrap();
+        let loss = g.cross_entropy(x, l).unwrap();
+        add_gradients(&mut g, loss, &[x]);
+        assert!(
+            has_op(&fused(&g), |op| matches!(
+                op,
+                Op::CrossEntropyBackward { dloss: Some(_) }
+            )),
+            "cross_entropy [{b},{c}]: loss seed not folded"
+        );
+        let mut data = random_data(&g, &mut r, c as u32);
+        data.insert(x, uniform_in(&mut r, b * c, -5.0, 5.0));
+        check(
+            &format!("cross_entropy backward (constant seed) [{b},{c}]"),
+            &g,
+            &data,
+            &Scalars::new(),
+            TOL,
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Optimiser updates.
 
 /// A two-layer MLP (tanh hidden layer) with a cross-entropy loss and the
@@ -999,7 +1322,9 @@ fn optim_graph(cfg: &OptimConfig) -> Graph {
     let b1 = g.param("fc1.bias", [4]).unwrap();
     let w2 = g.param("fc2.weight", [3, 4]).unwrap();
     let b2 = g.param("fc2.bias", [3]).unwrap();
-    let h = g.linear_act(x, w1, Some(b1), Some(Activation::Tanh)).unwrap();
+    let h = g
+        .linear_act(x, w1, Some(b1), Some(Activation::Tanh))
+        .unwrap();
     let logits = g.linear(h, w2, Some(b2)).unwrap();
     let loss = g.cross_entropy(logits, y).unwrap();
     append_update(&mut g, loss, cfg).unwrap();
@@ -1073,32 +1398,55 @@ fn optimiser_updates_three_steps() {
         }
         let params = g.params();
         let initial: Vec<Vec<f64>> = params.iter().map(|(_, v)| data[v].clone()).collect();
-        let mut cpu = Cpu::new(&g);
-        cpu.write(&g, &data);
+        // The unfused graph (one update launch per tensor) and the fused one
+        // (one multi-tensor launch), each in its own session.
+        let fg = fused(&g);
+        assert!(
+            fg.nodes
+                .iter()
+                .filter(|n| matches!(n.op, Op::SgdUpdate(_) | Op::AdamUpdate(_)))
+                .filter(|n| !n.mutates.is_empty())
+                .count()
+                == 1,
+            "{name}: the fused graph should hold one multi-tensor update"
+        );
+        let mut runs = [("unfused", Cpu::new(&g)), ("fused", Cpu::new(&fg))];
+        for (_, cpu) in runs.iter_mut() {
+            cpu.write(&g, &data);
+        }
         for step in 1..=3 {
             let sc = scalars(&[("lr", 0.1), ("step", step as f64)]);
-            cpu.run(&sc);
             let want = eval_f64(&g, &data, &sc);
             for (_, v) in g.persistent() {
                 data.insert(v, want[v.0 as usize].clone());
             }
-            for ((pname, v), p0) in params.iter().zip(&initial) {
-                let delta = |p: &[f64]| -> Vec<f64> { p.iter().zip(p0).map(|(a, b)| a - b).collect() };
-                assert_close(
-                    &format!("{name} step {step}: change of {pname}"),
-                    &delta(&cpu.persistent(pname)),
-                    &delta(&want[v.0 as usize]),
-                    TOL,
-                );
-                for s in cfg.state_names() {
-                    let sname = state_name(pname, s);
-                    let sv = g.persistent().into_iter().find(|(n, _)| *n == sname).unwrap().1;
+            for (label, cpu) in runs.iter_mut() {
+                cpu.write_inputs(&g, &data);
+                cpu.run(&sc);
+                for ((pname, v), p0) in params.iter().zip(&initial) {
+                    let delta =
+                        |p: &[f64]| -> Vec<f64> { p.iter().zip(p0).map(|(a, b)| a - b).collect() };
                     assert_close(
-                        &format!("{name} step {step}: {sname}"),
-                        &cpu.persistent(&sname),
-                        &want[sv.0 as usize],
+                        &format!("{name} [{label}] step {step}: change of {pname}"),
+                        &delta(&cpu.persistent(pname)),
+                        &delta(&want[v.0 as usize]),
                         TOL,
                     );
+                    for s in cfg.state_names() {
+                        let sname = state_name(pname, s);
+                        let sv = g
+                            .persistent()
+                            .into_iter()
+                            .find(|(n, _)| *n == sname)
+                            .unwrap()
+                            .1;
+                        assert_close(
+                            &format!("{name} [{label}] step {step}: {sname}"),
+                            &cpu.persistent(&sname),
+                            &want[sv.0 as usize],
+                            TOL,
+                        );
+                    }
                 }
             }
         }

@@ -25,6 +25,7 @@ fn train(seed: u64) -> (Vec<f32>, Vec<(String, gpurt::Tensor)>) {
         infer_batch: 4,
         optim: OptimConfig::new(OptimizerKind::Adam),
         seed,
+        fuse: true,
     };
     let mut c = Classifier::new(cfg, &CpuBackend::new()).unwrap();
     let (x, y) = random_batch(7, 16, 3 * 32 * 32);

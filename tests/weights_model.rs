@@ -10,7 +10,16 @@ use gpurt::{DType, Error};
 use std::path::Path;
 
 fn cnn(batch: Option<usize>) -> Classifier {
-    let cfg = ClassifierConfig { spec: ModelSpec::cnn(10), input: vec![1, 28, 28], classes: 10, train_batch: batch, infer_batch: 2, optim: OptimConfig::new(OptimizerKind::Adam), seed: 3 };
+    let cfg = ClassifierConfig {
+        spec: ModelSpec::cnn(10),
+        input: vec![1, 28, 28],
+        classes: 10,
+        train_batch: batch,
+        infer_batch: 2,
+        optim: OptimConfig::new(OptimizerKind::Adam),
+        seed: 3,
+        fuse: true,
+    };
     Classifier::new(cfg, &CpuBackend::new()).unwrap()
 }
 
@@ -31,7 +40,12 @@ const PYTORCH_CNN: &[(&str, &[usize])] = &[
 /// Write a safetensors file by hand (header JSON + little-endian data), as
 /// `safetensors.torch.save_file` lays it out, with one tensor's dtype or
 /// shape optionally altered.
-fn write_pytorch_file(path: &Path, skip: Option<&str>, bad_shape: Option<&str>, i64_name: Option<&str>) -> Vec<(String, Vec<f32>)> {
+fn write_pytorch_file(
+    path: &Path,
+    skip: Option<&str>,
+    bad_shape: Option<&str>,
+    i64_name: Option<&str>,
+) -> Vec<(String, Vec<f32>)> {
     let mut header = serde_json::Map::new();
     let mut data = Vec::new();
     let mut values = Vec::new();
@@ -44,10 +58,13 @@ fn write_pytorch_file(path: &Path, skip: Option<&str>, bad_shape: Option<&str>, 
             shape.reverse();
         }
         let n: usize = shape.iter().product();
-        let vals: Vec<f32> = (0..n).map(|i| ((i * 7 + k * 13) % 101) as f32 / 101.0 - 0.5).collect();
+        let vals: Vec<f32> = (0..n)
+            .map(|i| ((i * 7 + k * 13) % 101) as f32 / 101.0 - 0.5)
+            .collect();
         let start = data.len();
         let dtype = if Some(*name) == i64_name {
-            vals.iter().for_each(|v| data.extend(((v * 100.0) as i64).to_le_bytes()));
+            vals.iter()
+                .for_each(|v| data.extend(((v * 100.0) as i64).to_le_bytes()));
             "I64"
         } else {
             vals.iter().for_each(|v| data.extend(v.to_le_bytes()));
@@ -90,8 +107,16 @@ fn save_then_load_is_identical_in_every_dtype() {
         m2.load_weights(&p).unwrap();
         for ((n, a), (_, b)) in orig.iter().zip(m2.model_tensors().unwrap()) {
             let want: Vec<f32> = match dtype {
-                DType::F16 => a.data.iter().map(|v| half::f16::from_f32(*v).to_f32()).collect(),
-                DType::BF16 => a.data.iter().map(|v| half::bf16::from_f32(*v).to_f32()).collect(),
+                DType::F16 => a
+                    .data
+                    .iter()
+                    .map(|v| half::f16::from_f32(*v).to_f32())
+                    .collect(),
+                DType::BF16 => a
+                    .data
+                    .iter()
+                    .map(|v| half::bf16::from_f32(*v).to_f32())
+                    .collect(),
                 _ => a.data.clone(),
             };
             assert_eq!(b.data, want, "{n} in {dtype}");
@@ -108,7 +133,10 @@ fn load_err(f: impl Fn(&Path)) -> String {
     let e = m.load_weights(&p).unwrap_err();
     // Nothing is written to the model on a failed load.
     assert_eq!(before, m.model_tensors().unwrap());
-    assert!(matches!(e, Error::Weights { .. } | Error::Format { .. }), "untyped: {e:?}");
+    assert!(
+        matches!(e, Error::Weights { .. } | Error::Format { .. }),
+        "untyped: {e:?}"
+    );
     e.to_string()
 }
 
@@ -143,14 +171,19 @@ fn shape_mismatch_names_tensor_and_shapes() {
     let e = load_err(|p| {
         write_pytorch_file(p, None, Some("fc1.weight"), None);
     });
-    assert!(e.contains("fc1.weight") && e.contains("[64, 576]") && e.contains("[576, 64]"), "{e}");
+    assert!(
+        e.contains("fc1.weight") && e.contains("[64, 576]") && e.contains("[576, 64]"),
+        "{e}"
+    );
 }
 
 #[test]
 fn optimiser_state_round_trips_with_step() {
     let t = tempfile::tempdir().unwrap();
     let mut m = cnn(Some(4));
-    let x: Vec<f32> = (0..4 * 784).map(|i| ((i * 31) % 17) as f32 / 17.0 - 0.5).collect();
+    let x: Vec<f32> = (0..4 * 784)
+        .map(|i| ((i * 31) % 17) as f32 / 17.0 - 0.5)
+        .collect();
     let y = [1u32, 2, 3, 4];
     for _ in 0..3 {
         m.train_step(&x, &y, 1e-3).unwrap();

@@ -10,6 +10,14 @@ use std::sync::Arc;
 
 pub struct CpuBackend;
 
+/// Most operands one launch borrows at once (multi-tensor launches are
+/// split per tensor).
+const MAX_OPERANDS: usize = 8;
+
+fn is_multi_tensor(op: &Op) -> bool {
+    matches!(op, Op::SgdUpdate(_) | Op::AdamUpdate(_))
+}
+
 impl CpuBackend {
     pub fn new() -> Self {
         CpuBackend
@@ -33,7 +41,13 @@ impl Backend for CpuBackend {
         for p in &module.programs {
             for l in &p.launches {
                 for (i, w) in l.writes.iter().enumerate() {
-                    let clash = l.reads.iter().any(|r| r.overlaps(w))
+                    let inplace_pair =
+                        |k: usize| i == 0 && l.inplace == Some(k) && l.reads[k] == *w;
+                    let clash = l
+                        .reads
+                        .iter()
+                        .enumerate()
+                        .any(|(k, r)| r.overlaps(w) && !inplace_pair(k))
                         || l.writes[i + 1..].iter().any(|o| o.overlaps(w));
                     if clash || w.end() > module.arena_words {
                         return Err(Error::Device {
@@ -45,6 +59,20 @@ impl Backend for CpuBackend {
                             ),
                         });
                     }
+                }
+                let groups = if is_multi_tensor(&l.op) {
+                    l.reads.len().max(1)
+                } else {
+                    1
+                };
+                if l.reads.len() / groups > MAX_OPERANDS || l.writes.len() / groups > MAX_OPERANDS {
+                    return Err(Error::Device {
+                        device: "cpu".into(),
+                        detail: format!(
+                            "{} has more than {MAX_OPERANDS} operands",
+                            l.op.kernel_name()
+                        ),
+                    });
                 }
                 if l.reads.iter().any(|r| r.end() > module.arena_words) {
                     return Err(Error::Device {
@@ -115,25 +143,33 @@ impl Executable for CpuExecutable {
         }
         let base = self.arena.as_mut_ptr();
         for l in &p.launches {
-            const MAX: usize = 8;
-            let mut reads: [&[f32]; MAX] = [&[]; MAX];
-            let mut writes: [&mut [f32]; MAX] = Default::default();
-            for (i, s) in l.reads.iter().enumerate() {
-                // SAFETY: `compile` checked every slot lies inside the arena and
-                // that no write slot of this launch overlaps any other operand,
-                // so these shared slices never alias the mutable ones below.
-                reads[i] = unsafe { std::slice::from_raw_parts(base.add(s.offset), s.len) };
+            // Multi-tensor optimiser launches run tensor by tensor: each
+            // group is one gradient read and its parameter/state writes.
+            let groups = if is_multi_tensor(&l.op) {
+                l.reads.len().max(1)
+            } else {
+                1
+            };
+            let (per_r, per_w) = (l.reads.len() / groups, l.writes.len() / groups);
+            for gi in 0..groups {
+                let mut reads: [&[f32]; MAX_OPERANDS] = [&[]; MAX_OPERANDS];
+                let mut writes: [&mut [f32]; MAX_OPERANDS] = Default::default();
+                for (i, s) in l.reads[gi * per_r..(gi + 1) * per_r].iter().enumerate() {
+                    if l.inplace == Some(i) {
+                        continue; // read through the output slice instead
+                    }
+                    // SAFETY: `compile` checked every slot lies inside the arena and
+                    // that no write slot of this launch overlaps any other operand,
+                    // so these shared slices never alias the mutable ones below.
+                    reads[i] = unsafe { std::slice::from_raw_parts(base.add(s.offset), s.len) };
+                }
+                for (i, s) in l.writes[gi * per_w..(gi + 1) * per_w].iter().enumerate() {
+                    // SAFETY: as above; write slots are pairwise disjoint.
+                    writes[i] =
+                        unsafe { std::slice::from_raw_parts_mut(base.add(s.offset), s.len) };
+                }
+                execute(l, &reads[..per_r], &mut writes[..per_w], scalars);
             }
-            for (i, s) in l.writes.iter().enumerate() {
-                // SAFETY: as above; write slots are pairwise disjoint.
-                writes[i] = unsafe { std::slice::from_raw_parts_mut(base.add(s.offset), s.len) };
-            }
-            execute(
-                l,
-                &reads[..l.reads.len()],
-                &mut writes[..l.writes.len()],
-                scalars,
-            );
         }
         Ok(())
     }
@@ -221,9 +257,17 @@ fn execute(l: &Launch, r: &[&[f32]], w: &mut [&mut [f32]], scalars: &[f32]) {
             let s = &ws[0];
             ops::pool_cpu::global_avgpool_backward(s.0[0], s.0[1], s.0[2] * s.0[3], r[0], w[0]);
         }
+        Op::Act(a) if l.inplace.is_some() => ops::activation::cpu_forward_inplace(*a, w[0]),
         Op::Act(a) => ops::activation::cpu_forward(*a, r[0], w[0]),
+        Op::ActBackward(a) if l.inplace.is_some() => {
+            ops::activation::cpu_backward_inplace(*a, r[0], w[0])
+        }
         Op::ActBackward(a) => ops::activation::cpu_backward(*a, r[0], r[1], w[0]),
-        Op::Binary(k) => ops::binary::cpu_binary(*k, &rs[0], r[0], &rs[1], r[1], &ws[0], w[0]),
+        Op::Binary(k) => match l.inplace {
+            Some(i) => ops::binary::cpu_binary_inplace(*k, i, &rs[1 - i], r[1 - i], &ws[0], w[0]),
+            None => ops::binary::cpu_binary(*k, &rs[0], r[0], &rs[1], r[1], &ws[0], w[0]),
+        },
+        Op::Scale(a) if l.inplace.is_some() => w[0].iter_mut().for_each(|v| *v *= a),
         Op::Scale(a) => ops::binary::cpu_scale(*a, r[0], w[0]),
         Op::Fill(v) => w[0].fill(*v),
         Op::SumTo => ops::binary::cpu_sum_to(&rs[0], r[0], &ws[0], w[0]),
@@ -241,16 +285,27 @@ fn execute(l: &Launch, r: &[&[f32]], w: &mut [&mut [f32]], scalars: &[f32]) {
         Op::CrossEntropy => {
             ops::cross_entropy::cpu_forward(rs[0].0[0], rs[0].0[1], r[0], u32s(r[1]), w[0])
         }
-        Op::CrossEntropyBackward => ops::cross_entropy::cpu_backward(
-            rs[0].0[0],
-            rs[0].0[1],
-            r[0],
-            u32s(r[1]),
-            r[2][0],
-            w[0],
-        ),
+        Op::CrossEntropyBackward { dloss } => {
+            let d = dloss.unwrap_or_else(|| r[2][0]);
+            ops::cross_entropy::cpu_backward(rs[0].0[0], rs[0].0[1], r[0], u32s(r[1]), d, w[0])
+        }
+        Op::ActBackwardBias { act, axis } => {
+            let (dx, db) = w.split_at_mut(1);
+            let dy = if l.inplace.is_some() {
+                None
+            } else {
+                Some(r[1])
+            };
+            ops::bias_grad::cpu_act_backward_bias(*act, &rs[0].0, *axis, r[0], dy, dx[0], db[0]);
+        }
+        Op::Elementwise(prog) => ops::elementwise::cpu_elementwise(prog, r, l.inplace, w[0]),
         Op::Dropout { p, seed, step } => {
-            ops::dropout::cpu_dropout(*p, *seed, scalars[step.0 as usize] as u32, r[0], w[0])
+            let x = if l.inplace.is_some() {
+                None
+            } else {
+                Some(r[0])
+            };
+            ops::dropout::cpu_dropout(*p, *seed, scalars[step.0 as usize] as u32, x, w[0])
         }
         Op::BatchNorm2d {
             eps,

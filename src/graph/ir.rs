@@ -174,6 +174,14 @@ impl Graph {
         self.outputs.push((name.to_string(), v));
     }
 
+    /// The name under which the host reads `v`, if it does.
+    pub fn output_name(&self, v: ValueId) -> Option<&str> {
+        self.outputs
+            .iter()
+            .find(|(_, o)| *o == v)
+            .map(|(n, _)| n.as_str())
+    }
+
     pub fn output(&self, name: &str) -> Option<ValueId> {
         self.outputs
             .iter()

@@ -1,7 +1,9 @@
 //! The graph layer: IR, autodiff, lowering to a planned program.
 
 pub mod autodiff;
+pub mod cost;
 pub mod exec;
+pub mod fuse;
 pub mod ir;
 pub mod plan;
 

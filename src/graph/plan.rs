@@ -11,7 +11,6 @@ use crate::error::{Error, Result};
 use crate::graph::ir::{Graph, Role, ScalarId, ValueId};
 use crate::ops::Op;
 use crate::tensor::{DType, Shape};
-use std::collections::BTreeMap;
 
 /// A range of the arena, in 4-byte words.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -47,6 +46,9 @@ pub struct Launch {
     pub writes: Vec<Slot>,
     pub read_shapes: Vec<Shape>,
     pub write_shapes: Vec<Shape>,
+    /// `Some(k)`: output 0 is written in place over read `k` (which dies
+    /// here); the kernel reads that operand from its output buffer.
+    pub inplace: Option<usize>,
 }
 
 #[derive(Clone, Debug)]
@@ -170,7 +172,7 @@ pub fn compile(graphs: &[(&str, &Graph)]) -> Result<Module> {
 }
 
 /// Nodes that contribute to an output or update persistent state.
-fn live_nodes(g: &Graph) -> Vec<bool> {
+pub fn live_nodes(g: &Graph) -> Vec<bool> {
     let mut needed_val = vec![false; g.values.len()];
     for (_, v) in &g.outputs {
         needed_val[v.0 as usize] = true;
@@ -218,61 +220,43 @@ fn remap_scalars(op: &Op, local: &[String], global: &[String]) -> Op {
     }
 }
 
-/// Best-fit free list over the transient region (offsets relative to it).
-struct FreeList {
-    free: BTreeMap<usize, usize>, // offset -> len
-    top: usize,
+/// A transient buffer: one or more values that share storage (a value and
+/// the outputs written in place over it), live from `start` to `end`.
+struct Storage {
+    start: usize,
+    end: usize,
+    len: usize,
+    offset: usize,
 }
 
-impl FreeList {
-    fn alloc(&mut self, len: usize) -> Result<usize> {
-        if len == 0 {
-            return Ok(0);
-        }
-        let best = self
-            .free
+/// Offline placement, largest first, each at the lowest offset that does
+/// not collide with an already placed buffer whose lifetime overlaps. All
+/// lifetimes are known before the first launch, so this beats any online
+/// allocator on fragmentation. Returns the peak.
+fn place_storages(st: &mut [Storage]) -> Result<usize> {
+    let mut idx: Vec<usize> = (0..st.len()).collect();
+    idx.sort_by_key(|&i| (std::cmp::Reverse(st[i].len), st[i].start, i));
+    let mut placed: Vec<usize> = Vec::new();
+    let mut peak = 0usize;
+    for i in idx {
+        let mut clash: Vec<(usize, usize)> = placed
             .iter()
-            .filter(|(_, &l)| l >= len)
-            .min_by_key(|(_, &l)| l)
-            .map(|(&o, &l)| (o, l));
-        if let Some((o, l)) = best {
-            self.free.remove(&o);
-            if l > len {
-                self.free.insert(o + len, l - len);
+            .filter(|&&j| st[j].start <= st[i].end && st[i].start <= st[j].end && st[j].len > 0)
+            .map(|&j| (st[j].offset, st[j].offset + st[j].len))
+            .collect();
+        clash.sort_unstable();
+        let mut off = 0usize;
+        for (a, b) in clash {
+            if add(off, st[i].len)? <= a {
+                break;
             }
-            return Ok(o);
+            off = off.max(b);
         }
-        // Grow, reusing a free block that ends at the top.
-        if let Some((&o, &l)) = self.free.iter().next_back() {
-            if o + l == self.top {
-                self.free.remove(&o);
-                self.top = add(o, len)?;
-                return Ok(o);
-            }
-        }
-        let o = self.top;
-        self.top = add(self.top, len)?;
-        Ok(o)
+        st[i].offset = off;
+        peak = peak.max(add(off, st[i].len)?);
+        placed.push(i);
     }
-
-    fn release(&mut self, offset: usize, len: usize) {
-        if len == 0 {
-            return;
-        }
-        let (mut o, mut l) = (offset, len);
-        if let Some((&po, &pl)) = self.free.range(..o).next_back() {
-            if po + pl == o {
-                self.free.remove(&po);
-                o = po;
-                l += pl;
-            }
-        }
-        if let Some(&nl) = self.free.get(&(o + l)) {
-            self.free.remove(&(o + l));
-            l += nl;
-        }
-        self.free.insert(o, l);
-    }
+    Ok(peak)
 }
 
 fn lower(
@@ -314,97 +298,148 @@ fn lower(
             _ => None,
         }
     };
+    let is_transient = |v: ValueId| matches!(g.value(v).role, Role::Computed | Role::Input(_));
 
-    let mut slots: Vec<Option<Slot>> = vec![None; g.values.len()];
-    let mut fl = FreeList {
-        free: BTreeMap::new(),
-        top: 0,
-    };
+    // Storage assignment: every transient root gets a buffer, except an
+    // output written in place over an operand that dies at that launch.
+    let mut storage_of: Vec<Option<usize>> = vec![None; g.values.len()];
+    let mut storages: Vec<Storage> = Vec::new();
     let mut naive = 0usize;
-    let mut frees_at: Vec<Vec<ValueId>> = vec![Vec::new(); end + 1];
-
-    let place = |v: ValueId,
-                 t: Option<usize>,
-                 slots: &mut Vec<Option<Slot>>,
-                 fl: &mut FreeList,
-                 naive: &mut usize,
-                 frees_at: &mut Vec<Vec<ValueId>>|
+    let new_storage = |v: ValueId,
+                       t: usize,
+                       storages: &mut Vec<Storage>,
+                       storage_of: &mut Vec<Option<usize>>,
+                       naive: &mut usize|
      -> Result<()> {
         let len = words(g.shape(v))?;
-        let off = fl.alloc(len)?;
         *naive = add(*naive, len)?;
-        slots[v.0 as usize] = Some(Slot {
-            offset: add(base, off)?,
+        storages.push(Storage {
+            start: t,
+            end: last_use[v.0 as usize].unwrap_or(t).max(t),
             len,
+            offset: 0,
         });
-        // A value nobody reads dies right after it is written.
-        let dies = last_use[v.0 as usize].or(t).unwrap_or(0);
-        frees_at[dies].push(v);
+        storage_of[v.0 as usize] = Some(storages.len() - 1);
         Ok(())
     };
-
-    // Inputs live from the start.
-    let mut inputs = Vec::new();
-    for (iname, v) in g.inputs() {
-        place(v, Some(0), &mut slots, &mut fl, &mut naive, &mut frees_at)?;
-        inputs.push(Binding {
-            name: iname,
-            slot: slots[v.0 as usize].unwrap(),
-            shape: g.shape(v).clone(),
-            dtype: g.dtype(v),
-        });
+    for (_, v) in g.inputs() {
+        new_storage(v, 0, &mut storages, &mut storage_of, &mut naive)?;
     }
+    let mut inplace_at: Vec<Option<usize>> = vec![None; order.len()];
+    for (t, &i) in order.iter().enumerate() {
+        let n = &g.nodes[i];
+        if n.op.is_view() {
+            continue;
+        }
+        let inplace = n.op.inplace_candidates().iter().copied().find(|&k| {
+            let Some(&v) = n.inputs.get(k) else {
+                return false;
+            };
+            let r = root[v.0 as usize];
+            let only_use = n
+                .inputs
+                .iter()
+                .filter(|&&u| root[u.0 as usize] == r)
+                .count()
+                == 1;
+            matches!(g.value(r).role, Role::Computed)
+                && storage_of[r.0 as usize].is_some_and(|s| storages[s].end == t)
+                && only_use
+                && g.shape(r).numel() == g.shape(n.outputs[0]).numel()
+        });
+        inplace_at[t] = inplace;
+        for (j, &o) in n.outputs.iter().enumerate() {
+            match inplace {
+                Some(k) if j == 0 => {
+                    let s =
+                        storage_of[root[n.inputs[k].0 as usize].0 as usize].expect("checked above");
+                    storage_of[o.0 as usize] = Some(s);
+                    storages[s].end = last_use[o.0 as usize].unwrap_or(t).max(t);
+                    naive = add(naive, words(g.shape(o))?)?;
+                }
+                _ => new_storage(o, t, &mut storages, &mut storage_of, &mut naive)?,
+            }
+        }
+    }
+    let peak = place_storages(&mut storages)?;
 
-    let resolve = |v: ValueId, slots: &Vec<Option<Slot>>| -> Slot {
+    let resolve = |v: ValueId| -> Result<Slot> {
         let r = root[v.0 as usize];
-        persistent_slot(r)
-            .or(slots[r.0 as usize])
-            .expect("value placed before use")
+        if let Some(s) = persistent_slot(r) {
+            return Ok(s);
+        }
+        debug_assert!(is_transient(r));
+        let st = &storages[storage_of[r.0 as usize].expect("every transient value has storage")];
+        Ok(Slot {
+            offset: add(base, st.offset)?,
+            len: words(g.shape(r))?,
+        })
     };
+
+    let inputs = g
+        .inputs()
+        .into_iter()
+        .map(|(iname, v)| {
+            Ok(Binding {
+                name: iname,
+                slot: resolve(v)?,
+                shape: g.shape(v).clone(),
+                dtype: g.dtype(v),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
 
     let mut launches = Vec::new();
     for (t, &i) in order.iter().enumerate() {
         let n = &g.nodes[i];
-        if !n.op.is_view() {
-            for &o in &n.outputs {
-                place(o, Some(t), &mut slots, &mut fl, &mut naive, &mut frees_at)?;
-            }
-            let mut writes: Vec<Slot> = n.outputs.iter().map(|&o| resolve(o, &slots)).collect();
-            writes.extend(n.mutates.iter().map(|&m| resolve(m, &slots)));
-            let mut write_shapes: Vec<Shape> =
-                n.outputs.iter().map(|&o| g.shape(o).clone()).collect();
-            write_shapes.extend(n.mutates.iter().map(|&m| g.shape(m).clone()));
-            launches.push(Launch {
-                op: remap_scalars(&n.op, &g.scalars, scalars),
-                reads: n.inputs.iter().map(|&v| resolve(v, &slots)).collect(),
-                writes,
-                read_shapes: n.inputs.iter().map(|&v| g.shape(v).clone()).collect(),
-                write_shapes,
-            });
+        if n.op.is_view() {
+            continue;
         }
-        for v in std::mem::take(&mut frees_at[t]) {
-            let s = slots[v.0 as usize].expect("freed value was placed");
-            fl.release(s.offset - base, s.len);
-        }
+        let writes = n
+            .outputs
+            .iter()
+            .chain(&n.mutates)
+            .map(|&v| resolve(v))
+            .collect::<Result<Vec<_>>>()?;
+        let reads = n
+            .inputs
+            .iter()
+            .map(|&v| resolve(v))
+            .collect::<Result<Vec<_>>>()?;
+        launches.push(Launch {
+            op: remap_scalars(&n.op, &g.scalars, scalars),
+            reads,
+            writes,
+            read_shapes: n.inputs.iter().map(|&v| g.shape(v).clone()).collect(),
+            write_shapes: n
+                .outputs
+                .iter()
+                .chain(&n.mutates)
+                .map(|&v| g.shape(v).clone())
+                .collect(),
+            inplace: inplace_at[t],
+        });
     }
 
     let outputs = g
         .outputs
         .iter()
-        .map(|(oname, v)| Binding {
-            name: oname.clone(),
-            slot: resolve(*v, &slots),
-            shape: g.shape(*v).clone(),
-            dtype: g.dtype(*v),
+        .map(|(oname, v)| {
+            Ok(Binding {
+                name: oname.clone(),
+                slot: resolve(*v)?,
+                shape: g.shape(*v).clone(),
+                dtype: g.dtype(*v),
+            })
         })
-        .collect();
+        .collect::<Result<Vec<_>>>()?;
 
     Ok(Program {
         name: name.to_string(),
         launches,
         inputs,
         outputs,
-        transient_words: fl.top,
+        transient_words: peak,
         naive_words: naive,
     })
 }

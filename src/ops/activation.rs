@@ -134,3 +134,13 @@ pub fn cpu_backward(a: Activation, saved: &[f32], dy: &[f32], dx: &mut [f32]) {
         dx.iter_mut().zip(saved.iter().zip(dy.iter())).for_each(f);
     }
 }
+
+/// In place over dy.
+pub fn cpu_backward_inplace(a: Activation, saved: &[f32], dy_dx: &mut [f32]) {
+    let f = |(d, s): (&mut f32, &f32)| *d = a.backward(*s, *d);
+    if dy_dx.len() >= PAR_MIN {
+        dy_dx.par_iter_mut().zip(saved.par_iter()).for_each(f);
+    } else {
+        dy_dx.iter_mut().zip(saved.iter()).for_each(f);
+    }
+}

@@ -224,6 +224,40 @@ fn outer_offsets(so: &Shape, sa: &[usize], sb: &[usize], mut row: usize) -> (usi
     (oa, ob)
 }
 
+/// In place: operand `i` (which has the output's shape) is `y` itself;
+/// `other` may broadcast.
+pub fn cpu_binary_inplace(
+    kind: BinaryKind,
+    i: usize,
+    so: &Shape,
+    other: &[f32],
+    sy: &Shape,
+    y: &mut [f32],
+) {
+    let f = |y: &mut f32, o: f32| {
+        *y = if i == 0 {
+            kind.apply(*y, o)
+        } else {
+            kind.apply(o, *y)
+        }
+    };
+    if so == sy {
+        y.iter_mut().zip(other).for_each(|(y, &o)| f(y, o));
+        return;
+    }
+    let r = sy.rank();
+    let inner = if r == 0 { 1 } else { sy.0[r - 1] };
+    let stro = broadcast_strides(so, sy);
+    let io = if r == 0 { 0 } else { stro[r - 1] };
+    let zeros = vec![0usize; r];
+    for (row, yr) in y.chunks_mut(inner.max(1)).enumerate() {
+        let (oo, _) = outer_offsets(sy, &stro, &zeros, row);
+        for (j, yv) in yr.iter_mut().enumerate() {
+            f(yv, other[oo + j * io]);
+        }
+    }
+}
+
 pub fn cpu_scale(alpha: f32, x: &[f32], y: &mut [f32]) {
     if y.len() >= PAR_MIN {
         y.par_iter_mut()

@@ -35,7 +35,11 @@ pub fn backward(
     dloss: ValueId,
 ) -> Result<ValueId> {
     let s = g.shape(logits).clone();
-    g.push1(Op::CrossEntropyBackward, vec![logits, labels, dloss], s)
+    g.push1(
+        Op::CrossEntropyBackward { dloss: None },
+        vec![logits, labels, dloss],
+        s,
+    )
 }
 
 /// Rows with an out-of-range label contribute NaN, so a bad label can never

@@ -41,11 +41,13 @@ impl Graph {
     }
 }
 
-pub fn cpu_dropout(p: f32, seed: u32, step: u32, x: &[f32], y: &mut [f32]) {
+/// `x: None` runs in place over `y`.
+pub fn cpu_dropout(p: f32, seed: u32, step: u32, x: Option<&[f32]>, y: &mut [f32]) {
     let scale = 1.0 / (1.0 - p);
-    for (i, (y, &x)) in y.iter_mut().zip(x).enumerate() {
-        *y = if keep(seed, step, i as u32, p) {
-            x * scale
+    for i in 0..y.len() {
+        let v = x.map_or(y[i], |x| x[i]);
+        y[i] = if keep(seed, step, i as u32, p) {
+            v * scale
         } else {
             0.0
         };

@@ -9,11 +9,13 @@
 pub mod activation;
 pub mod adam;
 pub mod batchnorm;
+pub mod bias_grad;
 pub mod binary;
 pub mod conv2d;
 pub mod conv2d_cpu;
 pub mod cross_entropy;
 pub mod dropout;
+pub mod elementwise;
 pub mod linear;
 pub mod matmul;
 pub mod pool;
@@ -97,8 +99,19 @@ pub enum Op {
     LogSoftmaxBackward,
     /// Inputs (logits [B,C], labels u32 [B]) -> mean loss [].
     CrossEntropy,
-    /// Inputs (logits, labels, dloss []) -> dlogits.
-    CrossEntropyBackward,
+    /// Inputs (logits, labels, dloss []) -> dlogits; with `dloss` set, the
+    /// loss gradient is that constant and there is no third input.
+    CrossEntropyBackward {
+        dloss: Option<f32>,
+    },
+    /// Fused: inputs (saved, dy) -> (act'(saved)·dy, its sum per channel
+    /// `axis`), for the bias gradient of the layer below.
+    ActBackwardBias {
+        act: Activation,
+        axis: usize,
+    },
+    /// Fused chain of elementwise ops (a stack program over its inputs).
+    Elementwise(Vec<elementwise::EwInstr>),
     /// Inverted dropout; the mask is a hash of (seed, step, index), so it
     /// is recomputed in backward instead of stored.
     /// Its own gradient: the same mask applied to dy.
@@ -154,7 +167,9 @@ impl Op {
             Op::SoftmaxBackward => "softmax_backward",
             Op::LogSoftmaxBackward => "log_softmax_backward",
             Op::CrossEntropy => "cross_entropy",
-            Op::CrossEntropyBackward => "cross_entropy_backward",
+            Op::CrossEntropyBackward { .. } => "cross_entropy_backward",
+            Op::ActBackwardBias { .. } => "act_backward_bias",
+            Op::Elementwise(_) => "elementwise",
             Op::Dropout { .. } => "dropout",
             Op::BatchNorm2d { training: true, .. } => "batchnorm2d_train",
             Op::BatchNorm2d {
@@ -164,6 +179,18 @@ impl Op {
             Op::SgdUpdate(_) => "sgd_update",
             Op::AdamUpdate(c) if c.decoupled => "adamw_update",
             Op::AdamUpdate(_) => "adam_update",
+        }
+    }
+
+    /// Reads that output 0 may overwrite in place (elementwise ops whose
+    /// kernels read each element before writing it).
+    pub fn inplace_candidates(&self) -> &'static [usize] {
+        match self {
+            Op::Act(_) | Op::Scale(_) | Op::Dropout { .. } => &[0],
+            Op::ActBackward(_) | Op::ActBackwardBias { .. } => &[1],
+            Op::Binary(_) => &[0, 1],
+            Op::Elementwise(_) => &[0, 1, 2, 3, 4, 5],
+            _ => &[],
         }
     }
 

@@ -54,7 +54,9 @@ pub fn uniform_in(rng: &mut ChaCha8Rng, n: usize, lo: f32, hi: f32) -> Vec<f64> 
 
 /// `n` integer labels in 0..classes (stored as f64).
 pub fn labels(rng: &mut ChaCha8Rng, n: usize, classes: u32) -> Vec<f64> {
-    (0..n).map(|_| rng.random_range(0..classes) as f64).collect()
+    (0..n)
+        .map(|_| rng.random_range(0..classes) as f64)
+        .collect()
 }
 
 /// Random data for every input, parameter and state of `g`: u32 inputs get
@@ -133,6 +135,17 @@ impl Cpu {
     /// Upload every input, parameter and state value present in `data`
     /// (as f32; u32 inputs as integers).
     pub fn write(&mut self, g: &Graph, data: &Data) {
+        self.upload(g, data, true);
+    }
+
+    /// Upload only the inputs. The planner reuses an input's slot as
+    /// scratch once the input has been read, so inputs must be written
+    /// before every run; parameters and state persist.
+    pub fn write_inputs(&mut self, g: &Graph, data: &Data) {
+        self.upload(g, data, false);
+    }
+
+    fn upload(&mut self, g: &Graph, data: &Data, persistent: bool) {
         for (i, v) in g.values.iter().enumerate() {
             let Some(d) = data.get(&ValueId(i as u32)) else {
                 continue;
@@ -148,11 +161,11 @@ impl Cpu {
                     .session
                     .write_input(self.program, n, &to_f32(d))
                     .expect("write input"),
-                (Role::Param(n) | Role::State(n), _) => self
+                (Role::Param(n) | Role::State(n), _) if persistent => self
                     .session
                     .write_persistent(n, &to_f32(d))
                     .expect("write persistent"),
-                (Role::Computed, _) => {}
+                _ => {}
             }
         }
     }
@@ -185,6 +198,15 @@ impl Cpu {
 
 pub fn to_f32(d: &[f64]) -> Vec<f32> {
     d.iter().map(|&x| x as f32).collect()
+}
+
+/// A copy of `g` after gpurt's fusion passes (`gpurt::graph::fuse::fuse`),
+/// the form the classifier compiles. The fused graph must compute the same
+/// values as `g`.
+pub fn fused(g: &Graph) -> Graph {
+    let mut f = g.clone();
+    gpurt::graph::fuse::fuse(&mut f);
+    f
 }
 
 /// Compile `g`, run it once on the CPU backend in f32 and return every

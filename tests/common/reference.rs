@@ -18,6 +18,7 @@
 
 use gpurt::graph::ir::{Graph, Role, ValueId};
 use gpurt::ops::adam::AdamConfig;
+use gpurt::ops::elementwise::EwInstr;
 use gpurt::ops::sgd::SgdConfig;
 use gpurt::ops::{Activation, BinaryKind, ConvParams, Op, PoolParams};
 use gpurt::tensor::Shape;
@@ -63,7 +64,15 @@ pub fn eval_f64(
     };
 
     for node in &g.nodes {
-        let x: Vec<&[f64]> = node.inputs.iter().map(|v| &vals[v.0 as usize][..]).collect();
+        // A node a rewrite pass has cleared (no outputs, no effects).
+        if node.outputs.is_empty() && node.mutates.is_empty() {
+            continue;
+        }
+        let x: Vec<&[f64]> = node
+            .inputs
+            .iter()
+            .map(|v| &vals[v.0 as usize][..])
+            .collect();
         let xs: Vec<&Shape> = node.inputs.iter().map(|v| g.shape(*v)).collect();
         let ys: Vec<&Shape> = node.outputs.iter().map(|v| g.shape(*v)).collect();
         let mutated: Vec<Vec<f64>> = node
@@ -102,18 +111,13 @@ pub fn eval_f64(
                 let (y, idx) = max_pool2d(xs[0], p, x[0]);
                 (vec![y, idx], mutated)
             }
-            Op::MaxPool2dBackward { p } => (
-                vec![max_pool2d_backward(ys[0], p, x[0], x[1])],
-                mutated,
-            ),
+            Op::MaxPool2dBackward { p } => {
+                (vec![max_pool2d_backward(ys[0], p, x[0], x[1])], mutated)
+            }
             Op::AvgPool2d { p } => (vec![avg_pool2d(xs[0], p, x[0])], mutated),
-            Op::AvgPool2dBackward { p } => {
-                (vec![avg_pool2d_backward(ys[0], p, x[0])], mutated)
-            }
+            Op::AvgPool2dBackward { p } => (vec![avg_pool2d_backward(ys[0], p, x[0])], mutated),
             Op::GlobalAvgPool => (vec![global_avg_pool(xs[0], x[0])], mutated),
-            Op::GlobalAvgPoolBackward => {
-                (vec![global_avg_pool_backward(ys[0], x[0])], mutated)
-            }
+            Op::GlobalAvgPoolBackward => (vec![global_avg_pool_backward(ys[0], x[0])], mutated),
             Op::Act(a) => (
                 vec![x[0].iter().map(|&v| act_forward(*a, v)).collect()],
                 mutated,
@@ -127,10 +131,7 @@ pub fn eval_f64(
                 mutated,
             ),
             Op::Binary(k) => (vec![binary(*k, xs[0], x[0], xs[1], x[1], ys[0])], mutated),
-            Op::Scale(a) => (
-                vec![x[0].iter().map(|&v| v * *a as f64).collect()],
-                mutated,
-            ),
+            Op::Scale(a) => (vec![x[0].iter().map(|&v| v * *a as f64).collect()], mutated),
             Op::Fill(v) => (vec![vec![*v as f64; ys[0].numel()]], mutated),
             Op::SumTo => (vec![sum_to(xs[0], x[0], ys[0])], mutated),
             Op::BroadcastTo => (vec![broadcast_to(xs[0], x[0], ys[0])], mutated),
@@ -147,10 +148,23 @@ pub fn eval_f64(
                 mutated,
             ),
             Op::CrossEntropy => (vec![vec![cross_entropy(xs[0], x[0], x[1])]], mutated),
-            Op::CrossEntropyBackward => (
-                vec![cross_entropy_backward(xs[0], x[0], x[1], x[2][0])],
-                mutated,
-            ),
+            Op::CrossEntropyBackward { dloss } => {
+                let d = match dloss {
+                    Some(c) => *c as f64,
+                    None => x[2][0],
+                };
+                (vec![cross_entropy_backward(xs[0], x[0], x[1], d)], mutated)
+            }
+            Op::ActBackwardBias { act, axis } => {
+                let dx: Vec<f64> = x[0]
+                    .iter()
+                    .zip(x[1])
+                    .map(|(&s, &dy)| act_backward(*act, s, dy))
+                    .collect();
+                let db = sum_except_axis(xs[1], *axis, &dx);
+                (vec![dx, db], mutated)
+            }
+            Op::Elementwise(prog) => (vec![elementwise(prog, &x, ys[0].numel())], mutated),
             Op::Dropout { p, seed, step } => (
                 vec![dropout(*p, *seed, scalar(*step) as u32, x[0])],
                 mutated,
@@ -563,7 +577,10 @@ pub fn binary(k: BinaryKind, sa: &Shape, a: &[f64], sb: &Shape, b: &[f64], so: &
     (0..so.numel())
         .map(|i| {
             let idx = unravel(i, &so.0);
-            let (u, v) = (a[broadcast_source(&idx, &sa.0)], b[broadcast_source(&idx, &sb.0)]);
+            let (u, v) = (
+                a[broadcast_source(&idx, &sa.0)],
+                b[broadcast_source(&idx, &sb.0)],
+            );
             match k {
                 BinaryKind::Add => u + v,
                 BinaryKind::Sub => u - v,
@@ -586,6 +603,65 @@ pub fn sum_to(sx: &Shape, x: &[f64], sy: &Shape) -> Vec<f64> {
 pub fn broadcast_to(sx: &Shape, x: &[f64], sy: &Shape) -> Vec<f64> {
     (0..sy.numel())
         .map(|i| x[broadcast_source(&unravel(i, &sy.0), &sx.0)])
+        .collect()
+}
+
+/// Sum over every axis of `s` except `axis`: `[s[axis]]`.
+pub fn sum_except_axis(s: &Shape, axis: usize, x: &[f64]) -> Vec<f64> {
+    let mut out = vec![0.0; s.0[axis]];
+    for (i, &v) in x.iter().enumerate() {
+        out[unravel(i, &s.0)[axis]] += v;
+    }
+    out
+}
+
+/// A fused elementwise chain: a stack program run once per element.
+/// `Input(i)` pushes input i's element (a one-element input broadcasts);
+/// `Act` and `Scale` rewrite the top; `ActBackward` pops dy then the saved
+/// value and pushes act'(saved)·dy; `Binary` pops b then a and pushes a∘b.
+pub fn elementwise(prog: &[EwInstr], inputs: &[&[f64]], n: usize) -> Vec<f64> {
+    (0..n)
+        .map(|e| {
+            let mut st: Vec<f64> = Vec::new();
+            for ins in prog {
+                match *ins {
+                    EwInstr::Input(i) => {
+                        let src = inputs[i as usize];
+                        st.push(if src.len() == 1 { src[0] } else { src[e] });
+                    }
+                    EwInstr::Act(a) => {
+                        let t = st.pop().unwrap();
+                        st.push(act_forward(a, t));
+                    }
+                    EwInstr::Scale(alpha) => {
+                        let t = st.pop().unwrap();
+                        st.push(t * alpha as f64);
+                    }
+                    EwInstr::ActBackward(a) => {
+                        let dy = st.pop().unwrap();
+                        let saved = st.pop().unwrap();
+                        st.push(act_backward(a, saved, dy));
+                    }
+                    EwInstr::Binary(k) => {
+                        let b = st.pop().unwrap();
+                        let a = st.pop().unwrap();
+                        st.push(match k {
+                            BinaryKind::Add => a + b,
+                            BinaryKind::Sub => a - b,
+                            BinaryKind::Mul => a * b,
+                            BinaryKind::Div => a / b,
+                        });
+                    }
+                }
+            }
+            assert_eq!(
+                st.len(),
+                1,
+                "elementwise program leaves {} values",
+                st.len()
+            );
+            st[0]
+        })
         .collect()
 }
 

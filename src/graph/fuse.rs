@@ -1,0 +1,364 @@
+//! Fusion: rewrite rules over the step graph, applied after autodiff and
+//! before lowering, in this fixed order:
+//!
+//! 1. `constant_loss_grad`: the loss gradient seed (a filled 1.0) folds into
+//!    the cross-entropy backward kernel.
+//! 2. `epilogue`: conv2d / linear (+ bias) followed by relu, sigmoid or tanh
+//!    becomes one kernel (the activation runs on the GEMM's output tile).
+//!    Only activations whose gradient reads the output are fused, so the
+//!    pre-activation never needs to exist.
+//! 3. `act_backward_bias`: the activation's gradient mask and the bias
+//!    gradient of the layer below in one pass over dy.
+//! 4. `elementwise_chain`: trees of elementwise ops (activations, their
+//!    gradients, same-shape or scalar binary ops, scale) become one
+//!    stack-program kernel.
+//! 5. `multi_tensor_update`: every parameter's optimiser update becomes one
+//!    launch.
+//!
+//! Every rule only absorbs a value that has exactly one consumer and is not
+//! a graph output, so no other node can observe the difference. A fused-
+//! away node is cleared (no inputs, outputs or effects) and dropped by the
+//! planner. Each application is scored by the launches and bytes it saves.
+
+use crate::graph::ir::{Graph, NodeId, ValueId};
+use crate::graph::plan::live_nodes;
+use crate::ops::elementwise::{max_depth, EwInstr, MAX_INPUTS, MAX_STACK};
+use crate::ops::Op;
+
+/// One application of a rule.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fusion {
+    pub rule: &'static str,
+    pub launches_saved: usize,
+    /// Bytes of memory traffic saved (writes and reads of values that no
+    /// longer exist).
+    pub bytes_saved: u64,
+    pub detail: String,
+}
+
+/// Apply every rule once, in order; returns what was fused.
+pub fn fuse(g: &mut Graph) -> Vec<Fusion> {
+    clear_dead(g);
+    let mut out = Vec::new();
+    constant_loss_grad(g, &mut out);
+    epilogue(g, &mut out);
+    act_backward_bias(g, &mut out);
+    elementwise_chain(g, &mut out);
+    multi_tensor_update(g, &mut out);
+    out
+}
+
+fn clear(g: &mut Graph, n: NodeId) {
+    let node = &mut g.nodes[n.0 as usize];
+    node.inputs.clear();
+    node.outputs.clear();
+    node.mutates.clear();
+}
+
+fn clear_dead(g: &mut Graph) {
+    let live = live_nodes(g);
+    for (i, l) in live.iter().enumerate() {
+        if !l {
+            clear(g, NodeId(i as u32));
+        }
+    }
+}
+
+/// Consumers of every value (each consuming node once per use).
+fn consumers(g: &Graph) -> Vec<Vec<NodeId>> {
+    let mut c = vec![Vec::new(); g.values.len()];
+    for (i, n) in g.nodes.iter().enumerate() {
+        for v in &n.inputs {
+            c[v.0 as usize].push(NodeId(i as u32));
+        }
+    }
+    c
+}
+
+fn bytes(g: &Graph, v: ValueId) -> u64 {
+    4 * g.shape(v).numel() as u64
+}
+
+/// A value that only `user` reads and the host never sees.
+fn private_to(g: &Graph, cons: &[Vec<NodeId>], v: ValueId, user: NodeId) -> bool {
+    cons[v.0 as usize].len() == 1 && cons[v.0 as usize][0] == user && g.output_name(v).is_none()
+}
+
+fn producer(g: &Graph, v: ValueId) -> Option<NodeId> {
+    g.value(v)
+        .producer
+        .filter(|p| !g.nodes[p.0 as usize].outputs.is_empty())
+}
+
+fn constant_loss_grad(g: &mut Graph, out: &mut Vec<Fusion>) {
+    let cons = consumers(g);
+    for i in 0..g.nodes.len() {
+        let n = NodeId(i as u32);
+        if g.nodes[i].op != (Op::CrossEntropyBackward { dloss: None }) {
+            continue;
+        }
+        let seed = g.nodes[i].inputs[2];
+        let Some(p) = producer(g, seed) else { continue };
+        let Op::Fill(c) = g.nodes[p.0 as usize].op else {
+            continue;
+        };
+        if !private_to(g, &cons, seed, n) {
+            continue;
+        }
+        g.nodes[i].op = Op::CrossEntropyBackward { dloss: Some(c) };
+        g.nodes[i].inputs.truncate(2);
+        clear(g, p);
+        out.push(Fusion {
+            rule: "constant_loss_grad",
+            launches_saved: 1,
+            bytes_saved: 8,
+            detail: "fill -> cross_entropy_backward".into(),
+        });
+    }
+}
+
+fn epilogue(g: &mut Graph, out: &mut Vec<Fusion>) {
+    let cons = consumers(g);
+    for i in 0..g.nodes.len() {
+        let n = NodeId(i as u32);
+        let Op::Act(a) = g.nodes[i].op else { continue };
+        if !a.backward_uses_output() {
+            continue;
+        }
+        let v = g.nodes[i].inputs[0];
+        let Some(p) = producer(g, v) else { continue };
+        if !private_to(g, &cons, v, n) {
+            continue;
+        }
+        let fused = match &g.nodes[p.0 as usize].op {
+            Op::Conv2d { p: cp, act: None } => Op::Conv2d {
+                p: *cp,
+                act: Some(a),
+            },
+            Op::Linear { bias, act: None } => Op::Linear {
+                bias: *bias,
+                act: Some(a),
+            },
+            _ => continue,
+        };
+        let detail = format!(
+            "{} + {} {}",
+            g.nodes[p.0 as usize].op.kernel_name(),
+            a.name(),
+            g.shape(v)
+        );
+        g.nodes[i].op = fused;
+        g.nodes[i].inputs = g.nodes[p.0 as usize].inputs.clone();
+        clear(g, p);
+        out.push(Fusion {
+            rule: "epilogue",
+            launches_saved: 1,
+            bytes_saved: 2 * bytes(g, v),
+            detail,
+        });
+    }
+}
+
+fn act_backward_bias(g: &mut Graph, out: &mut Vec<Fusion>) {
+    let cons = consumers(g);
+    for i in 0..g.nodes.len() {
+        let Op::ActBackward(a) = g.nodes[i].op else {
+            continue;
+        };
+        let d = g.nodes[i].outputs[0];
+        let ds = g.shape(d).clone();
+        if g.output_name(d).is_some() {
+            continue;
+        }
+        // The bias gradient of the layer below: a per-channel sum of d.
+        let found = cons[d.0 as usize].iter().find_map(|&c| {
+            let node = &g.nodes[c.0 as usize];
+            let axis = match &node.op {
+                Op::Conv2dGradBias if ds.rank() == 4 => 1,
+                Op::SumTo if ds.rank() == 2 && g.shape(node.outputs[0]).0 == vec![ds.0[1]] => 1,
+                _ => return None,
+            };
+            Some((c, axis))
+        });
+        let Some((b, axis)) = found else { continue };
+        let db = g.nodes[b.0 as usize].outputs[0];
+        clear(g, b);
+        g.nodes[i].op = Op::ActBackwardBias { act: a, axis };
+        g.nodes[i].outputs.push(db);
+        g.values[db.0 as usize].producer = Some(NodeId(i as u32));
+        out.push(Fusion {
+            rule: "act_backward_bias",
+            launches_saved: 1,
+            bytes_saved: bytes(g, d),
+            detail: format!("{} + bias grad {ds}", a.backward_name()),
+        });
+    }
+}
+
+/// Whether a node can join an elementwise chain producing `shape`.
+fn ew_eligible(g: &Graph, n: NodeId) -> bool {
+    let node = &g.nodes[n.0 as usize];
+    if node.outputs.len() != 1 {
+        return false;
+    }
+    let s = g.shape(node.outputs[0]);
+    let operands_fit = node
+        .inputs
+        .iter()
+        .all(|v| g.shape(*v) == s || g.shape(*v).numel() == 1);
+    matches!(
+        node.op,
+        Op::Act(_) | Op::ActBackward(_) | Op::Binary(_) | Op::Scale(_) | Op::Elementwise(_)
+    ) && operands_fit
+        && s.numel() > 1
+}
+
+struct Chain {
+    prog: Vec<EwInstr>,
+    leaves: Vec<ValueId>,
+    absorbed: Vec<NodeId>,
+}
+
+impl Chain {
+    fn leaf(&mut self, v: ValueId) -> Option<()> {
+        let i = match self.leaves.iter().position(|l| *l == v) {
+            Some(i) => i,
+            None => {
+                if self.leaves.len() == MAX_INPUTS {
+                    return None;
+                }
+                self.leaves.push(v);
+                self.leaves.len() - 1
+            }
+        };
+        self.prog.push(EwInstr::Input(i as u8));
+        Some(())
+    }
+
+    /// Post-order emission of the tree rooted at `n`.
+    fn emit(
+        &mut self,
+        g: &Graph,
+        cons: &[Vec<NodeId>],
+        n: NodeId,
+        root_shape: &crate::Shape,
+    ) -> Option<()> {
+        let node = &g.nodes[n.0 as usize];
+        for &v in &node.inputs {
+            let inner = producer(g, v).filter(|&p| {
+                ew_eligible(g, p)
+                    && private_to(g, cons, v, n)
+                    && g.shape(v) == root_shape
+                    && !matches!(g.nodes[p.0 as usize].op, Op::Elementwise(_))
+            });
+            match inner {
+                Some(p) => {
+                    self.absorbed.push(p);
+                    self.emit(g, cons, p, root_shape)?;
+                }
+                None => self.leaf(v)?,
+            }
+        }
+        self.prog.push(match node.op {
+            Op::Act(a) => EwInstr::Act(a),
+            Op::ActBackward(a) => EwInstr::ActBackward(a),
+            Op::Binary(k) => EwInstr::Binary(k),
+            Op::Scale(s) => EwInstr::Scale(s),
+            _ => return None,
+        });
+        Some(())
+    }
+}
+
+fn elementwise_chain(g: &mut Graph, out: &mut Vec<Fusion>) {
+    let cons = consumers(g);
+    for i in (0..g.nodes.len()).rev() {
+        let n = NodeId(i as u32);
+        if !ew_eligible(g, n) || matches!(g.nodes[i].op, Op::Elementwise(_)) {
+            continue;
+        }
+        // Only start at a root: a node whose output is not itself absorbable.
+        let y = g.nodes[i].outputs[0];
+        let absorbable_by_consumer =
+            cons[y.0 as usize].len() == 1 && g.output_name(y).is_none() && {
+                let c = cons[y.0 as usize][0];
+                ew_eligible(g, c) && !matches!(g.nodes[c.0 as usize].op, Op::Elementwise(_))
+            };
+        if absorbable_by_consumer {
+            continue;
+        }
+        let shape = g.shape(y).clone();
+        let mut chain = Chain {
+            prog: Vec::new(),
+            leaves: Vec::new(),
+            absorbed: Vec::new(),
+        };
+        if chain.emit(g, &cons, n, &shape).is_none() || chain.absorbed.is_empty() {
+            continue;
+        }
+        if max_depth(&chain.prog).is_none_or(|d| d > MAX_STACK) {
+            continue;
+        }
+        let saved: u64 = chain
+            .absorbed
+            .iter()
+            .map(|p| 2 * bytes(g, g.nodes[p.0 as usize].outputs[0]))
+            .sum();
+        let names: Vec<&str> = chain
+            .absorbed
+            .iter()
+            .rev()
+            .map(|p| g.nodes[p.0 as usize].op.kernel_name())
+            .chain([g.nodes[i].op.kernel_name()])
+            .collect();
+        for &p in &chain.absorbed {
+            clear(g, p);
+        }
+        out.push(Fusion {
+            rule: "elementwise_chain",
+            launches_saved: chain.absorbed.len(),
+            bytes_saved: saved,
+            detail: format!("{} {shape}", names.join(" -> ")),
+        });
+        g.nodes[i].op = Op::Elementwise(chain.prog);
+        g.nodes[i].inputs = chain.leaves;
+    }
+}
+
+fn multi_tensor_update(g: &mut Graph, out: &mut Vec<Fusion>) {
+    let updates: Vec<usize> = (0..g.nodes.len())
+        .filter(|&i| {
+            matches!(g.nodes[i].op, Op::SgdUpdate(_) | Op::AdamUpdate(_))
+                && !g.nodes[i].mutates.is_empty()
+        })
+        .collect();
+    let Some(&last) = updates.last() else { return };
+    let same: Vec<usize> = updates
+        .iter()
+        .copied()
+        .filter(|&i| g.nodes[i].op == g.nodes[last].op && i != last)
+        .collect();
+    if same.is_empty() {
+        return;
+    }
+    let (mut inputs, mut mutates) = (Vec::new(), Vec::new());
+    for &i in same.iter().chain([&last]) {
+        inputs.extend(g.nodes[i].inputs.iter().copied());
+        mutates.extend(g.nodes[i].mutates.iter().copied());
+    }
+    for &i in &same {
+        clear(g, NodeId(i as u32));
+    }
+    g.nodes[last].inputs = inputs;
+    g.nodes[last].mutates = mutates;
+    out.push(Fusion {
+        rule: "multi_tensor_update",
+        launches_saved: same.len(),
+        bytes_saved: 0,
+        detail: format!(
+            "{} tensors, one {} launch",
+            same.len() + 1,
+            g.nodes[last].op.kernel_name()
+        ),
+    });
+}
