@@ -1098,6 +1098,139 @@ fn backward_kernels_match_reference() {
 }
 
 // ---------------------------------------------------------------------------
+// Large tensors.
+
+/// Tensors big enough to take the kernels' parallel paths (elementwise
+/// and broadcasting ops from 32,768 elements, softmax rows from 16,384,
+/// GEMM from 48³ multiply-adds, fused chains, batch-norm planes), forward
+/// and — where marked — with their gradient graphs. No reduction here
+/// covers more than 10,000 elements, so the tolerance is `TOL`.
+#[test]
+fn large_tensors_take_parallel_paths() {
+    type Build = fn(&mut Graph) -> ValueId;
+    let cases: Vec<(&str, bool, Build)> = vec![
+        ("gelu+relu [3,129,101]", true, |g| {
+            let x = input(g, "x", &[3, 129, 101]);
+            let y = g.act(Activation::Gelu, x).unwrap();
+            g.act(Activation::Relu, y).unwrap()
+        }),
+        ("sigmoid(tanh) [40000]", true, |g| {
+            let x = input(g, "x", &[40000]);
+            let y = g.act(Activation::Tanh, x).unwrap();
+            g.act(Activation::Sigmoid, y).unwrap()
+        }),
+        ("a [64,33,17] - b [17], then / c [64,1,17]", true, |g| {
+            let a = input(g, "a", &[64, 33, 17]);
+            let b = input(g, "b", &[17]);
+            let c = input(g, "c", &[64, 1, 17]);
+            let d = g.sub(a, b).unwrap();
+            let c2 = g.scale(c, 2.0).unwrap();
+            let c3 = g.add(c2, c2).unwrap();
+            // c3 = 4c, |c| < 1: keep the divisor away from zero by adding 5.
+            let five = g.fill([1], 5.0).unwrap();
+            let c4 = g.add(c3, five).unwrap();
+            g.div(d, c4).unwrap()
+        }),
+        ("a [64,33,17] * b [64,33,17] scaled", true, |g| {
+            let a = input(g, "a", &[64, 33, 17]);
+            let b = input(g, "b", &[64, 33, 17]);
+            let m = g.mul(a, b).unwrap();
+            g.scale(m, -1.5).unwrap()
+        }),
+        ("softmax, log_softmax [600,33]", true, |g| {
+            let x = input(g, "x", &[600, 33]);
+            let s = g.softmax(x).unwrap();
+            let l = g.log_softmax(x).unwrap();
+            g.add(s, l).unwrap()
+        }),
+        ("matmul [96,80]ᵀ·[72,80]ᵀ", true, |g| {
+            let a = input(g, "a", &[80, 96]);
+            let b = input(g, "b", &[72, 80]);
+            g.matmul_t(a, true, b, true).unwrap()
+        }),
+        ("linear [128,64] -> 96 + bias, then relu", true, |g| {
+            let x = input(g, "x", &[128, 64]);
+            let w = g.param("w", [96, 64]).unwrap();
+            let b = g.param("b", [96]).unwrap();
+            let y = g.linear(x, w, Some(b)).unwrap();
+            g.relu(y).unwrap()
+        }),
+        ("conv2d [4,8,32,32] 16x3x3 p1 + tanh", true, |g| {
+            let x = input(g, "x", &[4, 8, 32, 32]);
+            let w = g.param("w", [16, 8, 3, 3]).unwrap();
+            let b = g.param("b", [16]).unwrap();
+            let p = ConvParams {
+                stride: (1, 1),
+                pad: (1, 1),
+                dilation: (1, 1),
+            };
+            let y = g.conv2d(x, w, Some(b), p).unwrap();
+            g.act(Activation::Tanh, y).unwrap()
+        }),
+        ("max_pool2d 3x3 s2 p1 [4,16,64,64]", true, |g| {
+            let x = input(g, "x", &[4, 16, 64, 64]);
+            g.max_pool2d(x, pp((3, 3), (2, 2), (1, 1))).unwrap()
+        }),
+        ("avg_pool2d 2x2 [4,16,64,64]", true, |g| {
+            let x = input(g, "x", &[4, 16, 64, 64]);
+            g.avg_pool2d(x, pp((2, 2), (2, 2), (0, 0))).unwrap()
+        }),
+        ("batch_norm2d train [8,16,32,32]", true, |g| {
+            let x = input(g, "x", &[8, 16, 32, 32]);
+            let p = BatchNormParams {
+                gamma: g.param("bn.weight", [16]).unwrap(),
+                beta: g.param("bn.bias", [16]).unwrap(),
+                running_mean: g.state("bn.running_mean", [16]).unwrap(),
+                running_var: g.state("bn.running_var", [16]).unwrap(),
+            };
+            g.batch_norm2d(x, &p, 1e-5, 0.1).unwrap()
+        }),
+        ("dropout p=0.3 [200,200]", true, |g| {
+            let x = input(g, "x", &[200, 200]);
+            g.dropout(x, 0.3, 9).unwrap()
+        }),
+        ("transpose [64,33,17] by [2,0,1]", true, |g| {
+            let x = input(g, "x", &[64, 33, 17]);
+            g.transpose(x, &[2, 0, 1]).unwrap()
+        }),
+        ("sum [200,200] over axis 0 (200 per output)", true, |g| {
+            let x = input(g, "x", &[200, 200]);
+            g.sum(x, &[0], true).unwrap()
+        }),
+    ];
+    let mut r = rng(25);
+    for (name, with_grad, build) in cases {
+        let mut g = Graph::new(true);
+        let y = build(&mut g);
+        g.set_output("y", y);
+        if with_grad {
+            let wrt: Vec<ValueId> = g
+                .values
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| {
+                    matches!(
+                        v.role,
+                        gpurt::graph::ir::Role::Input(_) | gpurt::graph::ir::Role::Param(_)
+                    )
+                })
+                .map(|(i, _)| ValueId(i as u32))
+                .collect();
+            let loss = weighted_sum(&mut g, y);
+            add_gradients(&mut g, loss, &wrt);
+        }
+        let data = random_data(&g, &mut r, 1);
+        check(
+            &format!("large {name}"),
+            &g,
+            &data,
+            &scalars(&[("step", 4.0)]),
+            TOL,
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Fused kernels (the graph after `gpurt::graph::fuse::fuse`).
 
 /// Set `d loss / d v` for every `v` in `wrt` as outputs `grad0`, `grad1`, ...
@@ -1330,6 +1463,62 @@ fn optim_graph(cfg: &OptimConfig) -> Graph {
     append_update(&mut g, loss, cfg).unwrap();
     g.set_output("loss", loss);
     g
+}
+
+/// Adam, AdamW and SGD on a parameter of 76,800 elements (the update
+/// kernels' parallel path), one step.
+#[test]
+fn optimiser_update_large_parameter() {
+    for kind in [
+        OptimizerKind::Sgd,
+        OptimizerKind::Adam,
+        OptimizerKind::AdamW,
+    ] {
+        let cfg = OptimConfig::new(kind);
+        let mut g = Graph::new(true);
+        let x = input(&mut g, "x", &[4, 300]);
+        let w = g.param("w", [256, 300]).unwrap();
+        let y = g.linear(x, w, None).unwrap();
+        let loss = weighted_sum(&mut g, y);
+        append_update(&mut g, loss, &cfg).unwrap();
+        let mut r = rng(26);
+        let mut data = random_data(&g, &mut r, 1);
+        for (sname, v) in g.persistent() {
+            if sname.starts_with("optim.exp_avg_sq.") {
+                data.insert(v, uniform_in(&mut r, g.shape(v).numel(), 0.01, 1.0));
+            }
+        }
+        let sc = scalars(&[("lr", 0.1), ("step", 2.0)]);
+        let want = eval_f64(&g, &data, &sc);
+        for graph in [&g, &fused(&g)] {
+            let mut cpu = Cpu::new(graph);
+            cpu.write(&g, &data);
+            cpu.run(&sc);
+            for (name, v) in g.persistent() {
+                // The parameter's change (its value is dominated by p₀), and
+                // the optimiser state's value (its change by β·state is
+                // ill-conditioned in f32).
+                let is_param = name == "w";
+                let p0 = &data[&v];
+                let view = |p: &[f64]| -> Vec<f64> {
+                    if is_param {
+                        p.iter().zip(p0).map(|(a, b)| a - b).collect()
+                    } else {
+                        p.to_vec()
+                    }
+                };
+                assert_close(
+                    &format!(
+                        "{kind:?} [256,300]: {} {name}",
+                        if is_param { "change of" } else { "value of" }
+                    ),
+                    &view(&cpu.persistent(&name)),
+                    &view(&want[v.0 as usize]),
+                    TOL,
+                );
+            }
+        }
+    }
 }
 
 /// Three optimiser steps (step scalar 1, 2, 3) on the CPU backend against

@@ -4,6 +4,10 @@
 //! the batch in and the results it asks for out.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
 
 use crate::error::Result;
 use crate::graph::plan::{Module, Slot};
@@ -63,34 +67,55 @@ impl std::str::FromStr for DeviceSpec {
     }
 }
 
-/// What `auto` and explicit requests resolve to on this machine.
+/// What `auto` and explicit requests resolve to on this machine. `auto`
+/// prefers a CUDA device, then a hardware wgpu adapter, then the CPU; it
+/// never picks a software GPU adapter over the CPU backend.
 pub fn select(spec: &DeviceSpec) -> Result<Box<dyn Backend>> {
     match spec {
-        DeviceSpec::Auto | DeviceSpec::Cpu => Ok(Box::new(cpu::CpuBackend::new())),
-        DeviceSpec::Wgpu(_) => Err(crate::Error::Device {
-            device: "wgpu".into(),
-            detail: "this build has no wgpu backend yet (the WGSL backend is not implemented); use --device cpu".into(),
-        }),
-        DeviceSpec::Cuda(i) => Err(crate::Error::Device {
-            device: format!("cuda:{i}"),
-            detail: "this build has no CUDA backend yet (the PTX backend is not implemented); use --device cpu".into(),
+        DeviceSpec::Cpu => Ok(Box::new(cpu::CpuBackend::new())),
+        DeviceSpec::Auto => {
+            #[cfg(feature = "cuda")]
+            if let Ok(b) = cuda::open(0) {
+                return Ok(Box::new(b));
+            }
+            #[cfg(feature = "wgpu")]
+            if let Some(b) = wgpu::open_hardware() {
+                return Ok(Box::new(b));
+            }
+            Ok(Box::new(cpu::CpuBackend::new()))
+        }
+        #[cfg(feature = "wgpu")]
+        DeviceSpec::Wgpu(i) => Ok(Box::new(wgpu::open(*i)?)),
+        #[cfg(feature = "cuda")]
+        DeviceSpec::Cuda(i) => Ok(Box::new(cuda::open(*i)?)),
+        #[allow(unreachable_patterns)]
+        other => Err(crate::Error::Device {
+            device: format!("{other:?}").to_lowercase(),
+            detail: "this gpurt was built without that backend (cargo features `wgpu`, `cuda`)"
+                .into(),
         }),
     }
 }
 
-/// One line per backend: whether it is usable here and why not.
+/// One line per backend: name, whether it is usable here, and details
+/// (adapters found, or why not).
 pub fn describe() -> Vec<(String, bool, String)> {
-    vec![
-        ("cpu".into(), true, cpu::CpuBackend::new().name()),
-        (
-            "wgpu".into(),
-            false,
-            "not built: the WGSL backend is not implemented yet".into(),
-        ),
-        (
-            "cuda".into(),
-            false,
-            "not built: the CUDA backend is not implemented yet".into(),
-        ),
-    ]
+    let mut v = vec![("cpu".to_string(), true, cpu::CpuBackend::new().name())];
+    #[cfg(feature = "wgpu")]
+    v.extend(wgpu::describe());
+    #[cfg(not(feature = "wgpu"))]
+    v.push((
+        "wgpu".into(),
+        false,
+        "not built (cargo feature `wgpu`)".into(),
+    ));
+    #[cfg(feature = "cuda")]
+    v.extend(cuda::describe());
+    #[cfg(not(feature = "cuda"))]
+    v.push((
+        "cuda".into(),
+        false,
+        "not built (cargo feature `cuda`)".into(),
+    ));
+    v
 }
