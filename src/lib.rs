@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod cli;
 pub mod data;
+pub mod embed;
 pub mod error;
 pub mod eval;
 pub mod graph;

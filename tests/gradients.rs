@@ -27,6 +27,7 @@ use gpurt::graph::ir::{Graph, ValueId};
 use gpurt::ops::batchnorm::BatchNormParams;
 use gpurt::ops::{Activation, ConvParams, PoolParams};
 use gpurt::tensor::{DType, Shape};
+use std::collections::HashMap;
 
 const TOL_F64: f64 = 1e-6;
 const TOL_F32: f64 = 1e-3;
@@ -74,7 +75,7 @@ fn finite_differences(
         .collect()
 }
 
-/// The gradient check (a)+(b)+(c) described at the top of this file, for
+/// The gradient check (a)–(d) described at the top of this file, for
 /// each value in `wrt`. `fwd` computes the scalar `loss`.
 fn grad_check(what: &str, fwd: &Graph, loss: ValueId, wrt: &[ValueId], data: &Data, sc: &Scalars) {
     assert_eq!(fwd.shape(loss).numel(), 1, "{what}: loss is not a scalar");
@@ -87,18 +88,14 @@ fn grad_check(what: &str, fwd: &Graph, loss: ValueId, wrt: &[ValueId], data: &Da
     }
     let fg = fused(&g);
     let runs = [
-        ("f64 gradient graph", eval_f64(&g, data, sc).into(), TOL_F64),
+        ("f64 gradient graph", f64_outputs(&g, data, sc), TOL_F64),
         (
             "f64 fused gradient graph",
-            eval_f64(&fg, data, sc).into(),
+            f64_outputs(&fg, data, sc),
             TOL_F64,
         ),
-        ("f32 CPU backend", cpu_grads(&g, &names, data, sc), TOL_F32),
-        (
-            "f32 CPU backend, fused",
-            cpu_grads(&fg, &names, data, sc),
-            TOL_F32,
-        ),
+        ("f32 CPU backend", run_cpu(&g, data, sc), TOL_F32),
+        ("f32 CPU backend, fused", run_cpu(&fg, data, sc), TOL_F32),
     ];
     for ((w, d), n) in wrt.iter().zip(&grads).zip(&names) {
         assert_eq!(g.shape(*d), g.shape(*w), "{what}: gradient shape");
@@ -108,18 +105,13 @@ fn grad_check(what: &str, fwd: &Graph, loss: ValueId, wrt: &[ValueId], data: &Da
             "{what}: d/d{} is identically zero: the check would prove nothing",
             describe(fwd, *w)
         );
-        for (label, vals, tol) in &runs {
-            let graph = if label.contains("fused") { &fg } else { &g };
-            let got = match vals {
-                Values::F64(v) => &v[graph.output(n).unwrap().0 as usize],
-                Values::Named(m) => &m[n],
-            };
+        for (label, outputs, tol) in &runs {
             assert_close(
                 &format!(
                     "{what}: d loss / d {} ({label} vs finite differences)",
                     describe(fwd, *w)
                 ),
-                got,
+                &outputs[n],
                 &fd,
                 *tol,
             );
@@ -127,23 +119,13 @@ fn grad_check(what: &str, fwd: &Graph, loss: ValueId, wrt: &[ValueId], data: &Da
     }
 }
 
-/// Gradient values from the f64 reference (indexed by value) or the CPU
-/// backend (by output name).
-enum Values {
-    F64(Vec<Vec<f64>>),
-    Named(std::collections::HashMap<String, Vec<f64>>),
-}
-
-impl From<Vec<Vec<f64>>> for Values {
-    fn from(v: Vec<Vec<f64>>) -> Self {
-        Values::F64(v)
-    }
-}
-
-fn cpu_grads(g: &Graph, names: &[String], data: &Data, sc: &Scalars) -> Values {
-    let out = run_cpu(g, data, sc);
-    assert!(names.iter().all(|n| out.contains_key(n)));
-    Values::Named(out)
+/// Every named output of `g` evaluated by the f64 reference.
+fn f64_outputs(g: &Graph, data: &Data, sc: &Scalars) -> HashMap<String, Vec<f64>> {
+    let vals = eval_f64(g, data, sc);
+    g.outputs
+        .iter()
+        .map(|(n, v)| (n.clone(), vals[v.0 as usize].clone()))
+        .collect()
 }
 
 /// "name shape" of a graph value, for messages.

@@ -334,6 +334,29 @@ fn conv2d_fused_activation_epilogue() {
     }
 }
 
+/// A convolution with an empty (zero-size) kernel is refused at build
+/// time, as PyTorch refuses it, instead of overflowing the output-size
+/// arithmetic.
+#[test]
+fn conv2d_empty_kernel_is_refused() {
+    for (kh, kw) in [(0, 3), (3, 0), (0, 0)] {
+        let mut g = Graph::new(false);
+        let x = input(&mut g, "x", &[1, 2, 5, 5]);
+        let w = g.param("w", [3, 2, kh, kw]).unwrap();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            g.conv2d(x, w, None, ConvParams::default()).is_err()
+        }));
+        assert!(
+            matches!(r, Ok(true)),
+            "conv2d x [1,2,5,5] weight [3,2,{kh},{kw}]: expected a shape error, got {}",
+            match r {
+                Ok(false) => "Ok (an output of nonsense size)",
+                _ => "a panic",
+            }
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Pooling.
 
@@ -677,6 +700,38 @@ fn reductions_and_broadcast_to() {
             &g,
             &data,
             &Scalars::new(),
+            TOL,
+        );
+    }
+}
+
+/// `mean` over a repeated axis: PyTorch refuses it ("dim appears multiple
+/// times"); gpurt must either refuse it too or return the mean over the
+/// distinct axes — never divide by the repeated count.
+#[test]
+fn mean_with_repeated_axis_is_refused_or_right() {
+    let mut r = rng(27);
+    for (xd, axes, distinct) in [
+        (&[3, 7][..], &[1usize, 1][..], &[1usize][..]),
+        (&[2, 3, 7][..], &[0, 2, 0][..], &[0, 2][..]),
+        (&[33][..], &[0, 0][..], &[0][..]),
+        (&[5, 1, 3][..], &[2, 2, 2][..], &[2][..]),
+        (&[1, 7, 3][..], &[1, 2, 1][..], &[1, 2][..]),
+    ] {
+        let mut g = Graph::new(false);
+        let x = input(&mut g, "x", xd);
+        let Ok(m) = g.mean(x, axes, false) else {
+            continue;
+        };
+        let want_v = g.mean(x, distinct, false).unwrap();
+        g.set_output("mean", m);
+        g.set_output("want", want_v);
+        let data = random_data(&g, &mut r, 1);
+        let got = run_cpu(&g, &data, &Scalars::new());
+        assert_close(
+            &format!("mean x {xd:?} over axes {axes:?} (= axes {distinct:?})"),
+            &got["mean"],
+            &got["want"],
             TOL,
         );
     }
@@ -1446,7 +1501,7 @@ fn fused_cross_entropy_backward_matches_reference() {
 // Optimiser updates.
 
 /// A two-layer MLP (tanh hidden layer) with a cross-entropy loss and the
-/// optimiser's update nodes appended; returns (graph, param ids).
+/// optimiser's update nodes appended.
 fn optim_graph(cfg: &OptimConfig) -> Graph {
     let mut g = Graph::new(true);
     let x = input(&mut g, "x", &[5, 7]);

@@ -794,8 +794,12 @@ fn bn_apply(sx: &Shape, x: &[f64], g: &[f64], b: &[f64], mean: &[f64], invstd: &
         .collect()
 }
 
-/// Training: normalise with batch statistics; returns (y, mean, invstd,
-/// new running mean, new running var). Running stats follow PyTorch:
+/// What training batch-norm produces: the normalised output, the batch
+/// mean and inverse std (saved for backward), and the new running mean and
+/// running variance.
+pub type BatchNormTrainOut = (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
+
+/// Training: normalise with batch statistics. Running stats follow PyTorch:
 /// `r ← (1 − momentum)·r + momentum·stat`, with the unbiased variance.
 #[allow(clippy::too_many_arguments)]
 pub fn batch_norm_train(
@@ -807,7 +811,7 @@ pub fn batch_norm_train(
     beta: &[f64],
     rmean: &[f64],
     rvar: &[f64],
-) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+) -> BatchNormTrainOut {
     let cnt = (sx.0[0] * sx.0[2] * sx.0[3]) as f64;
     let (mean, var) = channel_moments(sx, x);
     let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
@@ -855,10 +859,10 @@ pub fn batch_norm_backward(
     let m = (n * hw) as f64;
     let (mut dg, mut db) = (vec![0.0; c], vec![0.0; c]);
     let xhat = |i: usize, ch: usize| (x[i] - mean[ch]) * invstd[ch];
-    for i in 0..x.len() {
+    for (i, &d) in dy.iter().enumerate() {
         let ch = (i / hw) % c;
-        db[ch] += dy[i];
-        dg[ch] += dy[i] * xhat(i, ch);
+        db[ch] += d;
+        dg[ch] += d * xhat(i, ch);
     }
     let dx = (0..x.len())
         .map(|i| {

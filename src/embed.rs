@@ -1,0 +1,152 @@
+//! The embedding API: load a model once, compile an inference program
+//! with a fixed batch size, then call [`Predictor::run`] from a service's
+//! hot path. A call copies the input into the arena, replays the program
+//! and returns a view of the logits: no heap allocation per call. A
+//! `Predictor` is `Send`, so each worker thread can own one; the weights
+//! can be loaded once into [`SharedWeights`] and shared read-only.
+
+use crate::backend::{Backend, DeviceSpec};
+use crate::data::Normalizer;
+use crate::error::{Error, Result};
+use crate::model::{Classifier, ClassifierConfig};
+use crate::nn::ModelSpec;
+use crate::optim::{OptimConfig, OptimizerKind};
+use crate::tensor::{Shape, Tensor};
+use crate::train::{checkpoint_normalizer, Checkpoint, MODEL_FILE};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Model weights in host memory, loaded and checked once, shared by any
+/// number of predictors.
+#[derive(Clone, Debug)]
+pub struct SharedWeights {
+    pub spec: ModelSpec,
+    /// `[c, h, w]` of one example.
+    pub input: Vec<usize>,
+    pub classes: usize,
+    pub tensors: Arc<Vec<(String, Tensor)>>,
+    pub normalizer: Option<Normalizer>,
+}
+
+impl SharedWeights {
+    /// From a folder written by `gpurt train`.
+    pub fn from_run(dir: &Path) -> Result<Self> {
+        let ck = Checkpoint::load(dir)?;
+        let mut w = Self::from_file(
+            ck.spec.clone(),
+            ck.input.clone(),
+            ck.classes,
+            &dir.join(MODEL_FILE),
+        )?;
+        w.normalizer = Some(checkpoint_normalizer(&ck));
+        Ok(w)
+    }
+
+    /// From a spec and a safetensors file (gpurt's or PyTorch's names).
+    pub fn from_file(
+        spec: ModelSpec,
+        input: Vec<usize>,
+        classes: usize,
+        path: &Path,
+    ) -> Result<Self> {
+        let decls = spec.declare(&input)?;
+        let mut lw = crate::weights::load(path)?;
+        let tensors = decls
+            .iter()
+            .map(|d| Ok((d.name.clone(), lw.take(&d.name, &d.shape)?)))
+            .collect::<Result<Vec<_>>>()?;
+        lw.check_no_extra()?;
+        Ok(SharedWeights {
+            spec,
+            input,
+            classes,
+            tensors: Arc::new(tensors),
+            normalizer: None,
+        })
+    }
+}
+
+/// A compiled inference program bound to one device.
+pub struct Predictor {
+    model: Classifier,
+    program: usize,
+    input_shape: Shape,
+    /// Where the logits are copied on devices that cannot lend host memory.
+    out: Vec<f32>,
+}
+
+impl Predictor {
+    pub fn new(weights: &SharedWeights, batch: usize, backend: &dyn Backend) -> Result<Self> {
+        if batch == 0 {
+            return Err(Error::Usage("batch size must be at least 1".into()));
+        }
+        let cfg = ClassifierConfig {
+            spec: weights.spec.clone(),
+            input: weights.input.clone(),
+            classes: weights.classes,
+            train_batch: None,
+            infer_batch: batch,
+            optim: OptimConfig::new(OptimizerKind::Adam),
+            seed: 0,
+            fuse: true,
+        };
+        let mut model = Classifier::new(cfg, backend)?;
+        for (name, t) in weights.tensors.iter() {
+            model.session_mut().write_persistent(name, &t.data)?;
+        }
+        let program = model.session().program(crate::model::INFER)?;
+        let mut dims = vec![batch];
+        dims.extend(&weights.input);
+        Ok(Predictor {
+            model,
+            program,
+            input_shape: Shape(dims),
+            out: vec![0.0; batch * weights.classes],
+        })
+    }
+
+    /// On a device picked like the CLI's `--device`.
+    pub fn on_device(weights: &SharedWeights, batch: usize, device: &DeviceSpec) -> Result<Self> {
+        let backend = crate::backend::select(device)?;
+        Self::new(weights, batch, backend.as_ref())
+    }
+
+    /// `[batch, c, h, w]`: what `run` expects, flattened.
+    pub fn input_shape(&self) -> &Shape {
+        &self.input_shape
+    }
+
+    /// Logits `[batch, classes]` for one normalised input batch.
+    pub fn run(&mut self, input: &[f32]) -> Result<&[f32]> {
+        if input.len() != self.input_shape.numel() {
+            return Err(Error::shape(
+                "Predictor::run",
+                format!(
+                    "expected {} values (shape {}), got {}",
+                    self.input_shape.numel(),
+                    self.input_shape,
+                    input.len()
+                ),
+            ));
+        }
+        let s = self.model.session_mut();
+        s.write_input(self.program, "x", input)?;
+        s.run(self.program)?;
+        if self
+            .model
+            .session()
+            .output_view(self.program, "logits")?
+            .is_none()
+        {
+            self.model
+                .session_mut()
+                .read_output(self.program, "logits", &mut self.out)?;
+            return Ok(&self.out);
+        }
+        Ok(self
+            .model
+            .session()
+            .output_view(self.program, "logits")?
+            .expect("checked above"))
+    }
+}

