@@ -322,8 +322,11 @@ fn lower(
         storage_of[v.0 as usize] = Some(storages.len() - 1);
         Ok(())
     };
+    // Inputs live for the whole program, so a program can be re-run
+    // without uploading its inputs again.
     for (_, v) in g.inputs() {
         new_storage(v, 0, &mut storages, &mut storage_of, &mut naive)?;
+        storages.last_mut().expect("just pushed").end = end;
     }
     let mut inplace_at: Vec<Option<usize>> = vec![None; order.len()];
     for (t, &i) in order.iter().enumerate() {

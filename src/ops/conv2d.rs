@@ -39,6 +39,9 @@ impl ConvParams {
                 sx.0[1], sw.0[1]
             )));
         }
+        if sw.0[2] == 0 || sw.0[3] == 0 {
+            return Err(bad("the kernel is empty".into()));
+        }
         if self.stride.0 == 0 || self.stride.1 == 0 || self.dilation.0 == 0 || self.dilation.1 == 0
         {
             return Err(bad("stride and dilation must be at least 1".into()));
@@ -88,6 +91,7 @@ impl Graph {
         p: ConvParams,
         act: Option<Activation>,
     ) -> Result<ValueId> {
+        check_fusable("conv2d", act)?;
         let g = p.geom(self.shape(x), self.shape(w))?;
         let mut inputs = vec![x, w];
         if let Some(b) = b {
@@ -108,6 +112,21 @@ impl Graph {
     }
 }
 
+/// Only activations whose gradient reads the output (relu, sigmoid, tanh)
+/// can be fused: the pre-activation is never stored.
+pub(crate) fn check_fusable(op: &str, act: Option<Activation>) -> Result<()> {
+    match act {
+        Some(a) if !a.backward_uses_output() => Err(Error::shape(
+            op,
+            format!(
+                "{} cannot be fused (its gradient needs the pre-activation)",
+                a.name()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Gradient rule: grad-input, grad-weight and grad-bias kernels. A fused
 /// activation's mask is applied to dy first.
 pub fn backward(
@@ -121,7 +140,6 @@ pub fn backward(
     let (x, w) = (inputs[0], inputs[1]);
     let dy = match act {
         Some(a) => {
-            debug_assert!(a.backward_uses_output());
             let s = g.shape(y).clone();
             g.push1(Op::ActBackward(a), vec![y, dy], s)?
         }

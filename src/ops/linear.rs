@@ -21,6 +21,7 @@ impl Graph {
         b: Option<ValueId>,
         act: Option<Activation>,
     ) -> Result<ValueId> {
+        crate::ops::conv2d::check_fusable("linear", act)?;
         let (sx, sw) = (self.shape(x).clone(), self.shape(w).clone());
         if sx.rank() < 1 || sw.rank() != 2 || sx.last() != sw.0[1] {
             return Err(Error::shape(
@@ -66,9 +67,6 @@ pub fn backward(
     let (x, w) = (inputs[0], inputs[1]);
     let dy = match act {
         Some(a) => {
-            // The fused op's pre-activation is not kept; only output-based
-            // activations are fused, which the fuser guarantees.
-            debug_assert!(a.backward_uses_output());
             let s = g.shape(y).clone();
             g.push1(Op::ActBackward(a), vec![y, dy], s)?
         }

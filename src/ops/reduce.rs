@@ -14,6 +14,12 @@ impl Graph {
                 format!("axis {a} out of range for {s}"),
             ));
         }
+        if axes.iter().enumerate().any(|(i, a)| axes[..i].contains(a)) {
+            return Err(Error::shape(
+                "sum",
+                format!("axes {axes:?} repeat an axis of {s}"),
+            ));
+        }
         let kd = Shape(
             s.0.iter()
                 .enumerate()
