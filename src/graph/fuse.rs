@@ -55,6 +55,12 @@ fn clear(g: &mut Graph, n: NodeId) {
     node.mutates.clear();
 }
 
+/// Whether a node was fused away or pruned.
+fn cleared(g: &Graph, i: usize) -> bool {
+    let n = &g.nodes[i];
+    n.outputs.is_empty() && n.mutates.is_empty()
+}
+
 fn clear_dead(g: &mut Graph) {
     let live = live_nodes(g);
     for (i, l) in live.iter().enumerate() {
@@ -93,6 +99,9 @@ fn producer(g: &Graph, v: ValueId) -> Option<NodeId> {
 fn constant_loss_grad(g: &mut Graph, out: &mut Vec<Fusion>) {
     let cons = consumers(g);
     for i in 0..g.nodes.len() {
+        if cleared(g, i) {
+            continue;
+        }
         let n = NodeId(i as u32);
         if g.nodes[i].op != (Op::CrossEntropyBackward { dloss: None }) {
             continue;
@@ -120,6 +129,9 @@ fn constant_loss_grad(g: &mut Graph, out: &mut Vec<Fusion>) {
 fn epilogue(g: &mut Graph, out: &mut Vec<Fusion>) {
     let cons = consumers(g);
     for i in 0..g.nodes.len() {
+        if cleared(g, i) {
+            continue;
+        }
         let n = NodeId(i as u32);
         let Op::Act(a) = g.nodes[i].op else { continue };
         if !a.backward_uses_output() {
@@ -162,6 +174,9 @@ fn epilogue(g: &mut Graph, out: &mut Vec<Fusion>) {
 fn act_backward_bias(g: &mut Graph, out: &mut Vec<Fusion>) {
     let cons = consumers(g);
     for i in 0..g.nodes.len() {
+        if cleared(g, i) {
+            continue;
+        }
         let Op::ActBackward(a) = g.nodes[i].op else {
             continue;
         };
@@ -273,6 +288,9 @@ impl Chain {
 fn elementwise_chain(g: &mut Graph, out: &mut Vec<Fusion>) {
     let cons = consumers(g);
     for i in (0..g.nodes.len()).rev() {
+        if cleared(g, i) {
+            continue;
+        }
         let n = NodeId(i as u32);
         if !ew_eligible(g, n) || matches!(g.nodes[i].op, Op::Elementwise(_)) {
             continue;

@@ -1,0 +1,209 @@
+//! Fusion: fused == unfused on randomly generated graphs (forward and
+//! gradients, 200+ cases per run), and the plan figures for the small CNN
+//! train step that the fusion issue promises.
+
+mod common;
+
+use common::{assert_close, fused, random_data, rng, run_cpu, Scalars};
+use gpurt::graph::autodiff::gradients;
+use gpurt::graph::ir::{Graph, ValueId};
+use gpurt::inspect::PlanReport;
+use gpurt::model::ClassifierConfig;
+use gpurt::nn::ModelSpec;
+use gpurt::ops::{Activation, BinaryKind};
+use gpurt::optim::{OptimConfig, OptimizerKind};
+use gpurt::tensor::DType;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+const DIMS: [usize; 5] = [1, 3, 7, 5, 33];
+const ACTS: [Activation; 4] = [
+    Activation::Relu,
+    Activation::Gelu,
+    Activation::Sigmoid,
+    Activation::Tanh,
+];
+const KINDS: [BinaryKind; 4] = [
+    BinaryKind::Add,
+    BinaryKind::Sub,
+    BinaryKind::Mul,
+    BinaryKind::Div,
+];
+
+/// A random graph of elementwise chains, broadcasts and reductions over
+/// inputs `x` (rank 1-3), `v` (x's last axis, broadcast) and `s` ([1]).
+/// Returns the graph and its differentiable inputs.
+fn random_graph(r: &mut ChaCha8Rng, with_grad: bool) -> (Graph, Vec<ValueId>) {
+    let rank = r.random_range(1..=3);
+    let shape: Vec<usize> = (0..rank)
+        .map(|_| DIMS[r.random_range(0..DIMS.len())])
+        .collect();
+    let mut g = Graph::new(false);
+    let x = g.input("x", shape.clone(), DType::F32).unwrap();
+    let v = g.input("v", [*shape.last().unwrap()], DType::F32).unwrap();
+    let s = g.input("s", [1], DType::F32).unwrap();
+    let mut full = vec![x]; // values with x's shape
+    let steps = r.random_range(2..=9);
+    for _ in 0..steps {
+        let a = full[r.random_range(0..full.len())];
+        let y = match r.random_range(0..7) {
+            0 | 1 => g.act(ACTS[r.random_range(0..4)], a).unwrap(),
+            2 => {
+                let b = full[r.random_range(0..full.len())];
+                let k = KINDS[r.random_range(0..3)]; // no div by arbitrary values
+                g.binary(k, a, b).unwrap()
+            }
+            3 => {
+                let b = if r.random_bool(0.5) { v } else { s };
+                let k = KINDS[r.random_range(0..3)];
+                if r.random_bool(0.5) {
+                    g.binary(k, a, b).unwrap()
+                } else {
+                    g.binary(k, b, a).unwrap()
+                }
+            }
+            4 => g.scale(a, r.random_range(-2.0f32..2.0)).unwrap(),
+            5 => {
+                // reduce over a random axis, then broadcast back by a binary op
+                let axis = r.random_range(0..rank);
+                let m = g.sum(a, &[axis], true).unwrap();
+                g.binary(BinaryKind::Add, a, m).unwrap()
+            }
+            _ => {
+                // division by a value kept away from zero: 1 + sigmoid(.)
+                let d = g.act(Activation::Sigmoid, a).unwrap();
+                let one = g.binary(BinaryKind::Div, d, s).unwrap();
+                g.binary(BinaryKind::Mul, one, a).unwrap()
+            }
+        };
+        full.push(y);
+    }
+    let last = *full.last().unwrap();
+    g.set_output("y", last);
+    if r.random_bool(0.3) {
+        let mid = full[r.random_range(1..full.len())];
+        g.set_output("mid", mid);
+    }
+    let total = g.sum(last, &(0..rank).collect::<Vec<_>>(), false).unwrap();
+    g.set_output("total", total);
+    let wrt = vec![x, v, s];
+    if with_grad {
+        let w = g.input("w", shape, DType::F32).unwrap();
+        let weighted = g.mul(last, w).unwrap();
+        let loss = g
+            .sum(weighted, &(0..rank).collect::<Vec<_>>(), false)
+            .unwrap();
+        let loss = g.reshape(loss, [1]).unwrap();
+        let grads = gradients(&mut g, loss, &wrt).unwrap();
+        for (i, d) in grads.into_iter().enumerate() {
+            g.set_output(&format!("d{i}"), d);
+        }
+    }
+    (g, wrt)
+}
+
+#[test]
+fn random_graphs_fused_equal_unfused() {
+    let mut r = rng(2024);
+    let (mut cases, mut chains) = (0, 0);
+    for case in 0..240 {
+        let with_grad = case % 2 == 1;
+        let (g, _) = random_graph(&mut r, with_grad);
+        // s is a divisor in some graphs: keep it away from zero.
+        let mut data = random_data(&g, &mut r, 1);
+        let s = g.inputs().into_iter().find(|(n, _)| n == "s").unwrap().1;
+        data.insert(s, vec![1.5]);
+        let f = fused(&g);
+        let mut gf = g.clone();
+        let fusions = gpurt::graph::fuse::fuse(&mut gf);
+        chains += fusions.iter().any(|f| f.rule == "elementwise_chain") as usize;
+        let want = run_cpu(&g, &data, &Scalars::new());
+        let got = run_cpu(&f, &data, &Scalars::new());
+        for (name, w) in &want {
+            assert_close(
+                &format!("case {case} output {name} (fusions {fusions:?})"),
+                &got[name],
+                w,
+                1e-5,
+            );
+        }
+        cases += 1;
+    }
+    assert!(cases >= 200);
+    // The generator must actually exercise the chain rule.
+    assert!(
+        chains >= cases / 4,
+        "only {chains} of {cases} graphs had an elementwise chain"
+    );
+}
+
+fn cnn_config(input: Vec<usize>) -> ClassifierConfig {
+    ClassifierConfig {
+        spec: ModelSpec::cnn(10),
+        input,
+        classes: 10,
+        train_batch: Some(64),
+        infer_batch: 1,
+        optim: OptimConfig::new(OptimizerKind::Adam),
+        seed: 0,
+        fuse: true,
+    }
+}
+
+#[test]
+fn cnn_train_step_plan_meets_the_fusion_targets() {
+    for input in [vec![3, 32, 32], vec![1, 28, 28]] {
+        let r = PlanReport::new(&cnn_config(input.clone())).unwrap();
+        let (before, after) = (r.launches_before(), r.launches_after());
+        assert!(
+            after as f64 <= 0.6 * before as f64,
+            "{input:?}: {after} launches after fusion vs {before} before"
+        );
+        assert!(
+            r.arena_ratio() <= 0.6,
+            "{input:?}: arena is {:.0}% of the sum of tensor sizes",
+            100.0 * r.arena_ratio()
+        );
+        let text = r.render();
+        assert!(
+            text.contains("epilogue")
+                && text.contains("multi_tensor_update")
+                && text.contains("act_backward_bias"),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn cnn_train_steps_fused_equal_unfused() {
+    use gpurt::backend::cpu::CpuBackend;
+    use gpurt::model::Classifier;
+    let mut cfg = cnn_config(vec![1, 28, 28]);
+    cfg.train_batch = Some(8);
+    let mut a = Classifier::new(cfg.clone(), &CpuBackend::new()).unwrap();
+    cfg.fuse = false;
+    let mut b = Classifier::new(cfg, &CpuBackend::new()).unwrap();
+    let mut r = rng(5);
+    for step in 0..3 {
+        let x: Vec<f32> = (0..8 * 784).map(|_| r.random_range(-1.0f32..1.0)).collect();
+        let y: Vec<u32> = (0..8).map(|_| r.random_range(0..10)).collect();
+        let (la, lb) = (
+            a.train_step(&x, &y, 1e-3).unwrap(),
+            b.train_step(&x, &y, 1e-3).unwrap(),
+        );
+        assert!(
+            ((la - lb) / lb).abs() < 1e-5,
+            "step {step}: loss {la} fused vs {lb} unfused"
+        );
+    }
+    for ((n, ta), (_, tb)) in a
+        .model_tensors()
+        .unwrap()
+        .iter()
+        .zip(b.model_tensors().unwrap())
+    {
+        let ta: Vec<f64> = ta.data.iter().map(|&v| v as f64).collect();
+        let tb: Vec<f64> = tb.data.iter().map(|&v| v as f64).collect();
+        assert_close(&format!("{n} after 3 steps"), &ta, &tb, 1e-5);
+    }
+}
