@@ -12,6 +12,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 fn main() {
+    // Mesa's Vulkan drivers complain on stderr when this is unset.
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
+    }
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");

@@ -264,6 +264,30 @@ impl Classifier {
         Ok(())
     }
 
+    /// The first parameter, running statistic or optimiser state (in
+    /// declaration order) holding a NaN or infinity.
+    pub fn first_non_finite(&mut self) -> Result<Option<String>> {
+        let names: Vec<String> = self
+            .session
+            .module()
+            .persistent
+            .iter()
+            .map(|b| b.name.clone())
+            .collect();
+        for n in names {
+            if self
+                .session
+                .read_persistent(&n)?
+                .data
+                .iter()
+                .any(|v| !v.is_finite())
+            {
+                return Ok(Some(n));
+            }
+        }
+        Ok(None)
+    }
+
     /// Number of trainable parameters.
     pub fn num_params(&self) -> usize {
         self.decls

@@ -213,7 +213,16 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
             );
             let loss = model.train_step(&b.x, &b.y, lr)?;
             if !loss.is_finite() {
-                return Err(Error::NonFinite { step: model.step, detail: format!("loss is {loss} at epoch {epoch}, batch {}; the last good checkpoint is kept in {}", bi + 1, o.out.display()) });
+                // The cheap check tripped: now scan the model to say where.
+                let first = model
+                    .first_non_finite()?
+                    .map_or("no parameter is non-finite yet".to_string(), |n| {
+                        format!("first non-finite tensor: {n}")
+                    });
+                return Err(Error::NonFinite {
+                    step: model.step,
+                    detail: format!("loss is {loss} at epoch {epoch}, batch {} ({first}); try a lower --lr; the last good checkpoint is kept in {}", bi + 1, o.out.display()),
+                });
             }
             model.train_logits(&mut logits)?;
             score_logits(&logits, &b.y, classes, b.len, &mut cm)?;

@@ -415,3 +415,87 @@ fn eval_of_missing_run() {
     let o = gpurt(&["eval", "--run", "/nonexistent/run"]);
     assert_fails_with(&o, &["/nonexistent/run", "checkpoint.json"]);
 }
+
+#[test]
+fn diverging_training_stops_with_step_and_tensor() {
+    let t = tmp();
+    let data = t.path().join("mnist");
+    tiny_mnist(&data, 200, 20);
+    let out = t.path().join("run");
+    let o = gpurt(&[
+        "train",
+        "--data",
+        &data_arg(&data),
+        "--model",
+        "mlp",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "1e30",
+        "--epochs",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert_fails_with(&o, &["non-finite", "step", "fc"]);
+    assert!(
+        !out.join("model.safetensors").exists(),
+        "a diverged run must not write a checkpoint"
+    );
+}
+
+#[test]
+fn absurd_sizes_are_refused_before_allocating() {
+    let t = tmp();
+    let data = t.path().join("mnist");
+    tiny_mnist(&data, 100, 20);
+    let spec = t.path().join("huge.toml");
+    std::fs::write(&spec, "[[layer]]\ntype = \"flatten\"\n[[layer]]\ntype = \"dense\"\nunits = 1099511627776\n[[layer]]\ntype = \"dense\"\nunits = 10\n").unwrap();
+    let o = gpurt(&[
+        "train",
+        "--data",
+        &data_arg(&data),
+        "--model",
+        spec.to_str().unwrap(),
+        "--out",
+        t.path().join("r").to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert_fails_with(&o, &["limit"]);
+    let o = gpurt(&[
+        "train",
+        "--data",
+        &data_arg(&data),
+        "--model",
+        "mlp",
+        "--batch",
+        "4611686018427387904",
+        "--out",
+        t.path().join("r2").to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert_fails_with(&o, &[]);
+    // A weights file whose header claims 4 GiB.
+    let run = t.path().join("run");
+    let o = gpurt(&[
+        "train",
+        "--data",
+        &data_arg(&data),
+        "--model",
+        "mlp",
+        "--epochs",
+        "1",
+        "--batch",
+        "16",
+        "--out",
+        run.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut f = (4u64 << 30).to_le_bytes().to_vec();
+    f.extend(b"{}");
+    std::fs::write(run.join("model.safetensors"), f).unwrap();
+    let o = gpurt(&["eval", "--run", run.to_str().unwrap()]);
+    assert_fails_with(&o, &["model.safetensors"]);
+}
