@@ -12,7 +12,7 @@ use crate::model::{Classifier, ClassifierConfig};
 use crate::nn::ModelSpec;
 use crate::optim::{OptimConfig, OptimizerKind};
 use crate::tensor::{Shape, Tensor};
-use crate::train::{checkpoint_normalizer, Checkpoint, MODEL_FILE};
+use crate::train::{checkpoint_normalizer, Checkpoint};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -36,7 +36,7 @@ impl SharedWeights {
             ck.spec.clone(),
             ck.input.clone(),
             ck.classes,
-            &dir.join(MODEL_FILE),
+            &ck.model_file(dir),
         )?;
         w.normalizer = Some(checkpoint_normalizer(&ck));
         Ok(w)

@@ -35,11 +35,9 @@ fn run(cli: Cli) -> Result<()> {
                 eprintln!("\nstopping after this batch (Ctrl-C again to quit now)");
             });
             let s = train::train(&opts, &mut |l| println!("{l}"))?;
-            println!(
-                "saved {}/model.safetensors; `gpurt eval --run {}` reproduces the test accuracy",
-                s.out.display(),
-                s.out.display()
-            );
+            if s.test.is_some() {
+                println!("saved {}/model.safetensors; `gpurt eval --run {}` reproduces the test accuracy", s.out.display(), s.out.display());
+            }
             Ok(())
         }
         Command::Eval(a) => eval(a),

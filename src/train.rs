@@ -46,8 +46,15 @@ pub struct TrainOptions {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Checkpoint {
     pub format: String,
+    /// Epochs completed.
     pub epoch: usize,
+    /// Batches of the next epoch already trained (after a Ctrl-C stop).
+    #[serde(default)]
+    pub batch: usize,
     pub step: u64,
+    /// Folder (relative to the run) holding this checkpoint's weights and
+    /// optimiser state.
+    pub files: String,
     pub spec: ModelSpec,
     pub input: Vec<usize>,
     pub classes: usize,
@@ -65,15 +72,30 @@ impl Checkpoint {
     pub fn load(dir: &Path) -> Result<Self> {
         let p = dir.join(CHECKPOINT);
         let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
-        serde_json::from_str(&text).map_err(|e| Error::format(&p, e.to_string()))
+        let ck: Checkpoint =
+            serde_json::from_str(&text).map_err(|e| Error::format(&p, e.to_string()))?;
+        if Path::new(&ck.files).is_absolute() || ck.files.contains("..") {
+            return Err(Error::format(
+                &p,
+                format!("checkpoint folder '{}' is outside the run", ck.files),
+            ));
+        }
+        Ok(ck)
+    }
+    /// The weights of this checkpoint.
+    pub fn model_file(&self, dir: &Path) -> PathBuf {
+        dir.join(&self.files).join(MODEL_FILE)
+    }
+    pub fn optim_file(&self, dir: &Path) -> PathBuf {
+        dir.join(&self.files).join(OPTIM_FILE)
     }
 }
 
 #[derive(Clone, Debug)]
 pub struct TrainSummary {
     pub epochs: Vec<EpochMetrics>,
-    pub test_accuracy: f64,
-    pub test_loss: f64,
+    /// Test (loss, accuracy); None when training was interrupted.
+    pub test: Option<(f64, f64)>,
     pub out: PathBuf,
 }
 
@@ -137,6 +159,7 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
     let t_compile = Instant::now();
     let mut model = Classifier::new(cfg, backend.as_ref())?;
     let mut first_epoch = 1;
+    let mut skip_batches = 0;
     if let Some(dir) = &o.resume {
         let ck = Checkpoint::load(dir)?;
         if ck.spec != spec || ck.input != input {
@@ -145,11 +168,11 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
                 dir.display()
             )));
         }
-        model.load_weights(&dir.join(MODEL_FILE))?;
-        model.load_optim(&dir.join(OPTIM_FILE))?;
+        model.load_weights(&ck.model_file(dir))?;
+        model.load_optim(&ck.optim_file(dir))?;
         if model.step != ck.step {
             return Err(Error::format(
-                dir.join(OPTIM_FILE),
+                ck.optim_file(dir),
                 format!(
                     "optimiser state is at step {} but the checkpoint says {}",
                     model.step, ck.step
@@ -157,10 +180,12 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
             ));
         }
         first_epoch = ck.epoch + 1;
+        skip_batches = ck.batch;
         log(&format!(
-            "resumed from {} at epoch {} (step {})",
+            "resumed from {} after epoch {}, batch {} (step {})",
             dir.display(),
             ck.epoch,
+            ck.batch,
             ck.step
         ));
     }
@@ -202,7 +227,9 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
         let mut cm = ConfusionMatrix::new(classes);
         let (mut loss_sum, mut seen) = (0.0f64, 0usize);
         let mut lr = o.lr;
-        for (bi, b) in loader.enumerate() {
+        // A resumed epoch replays the same order and skips what was done.
+        let skip = std::mem::take(&mut skip_batches);
+        for (bi, b) in loader.enumerate().skip(skip) {
             lr = lr_at(
                 o.lr,
                 o.lr_schedule,
@@ -241,8 +268,23 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
                 }
             }
             if STOP.load(Ordering::Relaxed) {
-                break;
+                save_checkpoint(
+                    &mut model,
+                    o,
+                    (epoch - 1, bi + 1),
+                    &spec,
+                    &input,
+                    classes,
+                    &norm,
+                )?;
+                log(&format!("interrupted after epoch {epoch}, batch {}: saved a checkpoint in {}; continue with --resume {}", bi + 1, o.out.display(), o.out.display()));
+                return Ok(TrainSummary {
+                    epochs: rows,
+                    test: None,
+                    out: o.out.clone(),
+                });
             }
+            test_hook("GPURT_TEST_STEP_DELAY_MS");
         }
         if let Some(bar) = bar {
             bar.finish_and_clear();
@@ -276,11 +318,7 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
             lr
         ));
         rows.push(row);
-        if STOP.load(Ordering::Relaxed) {
-            log("interrupted: the checkpoint keeps the last completed epoch");
-            break;
-        }
-        save_checkpoint(&mut model, o, epoch, &spec, &input, classes, &norm)?;
+        save_checkpoint(&mut model, o, (epoch, 0), &spec, &input, classes, &norm)?;
         write_metrics(&o.out, &rows)?;
         crate::plot::plot_training(&o.out.join("training.png"), &rows)?;
     }
@@ -294,31 +332,50 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
     ));
     Ok(TrainSummary {
         epochs: rows,
-        test_accuracy: t.accuracy,
-        test_loss: t.loss,
+        test: Some((t.loss, t.accuracy)),
         out: o.out.clone(),
     })
 }
 
+/// Sleep for the milliseconds in env `var` (tests use this to kill a run
+/// at a chosen point); a no-op otherwise.
+fn test_hook(var: &str) {
+    if let Some(ms) = std::env::var(var).ok().and_then(|v| v.parse::<u64>().ok()) {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+}
+
+/// Write a checkpoint so that a crash at any instant leaves the previous
+/// one intact: weights and optimiser state go into a fresh folder (each
+/// file written to a temporary name, fsynced, renamed), then
+/// `checkpoint.json` is atomically replaced to point at it, and only then
+/// are older folders removed. `model.safetensors` at the top of the run is
+/// a convenience copy for users and tools.
 #[allow(clippy::too_many_arguments)]
 fn save_checkpoint(
     model: &mut Classifier,
     o: &TrainOptions,
-    epoch: usize,
+    (epoch, batch): (usize, usize),
     spec: &ModelSpec,
     input: &[usize],
     classes: usize,
     norm: &Normalizer,
 ) -> Result<()> {
-    // Optimiser state, then weights, then the record that names them: a
-    // crash at any point leaves the previous record consistent or refused
-    // on resume (the step counts must agree).
-    model.save_optim(&o.out.join(OPTIM_FILE))?;
-    model.save_weights(&o.out.join(MODEL_FILE), DType::F32)?;
+    let files = format!("ckpt/step-{:09}", model.step);
+    let dir = o.out.join(&files);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    model.save_optim(&dir.join(OPTIM_FILE))?;
+    if std::env::var_os("GPURT_TEST_CHECKPOINT_DELAY_MS").is_some() {
+        eprintln!("checkpoint: writing {}", dir.display());
+        test_hook("GPURT_TEST_CHECKPOINT_DELAY_MS");
+    }
+    model.save_weights(&dir.join(MODEL_FILE), DType::F32)?;
     let ck = Checkpoint {
         format: "gpurt-checkpoint-v1".into(),
         epoch,
+        batch,
         step: model.step,
+        files: files.clone(),
         spec: spec.clone(),
         input: input.to_vec(),
         classes,
@@ -328,7 +385,20 @@ fn save_checkpoint(
         data: absolute(&o.data).to_string(),
     };
     let json = serde_json::to_vec_pretty(&ck).map_err(|e| Error::Usage(e.to_string()))?;
-    write_atomic(&o.out.join(CHECKPOINT), &json)
+    write_atomic(&o.out.join(CHECKPOINT), &json)?;
+    model.save_weights(&o.out.join(MODEL_FILE), DType::F32)?;
+    // Older checkpoints are garbage now; failing to remove one is harmless.
+    if let Ok(entries) = std::fs::read_dir(o.out.join("ckpt")) {
+        for e in entries.flatten() {
+            if e.path() != dir {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    if std::env::var_os("GPURT_TEST_CHECKPOINT_DELAY_MS").is_some() {
+        eprintln!("checkpoint: saved step {}", model.step);
+    }
+    Ok(())
 }
 
 /// The data spec with an absolute folder, so a run's folder can be
@@ -382,7 +452,7 @@ pub fn load_run(dir: &Path, device: &DeviceSpec, batch: usize) -> Result<(Classi
         fuse: true,
     };
     let mut model = Classifier::new(cfg, backend.as_ref())?;
-    model.load_weights(&dir.join(MODEL_FILE))?;
+    model.load_weights(&ck.model_file(dir))?;
     Ok((model, ck))
 }
 

@@ -5,6 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod common;
+use common::mnist::{idx_images, idx_labels, tiny_mnist};
+
 fn gpurt(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_gpurt"))
         .args(args)
@@ -17,45 +20,6 @@ fn stderr(o: &Output) -> String {
 }
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn idx_images(n: usize, seed: u32) -> Vec<u8> {
-    let mut v = vec![0, 0, 8, 3];
-    for d in [n as u32, 28, 28] {
-        v.extend(d.to_be_bytes());
-    }
-    // Class-dependent blobs so a model can learn something quickly.
-    let mut s = seed;
-    for i in 0..n {
-        let label = i % 10;
-        for p in 0..784 {
-            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            let (r, c) = (p / 28, p % 28);
-            let on = r / 3 == label || c / 3 == label;
-            v.push(if on {
-                200 + (s >> 29) as u8
-            } else {
-                (s >> 27) as u8
-            });
-        }
-    }
-    v
-}
-
-fn idx_labels(n: usize) -> Vec<u8> {
-    let mut v = vec![0, 0, 8, 1];
-    v.extend((n as u32).to_be_bytes());
-    v.extend((0..n).map(|i| (i % 10) as u8));
-    v
-}
-
-/// A tiny MNIST-format dataset in a fresh folder.
-fn tiny_mnist(dir: &Path, n_train: usize, n_test: usize) {
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("train-images-idx3-ubyte"), idx_images(n_train, 1)).unwrap();
-    std::fs::write(dir.join("train-labels-idx1-ubyte"), idx_labels(n_train)).unwrap();
-    std::fs::write(dir.join("t10k-images-idx3-ubyte"), idx_images(n_test, 2)).unwrap();
-    std::fs::write(dir.join("t10k-labels-idx1-ubyte"), idx_labels(n_test)).unwrap();
 }
 
 fn tmp() -> tempfile::TempDir {
@@ -166,7 +130,6 @@ fn train_eval_predict_resume() {
     );
     for f in [
         "model.safetensors",
-        "optim.safetensors",
         "checkpoint.json",
         "metrics.csv",
         "metrics.json",
@@ -174,6 +137,9 @@ fn train_eval_predict_resume() {
     ] {
         assert!(out.join(f).exists(), "{f} missing");
     }
+    let ck = gpurt::train::Checkpoint::load(&out).unwrap();
+    assert_eq!((ck.epoch, ck.batch), (2, 0));
+    assert!(ck.model_file(&out).exists() && ck.optim_file(&out).exists());
     let test_line = s.lines().find(|l| l.starts_with("test:")).unwrap();
     let acc = test_line
         .split("accuracy ")
@@ -495,7 +461,8 @@ fn absurd_sizes_are_refused_before_allocating() {
     assert!(o.status.success(), "{}", stderr(&o));
     let mut f = (4u64 << 30).to_le_bytes().to_vec();
     f.extend(b"{}");
-    std::fs::write(run.join("model.safetensors"), f).unwrap();
+    let ck = gpurt::train::Checkpoint::load(&run).unwrap();
+    std::fs::write(ck.model_file(&run), f).unwrap();
     let o = gpurt(&["eval", "--run", run.to_str().unwrap()]);
     assert_fails_with(&o, &["model.safetensors"]);
 }

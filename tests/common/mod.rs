@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod mnist;
 pub mod reference;
 
 use gpurt::backend::cpu::CpuBackend;
