@@ -136,21 +136,25 @@ fn train_step(c: &mut Criterion) {
     ];
     for (name, spec, input, batch) in cases {
         let classes = if name.starts_with("mlp") { 20 } else { 10 };
-        let cfg = ClassifierConfig {
-            spec,
-            input: input.clone(),
-            classes,
-            train_batch: Some(batch),
-            infer_batch: 1,
-            optim: OptimConfig::new(OptimizerKind::Adam),
-            seed: 1,
-            fuse: true,
-        };
-        let mut m = Classifier::new(cfg, &CpuBackend::new()).unwrap();
-        let x = rand_vec(batch * input.iter().product::<usize>(), 7);
-        let y: Vec<u32> = (0..batch as u32).map(|i| i % classes as u32).collect();
-        g.throughput(Throughput::Elements(batch as u64));
-        g.bench_function(name, |bch| bch.iter(|| m.train_step(&x, &y, 1e-4).unwrap()));
+        // Fused is the default; unfused is the same build with the passes off.
+        for fuse in [true, false] {
+            let cfg = ClassifierConfig {
+                spec: spec.clone(),
+                input: input.clone(),
+                classes,
+                train_batch: Some(batch),
+                infer_batch: 1,
+                optim: OptimConfig::new(OptimizerKind::Adam),
+                seed: 1,
+                fuse,
+            };
+            let mut m = Classifier::new(cfg, &CpuBackend::new()).unwrap();
+            let x = rand_vec(batch * input.iter().product::<usize>(), 7);
+            let y: Vec<u32> = (0..batch as u32).map(|i| i % classes as u32).collect();
+            g.throughput(Throughput::Elements(batch as u64));
+            let label = format!("{name}/{}", if fuse { "fused" } else { "unfused" });
+            g.bench_function(label, |bch| bch.iter(|| m.train_step(&x, &y, 1e-4).unwrap()));
+        }
     }
     g.finish();
 }
