@@ -28,6 +28,8 @@ pub enum Command {
     Predict(PredictArgs),
     /// List the backends and adapters on this machine and what `auto` picks.
     Devices,
+    /// Benchmark kernels, train steps and inference latency on a device.
+    Bench(BenchArgs),
     /// Show the compiled train step: launches before and after fusion, FLOPs, bytes, memory.
     Plan(PlanArgs),
 }
@@ -174,4 +176,16 @@ pub struct PlanArgs {
     /// adam, adamw or sgd.
     #[arg(long, default_value = "adam")]
     pub optimizer: String,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Longer runs per case (default: quick).
+    #[arg(long)]
+    pub full: bool,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
 }

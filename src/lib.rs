@@ -6,6 +6,7 @@
 //! [`backend::Backend`] -> [`graph::Session`] that replays it.
 
 pub mod backend;
+pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod embed;

@@ -3,7 +3,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use gpurt::backend::{self, DeviceSpec};
-use gpurt::cli::{Cli, Command, EvalArgs, PlanArgs, PredictArgs};
+use gpurt::cli::{BenchArgs, Cli, Command, EvalArgs, PlanArgs, PredictArgs};
 use gpurt::data::{self, DataSpec, Split};
 use gpurt::eval::{evaluate, top_k};
 use gpurt::train::{self, checkpoint_normalizer, load_run};
@@ -12,18 +12,19 @@ use std::path::Path;
 use std::sync::Arc;
 
 fn main() {
+    let start = std::time::Instant::now();
     // Mesa's Vulkan drivers complain on stderr when this is unset.
     if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
         std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
     }
     let cli = Cli::parse();
-    if let Err(e) = run(cli) {
+    if let Err(e) = run(cli, start) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli, start: std::time::Instant) -> Result<()> {
     match cli.command {
         Command::Train(a) => {
             let mut opts = a.options()?;
@@ -43,6 +44,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => eval(a),
         Command::Predict(a) => predict(a),
         Command::Plan(a) => plan(a),
+        Command::Bench(a) => bench(a, start),
         Command::Devices => {
             for (name, ok, detail) in backend::describe() {
                 println!(
@@ -169,5 +171,27 @@ fn plan(a: PlanArgs) -> Result<()> {
         cfg.spec.name, cfg.input, a.batch
     );
     print!("{}", r.render());
+    Ok(())
+}
+
+fn bench(a: BenchArgs, start: std::time::Instant) -> Result<()> {
+    let device: DeviceSpec = a.device.parse()?;
+    let backend = backend::select(&device)?;
+    eprintln!(
+        "benchmarking on {} ({})",
+        backend.name(),
+        if a.full { "full" } else { "quick" }
+    );
+    let (peaks, figs) = gpurt::bench::run(backend.as_ref(), !a.full, start)?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "device": backend.name(), "peaks": peaks, "results": figs })
+            )?
+        );
+    } else {
+        print!("{}", gpurt::bench::render(&peaks, &figs));
+    }
     Ok(())
 }

@@ -1,0 +1,443 @@
+//! `gpurt bench`: the benchmark suite from the command line. Every figure
+//! comes with its work count (FLOPs or bytes) and as a percentage of this
+//! machine's peak, measured at start-up: an FMA loop for compute-bound
+//! kernels, a large copy for memory-bound ones. Times are medians.
+
+use crate::backend::Backend;
+use crate::error::Result;
+use crate::graph::exec::Session;
+use crate::graph::ir::Graph;
+use crate::graph::plan;
+use crate::model::{Classifier, ClassifierConfig};
+use crate::nn::{Layer, ModelSpec};
+use crate::ops::adam::AdamConfig;
+use crate::ops::{ConvParams, Op};
+use crate::optim::{OptimConfig, OptimizerKind};
+use crate::tensor::DType;
+use multiversion::multiversion;
+use rayon::prelude::*;
+use serde::Serialize;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Figure {
+    pub name: String,
+    /// Median seconds per call.
+    pub seconds: f64,
+    /// "GFLOP/s", "GB/s", "img/s" or "us".
+    pub unit: String,
+    pub value: f64,
+    /// Percentage of the measured machine peak, where one applies.
+    pub percent_of_peak: Option<f64>,
+    /// What was counted: "2*n^3 FLOP", "bytes read + written", ...
+    pub work: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Peaks {
+    pub fma_gflops: f64,
+    pub copy_gbps: f64,
+    pub threads: usize,
+}
+
+/// Independent FMA chains, wide enough to fill the vector units.
+#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma", "aarch64+neon"))]
+fn fma_chains(iters: usize) -> f32 {
+    // Twelve independent 16-lane chains held in registers: enough to hide
+    // the FMA latency on every target.
+    let (mut a0, mut a1, mut a2, mut a3) = ([1.0f32; 16], [1.1f32; 16], [1.2f32; 16], [1.3f32; 16]);
+    let (mut a4, mut a5, mut a6, mut a7) = ([1.4f32; 16], [1.5f32; 16], [1.6f32; 16], [1.7f32; 16]);
+    let (mut a8, mut a9, mut a10, mut a11) =
+        ([1.8f32; 16], [1.9f32; 16], [2.0f32; 16], [2.1f32; 16]);
+    for _ in 0..iters {
+        for l in 0..16 {
+            a0[l] = a0[l].mul_add(0.999_999_9, 1e-7);
+            a1[l] = a1[l].mul_add(0.999_999_9, 1e-7);
+            a2[l] = a2[l].mul_add(0.999_999_9, 1e-7);
+            a3[l] = a3[l].mul_add(0.999_999_9, 1e-7);
+            a4[l] = a4[l].mul_add(0.999_999_9, 1e-7);
+            a5[l] = a5[l].mul_add(0.999_999_9, 1e-7);
+            a6[l] = a6[l].mul_add(0.999_999_9, 1e-7);
+            a7[l] = a7[l].mul_add(0.999_999_9, 1e-7);
+            a8[l] = a8[l].mul_add(0.999_999_9, 1e-7);
+            a9[l] = a9[l].mul_add(0.999_999_9, 1e-7);
+            a10[l] = a10[l].mul_add(0.999_999_9, 1e-7);
+            a11[l] = a11[l].mul_add(0.999_999_9, 1e-7);
+        }
+    }
+    [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11]
+        .iter()
+        .flatten()
+        .sum()
+}
+
+/// FMA peak (all threads) and copy bandwidth, measured now.
+pub fn measure_peaks() -> Peaks {
+    let threads = rayon::current_num_threads();
+    let iters = 2_000_000;
+    let _ = fma_chains(1000);
+    let t = Instant::now();
+    let s: f32 = (0..threads)
+        .into_par_iter()
+        .map(|_| fma_chains(iters))
+        .sum();
+    let secs = t.elapsed().as_secs_f64();
+    std::hint::black_box(s);
+    let fma_gflops = (threads * iters * 12 * 16 * 2) as f64 / secs / 1e9;
+    let n = 32 << 20; // 128 MiB each way
+    let src = vec![1.0f32; n];
+    let mut dst = vec![0.0f32; n];
+    let copy = |dst: &mut [f32]| {
+        dst.par_chunks_mut(1 << 16)
+            .zip(src.par_chunks(1 << 16))
+            .for_each(|(d, s)| d.copy_from_slice(s))
+    };
+    copy(&mut dst);
+    let secs = median(5, || copy(&mut dst));
+    Peaks {
+        fma_gflops,
+        copy_gbps: 2.0 * (n * 4) as f64 / secs / 1e9,
+        threads,
+    }
+}
+
+fn median(reps: usize, mut f: impl FnMut()) -> f64 {
+    let mut t: Vec<f64> = (0..reps)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
+}
+
+/// Repetitions so a case takes about `budget` in total.
+fn reps_for(once: f64, budget: Duration) -> usize {
+    ((budget.as_secs_f64() / once.max(1e-9)) as usize).clamp(3, 200)
+}
+
+struct Suite<'a> {
+    backend: &'a dyn Backend,
+    peaks: Peaks,
+    budget: Duration,
+    out: Vec<Figure>,
+}
+
+impl Suite<'_> {
+    fn time(&self, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+        let s = Instant::now();
+        f()?;
+        let reps = reps_for(s.elapsed().as_secs_f64(), self.budget);
+        let mut err = Ok(());
+        let t = median(reps, || {
+            if let Err(e) = f() {
+                err = Err(e);
+            }
+        });
+        err.map(|_| t)
+    }
+
+    fn compute(&mut self, name: &str, secs: f64, flops: f64, work: &str) {
+        let g = flops / secs / 1e9;
+        self.out.push(Figure {
+            name: name.into(),
+            seconds: secs,
+            unit: "GFLOP/s".into(),
+            value: g,
+            percent_of_peak: Some(100.0 * g / self.peaks.fma_gflops),
+            work: work.into(),
+        });
+    }
+
+    fn memory(&mut self, name: &str, secs: f64, bytes: f64, work: &str) {
+        let g = bytes / secs / 1e9;
+        self.out.push(Figure {
+            name: name.into(),
+            seconds: secs,
+            unit: "GB/s".into(),
+            value: g,
+            percent_of_peak: Some(100.0 * g / self.peaks.copy_gbps),
+            work: work.into(),
+        });
+    }
+
+    /// Time one graph's program on the backend (inputs random, not zero).
+    fn graph(&mut self, g: &Graph) -> Result<f64> {
+        let module = plan::compile(&[("p", g)])?;
+        let mut s = Session::new(self.backend, module)?;
+        for (name, v) in g.inputs() {
+            let n = g.shape(v).numel();
+            s.write_input(0, &name, &pseudo_random(n))?;
+        }
+        for (name, v) in g.persistent() {
+            s.write_persistent(&name, &pseudo_random(g.shape(v).numel()))?;
+        }
+        s.set_scalar("lr", 1e-3);
+        s.set_scalar("step", 1.0);
+        self.time(|| s.run(0))
+    }
+}
+
+fn pseudo_random(n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| ((i.wrapping_mul(2_654_435_761) >> 7) % 2001) as f32 / 1000.0 - 1.0)
+        .collect()
+}
+
+/// Run the suite. `quick` keeps every case to a fraction of a second.
+pub fn run(
+    backend: &dyn Backend,
+    quick: bool,
+    process_start: Instant,
+) -> Result<(Peaks, Vec<Figure>)> {
+    // Cold start first: from process start to one finished train step.
+    let mut cnn = Classifier::new(cnn_config(vec![1, 28, 28], 64), backend)?;
+    let (x, y) = (
+        pseudo_random(64 * 784),
+        (0..64).map(|i| i % 10).collect::<Vec<u32>>(),
+    );
+    cnn.train_step(&x, &y, 1e-3)?;
+    let cold = process_start.elapsed().as_secs_f64();
+
+    let peaks = measure_peaks();
+    let budget = Duration::from_millis(if quick { 300 } else { 2000 });
+    let mut s = Suite {
+        backend,
+        peaks,
+        budget,
+        out: Vec::new(),
+    };
+    s.out.push(Figure {
+        name: "cold start to first train step (cnn, mnist shape)".into(),
+        seconds: cold,
+        unit: "ms".into(),
+        value: cold * 1e3,
+        percent_of_peak: None,
+        work: "process start to one finished step".into(),
+    });
+
+    for n in [1024usize, 2048] {
+        let mut g = Graph::new(false);
+        let a = g.input("a", [n, n], DType::F32)?;
+        let b = g.input("b", [n, n], DType::F32)?;
+        let c = g.matmul(a, b)?;
+        g.set_output("c", c);
+        let t = s.graph(&g)?;
+        s.compute(
+            &format!("gemm {n}^3"),
+            t,
+            2.0 * (n * n * n) as f64,
+            "2*n^3 FLOP",
+        );
+    }
+
+    // conv2d N64 C32->64 32x32 3x3 pad 1: forward, and backward (dx + dw).
+    let p = ConvParams {
+        stride: (1, 1),
+        pad: (1, 1),
+        dilation: (1, 1),
+    };
+    let flops = 2.0 * (64 * 64 * 32 * 32 * 32 * 9) as f64;
+    let mut g = Graph::new(false);
+    let x = g.input("x", [64, 32, 32, 32], DType::F32)?;
+    let w = g.param("w", [64, 32, 3, 3])?;
+    let bias = g.param("b", [64])?;
+    let y = g.conv2d(x, w, Some(bias), p)?;
+    g.set_output("y", y);
+    let t = s.graph(&g)?;
+    s.compute(
+        "conv2d fwd N64 C32->64 32x32 3x3 pad1",
+        t,
+        flops,
+        "2*N*Cout*OH*OW*Cin*KH*KW FLOP",
+    );
+    let mut g = Graph::new(false);
+    let x = g.input("x", [64, 32, 32, 32], DType::F32)?;
+    let w = g.param("w", [64, 32, 3, 3])?;
+    let dy = g.input("dy", [64, 64, 32, 32], DType::F32)?;
+    let dx = g.push1(
+        Op::Conv2dGradInput { p },
+        vec![dy, w],
+        [64, 32, 32, 32].into(),
+    )?;
+    let dw = g.push1(
+        Op::Conv2dGradWeight { p },
+        vec![x, dy],
+        [64, 32, 3, 3].into(),
+    )?;
+    g.set_output("dx", dx);
+    g.set_output("dw", dw);
+    let t = s.graph(&g)?;
+    s.compute(
+        "conv2d bwd (dx + dw) same shape",
+        t,
+        2.0 * flops,
+        "2 x forward FLOP",
+    );
+
+    let mut g = Graph::new(false);
+    let x = g.input("x", [4096, 4096], DType::F32)?;
+    let y = g.softmax(x)?;
+    g.set_output("y", y);
+    let t = s.graph(&g)?;
+    s.memory(
+        "softmax 4096x4096",
+        t,
+        2.0 * 4.0 * 4096.0 * 4096.0,
+        "bytes read + written (x, y)",
+    );
+
+    let n = 10_000_000usize;
+    let mut g = Graph::new(true);
+    let grad = g.input("grad", [n], DType::F32)?;
+    let (pv, m, v) = (g.param("p", [n])?, g.state("m", [n])?, g.state("v", [n])?);
+    let (lr, step) = (g.scalar("lr"), g.scalar("step"));
+    g.push_node(
+        Op::AdamUpdate(AdamConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            decoupled: false,
+            lr,
+            step,
+        }),
+        vec![grad],
+        vec![],
+        vec![pv, m, v],
+    )?;
+    let t = s.graph(&g)?;
+    s.memory(
+        "adam 10M params",
+        t,
+        7.0 * 4.0 * n as f64,
+        "bytes: read g,p,m,v; write p,m,v",
+    );
+
+    let mlp = ModelSpec {
+        name: "mlp-2048-512-20".into(),
+        layers: vec![
+            Layer::Flatten,
+            Layer::Dense {
+                units: 512,
+                bias: true,
+            },
+            Layer::Relu,
+            Layer::Dense {
+                units: 20,
+                bias: true,
+            },
+        ],
+    };
+    let cases = [
+        (
+            "cnn train step cifar b64",
+            ModelSpec::cnn(10),
+            vec![3, 32, 32],
+            64,
+            10,
+        ),
+        (
+            "cnn train step mnist b64",
+            ModelSpec::cnn(10),
+            vec![1, 28, 28],
+            64,
+            10,
+        ),
+        (
+            "mlp 2048-512-20 train step b256",
+            mlp,
+            vec![2048, 1, 1],
+            256,
+            20,
+        ),
+    ];
+    for (name, spec, input, batch, classes) in cases {
+        let mut cfg = cnn_config(input.clone(), batch);
+        cfg.spec = spec;
+        cfg.classes = classes;
+        let mut m = Classifier::new(cfg, backend)?;
+        let x = pseudo_random(batch * input.iter().product::<usize>());
+        let y: Vec<u32> = (0..batch as u32).map(|i| i % classes as u32).collect();
+        let t = s.time(|| m.train_step(&x, &y, 1e-4).map(|_| ()))?;
+        s.out.push(Figure {
+            name: name.into(),
+            seconds: t,
+            unit: "img/s".into(),
+            value: batch as f64 / t,
+            percent_of_peak: None,
+            work: format!("{batch} examples per step"),
+        });
+    }
+
+    // Batch-1 inference latency of the CNN (CIFAR shape): median and p99.
+    let mut cfg = cnn_config(vec![3, 32, 32], 1);
+    cfg.train_batch = None;
+    let mut m = Classifier::new(cfg, backend)?;
+    let x = pseudo_random(3 * 32 * 32);
+    let mut out = vec![0.0; 10];
+    let mut lat: Vec<f64> = Vec::new();
+    let deadline = Instant::now() + budget * 2;
+    while Instant::now() < deadline || lat.len() < 50 {
+        let t = Instant::now();
+        m.infer(&x, &mut out)?;
+        lat.push(t.elapsed().as_secs_f64());
+    }
+    lat.sort_by(f64::total_cmp);
+    for (q, label) in [(0.5, "median"), (0.99, "p99")] {
+        let v = lat[((lat.len() - 1) as f64 * q) as usize];
+        s.out.push(Figure {
+            name: format!("cnn batch-1 inference {label}"),
+            seconds: v,
+            unit: "us".into(),
+            value: v * 1e6,
+            percent_of_peak: None,
+            work: format!("{} calls", lat.len()),
+        });
+    }
+    Ok((s.peaks, s.out))
+}
+
+fn cnn_config(input: Vec<usize>, batch: usize) -> ClassifierConfig {
+    ClassifierConfig {
+        spec: ModelSpec::cnn(10),
+        input,
+        classes: 10,
+        train_batch: Some(batch),
+        infer_batch: 1,
+        optim: OptimConfig::new(OptimizerKind::Adam),
+        seed: 1,
+        fuse: true,
+    }
+}
+
+pub fn render(peaks: &Peaks, figs: &[Figure]) -> String {
+    let mut s = format!(
+        "machine peak: {:.1} GFLOP/s FMA ({} threads), {:.1} GB/s copy\n",
+        peaks.fma_gflops, peaks.threads, peaks.copy_gbps
+    );
+    s += &format!(
+        "{:<52} {:>12} {:>14} {:>8}\n",
+        "benchmark", "time", "rate", "% peak"
+    );
+    for f in figs {
+        let time = if f.seconds < 1e-3 {
+            format!("{:.1} us", f.seconds * 1e6)
+        } else {
+            format!("{:.3} ms", f.seconds * 1e3)
+        };
+        let pct = f
+            .percent_of_peak
+            .map_or(String::new(), |p| format!("{p:.0}%"));
+        s += &format!(
+            "{:<52} {:>12} {:>14} {:>8}\n",
+            f.name,
+            time,
+            format!("{:.1} {}", f.value, f.unit),
+            pct
+        );
+    }
+    s
+}
