@@ -153,7 +153,9 @@ fn train_step(c: &mut Criterion) {
             let y: Vec<u32> = (0..batch as u32).map(|i| i % classes as u32).collect();
             g.throughput(Throughput::Elements(batch as u64));
             let label = format!("{name}/{}", if fuse { "fused" } else { "unfused" });
-            g.bench_function(label, |bch| bch.iter(|| m.train_step(&x, &y, 1e-4).unwrap()));
+            g.bench_function(label, |bch| {
+                bch.iter(|| m.train_step(&x, &y, 1e-4).unwrap())
+            });
         }
     }
     g.finish();

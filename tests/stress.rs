@@ -12,25 +12,50 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn shared() -> (Arc<SharedWeights>, tempfile::TempDir) {
-    let cfg = ClassifierConfig { spec: ModelSpec::cnn(10), input: vec![1, 28, 28], classes: 10, train_batch: None, infer_batch: 1, optim: OptimConfig::new(OptimizerKind::Adam), seed: 21, fuse: true };
+    let cfg = ClassifierConfig {
+        spec: ModelSpec::cnn(10),
+        input: vec![1, 28, 28],
+        classes: 10,
+        train_batch: None,
+        infer_batch: 1,
+        optim: OptimConfig::new(OptimizerKind::Adam),
+        seed: 21,
+        fuse: true,
+    };
     let mut c = Classifier::new(cfg, &CpuBackend::new()).unwrap();
     let t = tempfile::tempdir().unwrap();
     let p = t.path().join("w.safetensors");
     c.save_weights(&p, gpurt::DType::F32).unwrap();
-    (Arc::new(SharedWeights::from_file(ModelSpec::cnn(10), vec![1, 28, 28], 10, &p).unwrap()), t)
+    (
+        Arc::new(SharedWeights::from_file(ModelSpec::cnn(10), vec![1, 28, 28], 10, &p).unwrap()),
+        t,
+    )
 }
 
 fn inputs() -> Vec<Vec<f32>> {
-    (0..16).map(|k| (0..784).map(|i| (((i * 31 + k * 977) % 255) as f32 / 127.5) - 1.0).collect()).collect()
+    (0..16)
+        .map(|k| {
+            (0..784)
+                .map(|i| (((i * 31 + k * 977) % 255) as f32 / 127.5) - 1.0)
+                .collect()
+        })
+        .collect()
 }
 
 #[test]
 fn eight_threads_match_single_threaded_results() {
-    let secs: u64 = std::env::var("GPURT_STRESS_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let secs: u64 = std::env::var("GPURT_STRESS_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
     let (w, _t) = shared();
     let xs = Arc::new(inputs());
     let mut single = Predictor::new(&w, 1, &CpuBackend::new()).unwrap();
-    let want: Arc<Vec<Vec<u32>>> = Arc::new(xs.iter().map(|x| single.run(x).unwrap().iter().map(|v| v.to_bits()).collect()).collect());
+    let want: Arc<Vec<Vec<u32>>> = Arc::new(
+        xs.iter()
+            .map(|x| single.run(x).unwrap().iter().map(|v| v.to_bits()).collect())
+            .collect(),
+    );
     let deadline = Instant::now() + Duration::from_secs(secs);
     let handles: Vec<_> = (0..8)
         .map(|tid| {
@@ -40,7 +65,8 @@ fn eight_threads_match_single_threaded_results() {
                 let mut calls = 0u64;
                 while Instant::now() < deadline {
                     let k = (calls as usize * 7 + tid) % xs.len();
-                    let got: Vec<u32> = p.run(&xs[k]).unwrap().iter().map(|v| v.to_bits()).collect();
+                    let got: Vec<u32> =
+                        p.run(&xs[k]).unwrap().iter().map(|v| v.to_bits()).collect();
                     assert_eq!(got, want[k], "thread {tid}, call {calls}, input {k}");
                     calls += 1;
                 }
@@ -48,7 +74,10 @@ fn eight_threads_match_single_threaded_results() {
             })
         })
         .collect();
-    let total: u64 = handles.into_iter().map(|h| h.join().expect("worker panicked")).sum();
+    let total: u64 = handles
+        .into_iter()
+        .map(|h| h.join().expect("worker panicked"))
+        .sum();
     assert!(total > 8, "only {total} calls");
     eprintln!("{total} calls in {secs} s across 8 threads, all identical to single-threaded");
 }

@@ -1,0 +1,170 @@
+//! The CUDA backend against the CPU backend, on a GPU: every op case of
+//! cuda_cases.rs (odd sizes, unfused and fused, in-place launches) with
+//! relative error < 1e-4 (1e-3 for reductions over more than 10,000
+//! elements), then whole train steps (eager first run, then CUDA graph
+//! capture and replay) and a classifier trained through the public API.
+//! With no usable CUDA device each test prints one SKIPPED line and passes.
+
+#![cfg(feature = "cuda")]
+
+#[path = "cuda_cases.rs"]
+mod cases;
+
+use gpurt::backend::cuda;
+use gpurt::backend::Backend;
+use gpurt::model::{Classifier, ClassifierConfig};
+use gpurt::nn::ModelSpec;
+use gpurt::optim::{OptimConfig, OptimizerKind};
+use std::sync::Arc;
+
+/// The device, or None after printing the SKIPPED line.
+fn device(test: &str) -> Option<cuda::CudaBackend> {
+    match cuda::open(0) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            let why = match e {
+                gpurt::Error::Device { detail, .. } => detail,
+                other => other.to_string(),
+            };
+            println!("SKIPPED: {test}: no CUDA driver ({why})");
+            None
+        }
+    }
+}
+
+fn check(backend: &cuda::CudaBackend, cases: Vec<cases::Prepared>) {
+    let mut failures = Vec::new();
+    for p in &cases {
+        let want = cases::run_cpu(p);
+        let got = backend
+            .compile(Arc::clone(&p.module))
+            .and_then(|mut exe| cases::run(exe.as_mut(), p));
+        let res = got
+            .map_err(|e| format!("{}: {e}", p.name))
+            .and_then(|g| cases::compare(p, &want, &g));
+        match res {
+            Ok(()) => println!("ok   {}", p.name),
+            Err(e) => {
+                println!("FAIL {e}");
+                failures.push(e);
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn cuda_ops_match_cpu() {
+    let Some(b) = device("cuda_ops_match_cpu") else {
+        return;
+    };
+    println!("device: {}", b.name());
+    check(&b, cases::op_cases());
+}
+
+#[test]
+fn cuda_train_steps_match_cpu() {
+    let Some(b) = device("cuda_train_steps_match_cpu") else {
+        return;
+    };
+    let mut all = cases::model_cases();
+    // Three steps: eager, captured, replayed. Several steps of Adam
+    // amplify rounding differences in tiny gradients, hence 1e-3.
+    all.push(cases::classifier_case(
+        ModelSpec::cnn(10),
+        vec![3, 32, 32],
+        16,
+        OptimizerKind::Adam,
+        3,
+        cases::TOL_BIG_REDUCTION,
+    ));
+    for p in &mut all {
+        p.tol = p.tol.max(cases::TOL_BIG_REDUCTION);
+    }
+    check(&b, all);
+}
+
+#[test]
+fn cuda_graph_is_captured_and_replays_identically() {
+    let Some(b) = device("cuda_graph_is_captured_and_replays_identically") else {
+        return;
+    };
+    let p = cases::classifier_case(
+        ModelSpec::cnn(10),
+        vec![1, 28, 28],
+        8,
+        OptimizerKind::Sgd,
+        1,
+        0.0,
+    );
+    let mut exe = b.compile_cuda(Arc::clone(&p.module)).unwrap();
+    use gpurt::backend::Executable;
+    for (s, d) in &p.persistent {
+        exe.write(*s, d).unwrap();
+    }
+    let loss_slot = p.module.programs[p.program].output("loss").unwrap().slot;
+    let mut losses = Vec::new();
+    for _ in 0..4 {
+        for (s, d) in &p.inputs {
+            exe.write(*s, d).unwrap();
+        }
+        exe.run(p.program, &p.scalars).unwrap();
+        let mut l = [0.0f32];
+        exe.read(loss_slot, &mut l).unwrap();
+        losses.push(l[0]);
+    }
+    assert!(
+        exe.is_captured(p.program),
+        "the train program was not captured as a CUDA graph"
+    );
+    assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+    assert!(
+        losses[3] < losses[0],
+        "SGD on a fixed batch must lower the loss: {losses:?}"
+    );
+    let ms = exe.time_program(p.program, &p.scalars, 5).unwrap();
+    assert!(ms > 0.0);
+}
+
+#[test]
+fn cuda_classifier_trains_like_cpu() {
+    let Some(b) = device("cuda_classifier_trains_like_cpu") else {
+        return;
+    };
+    let cfg = ClassifierConfig {
+        spec: ModelSpec::cnn(10),
+        input: vec![1, 28, 28],
+        classes: 10,
+        train_batch: Some(16),
+        infer_batch: 4,
+        optim: OptimConfig::new(OptimizerKind::Adam),
+        seed: 7,
+        fuse: true,
+    };
+    let x: Vec<f32> = (0..16 * 784)
+        .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+        .collect();
+    let y: Vec<u32> = (0..16).map(|i| (i % 10) as u32).collect();
+    let mut gpu = Classifier::new(cfg.clone(), &b).unwrap();
+    let mut cpu = Classifier::new(cfg, &gpurt::backend::cpu::CpuBackend::new()).unwrap();
+    for step in 0..5 {
+        let (lg, lc) = (
+            gpu.train_step(&x, &y, 1e-3).unwrap(),
+            cpu.train_step(&x, &y, 1e-3).unwrap(),
+        );
+        assert!(
+            (lg - lc).abs() <= 1e-3 * lc.abs().max(1.0),
+            "step {step}: loss {lg} vs {lc}"
+        );
+    }
+    let (mut og, mut oc) = (vec![0.0; 40], vec![0.0; 40]);
+    gpu.infer(&x[..4 * 784], &mut og).unwrap();
+    cpu.infer(&x[..4 * 784], &mut oc).unwrap();
+    let e = cases::rel_err(&og, &oc);
+    assert!(e < 1e-3, "inference logits differ by {e:.2e}");
+}
