@@ -1,6 +1,8 @@
 // NumPy-broadcasting add/sub/mul/div. Each operand is gathered through its
 // broadcast strides (0 on broadcast axes) over the output's dims; when both
-// operands have the output's shape the index arithmetic is skipped.
+// operands have the output's shape the index arithmetic is skipped. In
+// place, the operand with the output's shape is given the output's offset;
+// its strides are the identity, so each thread reads its element first.
 
 fn apply(kind: u32, a: f32, b: f32) -> f32 {
     switch kind {

@@ -1,0 +1,793 @@
+//! The wgpu launch table: each planned [`Launch`] becomes one or more
+//! dispatches (a shader entry point, its parameter words and a workgroup
+//! count). This mirrors `cpu::execute` arm by arm; the parameter layouts
+//! are documented at the top of each shader entry point.
+//!
+//! It is pure (no device), so it runs once per module in `compile` and the
+//! parameter words are uploaded once.
+
+use super::shaders::Family;
+use crate::error::{Error, Result};
+use crate::graph::plan::Launch;
+use crate::ops::adam::AdamConfig;
+use crate::ops::binary::broadcast_strides;
+use crate::ops::elementwise::{max_depth, EwInstr, MAX_INPUTS, MAX_STACK};
+use crate::ops::matmul::matmul_dims;
+use crate::ops::{Activation, BinaryKind, Op};
+use crate::tensor::Shape;
+
+/// Threads per workgroup of every kernel.
+pub const WG: usize = 256;
+/// Highest tensor rank the strided kernels (binary, sum_to, transpose)
+/// take; their params hold this many dims and strides.
+pub const MAX_RANK: usize = 8;
+/// GEMM output tile edge (gemm.wgsl's TM and TN) and K slice (TK).
+const TILE: usize = 64;
+const TK: usize = 16;
+/// Capacity of the runtime-scalar uniform (`rt` in common.wgsl).
+pub const RUNTIME_SLOTS: usize = 256;
+
+/// One compute dispatch.
+#[derive(Clone, Debug)]
+pub struct Dispatch {
+    pub family: Family,
+    pub entry: &'static str,
+    pub params: Vec<u32>,
+    /// Workgroups; the executor lays them out as an x*y grid.
+    pub groups: usize,
+    /// Words of scratch (after the arena) the dispatch uses.
+    pub scratch: usize,
+}
+
+/// Per-run constants the host derives from the runtime scalars, written
+/// after them into the runtime uniform.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Derived {
+    /// (step size, 1/sqrt(bias correction 2), decoupled decay).
+    Adam(AdamConfig),
+}
+
+/// The runtime uniform: the module's scalars, then derived constants.
+#[derive(Debug)]
+pub struct Runtime {
+    scalars: usize,
+    derived: Vec<(Derived, usize)>,
+    len: usize,
+}
+
+impl Runtime {
+    pub fn new(scalars: usize) -> Self {
+        Runtime {
+            scalars,
+            derived: Vec::new(),
+            len: scalars,
+        }
+    }
+
+    /// Slots used so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    fn slot(&mut self, d: Derived) -> usize {
+        if let Some((_, at)) = self.derived.iter().find(|(x, _)| *x == d) {
+            return *at;
+        }
+        let at = self.len;
+        self.len += 3;
+        self.derived.push((d, at));
+        at
+    }
+
+    /// The uniform's contents for one run.
+    pub fn fill(&self, scalars: &[f32], out: &mut [f32]) {
+        out[..self.scalars].copy_from_slice(&scalars[..self.scalars]);
+        for (d, at) in &self.derived {
+            match d {
+                Derived::Adam(c) => {
+                    // The same f32 expressions as ops::adam::cpu_update, so
+                    // both backends take the same step.
+                    let (lr, step) = (scalars[c.lr.0 as usize], scalars[c.step.0 as usize]);
+                    let bc1 = 1.0 - c.beta1.powf(step);
+                    let bc2 = 1.0 - c.beta2.powf(step);
+                    out[*at] = lr / bc1;
+                    out[at + 1] = 1.0 / bc2.sqrt();
+                    out[at + 2] = if c.decoupled {
+                        1.0 - lr * c.weight_decay
+                    } else {
+                        1.0
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// Parameter words under construction; values that do not fit in u32 are
+/// reported when the launch is finished.
+struct Params {
+    words: Vec<u32>,
+    overflow: Option<usize>,
+}
+
+impl Params {
+    fn new(len: usize) -> Self {
+        Params {
+            words: vec![0; len],
+            overflow: None,
+        }
+    }
+    fn u(&mut self, i: usize, v: usize) -> &mut Self {
+        if i >= self.words.len() {
+            self.words.resize(i + 1, 0);
+        }
+        match u32::try_from(v) {
+            Ok(x) => self.words[i] = x,
+            Err(_) => self.overflow = Some(v),
+        }
+        self
+    }
+    fn f(&mut self, i: usize, v: f32) -> &mut Self {
+        self.u(i, v.to_bits() as usize)
+    }
+    fn list(&mut self, i: usize, vs: &[usize]) -> &mut Self {
+        for (k, &v) in vs.iter().enumerate() {
+            self.u(i + k, v);
+        }
+        self
+    }
+    fn dispatch(&self, family: Family, entry: &'static str, groups: usize) -> Result<Dispatch> {
+        if let Some(v) = self.overflow {
+            return Err(Error::Limit(format!(
+                "{}::{entry}: value {v} does not fit the kernel's 32-bit parameters",
+                family.name()
+            )));
+        }
+        Ok(Dispatch {
+            family,
+            entry,
+            params: self.words.clone(),
+            groups,
+            scratch: 0,
+        })
+    }
+}
+
+fn act_code(a: Option<Activation>) -> usize {
+    match a {
+        None => 0,
+        Some(Activation::Relu) => 1,
+        Some(Activation::Gelu) => 2,
+        Some(Activation::Sigmoid) => 3,
+        Some(Activation::Tanh) => 4,
+    }
+}
+
+fn binary_code(k: BinaryKind) -> usize {
+    match k {
+        BinaryKind::Add => 0,
+        BinaryKind::Sub => 1,
+        BinaryKind::Mul => 2,
+        BinaryKind::Div => 3,
+    }
+}
+
+fn groups_for(n: usize) -> usize {
+    n.div_ceil(WG)
+}
+
+fn rank_ok(op: &str, s: &Shape) -> Result<()> {
+    if s.rank() > MAX_RANK {
+        return Err(Error::Device {
+            device: "wgpu".into(),
+            detail: format!(
+                "{op}: rank {} of {s} exceeds the WGSL kernels' {MAX_RANK}",
+                s.rank()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A GEMM on the shared core (gemm.wgsl).
+struct Gemm {
+    family: Family,
+    tiled: &'static str,
+    reduce: &'static str,
+    m: usize,
+    n: usize,
+    k: usize,
+    batch: usize,
+    act: usize,
+    /// (1 per row | 2 per column, offset)
+    bias: Option<(usize, usize)>,
+    a: usize,
+    b: usize,
+    c: usize,
+}
+
+/// Output tiles below which a long K is split across workgroups.
+const SPLIT_BELOW_TILES: usize = 64;
+/// Shortest K range one split takes.
+const MIN_SPLIT_K: usize = 256;
+
+impl Gemm {
+    /// Splits of K: enough workgroups to occupy a device when the output
+    /// has few tiles (a convolution's weight gradient sums over the whole
+    /// batch into a small tensor), each split at least `MIN_SPLIT_K` long.
+    fn splits(&self, tiles: usize) -> (usize, usize) {
+        let k = self.k.max(1);
+        let want = SPLIT_BELOW_TILES.div_ceil(tiles.max(1));
+        let s = want.min(k / MIN_SPLIT_K).max(1);
+        let per = k.div_ceil(s).div_ceil(TK) * TK;
+        (k.div_ceil(per), per)
+    }
+
+    fn dispatch(&self, own: &[(usize, usize)], scratch: usize) -> Result<Vec<Dispatch>> {
+        if self.m == 0 || self.n == 0 || self.batch == 0 {
+            return Ok(vec![]);
+        }
+        let tiles_n = self.n.div_ceil(TILE);
+        let per_batch = self.m.div_ceil(TILE) * tiles_n;
+        let tiles = per_batch * self.batch;
+        let (splits, per_split) = self.splits(tiles);
+        let outputs = self.m * self.n * self.batch;
+        let mut p = Params::new(16);
+        p.list(0, &[self.m, self.n, self.k, tiles_n, per_batch, self.batch])
+            .u(6, self.act)
+            .u(7, self.bias.map_or(0, |b| b.0))
+            .u(8, self.bias.map_or(0, |b| b.1))
+            .list(9, &[self.a, self.b, self.c, tiles * splits])
+            .list(13, &[splits, per_split, scratch]);
+        for &(i, v) in own {
+            p.u(i, v);
+        }
+        let mut tiled = p.dispatch(self.family, self.tiled, tiles * splits)?;
+        if splits == 1 {
+            return Ok(vec![tiled]);
+        }
+        tiled.scratch = splits * outputs;
+        p.u(12, outputs);
+        Ok(vec![
+            tiled,
+            p.dispatch(self.family, self.reduce, groups_for(outputs))?,
+        ])
+    }
+}
+
+/// The dispatches of one launch. `rt` collects per-run constants;
+/// `scratch` is the word offset of the scratch region (after the arena).
+pub fn encode(l: &Launch, rt: &mut Runtime, scratch: usize) -> Result<Vec<Dispatch>> {
+    let rs = &l.read_shapes;
+    let ws = &l.write_shapes;
+    // Operand k's offset; in place, operand k lives in output 0's range.
+    let r = |k: usize| -> usize {
+        if l.inplace == Some(k) {
+            l.writes[0].offset
+        } else {
+            l.reads[k].offset
+        }
+    };
+    let w = |k: usize| l.writes[k].offset;
+    let one = |p: &Params, family: Family, entry: &'static str, groups: usize| {
+        if groups == 0 {
+            Ok(vec![])
+        } else {
+            Ok(vec![p.dispatch(family, entry, groups)?])
+        }
+    };
+    match &l.op {
+        Op::MatMul { ta, tb } => {
+            let (batch, m, k, n) = matmul_dims(&rs[0], *ta, &rs[1], *tb)?;
+            Gemm {
+                family: Family::Matmul,
+                tiled: "tiled",
+                reduce: "splitk_reduce",
+                m,
+                n,
+                k,
+                batch,
+                act: 0,
+                bias: None,
+                a: r(0),
+                b: r(1),
+                c: w(0),
+            }
+            .dispatch(
+                &[
+                    (16, *ta as usize),
+                    (17, *tb as usize),
+                    (18, m * k),
+                    (19, k * n),
+                    (20, m * n),
+                ],
+                scratch,
+            )
+        }
+        Op::Linear { bias, act } => {
+            let k = rs[0].last();
+            let n = rs[1].0[0];
+            let rows = rs[0].numel() / k.max(1);
+            Gemm {
+                family: Family::Matmul,
+                tiled: "tiled",
+                reduce: "splitk_reduce",
+                m: rows,
+                n,
+                k,
+                batch: 1,
+                act: act_code(*act),
+                bias: bias.then(|| (2, r(2))),
+                a: r(0),
+                b: r(1),
+                c: w(0),
+            }
+            .dispatch(&[(16, 0), (17, 1)], scratch)
+        }
+        Op::Conv2d { p, act } => {
+            let g = p.geom(&rs[0], &rs[1])?;
+            let (oh, ow) = g.out_hw().expect("checked by geom");
+            Gemm {
+                family: Family::Conv2d,
+                tiled: "forward",
+                reduce: "forward_reduce",
+                m: g.c_out,
+                n: g.n * oh * ow,
+                k: g.c_in * g.kh * g.kw,
+                batch: 1,
+                act: act_code(*act),
+                bias: (l.reads.len() == 3).then(|| (1, r(2))),
+                a: r(1),
+                b: r(0),
+                c: w(0),
+            }
+            .dispatch(&conv_params(&g), scratch)
+        }
+        Op::Conv2dGradInput { p } => {
+            let g = p.geom(&ws[0], &rs[1])?;
+            Gemm {
+                family: Family::Conv2d,
+                tiled: "grad_input",
+                reduce: "grad_input_reduce",
+                m: g.c_in,
+                n: g.n * g.h * g.w,
+                k: g.c_out * g.kh * g.kw,
+                batch: 1,
+                act: 0,
+                bias: None,
+                a: r(1),
+                b: r(0),
+                c: w(0),
+            }
+            .dispatch(&conv_params(&g), scratch)
+        }
+        Op::Conv2dGradWeight { p } => {
+            let g = p.geom(&rs[0], &ws[0])?;
+            let (oh, ow) = g.out_hw().expect("checked by geom");
+            Gemm {
+                family: Family::Conv2d,
+                tiled: "grad_weight",
+                reduce: "grad_weight_reduce",
+                m: g.c_out,
+                n: g.c_in * g.kh * g.kw,
+                k: g.n * oh * ow,
+                batch: 1,
+                act: 0,
+                bias: None,
+                a: r(1),
+                b: r(0),
+                c: w(0),
+            }
+            .dispatch(&conv_params(&g), scratch)
+        }
+        Op::Conv2dGradBias => {
+            let s = &rs[0];
+            let mut p = Params::new(5);
+            p.list(0, &[s.0[0], s.0[1], s.0[2] * s.0[3], r(0), w(0)]);
+            one(&p, Family::Conv2d, "grad_bias", s.0[1])
+        }
+        Op::MaxPool2d { p } => {
+            let g = p.geom("max_pool2d", &rs[0])?;
+            let (oh, ow) = g.out_hw().expect("checked by geom");
+            let count = g.n * g.c * oh * ow;
+            let p = pool_params(&g, count, r(0), w(0), w(1));
+            one(&p, Family::Pool, "max_forward", groups_for(count))
+        }
+        Op::MaxPool2dBackward { p } => {
+            let g = p.geom("max_pool2d", &ws[0])?;
+            let count = ws[0].numel();
+            let p = pool_params(&g, count, r(0), w(0), r(1));
+            one(&p, Family::Pool, "max_backward", groups_for(count))
+        }
+        Op::AvgPool2d { p } => {
+            let g = p.geom("avg_pool2d", &rs[0])?;
+            let (oh, ow) = g.out_hw().expect("checked by geom");
+            let count = g.n * g.c * oh * ow;
+            let p = pool_params(&g, count, r(0), w(0), 0);
+            one(&p, Family::Pool, "avg_forward", groups_for(count))
+        }
+        Op::AvgPool2dBackward { p } => {
+            let g = p.geom("avg_pool2d", &ws[0])?;
+            let count = ws[0].numel();
+            let p = pool_params(&g, count, r(0), w(0), 0);
+            one(&p, Family::Pool, "avg_backward", groups_for(count))
+        }
+        Op::GlobalAvgPool => {
+            let s = &rs[0];
+            let count = s.0[0] * s.0[1];
+            let mut p = Params::new(4);
+            p.list(0, &[count, s.0[2] * s.0[3], r(0), w(0)]);
+            one(&p, Family::Pool, "global_avg_forward", groups_for(count))
+        }
+        Op::GlobalAvgPoolBackward => {
+            let s = &ws[0];
+            let count = s.numel();
+            let mut p = Params::new(4);
+            p.list(0, &[count, s.0[2] * s.0[3], r(0), w(0)]);
+            one(&p, Family::Pool, "global_avg_backward", groups_for(count))
+        }
+        Op::Act(a) => {
+            let n = ws[0].numel();
+            let mut p = Params::new(4);
+            p.list(0, &[act_code(Some(*a)), n, r(0), w(0)]);
+            one(&p, Family::Activation, "forward", groups_for(n))
+        }
+        Op::ActBackward(a) => {
+            let n = ws[0].numel();
+            let mut p = Params::new(5);
+            p.list(0, &[act_code(Some(*a)), n, r(0), r(1), w(0)]);
+            one(&p, Family::Activation, "backward", groups_for(n))
+        }
+        Op::Binary(k) => {
+            let so = &ws[0];
+            rank_ok("binary", so)?;
+            let n = so.numel();
+            let (sa, sb) = (broadcast_strides(&rs[0], so), broadcast_strides(&rs[1], so));
+            let contiguous = sa == so.strides() && sb == so.strides();
+            let mut p = Params::new(32);
+            p.list(0, &[binary_code(*k), n, r(0), r(1), w(0), so.rank()])
+                .u(6, contiguous as usize)
+                .list(8, &so.0)
+                .list(16, &sa)
+                .list(24, &sb);
+            one(&p, Family::Binary, "binary", groups_for(n))
+        }
+        Op::Scale(a) => {
+            let n = ws[0].numel();
+            let mut p = Params::new(4);
+            p.list(0, &[n, r(0), w(0)]).f(3, *a);
+            one(&p, Family::Fill, "scale", groups_for(n))
+        }
+        Op::Fill(v) => {
+            let n = ws[0].numel();
+            let mut p = Params::new(3);
+            p.list(0, &[n, w(0)]).f(2, *v);
+            one(&p, Family::Fill, "fill", groups_for(n))
+        }
+        Op::SumTo => sum_to(&rs[0], &ws[0], r(0), w(0)),
+        Op::BroadcastTo => {
+            let sy = &ws[0];
+            rank_ok("broadcast_to", sy)?;
+            let n = sy.numel();
+            let mut p = Params::new(24);
+            p.list(0, &[n, r(0), w(0), sy.rank()])
+                .list(8, &sy.0)
+                .list(16, &broadcast_strides(&rs[0], sy));
+            one(&p, Family::Reduce, "broadcast_to", groups_for(n))
+        }
+        Op::Reshape => Ok(vec![]),
+        Op::Transpose { perm } => {
+            let sx = &rs[0];
+            rank_ok("transpose", sx)?;
+            let xs = sx.strides();
+            let dims: Vec<usize> = perm.iter().map(|&p| sx.0[p]).collect();
+            let strides: Vec<usize> = perm.iter().map(|&p| xs[p]).collect();
+            let n = sx.numel();
+            let mut p = Params::new(24);
+            p.list(0, &[n, r(0), w(0), sx.rank()])
+                .list(8, &dims)
+                .list(16, &strides);
+            one(&p, Family::Transpose, "transpose", groups_for(n))
+        }
+        Op::Softmax | Op::LogSoftmax => {
+            let n = rs[0].last();
+            let rows = rs[0].numel() / n.max(1);
+            let mut p = Params::new(5);
+            p.list(0, &[rows, n, r(0), w(0)])
+                .u(4, (l.op == Op::LogSoftmax) as usize);
+            one(&p, Family::Softmax, "forward", rows)
+        }
+        Op::SoftmaxBackward | Op::LogSoftmaxBackward => {
+            let n = rs[0].last();
+            let rows = rs[0].numel() / n.max(1);
+            let mut p = Params::new(6);
+            p.list(0, &[rows, n, r(0), r(1), w(0)])
+                .u(5, (l.op == Op::LogSoftmaxBackward) as usize);
+            one(&p, Family::Softmax, "backward", rows)
+        }
+        Op::CrossEntropy => {
+            let mut p = Params::new(5);
+            p.list(0, &[rs[0].0[0], rs[0].0[1], r(0), r(1), w(0)]);
+            one(&p, Family::CrossEntropy, "forward", 1)
+        }
+        Op::CrossEntropyBackward { dloss } => {
+            let b = rs[0].0[0];
+            let mut p = Params::new(8);
+            p.list(0, &[b, rs[0].0[1], r(0), r(1), w(0)]);
+            match dloss {
+                Some(d) => p.u(5, 0).f(6, *d),
+                None => p.u(5, 1).u(7, r(2)),
+            };
+            one(&p, Family::CrossEntropy, "backward", b)
+        }
+        Op::ActBackwardBias { act, axis } => {
+            let shape = &rs[0].0;
+            let c = shape[*axis];
+            let inner: usize = shape[axis + 1..].iter().product();
+            let outer: usize = shape[..*axis].iter().product();
+            let mut p = Params::new(8);
+            p.list(
+                0,
+                &[
+                    act_code(Some(*act)),
+                    outer,
+                    c,
+                    inner,
+                    r(0),
+                    r(1),
+                    w(0),
+                    w(1),
+                ],
+            );
+            one(&p, Family::BiasGrad, "act_backward_bias", c)
+        }
+        Op::Elementwise(prog) => elementwise(prog, l, &r),
+        Op::Dropout {
+            p: prob,
+            seed,
+            step,
+        } => {
+            let n = ws[0].numel();
+            let mut p = Params::new(7);
+            p.list(0, &[n, r(0), w(0)])
+                .f(3, *prob)
+                .u(4, *seed as usize)
+                .u(5, step.0 as usize)
+                .f(6, 1.0 / (1.0 - prob));
+            one(&p, Family::Dropout, "dropout", groups_for(n))
+        }
+        Op::BatchNorm2d {
+            eps,
+            momentum,
+            training: true,
+        } => {
+            let s = &rs[0];
+            let mut p = Params::new(13);
+            p.list(0, &[s.0[0], s.0[1], s.0[2] * s.0[3], r(0), r(1), r(2)])
+                .list(6, &[w(0), w(1), w(2), w(3), w(4)])
+                .f(11, *eps)
+                .f(12, *momentum);
+            one(&p, Family::Batchnorm, "train", s.0[1])
+        }
+        Op::BatchNorm2d {
+            eps,
+            training: false,
+            ..
+        } => {
+            let s = &rs[0];
+            let n = s.numel();
+            let mut p = Params::new(10);
+            p.list(
+                0,
+                &[n, s.0[1], s.0[2] * s.0[3], r(0), r(1), r(2), r(3), r(4)],
+            )
+            .u(8, w(0))
+            .f(9, *eps);
+            one(&p, Family::Batchnorm, "infer", groups_for(n))
+        }
+        Op::BatchNorm2dBackward => {
+            let s = &rs[0];
+            let mut p = Params::new(11);
+            p.list(0, &[s.0[0], s.0[1], s.0[2] * s.0[3]])
+                .list(3, &[r(0), r(1), r(2), r(3), r(4)])
+                .list(8, &[w(0), w(1), w(2)]);
+            one(&p, Family::Batchnorm, "backward", s.0[1])
+        }
+        Op::SgdUpdate(c) => {
+            let per = if c.momentum != 0.0 { 2 } else { 1 };
+            let rows = tensor_table(l, per, 5, |t, row| {
+                row[4] = if per == 2 {
+                    l.writes[t * 2 + 1].offset
+                } else {
+                    0
+                };
+            });
+            let mut p = Params::new(8);
+            p.f(2, c.momentum)
+                .u(3, c.nesterov as usize)
+                .f(4, c.weight_decay)
+                .u(5, c.lr.0 as usize)
+                .u(6, (per == 2) as usize);
+            multi_tensor(p, rows, Family::Sgd, "sgd")
+        }
+        Op::AdamUpdate(c) => {
+            let rows = tensor_table(l, 3, 6, |t, row| {
+                row[4] = l.writes[t * 3 + 1].offset;
+                row[5] = l.writes[t * 3 + 2].offset;
+            });
+            let mut p = Params::new(8);
+            p.f(2, c.beta1)
+                .f(3, c.beta2)
+                .f(4, c.eps)
+                .f(5, if c.decoupled { 0.0 } else { c.weight_decay })
+                .u(6, rt.slot(Derived::Adam(*c)));
+            multi_tensor(p, rows, Family::Adam, "adam")
+        }
+    }
+}
+
+fn conv_params(g: &crate::ops::conv2d_cpu::Conv2dGeom) -> Vec<(usize, usize)> {
+    let (oh, ow) = g.out_hw().expect("checked by geom");
+    [
+        g.n,
+        g.c_in,
+        g.h,
+        g.w,
+        g.c_out,
+        g.kh,
+        g.kw,
+        g.stride.0,
+        g.stride.1,
+        g.pad.0,
+        g.pad.1,
+        g.dilation.0,
+        g.dilation.1,
+        oh,
+        ow,
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, &v)| (16 + i, v))
+    .collect()
+}
+
+fn pool_params(
+    g: &crate::ops::pool_cpu::Pool2dGeom,
+    count: usize,
+    src: usize,
+    dst: usize,
+    argmax: usize,
+) -> Params {
+    let (oh, ow) = g.out_hw().expect("checked by geom");
+    let mut p = Params::new(14);
+    p.list(
+        0,
+        &[
+            count, g.h, g.w, oh, ow, g.kh, g.kw, g.stride.0, g.stride.1, g.pad.0, g.pad.1, src,
+            dst, argmax,
+        ],
+    );
+    p
+}
+
+/// Split x's axes into kept (y's own, in order) and reduced ones; pick one
+/// workgroup per output for long sums and one thread per output for short.
+fn sum_to(sx: &Shape, sy: &Shape, x: usize, y: usize) -> Result<Vec<Dispatch>> {
+    rank_ok("sum_to", sx)?;
+    let r = sx.rank();
+    let pad = r.saturating_sub(sy.rank());
+    let xs = sx.strides();
+    let (mut kd, mut ks, mut rd, mut rs) = (vec![], vec![], vec![], vec![]);
+    for (ax, (&d, &stride)) in sx.0.iter().zip(&xs).enumerate() {
+        let ydim = if ax < pad { 1 } else { sy.0[ax - pad] };
+        if ydim == d {
+            kd.push(d);
+            ks.push(stride);
+        } else {
+            rd.push(d);
+            rs.push(stride);
+        }
+    }
+    let outputs = sy.numel();
+    let reduced: usize = rd.iter().product();
+    let mut p = Params::new(40);
+    p.list(0, &[outputs, x, y, kd.len(), rd.len(), reduced])
+        .list(8, &kd)
+        .list(16, &ks)
+        .list(24, &rd)
+        .list(32, &rs);
+    if outputs == 0 {
+        return Ok(vec![]);
+    }
+    if reduced >= 512 || outputs < WG {
+        Ok(vec![p.dispatch(Family::Reduce, "sum_to", outputs)?])
+    } else {
+        Ok(vec![p.dispatch(
+            Family::Reduce,
+            "sum_to_serial",
+            groups_for(outputs),
+        )?])
+    }
+}
+
+fn elementwise(prog: &[EwInstr], l: &Launch, r: &dyn Fn(usize) -> usize) -> Result<Vec<Dispatch>> {
+    let bad = |why: String| Error::Device {
+        device: "wgpu".into(),
+        detail: format!("elementwise: {why}"),
+    };
+    if l.reads.len() > MAX_INPUTS {
+        return Err(bad(format!(
+            "{} inputs (at most {MAX_INPUTS})",
+            l.reads.len()
+        )));
+    }
+    if max_depth(prog).is_none_or(|d| d > MAX_STACK) {
+        return Err(bad(format!("malformed or too deep program {prog:?}")));
+    }
+    let n = l.write_shapes[0].numel();
+    let mut p = Params::new(16 + 2 * prog.len());
+    p.list(0, &[n, l.writes[0].offset, prog.len()]);
+    for k in 0..l.reads.len() {
+        p.u(3 + k, r(k))
+            .u(9 + k, (l.read_shapes[k].numel() == 1) as usize);
+    }
+    for (i, ins) in prog.iter().enumerate() {
+        let (op, arg) = match *ins {
+            EwInstr::Input(k) => (0, k as usize),
+            EwInstr::Act(a) => (1, act_code(Some(a))),
+            EwInstr::ActBackward(a) => (2, act_code(Some(a))),
+            EwInstr::Binary(k) => (3, binary_code(k)),
+            EwInstr::Scale(s) => (4, s.to_bits() as usize),
+        };
+        p.u(16 + 2 * i, op).u(17 + 2 * i, arg);
+    }
+    if n == 0 {
+        return Ok(vec![]);
+    }
+    Ok(vec![p.dispatch(
+        Family::Elementwise,
+        "elementwise",
+        groups_for(n),
+    )?])
+}
+
+/// Rows of an optimiser's tensor table: (first workgroup, length, grad,
+/// param, state...). `per` is the writes per tensor; `state` fills the
+/// remaining columns.
+fn tensor_table(
+    l: &Launch,
+    per: usize,
+    cols: usize,
+    state: impl Fn(usize, &mut Vec<usize>),
+) -> Vec<Vec<usize>> {
+    let mut first = 0;
+    (0..l.reads.len())
+        .map(|t| {
+            let param = l.writes[t * per];
+            let mut row = vec![first, param.len, l.reads[t].offset, param.offset];
+            row.resize(cols, 0);
+            state(t, &mut row);
+            first += groups_for(param.len);
+            row
+        })
+        .collect()
+}
+
+fn multi_tensor(
+    mut p: Params,
+    rows: Vec<Vec<usize>>,
+    family: Family,
+    entry: &'static str,
+) -> Result<Vec<Dispatch>> {
+    let total: usize = rows.iter().map(|r| groups_for(r[1])).sum();
+    p.u(0, rows.len()).u(1, total);
+    let mut at = 8;
+    for row in &rows {
+        p.list(at, row);
+        at += row.len();
+    }
+    if total == 0 {
+        return Ok(vec![]);
+    }
+    Ok(vec![p.dispatch(family, entry, total)?])
+}
