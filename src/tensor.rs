@@ -155,7 +155,7 @@ impl Tensor {
 /// Convert stored f16 / bf16 / f32 little-endian bytes to f32.
 pub fn bytes_to_f32(dtype: DType, bytes: &[u8]) -> Result<Vec<f32>> {
     let sz = dtype.size_bytes();
-    if bytes.len() % sz != 0 {
+    if !bytes.len().is_multiple_of(sz) {
         return Err(Error::Usage(format!(
             "{} bytes is not a whole number of {dtype} elements",
             bytes.len()

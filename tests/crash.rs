@@ -111,7 +111,8 @@ fn sigkill_at_three_points_then_resume_matches_uninterrupted() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let want = weights(&base);
 
-    let cases: [(&str, &[(&str, &str)], &str, usize, u64); 3] = [
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str, usize, u64);
+    let cases: [Case; 3] = [
         // Mid-epoch: a few steps into epoch 2.
         (
             "mid-epoch",

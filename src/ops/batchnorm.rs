@@ -132,6 +132,7 @@ pub fn cpu_train(
     normalize(n, c, hw, x, gamma, beta, mean, invstd, y);
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn cpu_infer(
     sx: &Shape,
     eps: f32,

@@ -21,7 +21,7 @@ pub fn cpu_act_backward_bias(
     let outer: usize = shape[..axis].iter().product();
     db.fill(0.0);
     for o in 0..outer {
-        for ch in 0..c {
+        for (ch, dbc) in db.iter_mut().enumerate().take(c) {
             let base = (o * c + ch) * inner;
             let mut s = 0.0f32;
             for i in base..base + inner {
@@ -29,7 +29,7 @@ pub fn cpu_act_backward_bias(
                 dx[i] = v;
                 s += v;
             }
-            db[ch] += s;
+            *dbc += s;
         }
     }
 }

@@ -39,24 +39,21 @@ impl BinaryKind {
 /// The NumPy broadcast of two shapes, or None when they do not broadcast.
 pub fn broadcast_shape(a: &Shape, b: &Shape) -> Option<Shape> {
     let r = a.rank().max(b.rank());
-    let mut out = vec![0; r];
+    let dim = |s: &Shape, i: usize| {
+        if i + s.rank() >= r {
+            s.0[i + s.rank() - r]
+        } else {
+            1
+        }
+    };
+    let mut out = Vec::with_capacity(r);
     for i in 0..r {
-        let da = if i + a.rank() >= r {
-            a.0[i + a.rank() - r]
-        } else {
-            1
-        };
-        let db = if i + b.rank() >= r {
-            b.0[i + b.rank() - r]
-        } else {
-            1
-        };
-        out[i] = match (da, db) {
+        out.push(match (dim(a, i), dim(b, i)) {
             (x, y) if x == y => x,
             (1, y) => y,
             (x, 1) => x,
             _ => return None,
-        };
+        });
     }
     Some(Shape(out))
 }

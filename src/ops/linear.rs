@@ -95,6 +95,7 @@ pub fn backward(
     Ok(grads)
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn cpu_forward(
     rows: usize,
     k: usize,
