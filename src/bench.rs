@@ -31,6 +31,9 @@ pub struct Figure {
     pub percent_of_peak: Option<f64>,
     /// What was counted: "2*n^3 FLOP", "bytes read + written", ...
     pub work: String,
+    /// Why the case could not run on this device (e.g. an adapter limit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -139,7 +142,23 @@ impl Suite<'_> {
         err.map(|_| t)
     }
 
-    fn compute(&mut self, name: &str, secs: f64, flops: f64, work: &str) {
+    fn skip(&mut self, name: &str, e: crate::Error) {
+        self.out.push(Figure {
+            name: name.into(),
+            seconds: f64::NAN,
+            unit: String::new(),
+            value: f64::NAN,
+            percent_of_peak: None,
+            work: String::new(),
+            skipped: Some(e.to_string()),
+        });
+    }
+
+    fn compute(&mut self, name: &str, secs: Result<f64>, flops: f64, work: &str) {
+        let secs = match secs {
+            Ok(t) => t,
+            Err(e) => return self.skip(name, e),
+        };
         let g = flops / secs / 1e9;
         self.out.push(Figure {
             name: name.into(),
@@ -148,10 +167,15 @@ impl Suite<'_> {
             value: g,
             percent_of_peak: Some(100.0 * g / self.peaks.fma_gflops),
             work: work.into(),
+            skipped: None,
         });
     }
 
-    fn memory(&mut self, name: &str, secs: f64, bytes: f64, work: &str) {
+    fn memory(&mut self, name: &str, secs: Result<f64>, bytes: f64, work: &str) {
+        let secs = match secs {
+            Ok(t) => t,
+            Err(e) => return self.skip(name, e),
+        };
         let g = bytes / secs / 1e9;
         self.out.push(Figure {
             name: name.into(),
@@ -160,6 +184,7 @@ impl Suite<'_> {
             value: g,
             percent_of_peak: Some(100.0 * g / self.peaks.copy_gbps),
             work: work.into(),
+            skipped: None,
         });
     }
 
@@ -216,6 +241,7 @@ pub fn run(
         value: cold * 1e3,
         percent_of_peak: None,
         work: "process start to one finished step".into(),
+        skipped: None,
     });
 
     for n in [1024usize, 2048] {
@@ -224,7 +250,7 @@ pub fn run(
         let b = g.input("b", [n, n], DType::F32)?;
         let c = g.matmul(a, b)?;
         g.set_output("c", c);
-        let t = s.graph(&g)?;
+        let t = s.graph(&g);
         s.compute(
             &format!("gemm {n}^3"),
             t,
@@ -246,7 +272,7 @@ pub fn run(
     let bias = g.param("b", [64])?;
     let y = g.conv2d(x, w, Some(bias), p)?;
     g.set_output("y", y);
-    let t = s.graph(&g)?;
+    let t = s.graph(&g);
     s.compute(
         "conv2d fwd N64 C32->64 32x32 3x3 pad1",
         t,
@@ -269,7 +295,7 @@ pub fn run(
     )?;
     g.set_output("dx", dx);
     g.set_output("dw", dw);
-    let t = s.graph(&g)?;
+    let t = s.graph(&g);
     s.compute(
         "conv2d bwd (dx + dw) same shape",
         t,
@@ -281,7 +307,7 @@ pub fn run(
     let x = g.input("x", [4096, 4096], DType::F32)?;
     let y = g.softmax(x)?;
     g.set_output("y", y);
-    let t = s.graph(&g)?;
+    let t = s.graph(&g);
     s.memory(
         "softmax 4096x4096",
         t,
@@ -308,7 +334,7 @@ pub fn run(
         vec![],
         vec![pv, m, v],
     )?;
-    let t = s.graph(&g)?;
+    let t = s.graph(&g);
     s.memory(
         "adam 10M params",
         t,
@@ -369,6 +395,7 @@ pub fn run(
             value: batch as f64 / t,
             percent_of_peak: None,
             work: format!("{batch} examples per step"),
+            skipped: None,
         });
     }
 
@@ -395,6 +422,7 @@ pub fn run(
             value: v * 1e6,
             percent_of_peak: None,
             work: format!("{} calls", lat.len()),
+            skipped: None,
         });
     }
     Ok((s.peaks, s.out))
@@ -423,6 +451,10 @@ pub fn render(peaks: &Peaks, figs: &[Figure]) -> String {
         "benchmark", "time", "rate", "% peak"
     );
     for f in figs {
+        if let Some(why) = &f.skipped {
+            s += &format!("{:<52} skipped: {why}\n", f.name);
+            continue;
+        }
         let time = if f.seconds < 1e-3 {
             format!("{:.1} us", f.seconds * 1e6)
         } else {
