@@ -161,5 +161,44 @@ fn train_step(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, gemm, conv, train_step);
+/// The CNN train step on a wgpu adapter (lavapipe in CI), fused and
+/// unfused; skipped with a line on stderr when no adapter opens.
+#[cfg(feature = "wgpu")]
+fn train_step_wgpu(c: &mut Criterion) {
+    let backend = match gpurt::backend::wgpu::open(None) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("SKIPPED: train_step_wgpu: {e}");
+            return;
+        }
+    };
+    let mut g = c.benchmark_group("train_step_wgpu");
+    g.sample_size(10).measurement_time(Duration::from_secs(10));
+    for fuse in [true, false] {
+        let cfg = ClassifierConfig {
+            spec: ModelSpec::cnn(10),
+            input: vec![1, 28, 28],
+            classes: 10,
+            train_batch: Some(64),
+            infer_batch: 1,
+            optim: OptimConfig::new(OptimizerKind::Adam),
+            seed: 1,
+            fuse,
+        };
+        let mut m = Classifier::new(cfg, &backend).unwrap();
+        let x = rand_vec(64 * 784, 7);
+        let y: Vec<u32> = (0..64u32).map(|i| i % 10).collect();
+        g.throughput(Throughput::Elements(64));
+        let label = format!("cnn_mnist_b64/{}", if fuse { "fused" } else { "unfused" });
+        g.bench_function(label, |bch| {
+            bch.iter(|| m.train_step(&x, &y, 1e-4).unwrap())
+        });
+    }
+    g.finish();
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn train_step_wgpu(_: &mut Criterion) {}
+
+criterion_group!(benches, gemm, conv, train_step, train_step_wgpu);
 criterion_main!(benches);
