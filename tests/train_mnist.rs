@@ -37,11 +37,24 @@ fn one_epoch_on_10k_images_reaches_95_percent_fused_and_unfused() {
     let t = tempfile::tempdir().unwrap();
     let mut acc = Vec::new();
     for fuse in [true, false] {
-        let s = train(&options(t.path().join(format!("fuse-{fuse}")), fuse), &mut |l| eprintln!("{l}")).unwrap();
+        let s = train(
+            &options(t.path().join(format!("fuse-{fuse}")), fuse),
+            &mut |l| eprintln!("{l}"),
+        )
+        .unwrap();
         let (_, a) = s.test.expect("not interrupted");
-        assert!(a >= 0.95, "fuse={fuse}: test accuracy {:.2}% < 95%", a * 100.0);
+        assert!(
+            a >= 0.95,
+            "fuse={fuse}: test accuracy {:.2}% < 95%",
+            a * 100.0
+        );
         acc.push(a);
     }
     let diff = (acc[0] - acc[1]).abs() * 100.0;
-    assert!(diff <= 0.3, "fused {:.2}% vs unfused {:.2}%: {diff:.2} points apart", acc[0] * 100.0, acc[1] * 100.0);
+    assert!(
+        diff <= 0.3,
+        "fused {:.2}% vs unfused {:.2}%: {diff:.2} points apart",
+        acc[0] * 100.0,
+        acc[1] * 100.0
+    );
 }
