@@ -213,16 +213,20 @@ fn execute(l: &Launch, r: &[&[f32]], w: &mut [&mut [f32]], scalars: &[f32]) {
         }
         Op::Conv2dGradBias => {
             let s = &rs[0];
-            let (n, c, hw) = (s.0[0], s.0[1], s.0[2] * s.0[3]);
-            for (ch, out) in w[0].iter_mut().enumerate() {
-                *out = (0..n)
-                    .map(|i| {
-                        r[0][(i * c + ch) * hw..(i * c + ch + 1) * hw]
-                            .iter()
-                            .sum::<f32>()
-                    })
-                    .sum();
-            }
+            // Only n, c_out and the output plane matter for the bias sum.
+            let g = ops::conv2d_cpu::Conv2dGeom {
+                n: s.0[0],
+                c_in: 1,
+                h: s.0[2],
+                w: s.0[3],
+                c_out: s.0[1],
+                kh: 1,
+                kw: 1,
+                stride: (1, 1),
+                pad: (0, 0),
+                dilation: (1, 1),
+            };
+            ops::conv2d_cpu::conv2d_grad_bias(&g, r[0], w[0]);
         }
         Op::MaxPool2d { p } => {
             let g = p
