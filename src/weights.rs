@@ -169,19 +169,56 @@ fn check_unique_names(path: &Path, tensors: &[(String, &Tensor)]) -> Result<()> 
 /// tensor, not a silent cast.
 pub fn load(path: &Path) -> Result<LoadedWeights> {
     let buffer = read_checked(path)?;
-    let (_, header) = SafeTensors::read_metadata(&buffer)
+    parse(path, &buffer)
+}
+
+/// Parse a whole safetensors file held in memory; `label` names it in
+/// errors (and becomes [`LoadedWeights::path`]). This is [`load`] without
+/// the file system, for callers that already hold the bytes and for fuzzing.
+///
+/// Never panics, and allocates at most about twice `bytes.len()` (f16 data
+/// widened to f32): the header length is checked against the buffer before
+/// the header is parsed, and every tensor's size against the data present.
+pub fn parse(label: &Path, bytes: &[u8]) -> Result<LoadedWeights> {
+    let path = label;
+    let Some(prefix) = bytes.first_chunk::<{ LEN_PREFIX as usize }>() else {
+        return Err(Error::format(
+            path,
+            format!(
+                "file is {} bytes, too short for a safetensors header",
+                bytes.len()
+            ),
+        ));
+    };
+    check_header_len(path, u64::from_le_bytes(*prefix), bytes.len() as u64)?;
+    // `read_metadata` checks that the offsets tile the data section exactly
+    // and that each tensor's byte size matches its shape and dtype (with
+    // overflow checks), so the slices below are in range.
+    let (header_len, header) = SafeTensors::read_metadata(bytes)
         .map_err(|e| Error::format(path, format!("not a valid safetensors file: {e}")))?;
-    let file = SafeTensors::deserialize(&buffer)
-        .map_err(|e| Error::format(path, format!("not a valid safetensors file: {e}")))?;
+    let data = bytes
+        .get(LEN_PREFIX as usize + header_len..)
+        .unwrap_or_default();
     let mut tensors = BTreeMap::new();
-    for (name, view) in file.iter() {
+    for name in header.offset_keys() {
         // PyTorch's batch-norm step counter (an i64 scalar) is bookkeeping
         // gpurt does not use; every other tensor must be a float type.
         if name.ends_with(".num_batches_tracked") {
             continue;
         }
-        let loaded = convert_view(path, name, &view)?;
-        tensors.insert(name.to_string(), loaded);
+        let Some(info) = header.info(&name) else {
+            continue;
+        };
+        let (start, end) = info.data_offsets;
+        let Some(raw) = data.get(start..end) else {
+            return Err(Error::Weights {
+                path: path.to_path_buf(),
+                tensor: name,
+                detail: format!("data offsets {start}..{end} are outside the data section"),
+            });
+        };
+        let loaded = convert_view(path, &name, info.dtype, &info.shape, raw)?;
+        tensors.insert(name, loaded);
     }
     Ok(LoadedWeights {
         path: path.to_path_buf(),
@@ -234,21 +271,35 @@ fn check_header_len(path: &Path, header_len: u64, file_len: u64) -> Result<()> {
     Ok(())
 }
 
-fn convert_view(path: &Path, name: &str, view: &TensorView<'_>) -> Result<(Tensor, DType)> {
+fn convert_view(
+    path: &Path,
+    name: &str,
+    stored: Dtype,
+    shape: &[usize],
+    raw: &[u8],
+) -> Result<(Tensor, DType)> {
     let weights_error = |detail: String| Error::Weights {
         path: path.to_path_buf(),
         tensor: name.to_string(),
         detail,
     };
-    let dtype = from_safetensors_dtype(view.dtype()).ok_or_else(|| {
+    let dtype = from_safetensors_dtype(stored).ok_or_else(|| {
         weights_error(format!(
-            "stored dtype {} is not supported (use F32, F16 or BF16)",
-            view.dtype()
+            "stored dtype {stored} is not supported (use F32, F16 or BF16)"
         ))
     })?;
-    let data = bytes_to_f32(dtype, view.data()).map_err(|e| weights_error(e.to_string()))?;
-    let tensor =
-        Tensor::new(view.shape().to_vec(), data).map_err(|e| weights_error(e.to_string()))?;
+    let shape = Shape::new(shape);
+    let numel = shape
+        .checked_numel()
+        .map_err(|e| weights_error(e.to_string()))?;
+    if numel.checked_mul(dtype.size_bytes()) != Some(raw.len()) {
+        return Err(weights_error(format!(
+            "shape {shape} as {dtype} needs {numel} elements, the data holds {} bytes",
+            raw.len()
+        )));
+    }
+    let data = bytes_to_f32(dtype, raw).map_err(|e| weights_error(e.to_string()))?;
+    let tensor = Tensor::new(shape, data).map_err(|e| weights_error(e.to_string()))?;
     Ok((tensor, dtype))
 }
 

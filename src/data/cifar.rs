@@ -74,19 +74,34 @@ fn read_batch(path: &Path, images: &mut Vec<u8>, labels: &mut Vec<u8>) -> Result
     let len = std::fs::metadata(path)
         .map_err(|e| Error::io(path, e))?
         .len();
-    if len > MAX_FILE_BYTES {
-        return Err(Error::Limit(format!(
-            "{}: {len} bytes is over the limit of {MAX_FILE_BYTES} for a CIFAR-10 batch",
-            path.display()
-        )));
-    }
     check_length(path, len)?;
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    // The file may have changed between the two calls; check what was read.
-    check_length(path, bytes.len() as u64)?;
+    // The file may have changed between the two calls; this checks again.
+    append_records(path, &bytes, images, labels)
+}
 
+/// Parses one CIFAR-10 batch file already in memory (a run of 3073-byte
+/// records); `label` names it in errors. Never panics; allocates no more
+/// than `bytes.len()`.
+pub fn parse_records(label: &Path, bytes: &[u8]) -> Result<Dataset> {
+    let mut images = Vec::new();
+    let mut labels = Vec::new();
+    append_records(label, bytes, &mut images, &mut labels)?;
+    Dataset::new(images, labels, 3, SIDE, SIDE)
+}
+
+/// Checks the length and the labels of one batch and appends its records.
+fn append_records(
+    path: &Path,
+    bytes: &[u8],
+    images: &mut Vec<u8>,
+    labels: &mut Vec<u8>,
+) -> Result<()> {
+    check_length(path, bytes.len() as u64)?;
     let first = labels.len();
-    images.reserve(bytes.len() / CIFAR_RECORD_BYTES * IMAGE_BYTES);
+    let records = bytes.len() / CIFAR_RECORD_BYTES;
+    images.reserve(records * IMAGE_BYTES);
+    labels.reserve(records);
     for record in bytes.chunks_exact(CIFAR_RECORD_BYTES) {
         labels.push(record[0]);
         images.extend_from_slice(&record[1..]);
@@ -95,6 +110,12 @@ fn read_batch(path: &Path, images: &mut Vec<u8>, labels: &mut Vec<u8>) -> Result
 }
 
 fn check_length(path: &Path, len: u64) -> Result<()> {
+    if len > MAX_FILE_BYTES {
+        return Err(Error::Limit(format!(
+            "{}: {len} bytes is over the limit of {MAX_FILE_BYTES} for a CIFAR-10 batch",
+            path.display()
+        )));
+    }
     if len == 0 {
         return Err(Error::format(
             path,

@@ -4,12 +4,19 @@
 use crate::error::{Error, Result};
 use png::{BitDepth, ColorType, Decoder, Encoder, Transformations};
 use std::fs::File;
-use std::io::{BufReader, BufWriter};
+use std::io::{BufRead, BufReader, BufWriter, Cursor, Seek};
 use std::path::Path;
 
 /// Largest image accepted, in pixels (64 Mpx). Checked from the header so a
 /// forged size cannot make the decoder allocate gigabytes.
 pub const MAX_PNG_PIXELS: u64 = 1 << 26;
+
+/// Longest image side accepted, in pixels. Decoding costs time per row,
+/// and a 4 KiB file can hold a 1-pixel-wide image of millions of rows.
+pub const MAX_PNG_SIDE: u32 = 1 << 16;
+
+/// DEFLATE expands its input at most about 1032-fold.
+const MAX_DEFLATE_RATIO: u64 = 1032;
 
 /// Loads a PNG as `channels x height x width` bytes (CHW).
 ///
@@ -21,6 +28,31 @@ pub const MAX_PNG_PIXELS: u64 = 1 << 26;
 /// bilinear interpolation (pixel centres aligned, as in most image
 /// libraries; no anti-aliasing, so large reductions alias).
 pub fn load_png(path: &Path, channels: usize, height: usize, width: usize) -> Result<Vec<u8>> {
+    check_target(path, channels, height, width)?;
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let img = decode(path, BufReader::new(file), file_len)?;
+    Ok(convert(&img, channels, height, width))
+}
+
+/// [`load_png`] for a PNG already in memory; `label` names it in errors.
+/// Never panics; the pixel buffer is bounded by [`MAX_PNG_PIXELS`] and by
+/// what `bytes` could possibly decompress to, both checked from the header.
+pub fn decode_png(
+    label: &Path,
+    bytes: &[u8],
+    channels: usize,
+    height: usize,
+    width: usize,
+) -> Result<Vec<u8>> {
+    check_target(label, channels, height, width)?;
+    let img = decode(label, Cursor::new(bytes), bytes.len() as u64)?;
+    Ok(convert(&img, channels, height, width))
+}
+
+/// The requested output must be 1 or 3 non-empty planes of a size that fits
+/// the pixel limit.
+fn check_target(path: &Path, channels: usize, height: usize, width: usize) -> Result<()> {
     if channels != 1 && channels != 3 {
         return Err(Error::Usage(format!(
             "load_png {}: can produce 1 or 3 channels, asked for {channels}",
@@ -33,24 +65,35 @@ pub fn load_png(path: &Path, channels: usize, height: usize, width: usize) -> Re
             path.display()
         )));
     }
-    let (src, sw, sh) = decode(path)?;
-    let chw = to_chw(&src.data, src.channels, src.has_alpha, channels);
-    if (sh, sw) == (height, width) {
-        return Ok(chw);
+    if (height as u64).saturating_mul(width as u64) > MAX_PNG_PIXELS {
+        return Err(Error::Limit(format!(
+            "load_png {}: target size {height}x{width} is over the limit of {MAX_PNG_PIXELS} pixels",
+            path.display()
+        )));
     }
-    let plane = sh * sw;
+    Ok(())
+}
+
+/// Decoded pixels to `channels` planes of `height x width`.
+///
+/// Only the pixels the output needs are unpacked: one per output pixel at
+/// the image's own size, four (the bilinear taps) when resizing. So the
+/// cost after decoding is in proportion to the output, and a huge image
+/// that compresses to a few kilobytes costs little more than its inflating.
+fn convert(img: &Raw, channels: usize, height: usize, width: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(channels * height * width);
     for c in 0..channels {
-        resize_bilinear(
-            &chw[c * plane..(c + 1) * plane],
-            sh,
-            sw,
-            height,
-            width,
-            &mut out,
-        );
+        if (img.height, img.width) == (height, width) {
+            for y in 0..height {
+                for x in 0..width {
+                    out.push(img.channel(y, x, c, channels));
+                }
+            }
+        } else {
+            resize_bilinear(img, c, channels, height, width, &mut out);
+        }
     }
-    Ok(out)
+    out
 }
 
 /// Writes an 8-bit greyscale PNG of `width x height` row-major bytes.
@@ -65,24 +108,123 @@ pub fn save_png_gray(path: &Path, width: usize, height: usize, data: &[u8]) -> R
     )
 }
 
-/// Decoded interleaved 8-bit pixels.
-struct Pixels {
-    data: Vec<u8>,
-    /// Samples per pixel including alpha.
-    channels: usize,
-    has_alpha: bool,
+/// The Adam7 passes: `(x0, y0, dx, dy)`, first column and row and the
+/// steps between them.
+const ADAM7: [(usize, usize, usize, usize); 7] = [
+    (0, 0, 8, 8),
+    (4, 0, 8, 8),
+    (0, 4, 4, 8),
+    (2, 0, 4, 4),
+    (0, 2, 2, 4),
+    (1, 0, 2, 2),
+    (0, 1, 1, 2),
+];
+
+/// A decoded image still in its PNG sample layout: rows of packed samples
+/// of 1, 2, 4, 8 or 16 bits, one sub-image per Adam7 pass if interlaced.
+/// Expanding every pixel to 8-bit samples up front would cost time per
+/// pixel, and a 4 KiB file can declare millions of them.
+struct Raw {
+    width: usize,
+    height: usize,
+    color: ColorType,
+    /// Bits per sample.
+    depth: usize,
+    /// RGB triples (indexed images only).
+    palette: Vec<u8>,
+    passes: Vec<Pass>,
 }
 
-/// Decodes to interleaved 8-bit samples; returns them with width, height.
-fn decode(path: &Path) -> Result<(Pixels, usize, usize)> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+/// The pixels `(x0 + i*dx, y0 + j*dy)` of an image, `cols x rows` of them,
+/// packed in rows of `stride` bytes.
+struct Pass {
+    x0: usize,
+    y0: usize,
+    dx: usize,
+    dy: usize,
+    cols: usize,
+    rows: usize,
+    stride: usize,
+    data: Vec<u8>,
+}
+
+impl Raw {
+    /// Sample `k` of pixel `(y, x)`, scaled to 8 bits (16-bit samples keep
+    /// their high byte, as PNG's own reduction does); for an indexed image,
+    /// the palette index.
+    fn sample(&self, y: usize, x: usize, k: usize) -> u8 {
+        let Some(p) = self
+            .passes
+            .iter()
+            .find(|p| x >= p.x0 && y >= p.y0 && (x - p.x0) % p.dx == 0 && (y - p.y0) % p.dy == 0)
+        else {
+            return 0;
+        };
+        let (row, col) = ((y - p.y0) / p.dy, (x - p.x0) / p.dx);
+        let line = &p.data[row * p.stride..(row + 1) * p.stride];
+        let i = col * self.color.samples() + k;
+        match self.depth {
+            8 => line[i],
+            16 => line[2 * i],
+            bits => {
+                let bit = i * bits;
+                let max = (1u8 << bits) - 1;
+                let v = (line[bit / 8] >> (8 - bits - bit % 8)) & max;
+                if self.color == ColorType::Indexed {
+                    v
+                } else {
+                    v * (255 / max)
+                }
+            }
+        }
+    }
+
+    /// Output channel `c` of `out_ch` at pixel `(y, x)`: grey is
+    /// replicated, colour becomes grey by luminance, alpha is dropped, and
+    /// a palette index past the palette is black.
+    fn channel(&self, y: usize, x: usize, c: usize, out_ch: usize) -> u8 {
+        let rgb = |i: usize| {
+            let (r, g, b) = match self.color {
+                ColorType::Indexed => {
+                    let at = 3 * usize::from(self.sample(y, x, 0));
+                    match self.palette.get(at..at + 3) {
+                        Some(px) => (px[0], px[1], px[2]),
+                        None => (0, 0, 0),
+                    }
+                }
+                _ => (
+                    self.sample(y, x, 0),
+                    self.sample(y, x, 1),
+                    self.sample(y, x, 2),
+                ),
+            };
+            match i {
+                0 => r,
+                1 => g,
+                2 => b,
+                _ => luminance(r, g, b),
+            }
+        };
+        match (self.color, out_ch) {
+            (ColorType::Grayscale | ColorType::GrayscaleAlpha, _) => self.sample(y, x, 0),
+            (_, 1) => rgb(3),
+            _ => rgb(c),
+        }
+    }
+}
+
+/// Decodes the image data, keeping its packed layout (see [`Raw`]).
+/// `file_len` is the size of the whole file, which bounds how large an
+/// image it can really hold.
+fn decode<R: BufRead + Seek>(path: &Path, src: R, file_len: u64) -> Result<Raw> {
     let bad = |e: png::DecodingError| match e {
         png::DecodingError::IoError(io) => Error::io(path, io),
         other => Error::format(path, format!("not a readable PNG: {other}")),
     };
-    let mut decoder = Decoder::new(BufReader::new(file));
-    decoder.set_transformations(Transformations::EXPAND | Transformations::STRIP_16);
-    let (w, h) = decoder.read_header_info().map_err(bad)?.size();
+    let mut decoder = Decoder::new(src);
+    decoder.set_transformations(Transformations::IDENTITY);
+    let header = decoder.read_header_info().map_err(bad)?;
+    let (w, h) = header.size();
     let pixels = u64::from(w) * u64::from(h);
     if pixels > MAX_PNG_PIXELS {
         return Err(Error::Limit(format!(
@@ -90,69 +232,119 @@ fn decode(path: &Path) -> Result<(Pixels, usize, usize)> {
             path.display()
         )));
     }
-    let mut reader = decoder.read_info().map_err(bad)?;
-    let size = reader
-        .output_buffer_size()
-        .ok_or_else(|| Error::format(path, format!("image of {w}x{h} does not fit in memory")))?;
-    let mut data = vec![0u8; size];
-    let info = reader.next_frame(&mut data).map_err(bad)?;
-    if info.bit_depth != BitDepth::Eight {
-        return Err(Error::format(
-            path,
-            format!("decoded to {:?}-bit samples, expected 8", info.bit_depth),
-        ));
+    if w.max(h) > MAX_PNG_SIDE {
+        return Err(Error::Limit(format!(
+            "{}: image is {w}x{h}, a side over the limit of {MAX_PNG_SIDE} pixels",
+            path.display()
+        )));
     }
-    let (channels, has_alpha) = match info.color_type {
-        ColorType::Grayscale => (1, false),
-        ColorType::GrayscaleAlpha => (2, true),
-        ColorType::Rgb => (3, false),
-        ColorType::Rgba => (4, true),
-        ColorType::Indexed => {
-            return Err(Error::format(path, "palette image was not expanded"));
-        }
+    let (width, height) = (w as usize, h as usize);
+    let (color, depth) = (header.color_type, header.bit_depth as usize);
+    let bits_per_pixel = color.samples() * depth;
+    let layout: &[(usize, usize, usize, usize)] = if header.interlaced {
+        &ADAM7
+    } else {
+        &[(0, 0, 1, 1)]
     };
-    // Rows are packed at 8 bits, so the frame is exactly w*h*channels.
-    let (w, h) = (info.width as usize, info.height as usize);
-    data.truncate(w * h * channels);
-    if data.len() != w * h * channels {
+    let mut passes: Vec<Pass> = layout
+        .iter()
+        .map(|&(x0, y0, dx, dy)| {
+            let cols = width.saturating_sub(x0).div_ceil(dx);
+            let rows = height.saturating_sub(y0).div_ceil(dy);
+            Pass {
+                x0,
+                y0,
+                dx,
+                dy,
+                cols,
+                rows,
+                stride: (cols * bits_per_pixel).div_ceil(8),
+                data: Vec::new(),
+            }
+        })
+        .filter(|p| p.cols > 0 && p.rows > 0)
+        .collect();
+    // The image data is deflate-compressed (each row led by a filter-type
+    // byte), and deflate cannot shrink data more than about 1032-fold, so a
+    // small file declaring a large image is truncated or hostile: refuse it
+    // before the pixel buffers are allocated.
+    let raw: u64 = passes
+        .iter()
+        .map(|p| (p.rows as u64) * (1 + p.stride as u64))
+        .sum();
+    let most = file_len
+        .saturating_mul(MAX_DEFLATE_RATIO)
+        .saturating_add(MAX_DEFLATE_RATIO);
+    if raw > most {
         return Err(Error::format(
             path,
-            "decoded frame is shorter than its size",
+            format!(
+                "image is {w}x{h} ({raw} bytes of image data), more than a {file_len}-byte PNG can hold (truncated or corrupt)"
+            ),
         ));
     }
-    Ok((
-        Pixels {
-            data,
-            channels,
-            has_alpha,
-        },
-        w,
-        h,
-    ))
-}
-
-/// Interleaved pixels of `src_ch` samples (the last being alpha if
-/// `has_alpha`) to `out_ch` planes.
-fn to_chw(src: &[u8], src_ch: usize, has_alpha: bool, out_ch: usize) -> Vec<u8> {
-    let colour = src_ch - usize::from(has_alpha);
-    let n = src.len() / src_ch;
-    let mut out = vec![0u8; n * out_ch];
-    for (i, px) in src.chunks_exact(src_ch).enumerate() {
-        match (colour, out_ch) {
-            (1, _) => {
-                for c in 0..out_ch {
-                    out[c * n + i] = px[0];
-                }
-            }
-            (_, 1) => out[i] = luminance(px[0], px[1], px[2]),
-            _ => {
-                for c in 0..3 {
-                    out[c * n + i] = px[c];
-                }
-            }
-        }
+    let mut reader = decoder.read_info().map_err(bad)?;
+    let info = reader.info();
+    if (
+        info.width,
+        info.height,
+        info.color_type,
+        info.bit_depth as usize,
+    ) != (w, h, color, depth)
+    {
+        return Err(Error::format(
+            path,
+            "the image header changed while decoding",
+        ));
     }
-    out
+    let palette = info.palette.as_deref().unwrap_or_default().to_vec();
+    if color == ColorType::Indexed && palette.is_empty() {
+        return Err(Error::format(path, "palette image without a PLTE chunk"));
+    }
+    for p in &mut passes {
+        p.data.reserve_exact(p.stride * p.rows);
+    }
+    // Rows come pass after pass, each pass top to bottom.
+    let mut current = 0;
+    while let Some(row) = reader.next_row().map_err(bad)? {
+        while passes
+            .get(current)
+            .is_some_and(|p| p.data.len() == p.stride * p.rows)
+        {
+            current += 1;
+        }
+        let Some(pass) = passes.get_mut(current) else {
+            return Err(Error::format(
+                path,
+                "more image rows than the header declares",
+            ));
+        };
+        if row.data().len() != pass.stride {
+            return Err(Error::format(
+                path,
+                format!(
+                    "decoded a row of {} bytes where {} were expected",
+                    row.data().len(),
+                    pass.stride
+                ),
+            ));
+        }
+        pass.data.extend_from_slice(row.data());
+    }
+    if passes.iter().any(|p| p.data.len() != p.stride * p.rows) {
+        return Err(Error::format(
+            path,
+            "decoded image is shorter than its size",
+        ));
+    }
+    Ok(Raw {
+        width,
+        height,
+        color,
+        depth,
+        palette,
+        passes,
+    })
 }
 
 /// ITU-R BT.601 luma, the weights MNIST-style greyscale conversions use.
@@ -161,10 +353,11 @@ fn luminance(r: u8, g: u8, b: u8) -> u8 {
     y.round().clamp(0.0, 255.0) as u8
 }
 
-/// Resizes one plane and appends it to `out`. Sample positions use pixel
-/// centres: destination pixel `x` maps to source `(x + 0.5) * sw / dw - 0.5`,
+/// Resizes output channel `c` of `out_ch` (see [`Raw::channel`]) to
+/// `dh x dw` and appends it to `out`. Sample positions use pixel centres:
+/// destination pixel `x` maps to source `(x + 0.5) * sw / dw - 0.5`,
 /// clamped to the edge, which keeps the image centred at any scale.
-fn resize_bilinear(src: &[u8], sh: usize, sw: usize, dh: usize, dw: usize, out: &mut Vec<u8>) {
+fn resize_bilinear(img: &Raw, c: usize, out_ch: usize, dh: usize, dw: usize, out: &mut Vec<u8>) {
     let taps = |d: usize, s: usize| -> Vec<(usize, usize, f32)> {
         let scale = s as f64 / d as f64;
         (0..d)
@@ -176,14 +369,13 @@ fn resize_bilinear(src: &[u8], sh: usize, sw: usize, dh: usize, dw: usize, out: 
             })
             .collect()
     };
-    let ys = taps(dh, sh);
-    let xs = taps(dw, sw);
+    let at = |y: usize, x: usize| f32::from(img.channel(y, x, c, out_ch));
+    let ys = taps(dh, img.height);
+    let xs = taps(dw, img.width);
     for &(y0, y1, fy) in &ys {
-        let r0 = &src[y0 * sw..(y0 + 1) * sw];
-        let r1 = &src[y1 * sw..(y1 + 1) * sw];
         for &(x0, x1, fx) in &xs {
-            let top = f32::from(r0[x0]) * (1.0 - fx) + f32::from(r0[x1]) * fx;
-            let bot = f32::from(r1[x0]) * (1.0 - fx) + f32::from(r1[x1]) * fx;
+            let top = at(y0, x0) * (1.0 - fx) + at(y0, x1) * fx;
+            let bot = at(y1, x0) * (1.0 - fx) + at(y1, x1) * fx;
             let v = top * (1.0 - fy) + bot * fy;
             out.push(v.round().clamp(0.0, 255.0) as u8);
         }

@@ -9,9 +9,9 @@
 
 use super::{check_labels, Dataset, Split};
 use crate::error::{Error, Result};
-use flate2::read::MultiGzDecoder;
+use flate2::bufread::MultiGzDecoder;
 use std::fs::File;
-use std::io::{BufReader, ErrorKind, Read, Seek, SeekFrom};
+use std::io::{BufRead, BufReader, Cursor, ErrorKind, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 /// Magic number of an IDX file of unsigned bytes with three dimensions.
@@ -32,7 +32,21 @@ const MAX_DEFLATE_RATIO: u64 = 1032;
 /// pixels row-major, image after image.
 pub fn read_idx_images(path: &Path) -> Result<(usize, usize, usize, Vec<u8>)> {
     let (dims, data) = read_idx(path, IDX_IMAGES_MAGIC)?;
-    let [count, rows, cols] = [dims[0], dims[1], dims[2]];
+    images_from(path, &dims, data)
+}
+
+/// Splits an image file's three dimensions out, refusing empty images.
+fn images_from(
+    path: &Path,
+    dims: &[usize],
+    data: Vec<u8>,
+) -> Result<(usize, usize, usize, Vec<u8>)> {
+    let &[count, rows, cols] = dims else {
+        return Err(Error::format(
+            path,
+            format!("expected 3 dimensions, header has {}", dims.len()),
+        ));
+    };
     if count > 0 && (rows == 0 || cols == 0) {
         return Err(Error::format(
             path,
@@ -48,6 +62,20 @@ pub fn read_idx_images(path: &Path) -> Result<(usize, usize, usize, Vec<u8>)> {
 /// here (see [`load_mnist`]) so other one-byte IDX files can be read too.
 pub fn read_idx_labels(path: &Path) -> Result<Vec<u8>> {
     let (_, data) = read_idx(path, IDX_LABELS_MAGIC)?;
+    Ok(data)
+}
+
+/// [`read_idx_images`] for a file already in memory (raw or gzipped);
+/// `label` names it in errors. Never panics, and never allocates more than
+/// the header declares, capped by what `bytes` could hold or decompress to.
+pub fn parse_idx_images(label: &Path, bytes: &[u8]) -> Result<(usize, usize, usize, Vec<u8>)> {
+    let (dims, data) = parse_idx(label, bytes, IDX_IMAGES_MAGIC)?;
+    images_from(label, &dims, data)
+}
+
+/// [`read_idx_labels`] for a file already in memory (raw or gzipped).
+pub fn parse_idx_labels(label: &Path, bytes: &[u8]) -> Result<Vec<u8>> {
+    let (_, data) = parse_idx(label, bytes, IDX_LABELS_MAGIC)?;
     Ok(data)
 }
 
@@ -129,16 +157,33 @@ fn idx_kind(magic: u32) -> Option<&'static str> {
 /// the data section.
 fn read_idx(path: &Path, magic: u32) -> Result<(Vec<usize>, Vec<u8>)> {
     let io = |e| Error::io(path, e);
-    let mut file = File::open(path).map_err(io)?;
+    let file = File::open(path).map_err(io)?;
     let file_len = file.metadata().map_err(io)?.len();
+    read_idx_from(path, BufReader::new(file), file_len, magic)
+}
+
+/// [`read_idx`] over bytes in memory.
+fn parse_idx(label: &Path, bytes: &[u8], magic: u32) -> Result<(Vec<usize>, Vec<u8>)> {
+    read_idx_from(label, Cursor::new(bytes), bytes.len() as u64, magic)
+}
+
+/// The IDX reader proper, over any seekable source of `file_len` bytes
+/// (a file or a buffer). The source is streamed, never read whole.
+fn read_idx_from<'a, R: BufRead + Seek + 'a>(
+    path: &Path,
+    mut src: R,
+    file_len: u64,
+    magic: u32,
+) -> Result<(Vec<usize>, Vec<u8>)> {
+    let io = |e| Error::io(path, e);
     let mut sniff = [0u8; 2];
-    let sniffed = read_up_to(&mut file, &mut sniff).map_err(io)?;
-    file.seek(SeekFrom::Start(0)).map_err(io)?;
+    let sniffed = read_up_to(&mut src, &mut sniff).map_err(io)?;
+    src.seek(SeekFrom::Start(0)).map_err(io)?;
     let gz = sniffed == 2 && sniff == GZIP_MAGIC;
-    let mut reader: Box<dyn Read> = if gz {
-        Box::new(MultiGzDecoder::new(BufReader::new(file)))
+    let mut reader: Box<dyn Read + 'a> = if gz {
+        Box::new(MultiGzDecoder::new(src))
     } else {
-        Box::new(BufReader::new(file))
+        Box::new(src)
     };
     // Errors inside a gzip stream are about the file's contents, not the
     // file system, so say so.

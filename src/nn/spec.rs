@@ -85,6 +85,96 @@ fn default_name() -> String {
     "custom".into()
 }
 
+/// Largest number of elements in any one tensor a spec may describe, and in
+/// all its parameters and state together, and in all its layer outputs
+/// together at the batch being built: 2^32 f32 values are 16 GiB. A spec
+/// past these is refused while its shapes are worked out, before anything
+/// is allocated.
+pub const MAX_SPEC_ELEMENTS: u64 = 1 << 32;
+
+/// Largest kernel, stride, padding or dilation a layer may ask for. Shape
+/// arithmetic stays far from overflow below it.
+pub const MAX_WINDOW: usize = 1 << 16;
+
+impl Layer {
+    /// The layer's `type` as written in a TOML spec.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Layer::Conv2d { .. } => "conv2d",
+            Layer::MaxPool2d { .. } => "max_pool2d",
+            Layer::AvgPool2d { .. } => "avg_pool2d",
+            Layer::GlobalAvgPool => "global_avg_pool",
+            Layer::Flatten => "flatten",
+            Layer::Dense { .. } => "dense",
+            Layer::Relu => "relu",
+            Layer::Gelu => "gelu",
+            Layer::Sigmoid => "sigmoid",
+            Layer::Tanh => "tanh",
+            Layer::Dropout { .. } => "dropout",
+            Layer::BatchNorm2d { .. } => "batch_norm2d",
+        }
+    }
+
+    /// Checks the layer's own settings (not how they fit the input), so
+    /// absurd values are reported by name instead of overflowing the shape
+    /// arithmetic of the ops.
+    fn check_settings(&self) -> std::result::Result<(), String> {
+        let window = |what: &str, v: usize, min: usize| {
+            if v < min {
+                Err(format!("{what} {v} must be at least {min}"))
+            } else if v > MAX_WINDOW {
+                Err(format!("{what} {v} is over the limit of {MAX_WINDOW}"))
+            } else {
+                Ok(())
+            }
+        };
+        match self {
+            Layer::Conv2d {
+                filters,
+                kernel,
+                stride,
+                padding,
+                dilation,
+                ..
+            } => {
+                if *filters == 0 {
+                    return Err("filters must be at least 1".into());
+                }
+                window("kernel", *kernel, 1)?;
+                window("stride", *stride, 1)?;
+                window("padding", *padding, 0)?;
+                window("dilation", *dilation, 1)
+            }
+            Layer::MaxPool2d { kernel, stride } | Layer::AvgPool2d { kernel, stride } => {
+                window("kernel", *kernel, 1)?;
+                window("stride", stride.unwrap_or(*kernel), 1)
+            }
+            Layer::Dense { units, .. } if *units == 0 => Err("units must be at least 1".into()),
+            Layer::Dropout { rate } if !(0.0..1.0).contains(rate) => {
+                Err(format!("rate {rate} is not in [0, 1)"))
+            }
+            Layer::BatchNorm2d { eps, momentum } => {
+                if !(eps.is_finite() && *eps > 0.0) {
+                    return Err(format!("eps {eps} must be finite and positive"));
+                }
+                if !(0.0..=1.0).contains(momentum) {
+                    return Err(format!("momentum {momentum} is not in [0, 1]"));
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Elements of `shape`, if at most [`MAX_SPEC_ELEMENTS`].
+fn bounded_numel(shape: &[usize]) -> Option<u64> {
+    shape
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+        .filter(|&n| n <= MAX_SPEC_ELEMENTS)
+}
+
 /// How a parameter is initialised (PyTorch's defaults).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Init {
@@ -237,8 +327,22 @@ impl ModelSpec {
         mut decls: Option<&mut Vec<ParamDecl>>,
     ) -> Result<ValueId> {
         let (mut n_conv, mut n_fc, mut n_bn, mut n_drop) = (0, 0, 0, 0);
+        let input = g.shape(x).clone();
+        if input.0.contains(&0) {
+            return Err(Error::Model(format!("the input {input} is empty")));
+        }
+        let mut activations = bounded_numel(&input.0).ok_or_else(|| {
+            Error::Limit(format!(
+                "model input {input} has more than {MAX_SPEC_ELEMENTS} elements"
+            ))
+        })?;
+        let mut params = 0u64;
         let mut h = x;
         for (i, layer) in self.layers.iter().enumerate() {
+            let kind = layer.kind();
+            layer
+                .check_settings()
+                .map_err(|e| Error::Model(format!("layer {} ({kind}): {e}", i + 1)))?;
             let at = |e: Error| match e {
                 Error::Shape { op, detail } => {
                     Error::Model(format!("layer {} ({op}): {detail}", i + 1))
@@ -251,6 +355,20 @@ impl ModelSpec {
                                init: Init,
                                state: bool|
              -> Result<ValueId> {
+                let n = bounded_numel(&shape).ok_or_else(|| {
+                    Error::Limit(format!(
+                        "layer {} ({kind}): {name} of shape {} has more than {MAX_SPEC_ELEMENTS} elements",
+                        i + 1,
+                        Shape(shape.clone())
+                    ))
+                })?;
+                params += n;
+                if params > MAX_SPEC_ELEMENTS {
+                    return Err(Error::Limit(format!(
+                        "layer {} ({kind}): with {name} the model has more than {MAX_SPEC_ELEMENTS} parameter and state elements",
+                        i + 1
+                    )));
+                }
                 if let Some(d) = decls.as_deref_mut() {
                     d.push(ParamDecl {
                         name: name.clone(),
@@ -281,7 +399,8 @@ impl ModelSpec {
                         )));
                     }
                     n_conv += 1;
-                    let fan_in = s.0[1] * kernel * kernel;
+                    // Bounded: c <= 2^32 and kernel <= 2^16 (checked above).
+                    let fan_in = s.0[1].saturating_mul(kernel * kernel);
                     let w = declare(
                         g,
                         format!("conv{n_conv}.weight"),
@@ -396,6 +515,22 @@ impl ModelSpec {
                     g.batch_norm2d(h, &p, *eps, *momentum).map_err(at)?
                 }
             };
+            let out = g.shape(h);
+            if out.0.contains(&0) {
+                return Err(Error::Model(format!(
+                    "layer {} ({kind}) gives an empty output {out}",
+                    i + 1
+                )));
+            }
+            activations = bounded_numel(&out.0)
+                .and_then(|n| activations.checked_add(n))
+                .filter(|&n| n <= MAX_SPEC_ELEMENTS)
+                .ok_or_else(|| {
+                    Error::Limit(format!(
+                        "layer {} ({kind}): with its output {out} the model's activations have more than {MAX_SPEC_ELEMENTS} elements",
+                        i + 1
+                    ))
+                })?;
         }
         let s = g.shape(h);
         if s.rank() != 2 {
