@@ -113,11 +113,15 @@ fn sigkill_at_three_points_then_resume_matches_uninterrupted() {
 
     type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str, usize, u64);
     let cases: [Case; 3] = [
-        // Mid-epoch: a few steps into epoch 2.
+        // Mid-epoch: about seven steps (of 27) into epoch 2, after the
+        // first checkpoint is complete.
         (
             "mid-epoch",
-            &[("GPURT_TEST_STEP_DELAY_MS", "20")],
-            "epoch 1/3",
+            &[
+                ("GPURT_TEST_CHECKPOINT_DELAY_MS", "0"),
+                ("GPURT_TEST_STEP_DELAY_MS", "20"),
+            ],
+            "checkpoint: saved",
             1,
             150,
         ),
