@@ -153,11 +153,12 @@ impl Raw {
     /// their high byte, as PNG's own reduction does); for an indexed image,
     /// the palette index.
     fn sample(&self, y: usize, x: usize, k: usize) -> u8 {
-        let Some(p) = self
-            .passes
-            .iter()
-            .find(|p| x >= p.x0 && y >= p.y0 && (x - p.x0) % p.dx == 0 && (y - p.y0) % p.dy == 0)
-        else {
+        let Some(p) = self.passes.iter().find(|p| {
+            x >= p.x0
+                && y >= p.y0
+                && (x - p.x0).is_multiple_of(p.dx)
+                && (y - p.y0).is_multiple_of(p.dy)
+        }) else {
             return 0;
         };
         let (row, col) = ((y - p.y0) / p.dy, (x - p.x0) / p.dx);

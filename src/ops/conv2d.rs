@@ -64,8 +64,8 @@ impl ConvParams {
                 g.kh,
                 g.kw,
                 self.dilation,
-                g.h + 2 * g.pad.0,
-                g.w + 2 * g.pad.1
+                g.h.saturating_add(g.pad.0.saturating_mul(2)),
+                g.w.saturating_add(g.pad.1.saturating_mul(2))
             )));
         }
         Ok(g)
