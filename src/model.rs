@@ -4,7 +4,7 @@
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::graph::exec::Session;
-use crate::graph::ir::{Graph, Role};
+use crate::graph::ir::Graph;
 use crate::graph::{fuse, plan};
 use crate::nn::init::init_params;
 use crate::nn::spec::{ModelSpec, ParamDecl};
@@ -300,9 +300,4 @@ impl Classifier {
     pub fn decls(&self) -> &[ParamDecl] {
         &self.decls
     }
-}
-
-/// Whether a graph value is a parameter (for reporting).
-pub fn is_param(role: &Role) -> bool {
-    matches!(role, Role::Param(_))
 }

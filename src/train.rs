@@ -2,7 +2,7 @@
 //! metrics and a plot out. Everything runs on the compiled executor.
 
 use crate::backend::{self, DeviceSpec};
-use crate::data::{Augment, BatchLoader, DataSpec, Dataset, Normalizer, Split};
+use crate::data::{Augment, BatchLoader, DataSpec, Normalizer, Split};
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, score_logits};
 use crate::metrics::{write_metrics, ConfusionMatrix, EpochMetrics};
@@ -462,9 +462,4 @@ pub fn checkpoint_normalizer(ck: &Checkpoint) -> Normalizer {
         mean: ck.mean.clone(),
         std: ck.std.clone(),
     }
-}
-
-/// Convenience for tests and tools: load a dataset split.
-pub fn load_split(data: &DataSpec, split: Split) -> Result<Dataset> {
-    data.load(split)
 }
