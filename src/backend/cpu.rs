@@ -198,10 +198,7 @@ fn execute(l: &Launch, r: &[&[f32]], w: &mut [&mut [f32]], scalars: &[f32]) {
         }
         Op::Conv2d { p, act } => {
             let g = p.geom(&rs[0], &rs[1]).expect("validated at build time");
-            ops::conv2d_cpu::conv2d_forward(&g, r[0], r[1], r.get(2).copied(), w[0]);
-            if let Some(a) = act {
-                ops::activation::cpu_forward_inplace(*a, w[0]);
-            }
+            ops::conv2d_cpu::conv2d_forward_act(&g, r[0], r[1], r.get(2).copied(), *act, w[0]);
         }
         Op::Conv2dGradInput { p } => {
             let g = p.geom(&ws[0], &rs[1]).expect("validated at build time");

@@ -68,6 +68,7 @@
 //! (grad-weight) a NaN can also reach a few elements that a direct
 //! evaluation would leave finite. Finite data is unaffected.
 
+use crate::ops::activation::Activation;
 use crate::ops::matmul::{sgemm, Threads};
 use rayon::prelude::*;
 use std::cell::Cell;
@@ -699,7 +700,38 @@ fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
 ///
 /// Panics if the kernel does not fit or a length does not match `g`.
 pub fn conv2d_forward(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+    conv2d_forward_act(g, x, w, bias, None, y)
+}
+
+/// [`conv2d_forward`] followed by an activation (a fused epilogue).
+pub fn conv2d_forward_act(
+    g: &Conv2dGeom,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    act: Option<Activation>,
+    y: &mut [f32],
+) {
     let (oh, ow) = g.check("conv2d_forward", x.len(), w.len(), y.len());
+    // On one thread (a predictor's calling-thread pool) the implicit GEMM
+    // beats im2col + `gemm`, and it never allocates.
+    if rayon::current_num_threads() == 1 && super::conv2d_small::applies(g) && !y.is_empty() {
+        return super::conv2d_small::forward(g, (oh, ow), x, w, bias, act, y);
+    }
+    conv2d_forward_plain(g, (oh, ow), x, w, bias, y);
+    if let Some(a) = act {
+        super::activation::cpu_forward_inplace(a, y);
+    }
+}
+
+fn conv2d_forward_plain(
+    g: &Conv2dGeom,
+    (oh, ow): (usize, usize),
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
     if let Some(b) = bias {
         assert_eq!(b.len(), g.c_out, "conv2d_forward: bias length for {g:?}");
     }
@@ -1201,6 +1233,36 @@ mod tests {
             let e = rel_err(&db, &ref_grad_bias(&g, &dy));
             assert!(e < 1e-5, "grad_bias {g:?}: rel err {e}");
         }
+    }
+
+    /// On a one-thread pool (a predictor's), stride-1 convolutions take the
+    /// implicit-GEMM path of `conv2d_small`, with every activation fused.
+    #[test]
+    fn one_thread_path_matches_reference() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let mut rng = StdRng::seed_from_u64(17);
+        let mut small = 0;
+        for g in shapes() {
+            small += usize::from(crate::ops::conv2d_small::applies(&g));
+            let x = rand_vec(&mut rng, g.x_len());
+            let w = rand_vec(&mut rng, g.w_len());
+            let b = rand_vec(&mut rng, g.c_out);
+            let want = ref_forward(&g, &x, &w, &b);
+            for act in [None, Some(Activation::Relu), Some(Activation::Tanh)] {
+                let mut y = vec![f32::NAN; g.y_len()];
+                pool.install(|| conv2d_forward_act(&g, &x, &w, Some(&b), act, &mut y));
+                let want: Vec<f64> = match act {
+                    None => want.clone(),
+                    Some(a) => want.iter().map(|&v| a.forward(v as f32) as f64).collect(),
+                };
+                let e = rel_err(&y, &want);
+                assert!(e < 1e-5, "forward {g:?} {act:?}: rel err {e}");
+            }
+        }
+        assert!(small >= 5, "only {small} shapes took the one-thread path");
     }
 
     /// Batch-sized MNIST layers (the small-K, wide-group and strided-group

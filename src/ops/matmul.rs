@@ -41,6 +41,13 @@ pub fn sgemm(
         }
         return;
     }
+    // A few rows against a transposed right operand (small-batch linear
+    // layers): dot products beat packing, and do not allocate.
+    let one_thread = threads == Threads::Serial || rayon::current_num_threads() == 1;
+    if !a_t && b_t && m <= 8 && (one_thread || m * n * k <= 1 << 18) {
+        super::small_gemm::gemm_nt_small(m, n, k, a, b, c, accumulate);
+        return;
+    }
     // (column stride, row stride) of each operand in elements.
     let (a_cs, a_rs) = if a_t {
         (m as isize, 1)

@@ -13,6 +13,7 @@ pub mod bias_grad;
 pub mod binary;
 pub mod conv2d;
 pub mod conv2d_cpu;
+pub mod conv2d_small;
 pub mod cross_entropy;
 pub mod dropout;
 pub mod elementwise;
@@ -23,6 +24,8 @@ pub mod pool_cpu;
 pub mod reduce;
 pub mod sgd;
 pub mod shape;
+pub mod simd_math;
+pub mod small_gemm;
 pub mod softmax;
 
 use crate::graph::ir::ScalarId;

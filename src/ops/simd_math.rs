@@ -1,0 +1,98 @@
+//! Vectorisable scalar math for the CPU kernels.
+//!
+//! `f32::exp` is a call into libm, which the compiler cannot vectorise: a
+//! softmax over 4096-wide rows spent most of its time there. [`exp`] is
+//! branch-free straight-line code (range reduction to `[-ln2/2, ln2/2]`, a
+//! degree-6 polynomial, and the power of two built in the exponent bits),
+//! so loops that call it inside a `multiversion` function run 16 lanes at a
+//! time. Its error is within 2 ulp of the true value over the whole range
+//! (tested against f64 below); it returns 0 below `ln(f32::MIN_POSITIVE)`
+//! (where libm would return a subnormal), `inf` above `ln(f32::MAX)`, and
+//! NaN for NaN.
+
+/// `1.5·2^23`: adding it rounds an `f32` of magnitude below `2^22` to an
+/// integer, which then sits in the low mantissa bits.
+const ROUND: f32 = 12_582_912.0;
+
+/// `e^x`, vectorisable; see the module doc for its accuracy and range.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    // Below LO the result is under f32::MIN_POSITIVE; above HI it overflows.
+    const LO: f32 = -87.336_55;
+    const HI: f32 = 88.722_84;
+    // ln 2 split in a part exact in a few bits and a correction, so that
+    // `x - n·ln2` loses nothing for |n| <= 128.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Minimax coefficients of (e^r - 1 - r) / r² on [-ln2/2, ln2/2].
+    const P: [f32; 6] = [
+        1.987_569_1e-4,
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        5.000_000_1e-1,
+    ];
+    // NaN passes through the clamp.
+    let t = x.clamp(LO, HI);
+    let shifted = t * std::f32::consts::LOG2_E + ROUND;
+    let n = shifted - ROUND;
+    let r = t - n * LN2_HI - n * LN2_LO;
+    let mut p = P[0];
+    for c in &P[1..] {
+        p = p * r + c;
+    }
+    let e = p * (r * r) + r + 1.0;
+    // 2^n, with n (-126..=128) in the low bits of `shifted`'s pattern,
+    // offset by ROUND's. 2^128 is not an f32, so positive n is applied as
+    // 2^(n-1)·2.
+    let n_int = shifted.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
+    let pos = n_int > 0;
+    let half = if pos { n_int - 1 } else { n_int };
+    let scale = f32::from_bits(((half + 127) as u32) << 23);
+    let y = e * scale * if pos { 2.0 } else { 1.0 };
+    if x < LO {
+        0.0
+    } else if x > HI {
+        f32::INFINITY
+    } else {
+        y
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ulps(got: f32, want: f64) -> f64 {
+        let w = want as f32;
+        let ulp = (f32::from_bits(w.to_bits() + 1) - w) as f64;
+        (got as f64 - want).abs() / ulp
+    }
+
+    #[test]
+    fn exp_is_within_2_ulp_of_f64() {
+        let mut worst = (0.0f64, 0.0f32);
+        let mut x = -87.0f32;
+        while x < 88.5 {
+            let u = ulps(exp(x), (x as f64).exp());
+            if u > worst.0 {
+                worst = (u, x);
+            }
+            x += 0.000_731;
+        }
+        assert!(worst.0 <= 2.0, "{} ulp at x = {}", worst.0, worst.1);
+    }
+
+    #[test]
+    fn exp_edges() {
+        assert_eq!(exp(0.0), 1.0);
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp(-100.0), 0.0);
+        assert_eq!(exp(f32::INFINITY), f32::INFINITY);
+        assert_eq!(exp(89.0), f32::INFINITY);
+        assert!(exp(f32::NAN).is_nan());
+        assert!(exp(88.7).is_finite());
+        assert!(ulps(exp(-87.3), (-87.3f64).exp()) <= 2.0);
+    }
+}
