@@ -161,6 +161,63 @@ fn train_step(c: &mut Criterion) {
     g.finish();
 }
 
+/// Softmax over 4096 rows of 4096 (bytes: x read once, y written once, as
+/// PyTorch counts them) and one Adam step over 10M parameters (bytes: g, p,
+/// m, v read; p, m, v written).
+fn softmax_adam(c: &mut Criterion) {
+    let mut g = c.benchmark_group("memory_bound");
+    g.sample_size(10).measurement_time(Duration::from_secs(3));
+    let n = 4096;
+    let x = rand_vec(n * n, 3);
+    let mut y = vec![0.0; n * n];
+    g.throughput(Throughput::Bytes(2 * 4 * (n * n) as u64));
+    g.bench_function("softmax_4096x4096", |b| {
+        b.iter(|| gpurt::ops::softmax::cpu_softmax(n, false, &x, &mut y))
+    });
+    let n = 10_000_000;
+    let grad = rand_vec(n, 4);
+    let (mut p, mut m, mut v) = (rand_vec(n, 5), vec![0.0; n], vec![0.0; n]);
+    let cfg = gpurt::ops::adam::AdamConfig {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.0,
+        decoupled: false,
+        lr: gpurt::graph::ir::ScalarId(0),
+        step: gpurt::graph::ir::ScalarId(1),
+    };
+    g.throughput(Throughput::Bytes(7 * 4 * n as u64));
+    g.bench_function("adam_10M", |b| {
+        b.iter(|| gpurt::ops::adam::cpu_update(&cfg, 1e-3, 1.0, &grad, &mut p, &mut m, &mut v))
+    });
+    g.finish();
+}
+
+/// Batch-1 inference of the small CNN (CIFAR shape) through the embedding
+/// API, on the calling thread: criterion's mean; `gpurt bench` reports the
+/// median and p99.
+fn infer_batch1(c: &mut Criterion) {
+    let cfg = ClassifierConfig {
+        spec: ModelSpec::cnn(10),
+        input: vec![3, 32, 32],
+        classes: 10,
+        train_batch: None,
+        infer_batch: 1,
+        optim: OptimConfig::new(OptimizerKind::Adam),
+        seed: 1,
+        fuse: true,
+    };
+    let backend = CpuBackend::new();
+    let mut model = Classifier::new(cfg, &backend).unwrap();
+    let weights = gpurt::embed::SharedWeights::from_model(&mut model).unwrap();
+    let mut p = gpurt::embed::Predictor::new(&weights, 1, &backend).unwrap();
+    let x = rand_vec(3 * 32 * 32, 6);
+    let mut g = c.benchmark_group("infer_batch1");
+    g.sample_size(50).measurement_time(Duration::from_secs(3));
+    g.bench_function("cnn_cifar", |b| b.iter(|| p.run(&x).unwrap()[0]));
+    g.finish();
+}
+
 /// The CNN train step on a wgpu adapter (lavapipe in CI), fused and
 /// unfused; skipped with a line on stderr when no adapter opens.
 #[cfg(feature = "wgpu")]
@@ -200,5 +257,13 @@ fn train_step_wgpu(c: &mut Criterion) {
 #[cfg(not(feature = "wgpu"))]
 fn train_step_wgpu(_: &mut Criterion) {}
 
-criterion_group!(benches, gemm, conv, train_step, train_step_wgpu);
+criterion_group!(
+    benches,
+    gemm,
+    conv,
+    softmax_adam,
+    infer_batch1,
+    train_step,
+    train_step_wgpu
+);
 criterion_main!(benches);

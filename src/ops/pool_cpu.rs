@@ -190,6 +190,9 @@ fn maxpool_2x2_row(x: &[f32], top: usize, w: usize, y: &mut [f32], am: &mut [u32
             y[j..j + L].copy_from_slice(&yv);
             am[j..j + L].copy_from_slice(&av);
         } else {
+            // Element-wise on purpose: a variable-length copy is a `memcpy`
+            // call, which costs more than these few stores.
+            #[allow(clippy::manual_memcpy)]
             for l in 0..cnt {
                 y[j + l] = yv[l];
                 am[j + l] = av[l];

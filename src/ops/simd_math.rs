@@ -31,7 +31,7 @@ pub fn exp(x: f32) -> f32 {
         8.333_452e-3,
         4.166_579_6e-2,
         1.666_666_5e-1,
-        5.000_000_1e-1,
+        0.5,
     ];
     // NaN passes through the clamp.
     let t = x.clamp(LO, HI);
@@ -93,6 +93,8 @@ mod tests {
         assert_eq!(exp(89.0), f32::INFINITY);
         assert!(exp(f32::NAN).is_nan());
         assert!(exp(88.7).is_finite());
-        assert!(ulps(exp(-87.3), (-87.3f64).exp()) <= 2.0);
+        let x = -87.3f32;
+        let u = ulps(exp(x), (x as f64).exp());
+        assert!(u <= 2.0, "{u} ulp at {x}");
     }
 }

@@ -37,6 +37,7 @@ pub fn padded(n: usize) -> usize {
 /// ignore.
 ///
 /// Panics if an operand is too short for those indices (a caller bug).
+#[allow(clippy::too_many_arguments)]
 pub fn gemm_windows(
     m: usize,
     n: usize,
@@ -117,7 +118,7 @@ impl Windows<'_> {
     #[inline(always)]
     fn tiles<S: pulp::Simd, const MR: usize>(mut self, simd: S) {
         let lanes = S::F32_LANES;
-        debug_assert!(GRANULE % lanes == 0);
+        debug_assert!(GRANULE.is_multiple_of(lanes));
         let mut j0 = 0;
         while j0 < self.np {
             if self.np - j0 <= lanes {
