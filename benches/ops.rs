@@ -43,6 +43,19 @@ fn gemm(c: &mut Criterion) {
             })
         });
     }
+    // The MLP train step's two large products (batch 256, 2048 -> 512):
+    // forward `X · W1ᵀ` and the weight gradient `dHᵀ · X`.
+    for (name, m, n, k, a_t, b_t) in [
+        ("mlp_fwd_256x512x2048_bt", 256, 512, 2048, false, true),
+        ("mlp_dw_512x2048x256_at", 512, 2048, 256, true, false),
+    ] {
+        let (a, b) = (rand_vec(m * k, 1), rand_vec(k * n, 2));
+        let mut out = vec![0.0; m * n];
+        g.throughput(Throughput::Elements(2 * (m * n * k) as u64));
+        g.bench_function(name, |bch| {
+            bch.iter(|| sgemm(m, n, k, &a, a_t, &b, b_t, &mut out, false, Threads::Parallel))
+        });
+    }
     g.finish();
 }
 

@@ -15,25 +15,33 @@ pub fn bytes(l: &Launch) -> u64 {
         .sum::<u64>()
 }
 
+/// Saturating product: an estimate must never panic or wrap, whatever the
+/// shapes (the planner bounds tensor sizes, not products of dimensions).
+fn product(dims: &[usize]) -> u64 {
+    dims.iter().fold(1u64, |a, &d| a.saturating_mul(d as u64))
+}
+
 pub fn flops(l: &Launch) -> u64 {
     let rs = &l.read_shapes;
     let ws = &l.write_shapes;
     let out = ws.first().map_or(0, |s| s.numel() as u64);
     let conv = |sx: &crate::Shape, sw: &crate::Shape, sy: &crate::Shape| -> u64 {
         // 2 · N · Cout · OH · OW · Cin · KH · KW, whichever direction.
-        2 * (sx.0[0] * sw.0[0] * sy.0[2] * sy.0[3] * sw.0[1] * sw.0[2] * sw.0[3]) as u64
+        product(&[2, sx.0[0], sw.0[0], sy.0[2], sy.0[3], sw.0[1], sw.0[2], sw.0[3]])
     };
     match &l.op {
         Op::MatMul { ta, tb } => matmul_dims(&rs[0], *ta, &rs[1], *tb)
-            .map_or(0, |(b, m, k, n)| 2 * (b * m * k * n) as u64),
-        Op::Linear { .. } => 2 * out * rs[0].last() as u64,
+            .map_or(0, |(b, m, k, n)| product(&[2, b, m, k, n])),
+        Op::Linear { .. } => out.saturating_mul(2 * rs[0].last() as u64),
         Op::Conv2d { .. } => conv(&rs[0], &rs[1], &ws[0]),
         Op::Conv2dGradInput { .. } => conv(&ws[0], &rs[1], &rs[0]),
         Op::Conv2dGradWeight { .. } => conv(&rs[0], &ws[0], &rs[1]),
-        Op::MaxPool2d { p } | Op::AvgPool2d { p } => out * (p.kernel.0 * p.kernel.1) as u64,
-        Op::Elementwise(prog) => out * prog.len() as u64,
+        Op::MaxPool2d { p } | Op::AvgPool2d { p } => {
+            out.saturating_mul(product(&[p.kernel.0, p.kernel.1]))
+        }
+        Op::Elementwise(prog) => out.saturating_mul(prog.len() as u64),
         Op::SgdUpdate(_) | Op::AdamUpdate(_) => {
-            10 * l.writes.iter().map(|s| s.len as u64).sum::<u64>() / 3
+            10 * (l.writes.iter().map(|s| s.len as u64).sum::<u64>() / 3)
         }
         Op::Softmax | Op::LogSoftmax | Op::CrossEntropy | Op::CrossEntropyBackward { .. } => {
             4 * rs[0].numel() as u64

@@ -120,7 +120,7 @@ impl Conv2dGeom {
         let (oh, ow) = self.out_hw().unwrap_or((0, 0));
         [self.n, self.c_out, oh, ow, self.c_in, self.kh, self.kw]
             .iter()
-            .fold(2u64, |acc, &d| acc * d as u64)
+            .fold(2u64, |acc, &d| acc.saturating_mul(d as u64))
     }
 
     /// Number of elements of `x` / `dx` (`N·Cin·H·W`).
