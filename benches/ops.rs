@@ -47,13 +47,27 @@ fn gemm(c: &mut Criterion) {
     // forward `X · W1ᵀ` and the weight gradient `dHᵀ · X`.
     for (name, m, n, k, a_t, b_t) in [
         ("mlp_fwd_256x512x2048_bt", 256, 512, 2048, false, true),
+        ("mlp_fwd_256x512x2048_nn", 256, 512, 2048, false, false),
         ("mlp_dw_512x2048x256_at", 512, 2048, 256, true, false),
     ] {
         let (a, b) = (rand_vec(m * k, 1), rand_vec(k * n, 2));
         let mut out = vec![0.0; m * n];
         g.throughput(Throughput::Elements(2 * (m * n * k) as u64));
         g.bench_function(name, |bch| {
-            bch.iter(|| sgemm(m, n, k, &a, a_t, &b, b_t, &mut out, false, Threads::Parallel))
+            bch.iter(|| {
+                sgemm(
+                    m,
+                    n,
+                    k,
+                    &a,
+                    a_t,
+                    &b,
+                    b_t,
+                    &mut out,
+                    false,
+                    Threads::Parallel,
+                )
+            })
         });
     }
     g.finish();

@@ -98,19 +98,6 @@ pub struct Predictor {
     parallel: bool,
 }
 
-thread_local! {
-    /// A one-thread rayon pool made of the current thread, so that `install`
-    /// runs the kernels' parallel loops inline, with no hand-off to another
-    /// thread. `None` when the thread already belongs to a rayon pool.
-    /// Rayon keeps such a pool's registry for the life of the process (a few
-    /// hundred bytes per thread that ever ran a predictor).
-    static CALLER_POOL: Option<rayon::ThreadPool> = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .use_current_thread()
-        .build()
-        .ok();
-}
-
 impl Predictor {
     pub fn new(weights: &SharedWeights, batch: usize, backend: &dyn Backend) -> Result<Self> {
         if batch == 0 {
@@ -179,10 +166,7 @@ impl Predictor {
         if self.parallel {
             s.run(program)?;
         } else {
-            CALLER_POOL.with(|pool| match pool {
-                Some(pool) => pool.install(|| s.run(program)),
-                None => s.run(program),
-            })?;
+            crate::ops::par::on_caller_thread(|| s.run(program))?;
         }
         if self
             .model

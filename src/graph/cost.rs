@@ -27,7 +27,9 @@ pub fn flops(l: &Launch) -> u64 {
     let out = ws.first().map_or(0, |s| s.numel() as u64);
     let conv = |sx: &crate::Shape, sw: &crate::Shape, sy: &crate::Shape| -> u64 {
         // 2 · N · Cout · OH · OW · Cin · KH · KW, whichever direction.
-        product(&[2, sx.0[0], sw.0[0], sy.0[2], sy.0[3], sw.0[1], sw.0[2], sw.0[3]])
+        product(&[
+            2, sx.0[0], sw.0[0], sy.0[2], sy.0[3], sw.0[1], sw.0[2], sw.0[3],
+        ])
     };
     match &l.op {
         Op::MatMul { ta, tb } => matmul_dims(&rs[0], *ta, &rs[1], *tb)

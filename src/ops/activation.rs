@@ -106,7 +106,7 @@ pub fn backward(
 const PAR_MIN: usize = 1 << 15;
 
 pub fn cpu_forward(a: Activation, x: &[f32], y: &mut [f32]) {
-    if y.len() >= PAR_MIN {
+    if y.len() >= PAR_MIN && super::par::threads() > 1 {
         y.par_iter_mut()
             .zip(x.par_iter())
             .for_each(|(y, x)| *y = a.forward(*x));
@@ -117,7 +117,7 @@ pub fn cpu_forward(a: Activation, x: &[f32], y: &mut [f32]) {
 
 /// In place, for fused epilogues.
 pub fn cpu_forward_inplace(a: Activation, y: &mut [f32]) {
-    if y.len() >= PAR_MIN {
+    if y.len() >= PAR_MIN && super::par::threads() > 1 {
         y.par_iter_mut().for_each(|y| *y = a.forward(*y));
     } else {
         y.iter_mut().for_each(|y| *y = a.forward(*y));
@@ -126,7 +126,7 @@ pub fn cpu_forward_inplace(a: Activation, y: &mut [f32]) {
 
 pub fn cpu_backward(a: Activation, saved: &[f32], dy: &[f32], dx: &mut [f32]) {
     let f = |(dx, (s, dy)): (&mut f32, (&f32, &f32))| *dx = a.backward(*s, *dy);
-    if dx.len() >= PAR_MIN {
+    if dx.len() >= PAR_MIN && super::par::threads() > 1 {
         dx.par_iter_mut()
             .zip(saved.par_iter().zip(dy.par_iter()))
             .for_each(f);
@@ -138,7 +138,7 @@ pub fn cpu_backward(a: Activation, saved: &[f32], dy: &[f32], dx: &mut [f32]) {
 /// In place over dy.
 pub fn cpu_backward_inplace(a: Activation, saved: &[f32], dy_dx: &mut [f32]) {
     let f = |(d, s): (&mut f32, &f32)| *d = a.backward(*s, *d);
-    if dy_dx.len() >= PAR_MIN {
+    if dy_dx.len() >= PAR_MIN && super::par::threads() > 1 {
         dy_dx.par_iter_mut().zip(saved.par_iter()).for_each(f);
     } else {
         dy_dx.iter_mut().zip(saved.iter()).for_each(f);

@@ -59,6 +59,7 @@ pub fn cpu_update(
             .zip(m.par_chunks_mut(CHUNK))
             .zip(v.par_chunks_mut(CHUNK))
             .zip(grad.par_chunks(CHUNK))
+            .with_min_len(super::par::min_len(1))
             .for_each(|(((p, m), v), g)| update_chunk(&k, g, p, m, v));
     } else {
         update_chunk(&k, grad, param, m, v);

@@ -162,6 +162,7 @@ fn normalize(
     y: &mut [f32],
 ) {
     y.par_chunks_mut(hw.max(1))
+        .with_min_len(super::par::min_len(1))
         .enumerate()
         .for_each(|(plane, yp)| {
             let ch = plane % c;

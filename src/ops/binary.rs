@@ -177,7 +177,7 @@ pub fn cpu_binary(
 ) {
     if sa == so && sb == so {
         let f = |(y, (a, b)): (&mut f32, (&f32, &f32))| *y = kind.apply(*a, *b);
-        if y.len() >= PAR_MIN {
+        if y.len() >= PAR_MIN && super::par::threads() > 1 {
             y.par_iter_mut()
                 .zip(a.par_iter().zip(b.par_iter()))
                 .for_each(f);
@@ -201,7 +201,7 @@ pub fn cpu_binary(
             *yv = kind.apply(a[oa + j * ia], b[ob + j * ib]);
         }
     };
-    if y.len() >= PAR_MIN {
+    if y.len() >= PAR_MIN && super::par::threads() > 1 {
         y.par_chunks_mut(inner.max(1)).enumerate().for_each(row);
     } else {
         y.chunks_mut(inner.max(1)).enumerate().for_each(row);
@@ -256,7 +256,7 @@ pub fn cpu_binary_inplace(
 }
 
 pub fn cpu_scale(alpha: f32, x: &[f32], y: &mut [f32]) {
-    if y.len() >= PAR_MIN {
+    if y.len() >= PAR_MIN && super::par::threads() > 1 {
         y.par_iter_mut()
             .zip(x.par_iter())
             .for_each(|(y, x)| *y = x * alpha);

@@ -442,7 +442,7 @@ impl Plan<'_> {
 /// one unit per thread, parallelise over units; otherwise walk the units
 /// sequentially and let each GEMM use all threads.
 fn inner_threads(units: usize) -> Threads {
-    if units >= rayon::current_num_threads() {
+    if units >= super::par::threads() {
         Threads::Serial
     } else {
         Threads::Parallel
@@ -466,6 +466,7 @@ fn for_each_group<F>(
         Threads::Serial => out
             .par_chunks_mut(out_chunk)
             .zip(inp.par_chunks(in_chunk))
+            .with_min_len(super::par::min_len(1))
             .for_each(|(o, i)| f(o, i)),
         Threads::Parallel => out
             .chunks_mut(out_chunk)
@@ -715,7 +716,7 @@ pub fn conv2d_forward_act(
     let (oh, ow) = g.check("conv2d_forward", x.len(), w.len(), y.len());
     // On one thread (a predictor's calling-thread pool) the implicit GEMM
     // beats im2col + `gemm`, and it never allocates.
-    if rayon::current_num_threads() == 1 && super::conv2d_small::applies(g) && !y.is_empty() {
+    if super::par::threads() == 1 && super::conv2d_small::applies(g) && !y.is_empty() {
         return super::conv2d_small::forward(g, (oh, ow), x, w, bias, act, y);
     }
     conv2d_forward_plain(g, (oh, ow), x, w, bias, y);
@@ -750,7 +751,7 @@ fn conv2d_forward_plain(
         return;
     }
     let (x_img, y_img) = (g.c_in * g.h * g.w, g.c_out * oh * ow);
-    with_plan(g, (oh, ow), rayon::current_num_threads(), |p| {
+    with_plan(g, (oh, ow), super::par::threads(), |p| {
         let threads = inner_threads(p.groups(g.n));
         for_each_group(y, p.ipg * y_img, x, p.ipg * x_img, threads, |yg, xg| {
             forward_group(g, p, xg, w, bias, yg, threads)
@@ -842,7 +843,7 @@ pub fn conv2d_grad_input(g: &Conv2dGeom, dy: &[f32], w: &[f32], dx: &mut [f32]) 
         // Wᵀ [K, c_out]: a plain left operand is ~6% faster than a transposed one.
         transpose(w, g.c_out, k, wt);
         let wt = &*wt;
-        with_plan(g, (oh, ow), rayon::current_num_threads(), |p| {
+        with_plan(g, (oh, ow), super::par::threads(), |p| {
             let threads = inner_threads(p.groups(g.n));
             for_each_group(dx, p.ipg * x_img, dy, p.ipg * y_img, threads, |dxg, dyg| {
                 grad_input_group(g, p, wt, dyg, dxg, threads)
@@ -963,6 +964,7 @@ fn grad_weight_planned(g: &Conv2dGeom, p: &Plan, x: &[f32], dy: &[f32], dw: &mut
         match threads {
             Threads::Serial => parts
                 .par_chunks_mut(wlen)
+                .with_min_len(super::par::min_len(1))
                 .enumerate()
                 .for_each(|(ci, part)| chunk_partial(ci, part)),
             Threads::Parallel => parts
@@ -974,13 +976,16 @@ fn grad_weight_planned(g: &Conv2dGeom, p: &Plan, x: &[f32], dy: &[f32], dw: &mut
         // order is fixed whatever the block split.
         let (acc, rest) = parts.split_at_mut(wlen);
         const BLOCK: usize = 4096;
-        acc.par_chunks_mut(BLOCK).enumerate().for_each(|(bi, blk)| {
-            for part in rest.chunks_exact(wlen) {
-                for (a, b) in blk.iter_mut().zip(&part[bi * BLOCK..]) {
-                    *a += *b;
+        acc.par_chunks_mut(BLOCK)
+            .enumerate()
+            .with_min_len(super::par::min_len(1))
+            .for_each(|(bi, blk)| {
+                for part in rest.chunks_exact(wlen) {
+                    for (a, b) in blk.iter_mut().zip(&part[bi * BLOCK..]) {
+                        *a += *b;
+                    }
                 }
-            }
-        });
+            });
         // dWᵀ [K, c_out] → dW [c_out, K].
         transpose(acc, k, g.c_out, dw);
     });
@@ -992,13 +997,16 @@ pub fn conv2d_grad_bias(g: &Conv2dGeom, dy: &[f32], db: &mut [f32]) {
     assert_eq!(dy.len(), g.y_len(), "conv2d_grad_bias: dy length for {g:?}");
     assert_eq!(db.len(), g.c_out, "conv2d_grad_bias: db length for {g:?}");
     let ohw = oh * ow;
-    db.par_iter_mut().enumerate().for_each(|(co, d)| {
-        let mut sum = 0.0f64;
-        for img in 0..g.n {
-            sum += sum_f64(&dy[(img * g.c_out + co) * ohw..][..ohw]);
-        }
-        *d = sum as f32;
-    });
+    db.par_iter_mut()
+        .enumerate()
+        .with_min_len(super::par::min_len(1))
+        .for_each(|(co, d)| {
+            let mut sum = 0.0f64;
+            for img in 0..g.n {
+                sum += sum_f64(&dy[(img * g.c_out + co) * ohw..][..ohw]);
+            }
+            *d = sum as f32;
+        });
 }
 
 /// Sum in f64 with eight independent accumulators (so it vectorises).

@@ -100,7 +100,10 @@ pub fn cpu_elementwise(prog: &[EwInstr], inputs: &[&[f32]], inplace: Option<usiz
         yb.copy_from_slice(&stack[0][..len]);
     };
     if y.len() >= 1 << 15 {
-        y.par_chunks_mut(BLOCK).enumerate().for_each(run);
+        y.par_chunks_mut(BLOCK)
+            .enumerate()
+            .with_min_len(super::par::min_len(1))
+            .for_each(run);
     } else {
         y.chunks_mut(BLOCK).enumerate().for_each(run);
     }

@@ -11,6 +11,52 @@ pub enum Threads {
     Parallel,
 }
 
+thread_local! {
+    /// The right operand in plain layout, for [`sgemm`]'s transposed case.
+    static TRANSPOSED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Destination rows per band of [`transpose_par`]: one cache line of each
+/// source row, so every source line is read once.
+const BAND: usize = 16;
+
+/// `dst[c·rows + r] = src[r·cols + c]`: bands of `BAND` destination rows in
+/// parallel, each built from 8 x `BAND` tiles held in fixed-size arrays.
+fn transpose_par(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    use rayon::prelude::*;
+    dst.par_chunks_mut(BAND * rows)
+        .enumerate()
+        .with_min_len(super::par::min_len(2))
+        .for_each(|(band, out)| transpose_band(src, rows, cols, band * BAND, out));
+}
+
+/// Destination rows `c0..c0 + out.len() / rows` (source columns).
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512vl", "x86_64+avx2", "aarch64+neon"))]
+fn transpose_band(src: &[f32], rows: usize, cols: usize, c0: usize, out: &mut [f32]) {
+    let width = out.len() / rows;
+    let mut r0 = 0;
+    if width == BAND {
+        while r0 + 8 <= rows {
+            let mut tile = [[0.0f32; BAND]; 8];
+            for (i, t) in tile.iter_mut().enumerate() {
+                t.copy_from_slice(&src[(r0 + i) * cols + c0..][..BAND]);
+            }
+            for c in 0..BAND {
+                let row = &mut out[c * rows + r0..][..8];
+                for i in 0..8 {
+                    row[i] = tile[i][c];
+                }
+            }
+            r0 += 8;
+        }
+    }
+    for r in r0..rows {
+        for c in 0..width {
+            out[c * rows + r] = src[r * cols + c0 + c];
+        }
+    }
+}
+
 /// `c[m,n] = (accumulate ? c : 0) + op(a)[m,k] · op(b)[k,n]`, row-major.
 ///
 /// `a` is stored `[m,k]`, or `[k,m]` when `a_t`; `b` is stored `[k,n]`, or
@@ -43,9 +89,24 @@ pub fn sgemm(
     }
     // A few rows against a transposed right operand (small-batch linear
     // layers): dot products beat packing, and do not allocate.
-    let one_thread = threads == Threads::Serial || rayon::current_num_threads() == 1;
+    let one_thread = threads == Threads::Serial || super::par::threads() == 1;
     if !a_t && b_t && m <= 8 && (one_thread || m * n * k <= 1 << 18) {
         super::small_gemm::gemm_nt_small(m, n, k, a, b, c, accumulate);
+        return;
+    }
+    // A transposed right operand (PyTorch's `[out, in]` linear weight)
+    // costs the `gemm` crate ~45% at the MLP's shapes (256x512x2048: 2.7 vs
+    // 1.9 ms); with enough rows to amortise it, a parallel copy into the
+    // plain layout first is faster. The copy lives in a thread-local buffer
+    // kept for the next call.
+    if b_t && threads == Threads::Parallel && !one_thread && m >= 64 && k * n >= 1 << 16 {
+        let mut bt = TRANSPOSED.take();
+        if bt.len() < k * n {
+            bt.resize(k * n, 0.0);
+        }
+        transpose_par(&b[..k * n], n, k, &mut bt[..k * n]);
+        sgemm(m, n, k, a, a_t, &bt, false, c, accumulate, threads);
+        TRANSPOSED.set(bt);
         return;
     }
     // (column stride, row stride) of each operand in elements.
@@ -61,7 +122,9 @@ pub fn sgemm(
     };
     // Small products do not pay for thread start-up.
     let par = match threads {
-        Threads::Parallel if m * n * k >= 48 * 48 * 48 => gemm::Parallelism::Rayon(0),
+        Threads::Parallel if m * n * k >= 48 * 48 * 48 && super::par::threads() > 1 => {
+            gemm::Parallelism::Rayon(0)
+        }
         _ => gemm::Parallelism::None,
     };
     // SAFETY: the asserts above guarantee every index the strides reach is in

@@ -19,6 +19,7 @@ pub mod dropout;
 pub mod elementwise;
 pub mod linear;
 pub mod matmul;
+pub mod par;
 pub mod pool;
 pub mod pool_cpu;
 pub mod reduce;

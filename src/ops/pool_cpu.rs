@@ -264,7 +264,7 @@ pub fn maxpool2d_forward(g: &Pool2dGeom, x: &[f32], y: &mut [f32], argmax: &mut 
     y.par_chunks_mut(out)
         .zip(argmax.par_chunks_mut(out))
         .zip(x.par_chunks(plane))
-        .with_min_len(planes_per_task(g.kh * g.kw * out))
+        .with_min_len(super::par::min_len(planes_per_task(g.kh * g.kw * out)))
         .for_each(|((y, am), x)| {
             if (g.kh, g.kw, g.stride, g.pad) == (2, 2, (2, 2), (0, 0)) {
                 maxpool_2x2(g.w, ow, x, y, am);
@@ -313,7 +313,7 @@ pub fn maxpool2d_backward(g: &Pool2dGeom, dy: &[f32], argmax: &[u32], dx: &mut [
     }
     dx.par_chunks_mut(plane)
         .zip(dy.par_chunks(out).zip(argmax.par_chunks(out)))
-        .with_min_len(planes_per_task(plane + out))
+        .with_min_len(super::par::min_len(planes_per_task(plane + out)))
         .for_each(|(dx, (dy, am))| {
             dx.fill(0.0);
             for (&d, &i) in dy.iter().zip(am) {
@@ -334,7 +334,7 @@ pub fn avgpool2d_forward(g: &Pool2dGeom, x: &[f32], y: &mut [f32]) {
     let scale = 1.0 / (g.kh * g.kw) as f32;
     y.par_chunks_mut(out)
         .zip(x.par_chunks(plane))
-        .with_min_len(planes_per_task(g.kh * g.kw * out))
+        .with_min_len(super::par::min_len(planes_per_task(g.kh * g.kw * out)))
         .for_each(|(y, x)| {
             y.fill(0.0);
             let sw = g.stride.1;
@@ -368,7 +368,7 @@ pub fn avgpool2d_backward(g: &Pool2dGeom, dy: &[f32], dx: &mut [f32]) {
     let scale = 1.0 / (g.kh * g.kw) as f32;
     dx.par_chunks_mut(plane)
         .zip(dy.par_chunks(out))
-        .with_min_len(planes_per_task(g.kh * g.kw * out))
+        .with_min_len(super::par::min_len(planes_per_task(g.kh * g.kw * out)))
         .for_each(|(dx, dy)| {
             dx.fill(0.0);
             let sw = g.stride.1;
@@ -396,7 +396,7 @@ pub fn global_avgpool_forward(n: usize, c: usize, hw: usize, x: &[f32], y: &mut 
     }
     y.par_iter_mut()
         .zip(x.par_chunks(hw))
-        .with_min_len(planes_per_task(hw))
+        .with_min_len(super::par::min_len(planes_per_task(hw)))
         .for_each(|(y, x)| {
             let sum: f64 = x.iter().map(|&v| f64::from(v)).sum();
             *y = (sum / hw as f64) as f32;
@@ -414,7 +414,7 @@ pub fn global_avgpool_backward(n: usize, c: usize, hw: usize, dy: &[f32], dx: &m
     let scale = 1.0 / hw as f32;
     dx.par_chunks_mut(hw)
         .zip(dy.par_iter())
-        .with_min_len(planes_per_task(hw))
+        .with_min_len(super::par::min_len(planes_per_task(hw)))
         .for_each(|(dx, &d)| dx.fill(d * scale));
 }
 

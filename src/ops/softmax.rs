@@ -47,7 +47,7 @@ fn rows_par<F: Fn(usize, &mut [f32]) + Sync + Send>(y: &mut [f32], n: usize, f: 
         let rows = (1 << 16) / n.max(1);
         y.par_chunks_mut(n)
             .enumerate()
-            .with_min_len(rows.max(1))
+            .with_min_len(super::par::min_len(rows))
             .for_each(|(i, r)| f(i, r));
     } else {
         y.chunks_mut(n).enumerate().for_each(|(i, r)| f(i, r));

@@ -1,0 +1,68 @@
+//! Intra-op parallelism of the CPU kernels.
+//!
+//! Kernels parallelise with rayon's global pool. Inside
+//! [`on_caller_thread`] they run on the calling thread instead: every
+//! parallel loop gets a minimum task length no loop reaches (so rayon runs
+//! it inline and never touches its pool), the conv kernels see one thread,
+//! and GEMMs run unthreaded. The embedding API uses this: a service already
+//! has a worker per core, and handing small kernels to a pool and back
+//! costs more than it gains at batch 1.
+
+use std::cell::Cell;
+
+thread_local! {
+    static CALLER_ONLY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with every CPU kernel it launches on this thread.
+pub fn on_caller_thread<R>(f: impl FnOnce() -> R) -> R {
+    /// Restores the previous mode even if `f` panics.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            CALLER_ONLY.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(CALLER_ONLY.with(|c| c.replace(true)));
+    f()
+}
+
+/// Threads the kernels may use here: 1 inside [`on_caller_thread`].
+pub fn threads() -> usize {
+    if CALLER_ONLY.with(Cell::get) {
+        1
+    } else {
+        rayon::current_num_threads()
+    }
+}
+
+/// The minimum length of a rayon task: `want`, or everything in one task
+/// (run inline by rayon) inside [`on_caller_thread`].
+pub fn min_len(want: usize) -> usize {
+    if CALLER_ONLY.with(Cell::get) {
+        usize::MAX
+    } else {
+        want.max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rayon::prelude::*;
+
+    #[test]
+    fn caller_thread_scope_runs_loops_inline_and_restores() {
+        let me = std::thread::current().id();
+        let mut v = vec![0u32; 1 << 16];
+        on_caller_thread(|| {
+            assert_eq!(threads(), 1);
+            v.par_iter_mut()
+                .with_min_len(min_len(1))
+                .for_each(|x| *x = u32::from(std::thread::current().id() == me));
+        });
+        assert!(v.iter().all(|&x| x == 1), "a task ran on another thread");
+        assert_eq!(threads(), rayon::current_num_threads());
+        assert_eq!(min_len(0), 1);
+    }
+}
