@@ -16,8 +16,10 @@ out=${2:-target/peer-compare}
 peers=${PEERS_DIR:-../shared/peers}
 py=${PEERS_PYTHON:-/tmp/peers-venv/bin/python}
 mkdir -p "$out"
-cargo build --release --quiet
+# REPORT_ONLY=1: just print the table from an earlier run's files.
+[ -n "${REPORT_ONLY:-}" ] || cargo build --release --quiet
 for r in $(seq 1 "$rounds"); do
+    [ -z "${REPORT_ONLY:-}" ] || break
     echo "round $r/$rounds: PyTorch" >&2
     "$py" "$peers/torch_bench.py" --passes 1 --skip-mnist --json "$out/torch-$r.json" > "$out/torch-$r.log"
     echo "round $r/$rounds: gpurt" >&2
@@ -49,7 +51,7 @@ def torch_ms(r, label):
     raise KeyError(label)
 def gpurt_ms(r, name):
     figs = json.load(open(f"{out}/gpurt-{r}.json"))
-    figs = figs["figures"] if isinstance(figs, dict) else figs
+    figs = figs["results"]
     for f in figs:
         if f["name"] == name and not f.get("skipped"):
             return f["seconds"] * 1e3

@@ -714,10 +714,28 @@ pub fn conv2d_forward_act(
     y: &mut [f32],
 ) {
     let (oh, ow) = g.check("conv2d_forward", x.len(), w.len(), y.len());
-    // On one thread (a predictor's calling-thread pool) the implicit GEMM
-    // beats im2col + `gemm`, and it never allocates.
-    if super::par::threads() == 1 && super::conv2d_small::applies(g) && !y.is_empty() {
-        return super::conv2d_small::forward(g, (oh, ow), x, w, bias, act, y);
+    // Stride-1 convolutions run as an implicit GEMM (`conv2d_small`: no
+    // im2col, no packing, no allocation), image by image: on this thread
+    // when it is the only one (a predictor's), else over the pool when
+    // there are images enough for every thread. Measured against the
+    // im2col path below: -3% on the 32->64 CIFAR layer at batch 64, -30% on
+    // the 3->32 first layer, -7% on the whole CNN train step, and half the
+    // batch-1 latency.
+    if super::conv2d_small::applies(g) && !y.is_empty() && !x.is_empty() {
+        let threads = super::par::threads();
+        if threads == 1 {
+            return super::conv2d_small::forward(g, (oh, ow), x, w, bias, act, y);
+        }
+        if g.n >= threads {
+            let one = Conv2dGeom { n: 1, ..*g };
+            let (x_img, y_img) = (g.c_in * g.h * g.w, g.c_out * oh * ow);
+            y.par_chunks_mut(y_img)
+                .zip(x.par_chunks(x_img))
+                .for_each(|(yi, xi)| {
+                    super::conv2d_small::forward(&one, (oh, ow), xi, w, bias, act, yi)
+                });
+            return;
+        }
     }
     conv2d_forward_plain(g, (oh, ow), x, w, bias, y);
     if let Some(a) = act {

@@ -67,6 +67,18 @@ pub fn cpu_softmax(n: usize, log: bool, x: &[f32], y: &mut [f32]) {
 /// output through the sum.
 #[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma", "aarch64+neon"))]
 fn softmax_row(xr: &[f32], log: bool, yr: &mut [f32]) {
+    use multiversion::target::selected_target;
+    if selected_target!().supports_feature_str("fma")
+        || selected_target!().supports_feature_str("neon")
+    {
+        softmax_row_impl::<true>(xr, log, yr)
+    } else {
+        softmax_row_impl::<false>(xr, log, yr)
+    }
+}
+
+#[inline(always)]
+fn softmax_row_impl<const FMA: bool>(xr: &[f32], log: bool, yr: &mut [f32]) {
     let yr = &mut yr[..xr.len()];
     let (xc, xt) = xr.as_chunks::<L>();
     let mut lanes = [f32::NEG_INFINITY; L];
@@ -84,13 +96,13 @@ fn softmax_row(xr: &[f32], log: bool, yr: &mut [f32]) {
     let (yc, yt) = yr.as_chunks_mut::<L>();
     for (yc, xc) in yc.iter_mut().zip(xc) {
         for l in 0..L {
-            yc[l] = simd_math::exp(xc[l] - m);
+            yc[l] = simd_math::exp_nonpositive::<FMA>(xc[l] - m);
             sums[l] += yc[l];
         }
     }
     let mut sum: f32 = sums.iter().sum();
     for (y, &x) in yt.iter_mut().zip(xt) {
-        *y = simd_math::exp(x - m);
+        *y = simd_math::exp_nonpositive::<FMA>(x - m);
         sum += *y;
     }
     if log {
