@@ -52,22 +52,22 @@ pub fn cpu_update(
         "adam: lengths differ"
     );
     if n >= 1 << 16 {
-        // Whole chunks per task, so each runs the vectorised loop (a
-        // per-element parallel iterator does not vectorise).
+        // One contiguous chunk per thread: each runs the vectorised loop
+        // (a per-element parallel iterator does not vectorise) over long
+        // streams, which the prefetchers reward (measured: 5.73 ms with
+        // 2K-element chunks, 5.58 with 16K, 5.45 with 128K).
+        let chunk = n.div_ceil(super::par::threads()).next_multiple_of(16);
         param
-            .par_chunks_mut(CHUNK)
-            .zip(m.par_chunks_mut(CHUNK))
-            .zip(v.par_chunks_mut(CHUNK))
-            .zip(grad.par_chunks(CHUNK))
+            .par_chunks_mut(chunk)
+            .zip(m.par_chunks_mut(chunk))
+            .zip(v.par_chunks_mut(chunk))
+            .zip(grad.par_chunks(chunk))
             .with_min_len(super::par::min_len(1))
             .for_each(|(((p, m), v), g)| update_chunk(&k, g, p, m, v));
     } else {
         update_chunk(&k, grad, param, m, v);
     }
 }
-
-/// Elements per rayon task: 4 × 64 KiB of streams.
-const CHUNK: usize = 1 << 14;
 
 /// The per-step constants of the update.
 struct Coeffs {

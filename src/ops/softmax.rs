@@ -42,9 +42,9 @@ pub fn backward(g: &mut Graph, log: bool, y: ValueId, dy: ValueId) -> Result<Val
 /// Rows big enough to be worth a rayon task each.
 fn rows_par<F: Fn(usize, &mut [f32]) + Sync + Send>(y: &mut [f32], n: usize, f: F) {
     if y.len() >= 1 << 14 {
-        // Runs of >= 64K floats per task keep each thread streaming through
-        // contiguous memory, which the prefetchers reward.
-        let rows = (1 << 16) / n.max(1);
+        // One contiguous run of rows per thread keeps each streaming
+        // through memory, which the prefetchers reward.
+        let rows = (y.len() / n.max(1)).div_ceil(super::par::threads());
         y.par_chunks_mut(n)
             .enumerate()
             .with_min_len(super::par::min_len(rows))
