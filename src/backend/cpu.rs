@@ -84,8 +84,11 @@ impl Backend for CpuBackend {
         }
         let mut arena = Vec::new();
         arena.try_reserve_exact(module.arena_words).map_err(|_| {
+            let names: Vec<&str> = module.programs.iter().map(|p| p.name.as_str()).collect();
             Error::Limit(format!(
-                "cannot allocate a {} MiB arena",
+                "cannot allocate the arena for program(s) {} ({} bytes, {} MiB)",
+                names.join(", "),
+                module.arena_words * 4,
                 module.arena_words * 4 / (1 << 20)
             ))
         })?;

@@ -483,7 +483,11 @@ impl WgpuExecutable {
             )));
         }
         let arena = gpu.buffer(
-            &format!("arena ({} MiB)", arena_bytes >> 20),
+            &format!(
+                "arena for program(s) {} ({arena_bytes} bytes, {} MiB)",
+                program_names(&module),
+                arena_bytes >> 20
+            ),
             arena_bytes,
             w::BufferUsages::STORAGE | w::BufferUsages::COPY_SRC | w::BufferUsages::COPY_DST,
         )?;
@@ -750,4 +754,10 @@ impl Executable for WgpuExecutable {
         let _ = self.gpu.device.poll(w::PollType::Poll);
         self.gpu.check("run")
     }
+}
+
+/// "train, infer": the programs of a module, for error messages.
+pub(crate) fn program_names(module: &crate::graph::plan::Module) -> String {
+    let names: Vec<&str> = module.programs.iter().map(|p| p.name.as_str()).collect();
+    names.join(", ")
 }

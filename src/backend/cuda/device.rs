@@ -276,7 +276,8 @@ fn zeros<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
     dev.stream.alloc_zeros::<T>(n.max(1)).map_err(|e| {
         dev.err(
             format!(
-                "allocating the {what} ({} MiB)",
+                "allocating the {what} ({} bytes, {} MiB)",
+                n * std::mem::size_of::<T>(),
                 (n * std::mem::size_of::<T>()) >> 20
             ),
             e,
@@ -295,7 +296,9 @@ pub fn compile(dev: &Arc<Device>, module: Arc<Module>) -> Result<CudaExecutable>
     dev.ctx
         .bind_to_thread()
         .map_err(|e| dev.err("binding the context", e))?;
-    let arena = zeros::<f32>(dev, module.arena_words, "arena")?;
+    let names: Vec<&str> = module.programs.iter().map(|p| p.name.as_str()).collect();
+    let arena_what = format!("arena for program(s) {}", names.join(", "));
+    let arena = zeros::<f32>(dev, module.arena_words, &arena_what)?;
     let scalars = zeros::<f32>(dev, plan.scalars, "scalar buffer")?;
     let work = zeros::<u8>(dev, plan.work_bytes, "scratch buffer")?;
     let mut meta = zeros::<u8>(dev, plan.meta.len(), "table buffer")?;
