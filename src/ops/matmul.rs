@@ -30,27 +30,24 @@ fn transpose_par(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
         .for_each(|(band, out)| transpose_band(src, rows, cols, band * BAND, out));
 }
 
-/// Destination rows `c0..c0 + out.len() / rows` (source columns).
+/// Destination rows `c0..c0 + out.len() / rows` (source columns). Each
+/// destination row segment of 16 is one strided column of the source (a
+/// gather on AVX-512), written with one contiguous store.
 #[multiversion::multiversion(targets("x86_64+avx512f+avx512vl", "x86_64+avx2", "aarch64+neon"))]
 fn transpose_band(src: &[f32], rows: usize, cols: usize, c0: usize, out: &mut [f32]) {
+    const R: usize = 16;
     let width = out.len() / rows;
-    let mut r0 = 0;
-    if width == BAND {
-        while r0 + 8 <= rows {
-            let mut tile = [[0.0f32; BAND]; 8];
-            for (i, t) in tile.iter_mut().enumerate() {
-                t.copy_from_slice(&src[(r0 + i) * cols + c0..][..BAND]);
+    let body = rows - rows % R;
+    for r0 in (0..body).step_by(R) {
+        let block = &src[r0 * cols..(r0 + R - 1) * cols + c0 + width];
+        for c in 0..width {
+            let seg: &mut [f32; R] = (&mut out[c * rows + r0..][..R]).try_into().expect("R long");
+            for (i, d) in seg.iter_mut().enumerate() {
+                *d = block[i * cols + c0 + c];
             }
-            for c in 0..BAND {
-                let row = &mut out[c * rows + r0..][..8];
-                for i in 0..8 {
-                    row[i] = tile[i][c];
-                }
-            }
-            r0 += 8;
         }
     }
-    for r in r0..rows {
+    for r in body..rows {
         for c in 0..width {
             out[c * rows + r] = src[r * cols + c0 + c];
         }
@@ -267,5 +264,69 @@ pub fn cpu_matmul(sa: &Shape, ta: bool, sb: &Shape, tb: bool, a: &[f32], b: &[f3
             false,
             Threads::Parallel,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rand_vec(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Every path of `sgemm` (the `gemm` crate, the transposed-B copy, the
+    /// small dot-product kernel; serial and parallel; accumulating or not)
+    /// against an f64 product, on odd shapes.
+    #[test]
+    fn sgemm_paths_match_f64() {
+        for (m, n, k) in [
+            (70, 300, 250),
+            (3, 65, 129),
+            (1, 64, 1024),
+            (64, 1025, 65),
+            (9, 7, 5),
+        ] {
+            for (a_t, b_t) in [(false, false), (false, true), (true, false), (true, true)] {
+                for threads in [Threads::Parallel, Threads::Serial] {
+                    let (a, b) = (rand_vec(m * k, 1), rand_vec(k * n, 2));
+                    let base = rand_vec(m * n, 3);
+                    for accumulate in [false, true] {
+                        let mut c = base.clone();
+                        sgemm(m, n, k, &a, a_t, &b, b_t, &mut c, accumulate, threads);
+                        for i in 0..m {
+                            for j in 0..n {
+                                let dot: f64 = (0..k)
+                                    .map(|kk| {
+                                        let av = if a_t { a[kk * m + i] } else { a[i * k + kk] };
+                                        let bv = if b_t { b[j * k + kk] } else { b[kk * n + j] };
+                                        av as f64 * bv as f64
+                                    })
+                                    .sum();
+                                let want = dot
+                                    + if accumulate {
+                                        base[i * n + j] as f64
+                                    } else {
+                                        0.0
+                                    };
+                                let got = c[i * n + j] as f64;
+                                assert!(
+                                    (got - want).abs() <= 1e-5 * (k as f64).sqrt() * (1.0 + want.abs()),
+                                    "{m}x{n}x{k} a_t={a_t} b_t={b_t} {threads:?} acc={accumulate} at ({i},{j}): {got} vs {want}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }
