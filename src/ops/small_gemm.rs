@@ -160,9 +160,9 @@ impl Windows<'_> {
         let lanes = S::F32_LANES;
         debug_assert!(GRANULE.is_multiple_of(lanes));
         let mut j0 = 0;
-        // Packed (wide) products take three vectors per tile where the
-        // register file allows: more FMAs per loop iteration's overhead.
-        if self.np >= PACK_MIN_COLS && S::REGISTER_COUNT >= 32 {
+        // Three vectors per tile where the register file allows: more FMAs
+        // per loop iteration's overhead.
+        if S::REGISTER_COUNT >= 32 {
             while self.np - j0 >= 3 * lanes {
                 self.rows::<S, MR, 3>(simd, j0);
                 j0 += 3 * lanes;
