@@ -231,7 +231,14 @@ impl Suite<'_> {
             s.write_input(0, &name, &pseudo_random(n))?;
         }
         for (name, v) in g.persistent() {
-            s.write_persistent(&name, &pseudo_random(g.shape(v).numel()))?;
+            let n = g.shape(v).numel();
+            // Parameters get data; optimiser state starts at zero as in a
+            // fresh optimiser (a negative second moment would be NaN).
+            let data = match g.value(v).role {
+                crate::graph::ir::Role::State(_) => vec![0.0; n],
+                _ => pseudo_random(n),
+            };
+            s.write_persistent(&name, &data)?;
         }
         s.set_scalar("lr", 1e-3);
         s.set_scalar("step", 1.0);
