@@ -1,7 +1,9 @@
 //! The embedding API: load a model once, compile an inference program
 //! with a fixed batch size, then call [`Predictor::run`] from a service's
 //! hot path. A call copies the input into the arena, replays the program
-//! and returns a view of the logits: no heap allocation per call. A
+//! and returns a view of the logits; on the CPU it allocates nothing for
+//! stride-1 convolutions and dense layers of up to 8 rows (other shapes
+//! reach the `gemm` crate, which allocates packing buffers). A
 //! `Predictor` is `Send`, so each worker thread can own one; the weights
 //! can be loaded once into [`SharedWeights`] and shared read-only.
 //!
