@@ -245,6 +245,55 @@ fn infer_batch1(c: &mut Criterion) {
     g.finish();
 }
 
+/// The kernel cases of `gpurt bench` (`gpurt::bench::kernel_cases`: GEMM,
+/// conv forward/backward, softmax, Adam) on a wgpu adapter, through the
+/// executor; skipped with a line on stderr when no adapter opens. Cases over
+/// 4 GFLOP are skipped on a software adapter (lavapipe runs ~3 GFLOP/s).
+#[cfg(feature = "wgpu")]
+fn kernels_wgpu(c: &mut Criterion) {
+    use gpurt::bench::{case_session, kernel_cases, Rate};
+    let backend = match gpurt::backend::wgpu::open(None) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("SKIPPED: kernels_wgpu: {e}");
+            return;
+        }
+    };
+    use gpurt::backend::Backend;
+    let software = {
+        let name = backend.name().to_lowercase();
+        name.contains("llvmpipe") || name.contains("lavapipe") || name.contains("cpu")
+    };
+    let mut g = c.benchmark_group("kernels_wgpu");
+    g.sample_size(10).measurement_time(Duration::from_secs(5));
+    for case in kernel_cases().unwrap() {
+        let id = case.name.replace(' ', "_");
+        match case.rate {
+            Rate::Flops(f) if software && f > 4e9 => {
+                eprintln!(
+                    "SKIPPED: kernels_wgpu/{id}: {:.1} GFLOP on a software adapter",
+                    f / 1e9
+                );
+                continue;
+            }
+            Rate::Flops(f) => g.throughput(Throughput::Elements(f as u64)),
+            Rate::Bytes(b) => g.throughput(Throughput::Bytes(b as u64)),
+        };
+        let mut s = match case_session(&backend, &case.graph) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("SKIPPED: kernels_wgpu/{id}: {e}");
+                continue;
+            }
+        };
+        g.bench_function(id, |b| b.iter(|| s.run(0).unwrap()));
+    }
+    g.finish();
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn kernels_wgpu(_: &mut Criterion) {}
+
 /// The CNN train step on a wgpu adapter (lavapipe in CI), fused and
 /// unfused; skipped with a line on stderr when no adapter opens.
 #[cfg(feature = "wgpu")]
@@ -291,6 +340,7 @@ criterion_group!(
     softmax_adam,
     infer_batch1,
     train_step,
+    kernels_wgpu,
     train_step_wgpu
 );
 criterion_main!(benches);

@@ -224,26 +224,151 @@ impl Suite<'_> {
 
     /// Time one graph's program on the backend (inputs random, not zero).
     fn graph(&mut self, g: &Graph) -> Result<f64> {
-        let module = plan::compile(&[("p", g)])?;
-        let mut s = Session::new(self.backend, module)?;
-        for (name, v) in g.inputs() {
-            let n = g.shape(v).numel();
-            s.write_input(0, &name, &pseudo_random(n))?;
-        }
-        for (name, v) in g.persistent() {
-            let n = g.shape(v).numel();
-            // Parameters get data; optimiser state starts at zero as in a
-            // fresh optimiser (a negative second moment would be NaN).
-            let data = match g.value(v).role {
-                crate::graph::ir::Role::State(_) => vec![0.0; n],
-                _ => pseudo_random(n),
-            };
-            s.write_persistent(&name, &data)?;
-        }
-        s.set_scalar("lr", 1e-3);
-        s.set_scalar("step", 1.0);
+        let mut s = case_session(self.backend, g)?;
         self.time(|| s.run(0))
     }
+}
+
+/// The work a [`KernelCase`] does per run, for its rate.
+#[derive(Clone, Copy, Debug)]
+pub enum Rate {
+    /// Floating-point operations (a multiply-add is 2).
+    Flops(f64),
+    /// Bytes moved, counted as PyTorch's harness counts them.
+    Bytes(f64),
+}
+
+/// One kernel benchmark: a one-program graph and what it computes. Shared
+/// by `gpurt bench` and the criterion benches, so both time the same thing.
+pub struct KernelCase {
+    pub name: String,
+    pub graph: Graph,
+    pub rate: Rate,
+    /// How the rate's amount is counted.
+    pub work: &'static str,
+}
+
+/// GEMM 1024^3 and 2048^3, conv2d N64 C32->64 32x32 3x3 pad 1 forward and
+/// backward, softmax 4096x4096 and Adam over 10M parameters: the shapes of
+/// the PyTorch peer harness.
+pub fn kernel_cases() -> Result<Vec<KernelCase>> {
+    let mut cases = Vec::new();
+    for n in [1024usize, 2048] {
+        let mut g = Graph::new(false);
+        let a = g.input("a", [n, n], DType::F32)?;
+        let b = g.input("b", [n, n], DType::F32)?;
+        let c = g.matmul(a, b)?;
+        g.set_output("c", c);
+        cases.push(KernelCase {
+            name: format!("gemm {n}^3"),
+            graph: g,
+            rate: Rate::Flops(2.0 * (n * n * n) as f64),
+            work: "2*n^3 FLOP",
+        });
+    }
+
+    let p = ConvParams {
+        stride: (1, 1),
+        pad: (1, 1),
+        dilation: (1, 1),
+    };
+    let flops = 2.0 * (64 * 64 * 32 * 32 * 32 * 9) as f64;
+    let mut g = Graph::new(false);
+    let x = g.input("x", [64, 32, 32, 32], DType::F32)?;
+    let w = g.param("w", [64, 32, 3, 3])?;
+    let bias = g.param("b", [64])?;
+    let y = g.conv2d(x, w, Some(bias), p)?;
+    g.set_output("y", y);
+    cases.push(KernelCase {
+        name: "conv2d fwd N64 C32->64 32x32 3x3 pad1".into(),
+        graph: g,
+        rate: Rate::Flops(flops),
+        work: "2*N*Cout*OH*OW*Cin*KH*KW FLOP",
+    });
+    let mut g = Graph::new(false);
+    let x = g.input("x", [64, 32, 32, 32], DType::F32)?;
+    let w = g.param("w", [64, 32, 3, 3])?;
+    let dy = g.input("dy", [64, 64, 32, 32], DType::F32)?;
+    let dx = g.push1(
+        Op::Conv2dGradInput { p },
+        vec![dy, w],
+        [64, 32, 32, 32].into(),
+    )?;
+    let dw = g.push1(
+        Op::Conv2dGradWeight { p },
+        vec![x, dy],
+        [64, 32, 3, 3].into(),
+    )?;
+    g.set_output("dx", dx);
+    g.set_output("dw", dw);
+    cases.push(KernelCase {
+        name: "conv2d bwd (dx + dw) same shape".into(),
+        graph: g,
+        rate: Rate::Flops(2.0 * flops),
+        work: "2 x forward FLOP",
+    });
+
+    let mut g = Graph::new(false);
+    let x = g.input("x", [4096, 4096], DType::F32)?;
+    let y = g.softmax(x)?;
+    g.set_output("y", y);
+    cases.push(KernelCase {
+        name: "softmax 4096x4096".into(),
+        graph: g,
+        rate: Rate::Bytes(2.0 * 4.0 * 4096.0 * 4096.0),
+        work: "bytes read + written (x, y)",
+    });
+
+    let n = 10_000_000usize;
+    let mut g = Graph::new(true);
+    let grad = g.input("grad", [n], DType::F32)?;
+    let (pv, m, v) = (g.param("p", [n])?, g.state("m", [n])?, g.state("v", [n])?);
+    let (lr, step) = (g.scalar("lr"), g.scalar("step"));
+    g.push_node(
+        Op::AdamUpdate(AdamConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            decoupled: false,
+            lr,
+            step,
+        }),
+        vec![grad],
+        vec![],
+        vec![pv, m, v],
+    )?;
+    cases.push(KernelCase {
+        name: "adam 10M params".into(),
+        graph: g,
+        rate: Rate::Bytes(7.0 * 4.0 * n as f64),
+        work: "bytes: read g,p,m,v; write p,m,v",
+    });
+    Ok(cases)
+}
+
+/// A session running `g` (one program) on `backend`, its inputs and
+/// parameters filled with deterministic non-zero data and its optimiser
+/// state zeroed (as in a fresh optimiser; a random negative second moment
+/// would make Adam run on NaNs).
+pub fn case_session(backend: &dyn Backend, g: &Graph) -> Result<Session> {
+    let module = plan::compile(&[("p", g)])?;
+    let mut s = Session::new(backend, module)?;
+    for (name, v) in g.inputs() {
+        let n = g.shape(v).numel();
+        s.write_input(0, &name, &pseudo_random(n))?;
+    }
+    for (name, v) in g.persistent() {
+        let n = g.shape(v).numel();
+        let data = match g.value(v).role {
+            crate::graph::ir::Role::State(_) => vec![0.0; n],
+            _ => pseudo_random(n),
+        };
+        s.write_persistent(&name, &data)?;
+    }
+    s.set_scalar("lr", 1e-3);
+    s.set_scalar("step", 1.0);
+    Ok(s)
 }
 
 fn pseudo_random(n: usize) -> Vec<f32> {
@@ -285,103 +410,13 @@ pub fn run(
         skipped: None,
     });
 
-    for n in [1024usize, 2048] {
-        let mut g = Graph::new(false);
-        let a = g.input("a", [n, n], DType::F32)?;
-        let b = g.input("b", [n, n], DType::F32)?;
-        let c = g.matmul(a, b)?;
-        g.set_output("c", c);
-        let t = s.graph(&g);
-        s.compute(
-            &format!("gemm {n}^3"),
-            t,
-            2.0 * (n * n * n) as f64,
-            "2*n^3 FLOP",
-        );
+    for case in kernel_cases()? {
+        let t = s.graph(&case.graph);
+        match case.rate {
+            Rate::Flops(f) => s.compute(&case.name, t, f, case.work),
+            Rate::Bytes(b) => s.memory(&case.name, t, b, case.work),
+        }
     }
-
-    // conv2d N64 C32->64 32x32 3x3 pad 1: forward, and backward (dx + dw).
-    let p = ConvParams {
-        stride: (1, 1),
-        pad: (1, 1),
-        dilation: (1, 1),
-    };
-    let flops = 2.0 * (64 * 64 * 32 * 32 * 32 * 9) as f64;
-    let mut g = Graph::new(false);
-    let x = g.input("x", [64, 32, 32, 32], DType::F32)?;
-    let w = g.param("w", [64, 32, 3, 3])?;
-    let bias = g.param("b", [64])?;
-    let y = g.conv2d(x, w, Some(bias), p)?;
-    g.set_output("y", y);
-    let t = s.graph(&g);
-    s.compute(
-        "conv2d fwd N64 C32->64 32x32 3x3 pad1",
-        t,
-        flops,
-        "2*N*Cout*OH*OW*Cin*KH*KW FLOP",
-    );
-    let mut g = Graph::new(false);
-    let x = g.input("x", [64, 32, 32, 32], DType::F32)?;
-    let w = g.param("w", [64, 32, 3, 3])?;
-    let dy = g.input("dy", [64, 64, 32, 32], DType::F32)?;
-    let dx = g.push1(
-        Op::Conv2dGradInput { p },
-        vec![dy, w],
-        [64, 32, 32, 32].into(),
-    )?;
-    let dw = g.push1(
-        Op::Conv2dGradWeight { p },
-        vec![x, dy],
-        [64, 32, 3, 3].into(),
-    )?;
-    g.set_output("dx", dx);
-    g.set_output("dw", dw);
-    let t = s.graph(&g);
-    s.compute(
-        "conv2d bwd (dx + dw) same shape",
-        t,
-        2.0 * flops,
-        "2 x forward FLOP",
-    );
-
-    let mut g = Graph::new(false);
-    let x = g.input("x", [4096, 4096], DType::F32)?;
-    let y = g.softmax(x)?;
-    g.set_output("y", y);
-    let t = s.graph(&g);
-    s.memory(
-        "softmax 4096x4096",
-        t,
-        2.0 * 4.0 * 4096.0 * 4096.0,
-        "bytes read + written (x, y)",
-    );
-
-    let n = 10_000_000usize;
-    let mut g = Graph::new(true);
-    let grad = g.input("grad", [n], DType::F32)?;
-    let (pv, m, v) = (g.param("p", [n])?, g.state("m", [n])?, g.state("v", [n])?);
-    let (lr, step) = (g.scalar("lr"), g.scalar("step"));
-    g.push_node(
-        Op::AdamUpdate(AdamConfig {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-            decoupled: false,
-            lr,
-            step,
-        }),
-        vec![grad],
-        vec![],
-        vec![pv, m, v],
-    )?;
-    let t = s.graph(&g);
-    s.memory(
-        "adam 10M params",
-        t,
-        7.0 * 4.0 * n as f64,
-        "bytes: read g,p,m,v; write p,m,v",
-    );
 
     let mlp = ModelSpec {
         name: "mlp-2048-512-20".into(),
