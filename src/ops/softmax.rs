@@ -58,61 +58,112 @@ fn rows_par<F: Fn(usize, &mut [f32]) + Sync + Send>(y: &mut [f32], n: usize, f: 
 const L: usize = 16;
 
 pub fn cpu_softmax(n: usize, log: bool, x: &[f32], y: &mut [f32]) {
-    rows_par(y, n, |i, yr| softmax_row(&x[i * n..(i + 1) * n], log, yr));
+    if n == 0 {
+        return;
+    }
+    let rows = y.len() / n;
+    if y.len() >= 1 << 14 {
+        // One contiguous run of rows per thread keeps each streaming
+        // through memory, which the prefetchers reward.
+        let per = rows.div_ceil(super::par::threads()).max(1);
+        y.par_chunks_mut(per * n)
+            .zip(x.par_chunks(per * n))
+            .with_min_len(super::par::min_len(1))
+            .for_each(|(yb, xb)| softmax_rows(xb, n, log, yb));
+    } else {
+        softmax_rows(&x[..rows * n], n, log, y);
+    }
 }
 
-/// One row in three passes that stay in L1 (max; exp and sum; scale), each
-/// a vectorised loop: the only memory traffic is reading `x` and writing
-/// `y` once. `max` skips NaN like `f32::max`; a NaN then reaches every
-/// output through the sum.
+/// Consecutive rows, each in three vectorised passes over L1-resident data
+/// (max; exp and sum; scale): the only memory traffic is reading `x` and
+/// writing `y` once. The max of the *next* row is taken during this row's
+/// exp pass, chunk by chunk, so its reads stream from memory while the exp
+/// arithmetic runs instead of after it. `max` skips NaN like `f32::max`;
+/// a NaN then reaches every output through the sum.
 #[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma", "aarch64+neon"))]
-fn softmax_row(xr: &[f32], log: bool, yr: &mut [f32]) {
+fn softmax_rows(x: &[f32], n: usize, log: bool, y: &mut [f32]) {
     use multiversion::target::selected_target;
     if selected_target!().supports_feature_str("fma")
         || selected_target!().supports_feature_str("neon")
     {
-        softmax_row_impl::<true>(xr, log, yr)
+        softmax_rows_impl::<true>(x, n, log, y)
     } else {
-        softmax_row_impl::<false>(xr, log, yr)
+        softmax_rows_impl::<false>(x, n, log, y)
     }
 }
 
 #[inline(always)]
-fn softmax_row_impl<const FMA: bool>(xr: &[f32], log: bool, yr: &mut [f32]) {
-    let yr = &mut yr[..xr.len()];
-    let (xc, xt) = xr.as_chunks::<L>();
-    let mut lanes = [f32::NEG_INFINITY; L];
-    for c in xc {
-        for l in 0..L {
-            lanes[l] = if c[l] > lanes[l] { c[l] } else { lanes[l] };
-        }
+fn lanes_max(lanes: &mut [f32; L], c: &[f32; L]) {
+    for l in 0..L {
+        lanes[l] = if c[l] > lanes[l] { c[l] } else { lanes[l] };
     }
-    let m = lanes
-        .iter()
-        .chain(xt)
-        .fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+}
 
-    let mut sums = [0.0f32; L];
-    let (yc, yt) = yr.as_chunks_mut::<L>();
-    for (yc, xc) in yc.iter_mut().zip(xc) {
-        for l in 0..L {
-            yc[l] = simd_math::exp_nonpositive::<FMA>(xc[l] - m);
-            sums[l] += yc[l];
+#[inline(always)]
+fn finish_max(lanes: &[f32; L], tail: &[f32]) -> f32 {
+    lanes
+        .iter()
+        .chain(tail)
+        .fold(f32::NEG_INFINITY, |a, &b| a.max(b))
+}
+
+#[inline(always)]
+fn softmax_rows_impl<const FMA: bool>(x: &[f32], n: usize, log: bool, y: &mut [f32]) {
+    let rows = y.len() / n;
+    let row_max = |xr: &[f32]| {
+        let (xc, xt) = xr.as_chunks::<L>();
+        let mut lanes = [f32::NEG_INFINITY; L];
+        for c in xc {
+            lanes_max(&mut lanes, c);
         }
-    }
-    let mut sum: f32 = sums.iter().sum();
-    for (y, &x) in yt.iter_mut().zip(xt) {
-        *y = simd_math::exp_nonpositive::<FMA>(x - m);
-        sum += *y;
-    }
-    if log {
-        let shift = m + sum.ln();
-        for (y, &x) in yr.iter_mut().zip(xr) {
-            *y = x - shift;
+        finish_max(&lanes, xt)
+    };
+    let mut m = row_max(&x[..n]);
+    for (i, yr) in y.chunks_exact_mut(n).take(rows).enumerate() {
+        let xr = &x[i * n..(i + 1) * n];
+        let next = x.get((i + 1) * n..(i + 2) * n);
+        let (xc, xt) = xr.as_chunks::<L>();
+        let (yc, yt) = yr.as_chunks_mut::<L>();
+        let mut sums = [0.0f32; L];
+        let mut next_lanes = [f32::NEG_INFINITY; L];
+        match next {
+            Some(nr) => {
+                let (nc, _) = nr.as_chunks::<L>();
+                for ((yc, xc), nc) in yc.iter_mut().zip(xc).zip(nc) {
+                    for l in 0..L {
+                        yc[l] = simd_math::exp_nonpositive::<FMA>(xc[l] - m);
+                        sums[l] += yc[l];
+                    }
+                    lanes_max(&mut next_lanes, nc);
+                }
+            }
+            None => {
+                for (yc, xc) in yc.iter_mut().zip(xc) {
+                    for l in 0..L {
+                        yc[l] = simd_math::exp_nonpositive::<FMA>(xc[l] - m);
+                        sums[l] += yc[l];
+                    }
+                }
+            }
         }
-    } else {
-        let inv = 1.0 / sum;
-        yr.iter_mut().for_each(|y| *y *= inv);
+        let mut sum: f32 = sums.iter().sum();
+        for (y, &x) in yt.iter_mut().zip(xt) {
+            *y = simd_math::exp_nonpositive::<FMA>(x - m);
+            sum += *y;
+        }
+        if log {
+            let shift = m + sum.ln();
+            for (y, &x) in yr.iter_mut().zip(xr) {
+                *y = x - shift;
+            }
+        } else {
+            let inv = 1.0 / sum;
+            yr.iter_mut().for_each(|y| *y *= inv);
+        }
+        if let Some(nr) = next {
+            m = finish_max(&next_lanes, nr.as_chunks::<L>().1);
+        }
     }
 }
 
