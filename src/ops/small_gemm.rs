@@ -1,16 +1,18 @@
-//! Allocation-free GEMM micro-kernels for the small products of
-//! low-latency inference, where the `gemm` crate's packing (and the heap
-//! buffers it allocates for it on every call) cost more than the
-//! arithmetic.
+//! Allocation-free GEMM micro-kernels for convolution and for the small
+//! products of low-latency inference, where the `gemm` crate's packing
+//! (and the heap buffers it allocates for it on every call) cost more than
+//! the arithmetic.
 //!
 //! [`gemm_windows`] multiplies a row-major left operand by a right operand
 //! whose rows are arbitrary *windows* of one buffer: row `kk` is
 //! `b[offs[kk]..]`. With `offs[kk] = kk·ldb` that is an ordinary GEMM; with
 //! the tap offsets of a stride-1 convolution it is the convolution itself,
-//! with no im2col copy (see `conv2d_small`). Nothing is packed: each
-//! register tile of `MR` rows × two vectors of columns streams its `k` window
-//! rows once, and the column panel stays in L1 while every row block of the
-//! left operand passes over it.
+//! with no im2col copy (see `conv2d_small`). The right operand is never
+//! packed: each register tile of `MR` rows × up to three vectors of columns
+//! streams its `k` window rows once, and the column panel stays in L1 while
+//! every row block of the left operand passes over it. For wide products
+//! the left operand (the weights) is packed tile-major into a thread-local
+//! buffer first.
 //!
 //! No `unsafe` here: the windowed kernel is written against `pulp`'s safe
 //! SIMD types (dispatched at run time to AVX-512, AVX2 or NEON) because the
@@ -21,7 +23,7 @@
 use multiversion::multiversion;
 
 /// Column granularity of the register tiles (one AVX-512 vector; tiles
-/// are two vectors wide where the columns allow). Callers pad the right
+/// are two or three vectors wide where the columns allow). Callers pad the right
 /// operand's windows and the output rows to a multiple of this (see
 /// [`padded`]).
 pub const GRANULE: usize = 16;
