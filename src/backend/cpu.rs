@@ -88,10 +88,9 @@ impl Backend for CpuBackend {
         let words = module.arena_words.saturating_add(ALIGN_WORDS);
         let mut arena = Vec::new();
         arena.try_reserve_exact(words).map_err(|_| {
-            let names: Vec<&str> = module.programs.iter().map(|p| p.name.as_str()).collect();
             Error::Limit(format!(
                 "cannot allocate the arena for program(s) {} ({} bytes, {} MiB)",
-                names.join(", "),
+                module.program_names(),
                 module.arena_words * 4,
                 module.arena_words * 4 / (1 << 20)
             ))

@@ -485,7 +485,7 @@ impl WgpuExecutable {
         let arena = gpu.buffer(
             &format!(
                 "arena for program(s) {} ({arena_bytes} bytes, {} MiB)",
-                program_names(&module),
+                module.program_names(),
                 arena_bytes >> 20
             ),
             arena_bytes,
@@ -754,10 +754,4 @@ impl Executable for WgpuExecutable {
         let _ = self.gpu.device.poll(w::PollType::Poll);
         self.gpu.check("run")
     }
-}
-
-/// "train, infer": the programs of a module, for error messages.
-pub(crate) fn program_names(module: &crate::graph::plan::Module) -> String {
-    let names: Vec<&str> = module.programs.iter().map(|p| p.name.as_str()).collect();
-    names.join(", ")
 }

@@ -87,6 +87,12 @@ pub struct Module {
 }
 
 impl Module {
+    /// "train, infer": the program names, for error messages.
+    pub fn program_names(&self) -> String {
+        let names: Vec<&str> = self.programs.iter().map(|p| p.name.as_str()).collect();
+        names.join(", ")
+    }
+
     pub fn program(&self, name: &str) -> Option<usize> {
         self.programs.iter().position(|p| p.name == name)
     }

@@ -5,6 +5,11 @@
 //!
 //! # Method
 //!
+//! Stride-1 forward convolutions go to the implicit GEMM of
+//! `conv2d_small` (groups of images over the pool, or the calling thread
+//! alone); what follows is every other case: strided forwards, the
+//! backward kernels, and a stride-1 batch smaller than the thread count.
+//!
 //! Each convolution is lowered to GEMMs over an im2col matrix `col[K, T]`
 //! (`K = c_in·kh·kw`, rows ordered `(c, ki, kj)` so that the OIHW weight is
 //! already the `[c_out, K]` left operand) whose `T` columns are the output
@@ -727,12 +732,18 @@ pub fn conv2d_forward_act(
             return super::conv2d_small::forward(g, (oh, ow), x, w, bias, act, y);
         }
         if g.n >= threads {
-            let one = Conv2dGeom { n: 1, ..*g };
+            // Groups of images (about four per thread, for balance) share
+            // each task's setup: tap offsets and the zeroed padded copy.
+            let per = g.n.div_ceil(4 * threads);
             let (x_img, y_img) = (g.c_in * g.h * g.w, g.c_out * oh * ow);
-            y.par_chunks_mut(y_img)
-                .zip(x.par_chunks(x_img))
-                .for_each(|(yi, xi)| {
-                    super::conv2d_small::forward(&one, (oh, ow), xi, w, bias, act, yi)
+            y.par_chunks_mut(per * y_img)
+                .zip(x.par_chunks(per * x_img))
+                .for_each(|(yg, xg)| {
+                    let group = Conv2dGeom {
+                        n: yg.len() / y_img,
+                        ..*g
+                    };
+                    super::conv2d_small::forward(&group, (oh, ow), xg, w, bias, act, yg)
                 });
             return;
         }

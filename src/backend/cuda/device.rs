@@ -296,8 +296,7 @@ pub fn compile(dev: &Arc<Device>, module: Arc<Module>) -> Result<CudaExecutable>
     dev.ctx
         .bind_to_thread()
         .map_err(|e| dev.err("binding the context", e))?;
-    let names: Vec<&str> = module.programs.iter().map(|p| p.name.as_str()).collect();
-    let arena_what = format!("arena for program(s) {}", names.join(", "));
+    let arena_what = format!("arena for program(s) {}", module.program_names());
     let arena = zeros::<f32>(dev, module.arena_words, &arena_what)?;
     let scalars = zeros::<f32>(dev, plan.scalars, "scalar buffer")?;
     let work = zeros::<u8>(dev, plan.work_bytes, "scratch buffer")?;
