@@ -39,9 +39,12 @@ struct Strided {
   int s1[MAX_RANK];
 };
 
+// NaN propagates, as in PyTorch (fmaxf would turn it into 0).
+__device__ __forceinline__ float relu(float x) { return x < 0.0f ? 0.0f : x; }
+
 __device__ __forceinline__ float act_forward(int act, float x) {
   switch (act) {
-    case ACT_RELU: return fmaxf(x, 0.0f);
+    case ACT_RELU: return relu(x);
     case ACT_GELU: return 0.5f * x * (1.0f + erff(x * 0.7071067811865476f));
     case ACT_SIGMOID: return 1.0f / (1.0f + expf(-x));
     case ACT_TANH: return tanhf(x);
@@ -55,7 +58,7 @@ __device__ __forceinline__ float act_forward(int act, float x) {
 static __device__ __noinline__ float act_forward_call(int act, float x) { return act_forward(act, x); }
 __device__ __forceinline__ float act_epilogue(int act, float x) {
   if (act == ACT_NONE) return x;
-  if (act == ACT_RELU) return fmaxf(x, 0.0f);
+  if (act == ACT_RELU) return relu(x);
   return act_forward_call(act, x);
 }
 

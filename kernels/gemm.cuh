@@ -213,7 +213,7 @@ __device__ __forceinline__ void tile_activate(float (&acc)[TM][TN], int act) {
 #pragma unroll
     for (int i = 0; i < TM; i++)
 #pragma unroll
-      for (int j = 0; j < TN; j++) acc[i][j] = fmaxf(acc[i][j], 0.0f);
+      for (int j = 0; j < TN; j++) acc[i][j] = relu(acc[i][j]);
     return;
   }
 #pragma unroll

@@ -106,7 +106,7 @@ fn normal_cdf(x: f32) -> f32 {
 fn act_fwd(code: u32, x: f32) -> f32 {
     switch code {
         case 1u: {
-            return max(x, 0.0);
+            return select(x, 0.0, x < 0.0); // NaN propagates, as in PyTorch
         }
         case 2u: {
             return x * normal_cdf(x);

@@ -36,9 +36,10 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Preset (cnn, mlp) or a path to a TOML model spec.
-    #[arg(long, default_value = "cnn")]
-    pub model: String,
+    /// Preset (cnn, mlp) or a path to a TOML model spec [default: cnn, or
+    /// the resumed run's model].
+    #[arg(long)]
+    pub model: Option<String>,
     /// Dataset: mnist:DIR or cifar10:DIR [default: the bundled MNIST in data/mnist]
     #[arg(long)]
     pub data: Option<String>,
@@ -65,9 +66,10 @@ pub struct TrainArgs {
     /// auto, cpu, wgpu[:N] or cuda[:N].
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// Output folder for checkpoints and metrics.
-    #[arg(long, default_value = "runs/latest")]
-    pub out: PathBuf,
+    /// Output folder for checkpoints and metrics [default: the --resume
+    /// folder, else runs/latest].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     /// Continue from the last checkpoint in this folder.
     #[arg(long)]
     pub resume: Option<PathBuf>,
@@ -147,7 +149,11 @@ impl TrainArgs {
             weight_decay: self.weight_decay,
             seed: self.seed,
             device: self.device.parse::<DeviceSpec>()?,
-            out: self.out.clone(),
+            out: self
+                .out
+                .clone()
+                .or_else(|| self.resume.clone())
+                .unwrap_or_else(|| PathBuf::from("runs/latest")),
             resume: self.resume.clone(),
             val_split: self.val_split,
             augment: Augment {

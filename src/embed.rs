@@ -21,7 +21,7 @@ use crate::model::{Classifier, ClassifierConfig};
 use crate::nn::ModelSpec;
 use crate::optim::{OptimConfig, OptimizerKind};
 use crate::tensor::{Shape, Tensor};
-use crate::train::{checkpoint_normalizer, Checkpoint};
+use crate::checkpoint::Checkpoint;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -47,7 +47,7 @@ impl SharedWeights {
             ck.classes,
             &ck.model_file(dir),
         )?;
-        w.normalizer = Some(checkpoint_normalizer(&ck));
+        w.normalizer = Some(ck.normalizer());
         Ok(w)
     }
 

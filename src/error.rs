@@ -10,12 +10,12 @@ pub enum Error {
     #[error("shape mismatch in {op}: {detail}")]
     Shape { op: String, detail: String },
 
-    /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    /// A file could not be read or written. The OS error is part of the
+    /// message and not also a `source`, so a printed chain says it once.
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
     /// A file was read but its contents are not what the format says.
@@ -42,9 +42,17 @@ pub enum Error {
     #[error("device {device}: {detail}")]
     Device { device: String, detail: String },
 
-    /// Training diverged.
+    /// Training produced a NaN or infinity.
     #[error("non-finite value at step {step}: {detail}")]
     NonFinite { step: u64, detail: String },
+
+    /// Training diverged: the loss grew far beyond where it was, though finite.
+    #[error("training diverged at step {step}: {detail}")]
+    Diverged { step: u64, detail: String },
+
+    /// A run folder is being written by another training.
+    #[error("{path} is in use by another training ({holder}); wait for it to finish or choose another --out")]
+    Locked { path: PathBuf, holder: String },
 
     /// A caller used the API wrongly (wrong input shape, unknown name).
     #[error("{0}")]
@@ -57,7 +65,7 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            error: source,
         }
     }
     pub fn format(path: impl Into<PathBuf>, detail: impl Into<String>) -> Self {

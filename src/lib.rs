@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod checkpoint;
 pub mod cli;
 pub mod data;
 pub mod embed;
@@ -21,6 +22,7 @@ pub mod ops;
 pub mod optim;
 pub mod plot;
 pub mod tensor;
+pub mod testhook;
 pub mod train;
 pub mod weights;
 

@@ -6,7 +6,7 @@ use gpurt::backend::{self, DeviceSpec};
 use gpurt::cli::{BenchArgs, Cli, Command, EvalArgs, PlanArgs, PredictArgs};
 use gpurt::data::{self, DataSpec, Split};
 use gpurt::eval::{evaluate, top_k};
-use gpurt::train::{self, checkpoint_normalizer, load_run};
+use gpurt::train::{self, load_run};
 use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::Arc;
@@ -36,9 +36,11 @@ fn run(cli: Cli, start: std::time::Instant) -> Result<()> {
                 eprintln!("\nstopping after this batch (Ctrl-C again to quit now)");
             });
             let s = train::train(&opts, &mut |l| println!("{l}"))?;
-            if s.test.is_some() {
-                println!("saved {}/model.safetensors; `gpurt eval --run {}` reproduces the test accuracy", s.out.display(), s.out.display());
+            if s.interrupted() {
+                // Saved, but not finished: scripts must be able to tell.
+                std::process::exit(130);
             }
+            println!("saved {}/model.safetensors; `gpurt eval --run {}` reproduces the test accuracy", s.out.display(), s.out.display());
             Ok(())
         }
         Command::Eval(a) => eval(a),
@@ -74,7 +76,7 @@ fn eval(a: EvalArgs) -> Result<()> {
             ck.input
         );
     }
-    let e = evaluate(&mut model, &test, &checkpoint_normalizer(&ck))?;
+    let e = evaluate(&mut model, &test, &ck.normalizer())?;
     let report = e.confusion.report();
     if a.json {
         let v = serde_json::json!({ "run": a.run, "data": spec.to_string(), "loss": e.loss, "report": report });
@@ -96,12 +98,31 @@ fn eval(a: EvalArgs) -> Result<()> {
 fn predict(a: PredictArgs) -> Result<()> {
     let device: DeviceSpec = a.device.parse()?;
     let (mut model, ck) = load_run(&a.run, &device, 1)?;
-    let norm = checkpoint_normalizer(&ck);
+    let norm = ck.normalizer();
     let (c, h, w) = (ck.input[0], ck.input[1], ck.input[2]);
-    let mut images: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut x = vec![0.0f32; c * h * w];
+    let mut logits = vec![0.0f32; ck.classes];
+    let mut out = Vec::new();
+    let mut classify = |name: &dyn std::fmt::Display, px: &[u8]| -> Result<()> {
+        norm.normalize_into(px, c, &mut x);
+        model.infer(&x, &mut logits)?;
+        let top = top_k(&logits, a.top_k.max(1));
+        if a.json {
+            out.push(serde_json::json!({ "input": name.to_string(), "class": top[0].0, "top": top.iter().map(|(k, p)| serde_json::json!({"class": k, "probability": p})).collect::<Vec<_>>() }));
+        } else {
+            let rest: Vec<String> = top
+                .iter()
+                .map(|(k, p)| format!("{k}: {:.2}%", p * 100.0))
+                .collect();
+            println!("{name}: {} ({})", top[0].0, rest.join(", "));
+        }
+        Ok(())
+    };
+    // Each file is classified as it is read, and IDX images straight from
+    // the file's buffer: memory stays at one file's pixels.
     for p in &a.inputs {
         if is_png(p)? {
-            images.push((p.display().to_string(), data::load_png(p, c, h, w)?));
+            classify(&p.display(), &data::load_png(p, c, h, w)?)?;
         } else {
             let (n, rows, cols, px) = data::read_idx_images(p)?;
             if c != 1 || rows != h || cols != w {
@@ -110,29 +131,9 @@ fn predict(a: PredictArgs) -> Result<()> {
                     p.display()
                 );
             }
-            for i in 0..n {
-                images.push((
-                    format!("{}[{i}]", p.display()),
-                    px[i * h * w..(i + 1) * h * w].to_vec(),
-                ));
+            for (i, img) in px.chunks_exact(h * w).enumerate() {
+                classify(&format_args!("{}[{i}]", p.display()), img)?;
             }
-        }
-    }
-    let mut x = vec![0.0f32; c * h * w];
-    let mut logits = vec![0.0f32; ck.classes];
-    let mut out = Vec::new();
-    for (name, px) in &images {
-        norm.normalize_into(px, c, &mut x);
-        model.infer(&x, &mut logits)?;
-        let top = top_k(&logits, a.top_k.max(1));
-        if a.json {
-            out.push(serde_json::json!({ "input": name, "class": top[0].0, "top": top.iter().map(|(k, p)| serde_json::json!({"class": k, "probability": p})).collect::<Vec<_>>() }));
-        } else {
-            let rest: Vec<String> = top
-                .iter()
-                .map(|(k, p)| format!("{k}: {:.2}%", p * 100.0))
-                .collect();
-            println!("{name}: {} ({})", top[0].0, rest.join(", "));
         }
     }
     if a.json {

@@ -215,7 +215,12 @@ impl Classifier {
         let mut lw = weights::load(path)?;
         let mut loaded = Vec::new();
         for d in &self.decls {
-            loaded.push((d.name.clone(), lw.take(&d.name, &d.shape)?));
+            let t = if d.name.ends_with("running_var") {
+                lw.take_non_negative(&d.name, &d.shape)?
+            } else {
+                lw.take(&d.name, &d.shape)?
+            };
+            loaded.push((d.name.clone(), t));
         }
         // PyTorch's batch-norm counter has no role here.
         lw.tensors
@@ -254,7 +259,12 @@ impl Classifier {
             .collect();
         let mut loaded = Vec::new();
         for (n, s) in &bindings {
-            loaded.push((n.clone(), lw.take(n, s)?));
+            let t = if n.starts_with("optim.exp_avg_sq.") {
+                lw.take_non_negative(n, s)?
+            } else {
+                lw.take(n, s)?
+            };
+            loaded.push((n.clone(), t));
         }
         lw.check_no_extra()?;
         for (n, t) in loaded {

@@ -11,7 +11,8 @@ use crate::nn::ModelSpec;
 use crate::optim::{lr_at, LrSchedule, OptimConfig, OptimizerKind};
 use crate::tensor::DType;
 use crate::weights::write_atomic;
-use serde::{Deserialize, Serialize};
+use crate::checkpoint::{self, Checkpoint, CHECKPOINT, MAX_EPOCHS, MODEL_FILE, OPTIM_FILE};
+use crate::testhook;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,7 +20,9 @@ use std::time::Instant;
 
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
-    pub model: String,
+    /// Preset name or TOML path; `None`: the resumed checkpoint's model,
+    /// or the `cnn` preset.
+    pub model: Option<String>,
     pub data: DataSpec,
     pub epochs: usize,
     pub batch: usize,
@@ -41,56 +44,6 @@ pub struct TrainOptions {
     pub fuse: bool,
 }
 
-/// What `checkpoint.json` records: enough to rebuild the model, its input
-/// pipeline and the point training reached.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Checkpoint {
-    pub format: String,
-    /// Epochs completed.
-    pub epoch: usize,
-    /// Batches of the next epoch already trained (after a Ctrl-C stop).
-    #[serde(default)]
-    pub batch: usize,
-    pub step: u64,
-    /// Folder (relative to the run) holding this checkpoint's weights and
-    /// optimiser state.
-    pub files: String,
-    pub spec: ModelSpec,
-    pub input: Vec<usize>,
-    pub classes: usize,
-    pub mean: Vec<f32>,
-    pub std: Vec<f32>,
-    pub seed: u64,
-    pub data: String,
-}
-
-pub const CHECKPOINT: &str = "checkpoint.json";
-pub const MODEL_FILE: &str = "model.safetensors";
-pub const OPTIM_FILE: &str = "optim.safetensors";
-
-impl Checkpoint {
-    pub fn load(dir: &Path) -> Result<Self> {
-        let p = dir.join(CHECKPOINT);
-        let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
-        let ck: Checkpoint =
-            serde_json::from_str(&text).map_err(|e| Error::format(&p, e.to_string()))?;
-        if Path::new(&ck.files).is_absolute() || ck.files.contains("..") {
-            return Err(Error::format(
-                &p,
-                format!("checkpoint folder '{}' is outside the run", ck.files),
-            ));
-        }
-        Ok(ck)
-    }
-    /// The weights of this checkpoint.
-    pub fn model_file(&self, dir: &Path) -> PathBuf {
-        dir.join(&self.files).join(MODEL_FILE)
-    }
-    pub fn optim_file(&self, dir: &Path) -> PathBuf {
-        dir.join(&self.files).join(OPTIM_FILE)
-    }
-}
-
 #[derive(Clone, Debug)]
 pub struct TrainSummary {
     pub epochs: Vec<EpochMetrics>,
@@ -99,22 +52,32 @@ pub struct TrainSummary {
     pub out: PathBuf,
 }
 
+impl TrainSummary {
+    /// Stopped by Ctrl-C (after saving) rather than run to the end.
+    pub fn interrupted(&self) -> bool {
+        self.test.is_none()
+    }
+}
+
 /// Set by the Ctrl-C handler: finish the current batch, save, stop.
 pub static STOP: AtomicBool = AtomicBool::new(false);
 
-fn ensure_writable(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let probe = dir.join(".gpurt-write-test");
-    std::fs::write(&probe, b"ok").map_err(|e| Error::io(dir, e))?;
-    let _ = std::fs::remove_file(&probe);
-    Ok(())
-}
+/// A batch loss this many times that of guessing uniformly (ln classes)
+/// is not a spike of healthy training but divergence.
+const DIVERGED_BATCH: f64 = 100.0;
 
-pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary> {
+/// Options checked before anything is read or written.
+fn check_options(o: &TrainOptions) -> Result<()> {
     if o.batch == 0 || o.epochs == 0 {
         return Err(Error::Usage(
             "--batch and --epochs must be at least 1".into(),
         ));
+    }
+    if o.epochs > MAX_EPOCHS {
+        return Err(Error::Usage(format!(
+            "--epochs {} is more than {MAX_EPOCHS}",
+            o.epochs
+        )));
     }
     if !(o.lr.is_finite() && o.lr > 0.0) {
         return Err(Error::Usage(format!(
@@ -122,12 +85,72 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
             o.lr
         )));
     }
+    if let Some(wd) = o.weight_decay {
+        if !(wd.is_finite() && wd >= 0.0) {
+            return Err(Error::Usage(format!(
+                "--weight-decay must be a finite number >= 0, got {wd}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// What a resumed run starts from.
+struct Resume {
+    ck: Checkpoint,
+    dir: PathBuf,
+}
+
+fn load_resume(dir: &Path, o: &TrainOptions) -> Result<Resume> {
+    let ck = Checkpoint::load(dir)?;
+    if ck.batch > 0 && ck.batch_size.is_some_and(|b| b != o.batch) {
+        return Err(Error::Usage(format!(
+            "{}: the run stopped {} batches into epoch {} with --batch {}; resume it with the same --batch (got {})",
+            dir.display(),
+            ck.batch,
+            ck.epoch + 1,
+            ck.batch_size.unwrap_or_default(),
+            o.batch
+        )));
+    }
+    Ok(Resume {
+        ck,
+        dir: dir.to_path_buf(),
+    }
+    .checked_files()?)
+}
+
+impl Resume {
+    fn checked_files(self) -> Result<Self> {
+        for f in [self.ck.model_file(&self.dir), self.ck.optim_file(&self.dir)] {
+            if !f.is_file() {
+                return Err(Error::format(
+                    self.dir.join(crate::checkpoint::CHECKPOINT),
+                    format!("it points at {}, which is missing", f.display()),
+                ));
+            }
+        }
+        Ok(self)
+    }
+}
+
+pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary> {
+    check_options(o)?;
     let backend = backend::select(&o.device)?;
+    let resume = o.resume.as_deref().map(|d| load_resume(d, o)).transpose()?;
     let mut full = o.data.load(Split::Train)?;
     if let Some(n) = o.limit {
         full = full.subset(n.min(full.len()));
     }
     let test = Arc::new(o.data.load(Split::Test)?);
+    let input = vec![full.channels, full.height, full.width];
+    if [test.channels, test.height, test.width] != input[..] {
+        return Err(Error::Usage(format!(
+            "{}: test images are {}x{}x{} but training images are {}x{}x{}",
+            o.data, test.channels, test.height, test.width, input[0], input[1], input[2]
+        )));
+    }
+    o.augment.check(input[1], input[2])?;
     let (train_set, val_set) = full.split_validation(o.val_split, o.seed)?;
     if train_set.len() < o.batch {
         return Err(Error::Usage(format!(
@@ -137,10 +160,23 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
         )));
     }
     let norm = Normalizer::fit(&train_set);
-    let input = vec![train_set.channels, train_set.height, train_set.width];
     let classes = train_set.num_classes();
-    let spec = ModelSpec::resolve(&o.model, classes)?;
-    ensure_writable(&o.out)?;
+    let spec = match (&o.model, &resume) {
+        (Some(m), _) => ModelSpec::resolve(m, classes)?,
+        (None, Some(r)) => r.ck.spec.clone(),
+        (None, None) => ModelSpec::resolve("cnn", classes)?,
+    };
+    let steps_per_epoch = train_set.len() / o.batch;
+    let total_steps = steps_per_epoch.checked_mul(o.epochs).ok_or_else(|| {
+        Error::Limit(format!(
+            "{} epochs of {steps_per_epoch} steps overflow the step count",
+            o.epochs
+        ))
+    })?;
+    if let Some(r) = &resume {
+        check_resume_fits(r, &spec, &input, steps_per_epoch)?;
+    }
+    let _lock = checkpoint::lock(&o.out)?;
 
     let mut optim = OptimConfig::new(o.optimizer);
     if let Some(wd) = o.weight_decay {
@@ -160,14 +196,8 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
     let mut model = Classifier::new(cfg, backend.as_ref())?;
     let mut first_epoch = 1;
     let mut skip_batches = 0;
-    if let Some(dir) = &o.resume {
-        let ck = Checkpoint::load(dir)?;
-        if ck.spec != spec || ck.input != input {
-            return Err(Error::Usage(format!(
-                "{}: the checkpoint was trained with a different model or input shape",
-                dir.display()
-            )));
-        }
+    let mut rows: Vec<EpochMetrics> = Vec::new();
+    if let Some(Resume { ck, dir }) = &resume {
         model.load_weights(&ck.model_file(dir))?;
         model.load_optim(&ck.optim_file(dir))?;
         if model.step != ck.step {
@@ -181,6 +211,7 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
         }
         first_epoch = ck.epoch + 1;
         skip_batches = ck.batch;
+        rows = ck.metrics(dir);
         log(&format!(
             "resumed from {} after epoch {}, batch {} (step {})",
             dir.display(),
@@ -203,14 +234,15 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
 
     let train_set = Arc::new(train_set);
     let val_set = Arc::new(val_set);
-    let steps_per_epoch = train_set.len() / o.batch;
-    let total_steps = steps_per_epoch * o.epochs;
-    let mut rows: Vec<EpochMetrics> = match &o.resume {
-        Some(dir) => read_metrics(dir),
-        None => Vec::new(),
+    let run = RunInfo {
+        o,
+        spec: &spec,
+        input: &input,
+        classes,
+        norm: &norm,
     };
-    rows.retain(|r| r.epoch < first_epoch);
     let mut logits = vec![0.0f32; o.batch * classes];
+    let chance = (classes.max(2) as f64).ln();
 
     for epoch in first_epoch..=o.epochs {
         let t0 = Instant::now();
@@ -248,7 +280,21 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
                     });
                 return Err(Error::NonFinite {
                     step: model.step,
-                    detail: format!("loss is {loss} at epoch {epoch}, batch {} ({first}); try a lower --lr; the last good checkpoint is kept in {}", bi + 1, o.out.display()),
+                    detail: format!(
+                        "loss is {loss} at epoch {epoch}, batch {} ({first}); {}",
+                        bi + 1,
+                        run.advice()
+                    ),
+                });
+            }
+            if f64::from(loss) > DIVERGED_BATCH * chance {
+                return Err(Error::Diverged {
+                    step: model.step,
+                    detail: format!(
+                        "batch loss {loss:.4e} at epoch {epoch}, batch {} is over {DIVERGED_BATCH:.0} times that of guessing ({chance:.3}); {}",
+                        bi + 1,
+                        run.advice()
+                    ),
                 });
             }
             model.train_logits(&mut logits)?;
@@ -267,16 +313,9 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
                     ));
                 }
             }
+            testhook::point("step");
             if STOP.load(Ordering::Relaxed) {
-                save_checkpoint(
-                    &mut model,
-                    o,
-                    (epoch - 1, bi + 1),
-                    &spec,
-                    &input,
-                    classes,
-                    &norm,
-                )?;
+                run.save(&mut model, (epoch - 1, bi + 1), &rows)?;
                 log(&format!("interrupted after epoch {epoch}, batch {}: saved a checkpoint in {}; continue with --resume {}", bi + 1, o.out.display(), o.out.display()));
                 return Ok(TrainSummary {
                     epochs: rows,
@@ -284,12 +323,13 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
                     out: o.out.clone(),
                 });
             }
-            test_hook("GPURT_TEST_STEP_DELAY_MS");
         }
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }
         let train_secs = t0.elapsed().as_secs_f64();
+        let train_loss = loss_sum / seen.max(1) as f64;
+        check_divergence(&rows, epoch, train_loss, chance, model.step, &run)?;
         let (val_loss, val_acc) = if val_set.is_empty() {
             (None, None)
         } else {
@@ -298,7 +338,7 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
         };
         let row = EpochMetrics {
             epoch,
-            train_loss: loss_sum / seen.max(1) as f64,
+            train_loss,
             train_acc: cm.accuracy(),
             val_loss,
             val_acc,
@@ -318,9 +358,7 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
             lr
         ));
         rows.push(row);
-        save_checkpoint(&mut model, o, (epoch, 0), &spec, &input, classes, &norm)?;
-        write_metrics(&o.out, &rows)?;
-        crate::plot::plot_training(&o.out.join("training.png"), &rows)?;
+        run.save(&mut model, (epoch, 0), &rows)?;
     }
 
     let t = evaluate(&mut model, &test, &norm)?;
@@ -337,68 +375,144 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
     })
 }
 
-/// Sleep for the milliseconds in env `var` (tests use this to kill a run
-/// at a chosen point); a no-op otherwise.
-fn test_hook(var: &str) {
-    if let Some(ms) = std::env::var(var).ok().and_then(|v| v.parse::<u64>().ok()) {
-        std::thread::sleep(std::time::Duration::from_millis(ms));
-    }
-}
-
-/// Write a checkpoint so that a crash at any instant leaves the previous
-/// one intact: weights and optimiser state go into a fresh folder (each
-/// file written to a temporary name, fsynced, renamed), then
-/// `checkpoint.json` is atomically replaced to point at it, and only then
-/// are older folders removed. `model.safetensors` at the top of the run is
-/// a convenience copy for users and tools.
-#[allow(clippy::too_many_arguments)]
-fn save_checkpoint(
-    model: &mut Classifier,
-    o: &TrainOptions,
-    (epoch, batch): (usize, usize),
+/// A resumed checkpoint must fit the model, the input and the epoch
+/// length of this run.
+fn check_resume_fits(
+    r: &Resume,
     spec: &ModelSpec,
     input: &[usize],
-    classes: usize,
-    norm: &Normalizer,
+    steps_per_epoch: usize,
 ) -> Result<()> {
-    let files = format!("ckpt/step-{:09}", model.step);
-    let dir = o.out.join(&files);
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    model.save_optim(&dir.join(OPTIM_FILE))?;
-    if std::env::var_os("GPURT_TEST_CHECKPOINT_DELAY_MS").is_some() {
-        eprintln!("checkpoint: writing {}", dir.display());
-        test_hook("GPURT_TEST_CHECKPOINT_DELAY_MS");
+    let ck = &r.ck;
+    let at = r.dir.display();
+    if ck.input != input {
+        return Err(Error::Usage(format!(
+            "{at}: the checkpoint was trained on {:?} images but this data is {input:?}",
+            ck.input
+        )));
     }
-    model.save_weights(&dir.join(MODEL_FILE), DType::F32)?;
-    let ck = Checkpoint {
-        format: "gpurt-checkpoint-v1".into(),
-        epoch,
-        batch,
-        step: model.step,
-        files: files.clone(),
-        spec: spec.clone(),
-        input: input.to_vec(),
-        classes,
-        mean: norm.mean.clone(),
-        std: norm.std.clone(),
-        seed: o.seed,
-        data: absolute(&o.data).to_string(),
-    };
-    let json = serde_json::to_vec_pretty(&ck).map_err(|e| Error::Usage(e.to_string()))?;
-    write_atomic(&o.out.join(CHECKPOINT), &json)?;
-    model.save_weights(&o.out.join(MODEL_FILE), DType::F32)?;
-    // Older checkpoints are garbage now; failing to remove one is harmless.
-    if let Ok(entries) = std::fs::read_dir(o.out.join("ckpt")) {
-        for e in entries.flatten() {
-            if e.path() != dir {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
+    if ck.spec != *spec {
+        let hint = match ModelSpec::preset(&ck.spec.name, ck.classes) {
+            Some(p) if p == ck.spec => format!("; pass --model {} or leave --model out", ck.spec.name),
+            _ => "; leave --model out to use the checkpoint's own model".into(),
+        };
+        return Err(Error::Usage(format!(
+            "{at}: the checkpoint holds model '{}' but --model gives '{}'{hint}",
+            ck.spec.name, spec.name
+        )));
     }
-    if std::env::var_os("GPURT_TEST_CHECKPOINT_DELAY_MS").is_some() {
-        eprintln!("checkpoint: saved step {}", model.step);
+    if ck.batch >= steps_per_epoch.max(1) {
+        return Err(Error::Usage(format!(
+            "{at}: the checkpoint is {} batches into an epoch of {steps_per_epoch}",
+            ck.batch
+        )));
     }
     Ok(())
+}
+
+/// Stop, keeping the last checkpoint, when an epoch's training loss is far
+/// above both chance and the best epoch so far: a healthy run never jumps
+/// like this, while a too-large learning rate (Adam at `--lr 3`) does
+/// without ever producing a NaN.
+fn check_divergence(
+    rows: &[EpochMetrics],
+    epoch: usize,
+    loss: f64,
+    chance: f64,
+    step: u64,
+    run: &RunInfo,
+) -> Result<()> {
+    let best = rows
+        .iter()
+        .map(|r| r.train_loss)
+        .fold(f64::INFINITY, f64::min);
+    let limit = if best.is_finite() {
+        (4.0 * best).max(2.0 * chance)
+    } else {
+        2.0 * chance
+    };
+    if loss > limit {
+        return Err(Error::Diverged {
+            step,
+            detail: format!(
+                "epoch {epoch} ended with training loss {loss:.4e}, above {limit:.3} (twice that of guessing, or four times the best epoch so far); {}",
+                run.advice()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// What every save of one run shares.
+struct RunInfo<'a> {
+    o: &'a TrainOptions,
+    spec: &'a ModelSpec,
+    input: &'a [usize],
+    classes: usize,
+    norm: &'a Normalizer,
+}
+
+impl RunInfo<'_> {
+    /// What to tell the user after a failed step: which checkpoint is kept.
+    fn advice(&self) -> String {
+        let keep = match Checkpoint::load(&self.o.out) {
+            Ok(ck) => format!(
+                "the last good checkpoint (epoch {}, step {}) is kept in {}",
+                ck.epoch,
+                ck.step,
+                self.o.out.display()
+            ),
+            Err(_) => "no checkpoint was saved (none had been reached)".into(),
+        };
+        format!("{keep}; try a lower --lr")
+    }
+
+    /// Publish a checkpoint of the model after `epoch` complete epochs and
+    /// `batch` batches of the next, with the metrics rows so far. Nothing
+    /// non-finite is ever published.
+    fn save(
+        &self,
+        model: &mut Classifier,
+        (epoch, batch): (usize, usize),
+        rows: &[EpochMetrics],
+    ) -> Result<()> {
+        if let Some(n) = model.first_non_finite()? {
+            return Err(Error::NonFinite {
+                step: model.step,
+                detail: format!(
+                    "tensor {n} holds a NaN or infinity after epoch {epoch} though the loss is finite; {}",
+                    self.advice()
+                ),
+            });
+        }
+        let o = self.o;
+        checkpoint::commit(&o.out, model.step, |dir, files| {
+            model.save_optim(&dir.join(OPTIM_FILE))?;
+            testhook::point("ckpt-optim-written");
+            model.save_weights(&dir.join(MODEL_FILE), DType::F32)?;
+            testhook::point("ckpt-model-written");
+            write_metrics(dir, rows)?;
+            crate::plot::plot_training(&dir.join("training.png"), rows)?;
+            testhook::point("ckpt-metrics-written");
+            let ck = Checkpoint {
+                format: checkpoint::FORMAT.into(),
+                epoch,
+                batch,
+                batch_size: Some(o.batch),
+                step: model.step,
+                files: files.to_string(),
+                spec: self.spec.clone(),
+                input: self.input.to_vec(),
+                classes: self.classes,
+                mean: self.norm.mean.clone(),
+                std: self.norm.std.clone(),
+                seed: o.seed,
+                data: absolute(&o.data).to_string(),
+            };
+            let json = serde_json::to_vec_pretty(&ck).map_err(|e| Error::Usage(e.to_string()))?;
+            write_atomic(&dir.join(CHECKPOINT), &json)
+        })
+    }
 }
 
 /// The data spec with an absolute folder, so a run's folder can be
@@ -411,12 +525,6 @@ fn absolute(d: &DataSpec) -> DataSpec {
     }
 }
 
-fn read_metrics(dir: &Path) -> Vec<EpochMetrics> {
-    std::fs::read_to_string(dir.join("metrics.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default()
-}
 
 fn progress_bar(
     enabled: bool,
@@ -454,12 +562,4 @@ pub fn load_run(dir: &Path, device: &DeviceSpec, batch: usize) -> Result<(Classi
     let mut model = Classifier::new(cfg, backend.as_ref())?;
     model.load_weights(&ck.model_file(dir))?;
     Ok((model, ck))
-}
-
-/// The normaliser recorded in a checkpoint.
-pub fn checkpoint_normalizer(ck: &Checkpoint) -> Normalizer {
-    Normalizer {
-        mean: ck.mean.clone(),
-        std: ck.std.clone(),
-    }
 }

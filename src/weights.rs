@@ -40,14 +40,34 @@ pub struct LoadedWeights {
 }
 
 impl LoadedWeights {
-    /// Remove and return the tensor `name`, checking its shape. On a shape
-    /// mismatch the tensor stays in place so the caller may inspect it.
+    /// Remove and return the tensor `name`, checking its shape and that
+    /// every value is finite (a NaN or infinity in a parameter or optimiser
+    /// state only ever spreads). On a failed check the tensor stays in place
+    /// so the caller may inspect it.
     pub fn take(&mut self, name: &str, expected: &Shape) -> Result<Tensor> {
+        self.take_in(name, expected, f32::NEG_INFINITY)
+    }
+
+    /// [`take`](Self::take) for a tensor that cannot be negative: a
+    /// variance, or Adam's second moment, whose square root is taken.
+    pub fn take_non_negative(&mut self, name: &str, expected: &Shape) -> Result<Tensor> {
+        self.take_in(name, expected, 0.0)
+    }
+
+    fn take_in(&mut self, name: &str, expected: &Shape, min: f32) -> Result<Tensor> {
         let Some((tensor, _)) = self.tensors.get(name) else {
             return Err(self.weights_error(name, self.missing_detail()));
         };
         if &tensor.shape != expected {
             let detail = format!("expected shape {expected}, found {}", tensor.shape);
+            return Err(self.weights_error(name, detail));
+        }
+        if let Some(i) = tensor.data.iter().position(|v| !(v.is_finite() && *v >= min)) {
+            let what = if min == 0.0 { "finite and >= 0" } else { "finite" };
+            let detail = format!(
+                "value {} at index {i} is not {what}",
+                tensor.data[i]
+            );
             return Err(self.weights_error(name, detail));
         }
         match self.tensors.remove(name) {
@@ -142,7 +162,31 @@ pub fn save(
         .collect::<Result<Vec<_>>>()?;
     let file = safetensors::serialize(views, metadata)
         .map_err(|e| Error::format(path, format!("cannot serialise safetensors: {e}")))?;
-    write_atomic(path, &file)
+    write_atomic(path, &canonical_header(path, file)?)
+}
+
+/// The same file with its JSON header's keys sorted: `safetensors` writes
+/// the metadata map in hash order, so two saves of the same tensors would
+/// differ byte for byte. The header stays padded to 8 bytes, as the format
+/// asks, and the data section is untouched.
+fn canonical_header(path: &Path, file: Vec<u8>) -> Result<Vec<u8>> {
+    let bad = |d: &str| Error::format(path, format!("cannot serialise safetensors: {d}"));
+    let n = file
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()) as usize)
+        .ok_or_else(|| bad("no header"))?;
+    let header: serde_json::Value = file
+        .get(8..8 + n)
+        .and_then(|h| serde_json::from_slice(h).ok())
+        .ok_or_else(|| bad("unreadable header"))?;
+    // serde_json's map is ordered by key (no `preserve_order` feature).
+    let mut text = serde_json::to_vec(&header).map_err(|e| bad(&e.to_string()))?;
+    text.resize(text.len().div_ceil(8) * 8, b' ');
+    let mut out = Vec::with_capacity(8 + text.len() + file.len() - 8 - n);
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&file[8 + n..]);
+    Ok(out)
 }
 
 /// Duplicate names would collapse into one header entry and corrupt the

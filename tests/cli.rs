@@ -137,7 +137,7 @@ fn train_eval_predict_resume() {
     ] {
         assert!(out.join(f).exists(), "{f} missing");
     }
-    let ck = gpurt::train::Checkpoint::load(&out).unwrap();
+    let ck = gpurt::checkpoint::Checkpoint::load(&out).unwrap();
     assert_eq!((ck.epoch, ck.batch), (2, 0));
     assert!(ck.model_file(&out).exists() && ck.optim_file(&out).exists());
     let test_line = s.lines().find(|l| l.starts_with("test:")).unwrap();
@@ -461,7 +461,7 @@ fn absurd_sizes_are_refused_before_allocating() {
     assert!(o.status.success(), "{}", stderr(&o));
     let mut f = (4u64 << 30).to_le_bytes().to_vec();
     f.extend(b"{}");
-    let ck = gpurt::train::Checkpoint::load(&run).unwrap();
+    let ck = gpurt::checkpoint::Checkpoint::load(&run).unwrap();
     std::fs::write(ck.model_file(&run), f).unwrap();
     let o = gpurt(&["eval", "--run", run.to_str().unwrap()]);
     assert_fails_with(&o, &["model.safetensors"]);

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 fn options(out: PathBuf, fuse: bool) -> TrainOptions {
     TrainOptions {
-        model: "cnn".into(),
+        model: Some("cnn".into()),
         data: DataSpec::Mnist(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/mnist")),
         epochs: 1,
         batch: 32,

@@ -47,6 +47,19 @@ impl Augment {
         Augment::default()
     }
 
+    /// A crop padding of more than half the image would let crops be mostly
+    /// (or, past the full size, entirely) blank.
+    pub fn check(&self, height: usize, width: usize) -> crate::Result<()> {
+        let most = height.min(width) / 2;
+        if self.crop_pad > most {
+            return Err(crate::Error::Usage(format!(
+                "--crop-pad {} is more than half of the {height}x{width} images (at most {most})",
+                self.crop_pad
+            )));
+        }
+        Ok(())
+    }
+
     /// Whether any augmentation is switched on.
     pub fn is_active(&self) -> bool {
         self.crop_pad > 0 || self.hflip

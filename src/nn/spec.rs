@@ -96,6 +96,33 @@ pub const MAX_SPEC_ELEMENTS: u64 = 1 << 32;
 /// arithmetic stays far from overflow below it.
 pub const MAX_WINDOW: usize = 1 << 16;
 
+/// serde ignores extra keys on an internally tagged enum's field-less
+/// variants (`relu`, `flatten`, ...), so every layer's keys are compared
+/// with those of the layer they parsed into: a key it does not write back
+/// is one it does not know.
+fn check_layer_keys(text: &str, spec: &ModelSpec) -> Result<()> {
+    let raw: toml::Table =
+        toml::from_str(text).map_err(|e| Error::Model(e.message().trim().to_string()))?;
+    let Some(toml::Value::Array(layers)) = raw.get("layer") else {
+        return Ok(());
+    };
+    for (i, (written, parsed)) in layers.iter().zip(&spec.layers).enumerate() {
+        let known = toml::Value::try_from(parsed)
+            .map_err(|e| Error::Model(format!("layer {}: {e}", i + 1)))?;
+        let (Some(written), Some(known)) = (written.as_table(), known.as_table()) else {
+            continue;
+        };
+        if let Some(key) = written.keys().find(|k| !known.contains_key(*k)) {
+            return Err(Error::Model(format!(
+                "layer {} ({}): unknown key `{key}`",
+                i + 1,
+                parsed.kind()
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl Layer {
     /// The layer's `type` as written in a TOML spec.
     pub fn kind(&self) -> &'static str {
@@ -299,6 +326,7 @@ impl ModelSpec {
         if spec.layers.is_empty() {
             return Err(Error::Model("the model has no layers".into()));
         }
+        check_layer_keys(text, &spec)?;
         Ok(spec)
     }
 

@@ -15,6 +15,17 @@ pub enum Activation {
     Tanh,
 }
 
+/// `max(x, 0)` that keeps a NaN, as PyTorch's relu does: a NaN reaching a
+/// relu must show in the output, not vanish into 0.
+#[inline(always)]
+pub fn relu(x: f32) -> f32 {
+    if x < 0.0 {
+        0.0
+    } else {
+        x
+    }
+}
+
 impl Activation {
     pub fn name(self) -> &'static str {
         match self {
@@ -49,7 +60,8 @@ impl Activation {
     #[inline(always)]
     pub fn forward(self, x: f32) -> f32 {
         match self {
-            Activation::Relu => x.max(0.0),
+            // NaN stays NaN, as in PyTorch (`f32::max` would turn it into 0).
+            Activation::Relu => relu(x),
             Activation::Gelu => 0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2)),
             Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
             Activation::Tanh => x.tanh(),

@@ -105,7 +105,7 @@ fn epilogue(dst: &mut [f32], src: &[f32], b: f32, act: Option<Activation>) {
     match act {
         Some(Activation::Relu) => {
             for (d, s) in dst.iter_mut().zip(src) {
-                *d = (s + b).max(0.0);
+                *d = super::activation::relu(s + b);
             }
         }
         Some(a) => {

@@ -1,0 +1,102 @@
+//! Fault points for the crash tests: named places in training and
+//! checkpointing where a test can make the process die or wait, so every
+//! kill window is reached deterministically instead of by sleeping.
+//!
+//! Inert unless `GPURT_TEST_KILL_AT` or `GPURT_TEST_PAUSE_AT` is set (read
+//! once; a disabled point costs one atomic load):
+//! - `GPURT_TEST_KILL_AT=point` or `point#n`: SIGKILL this process the n-th
+//!   time (default first) it reaches `point`.
+//! - `GPURT_TEST_PAUSE_AT=point#n:DIR`: the n-th time, create `DIR/paused`
+//!   and wait until `DIR/go` exists.
+//!
+//! Every point reached is also printed to stderr as `testhook: point` when
+//! either variable is set, so a test can follow the run.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
+
+/// Every fault point, in the order a training run reaches them.
+pub const POINTS: &[&str] = &[
+    "locked",
+    "step",
+    "ckpt-begin",
+    "ckpt-optim-written",
+    "ckpt-model-written",
+    "ckpt-metrics-written",
+    "ckpt-folder-renamed",
+    "ckpt-committed",
+    "ckpt-linked",
+    "ckpt-cleaned",
+];
+
+struct Hooks {
+    kill: Option<(String, usize)>,
+    pause: Option<(String, usize, PathBuf)>,
+    seen: Mutex<HashMap<&'static str, usize>>,
+}
+
+fn parse_point(s: &str) -> (String, usize) {
+    match s.split_once('#') {
+        Some((p, n)) => (p.to_string(), n.parse().unwrap_or(1)),
+        None => (s.to_string(), 1),
+    }
+}
+
+fn hooks() -> Option<&'static Hooks> {
+    static HOOKS: OnceLock<Option<Hooks>> = OnceLock::new();
+    HOOKS
+        .get_or_init(|| {
+            let kill = std::env::var("GPURT_TEST_KILL_AT")
+                .ok()
+                .map(|s| parse_point(&s));
+            let pause = std::env::var("GPURT_TEST_PAUSE_AT").ok().and_then(|s| {
+                let (point, dir) = s.split_once(':')?;
+                let (p, n) = parse_point(point);
+                Some((p, n, PathBuf::from(dir)))
+            });
+            (kill.is_some() || pause.is_some()).then(|| Hooks {
+                kill,
+                pause,
+                seen: Mutex::new(HashMap::new()),
+            })
+        })
+        .as_ref()
+}
+
+/// Mark that the run reached `point` (one of [`POINTS`]).
+pub fn point(point: &'static str) {
+    let Some(h) = hooks() else { return };
+    debug_assert!(POINTS.contains(&point), "unknown test point {point}");
+    let n = {
+        let mut seen = h.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let c = seen.entry(point).or_insert(0);
+        *c += 1;
+        *c
+    };
+    eprintln!("testhook: {point}");
+    if let Some((p, at)) = &h.kill {
+        if p == point && *at == n {
+            kill_self();
+        }
+    }
+    if let Some((p, at, dir)) = &h.pause {
+        if p == point && *at == n {
+            let _ = std::fs::write(dir.join("paused"), std::process::id().to_string());
+            while !dir.join("go").exists() {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+/// Die as `kill -9` would: no destructors, no buffered writes flushed.
+fn kill_self() -> ! {
+    #[cfg(unix)]
+    {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &std::process::id().to_string()])
+            .status();
+    }
+    std::process::abort()
+}
