@@ -127,7 +127,9 @@ impl Checkpoint {
         // Pixels are scaled to [0, 1] before normalising, so these are the
         // only values a fitted normaliser can hold.
         if let Some(m) = self.mean.iter().find(|m| !(0.0..=1.0).contains(*m)) {
-            return Err(format!("mean {m} is outside [0, 1] (pixels are scaled to [0, 1])"));
+            return Err(format!(
+                "mean {m} is outside [0, 1] (pixels are scaled to [0, 1])"
+            ));
         }
         if let Some(s) = self.std.iter().find(|s| !(1e-6..=1.0).contains(*s)) {
             return Err(format!("std {s} is outside [1e-6, 1]"));
@@ -206,8 +208,11 @@ pub fn lock(dir: &Path) -> Result<RunLock> {
         Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
     }
     file.set_len(0).map_err(|e| Error::io(&path, e))?;
-    std::io::Write::write_all(&mut &file, format!("pid {}\n", std::process::id()).as_bytes())
-        .map_err(|e| Error::io(&path, e))?;
+    std::io::Write::write_all(
+        &mut &file,
+        format!("pid {}\n", std::process::id()).as_bytes(),
+    )
+    .map_err(|e| Error::io(&path, e))?;
     testhook::point("locked");
     Ok(RunLock { _file: file })
 }
@@ -216,11 +221,7 @@ pub fn lock(dir: &Path) -> Result<RunLock> {
 /// folder and its name relative to the run), which is then renamed into
 /// place, and `current` is switched to it with one atomic rename. Only then
 /// are older checkpoint folders, ones gpurt wrote and named, removed.
-pub fn commit(
-    dir: &Path,
-    step: u64,
-    write: impl FnOnce(&Path, &str) -> Result<()>,
-) -> Result<()> {
+pub fn commit(dir: &Path, step: u64, write: impl FnOnce(&Path, &str) -> Result<()>) -> Result<()> {
     testhook::point("ckpt-begin");
     let ckpt = dir.join(CKPT_DIR);
     let current = std::fs::read_link(dir.join(CURRENT)).ok();
@@ -376,7 +377,10 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let first = lock(t.path()).unwrap();
         let e = lock(t.path()).unwrap_err().to_string();
-        assert!(e.contains("in use") && e.contains(&format!("pid {}", std::process::id())), "{e}");
+        assert!(
+            e.contains("in use") && e.contains(&format!("pid {}", std::process::id())),
+            "{e}"
+        );
         drop(first);
         lock(t.path()).unwrap();
     }

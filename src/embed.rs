@@ -15,13 +15,13 @@
 //! global pool for large batches.
 
 use crate::backend::{Backend, DeviceSpec};
+use crate::checkpoint::Checkpoint;
 use crate::data::Normalizer;
 use crate::error::{Error, Result};
 use crate::model::{Classifier, ClassifierConfig};
 use crate::nn::ModelSpec;
 use crate::optim::{OptimConfig, OptimizerKind};
 use crate::tensor::{Shape, Tensor};
-use crate::checkpoint::Checkpoint;
 use std::path::Path;
 use std::sync::Arc;
 

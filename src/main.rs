@@ -40,7 +40,11 @@ fn run(cli: Cli, start: std::time::Instant) -> Result<()> {
                 // Saved, but not finished: scripts must be able to tell.
                 std::process::exit(130);
             }
-            println!("saved {}/model.safetensors; `gpurt eval --run {}` reproduces the test accuracy", s.out.display(), s.out.display());
+            println!(
+                "saved {}/model.safetensors; `gpurt eval --run {}` reproduces the test accuracy",
+                s.out.display(),
+                s.out.display()
+            );
             Ok(())
         }
         Command::Eval(a) => eval(a),

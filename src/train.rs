@@ -2,6 +2,7 @@
 //! metrics and a plot out. Everything runs on the compiled executor.
 
 use crate::backend::{self, DeviceSpec};
+use crate::checkpoint::{self, Checkpoint, CHECKPOINT, MAX_EPOCHS, MODEL_FILE, OPTIM_FILE};
 use crate::data::{Augment, BatchLoader, DataSpec, Normalizer, Split};
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, score_logits};
@@ -10,9 +11,8 @@ use crate::model::{Classifier, ClassifierConfig};
 use crate::nn::ModelSpec;
 use crate::optim::{lr_at, LrSchedule, OptimConfig, OptimizerKind};
 use crate::tensor::DType;
-use crate::weights::write_atomic;
-use crate::checkpoint::{self, Checkpoint, CHECKPOINT, MAX_EPOCHS, MODEL_FILE, OPTIM_FILE};
 use crate::testhook;
+use crate::weights::write_atomic;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -393,7 +393,9 @@ fn check_resume_fits(
     }
     if ck.spec != *spec {
         let hint = match ModelSpec::preset(&ck.spec.name, ck.classes) {
-            Some(p) if p == ck.spec => format!("; pass --model {} or leave --model out", ck.spec.name),
+            Some(p) if p == ck.spec => {
+                format!("; pass --model {} or leave --model out", ck.spec.name)
+            }
             _ => "; leave --model out to use the checkpoint's own model".into(),
         };
         return Err(Error::Usage(format!(
@@ -524,7 +526,6 @@ fn absolute(d: &DataSpec) -> DataSpec {
         DataSpec::Cifar10(p) => DataSpec::Cifar10(abs(p)),
     }
 }
-
 
 fn progress_bar(
     enabled: bool,

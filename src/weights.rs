@@ -62,12 +62,17 @@ impl LoadedWeights {
             let detail = format!("expected shape {expected}, found {}", tensor.shape);
             return Err(self.weights_error(name, detail));
         }
-        if let Some(i) = tensor.data.iter().position(|v| !(v.is_finite() && *v >= min)) {
-            let what = if min == 0.0 { "finite and >= 0" } else { "finite" };
-            let detail = format!(
-                "value {} at index {i} is not {what}",
-                tensor.data[i]
-            );
+        if let Some(i) = tensor
+            .data
+            .iter()
+            .position(|v| !(v.is_finite() && *v >= min))
+        {
+            let what = if min == 0.0 {
+                "finite and >= 0"
+            } else {
+                "finite"
+            };
+            let detail = format!("value {} at index {i} is not {what}", tensor.data[i]);
             return Err(self.weights_error(name, detail));
         }
         match self.tensors.remove(name) {

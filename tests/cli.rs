@@ -8,6 +8,9 @@ use std::process::{Command, Output};
 mod common;
 use common::mnist::{idx_images, idx_labels, tiny_mnist};
 
+#[path = "cli/reliability.rs"]
+mod reliability;
+
 fn gpurt(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_gpurt"))
         .args(args)

@@ -1,73 +1,70 @@
-//! Crash-safe training: a run killed with SIGKILL mid-epoch, during a
-//! checkpoint write, or just after one, resumes from the last complete
-//! checkpoint and ends with the same weights, bit for bit, as a run that
-//! was never interrupted.
+//! Crash-safe training, driven through the fault points of
+//! `gpurt::testhook` (no sleeping and hoping):
+//! - a run SIGKILLed at every point of training and checkpointing leaves a
+//!   folder whose files agree with each other, and resuming it ends with
+//!   the same weights and metrics, bit for bit, as a run never interrupted;
+//! - a second training into a folder in use is refused, and a lock left by
+//!   a killed run does not block;
+//! - Ctrl-C saves, then exits 130.
 
 mod common;
 
 use common::mnist::tiny_mnist;
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use gpurt::checkpoint::Checkpoint;
+use gpurt::metrics::EpochMetrics;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 const EPOCHS: &str = "3";
+/// Steps per epoch of the runs below: 432 training images, batch 16.
+const STEPS_PER_EPOCH: usize = 27;
 
-fn args<'a>(data: &'a str, out: &'a str) -> Vec<&'a str> {
-    vec![
-        "train", "--data", data, "--model", "mlp", "--batch", "16", "--epochs", EPOCHS, "--seed",
-        "9", "--out", out, "--quiet",
-    ]
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    data: String,
 }
 
-/// Run gpurt, and SIGKILL it `after_ms` after the `nth` line containing
-/// `marker` (on stdout or stderr). Returns whether it was killed.
-fn run_and_kill(
-    args: &[&str],
-    envs: &[(&str, &str)],
-    marker: &str,
-    nth: usize,
-    after_ms: u64,
-) -> bool {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gpurt"))
-        .args(args)
-        .envs(envs.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel::<String>();
-    let out = child.stdout.take().unwrap();
-    let err = child.stderr.take().unwrap();
-    let t1 = tx.clone();
-    std::thread::spawn(move || {
-        BufReader::new(out)
-            .lines()
-            .map_while(Result::ok)
-            .for_each(|l| drop(t1.send(l)))
-    });
-    std::thread::spawn(move || {
-        BufReader::new(err)
-            .lines()
-            .map_while(Result::ok)
-            .for_each(|l| drop(tx.send(l)))
-    });
-    let mut seen = 0;
-    while let Ok(line) = rx.recv_timeout(Duration::from_secs(120)) {
-        if line.contains(marker) {
-            seen += 1;
-            if seen == nth {
-                std::thread::sleep(Duration::from_millis(after_ms));
-                let killed = child.try_wait().unwrap().is_none();
-                child.kill().unwrap(); // SIGKILL on Unix
-                child.wait().unwrap();
-                return killed;
-            }
-        }
+fn fixture() -> Fixture {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().to_path_buf();
+    tiny_mnist(&root.join("mnist"), 480, 40);
+    let data = format!("mnist:{}", root.join("mnist").display());
+    Fixture {
+        _tmp: t,
+        root,
+        data,
     }
-    child.wait().unwrap();
-    false
+}
+
+fn args(f: &Fixture, out: &Path) -> Vec<String> {
+    [
+        "train", "--data", &f.data, "--model", "mlp", "--batch", "16", "--epochs", EPOCHS,
+        "--seed", "9", "--quiet", "--out",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([out.display().to_string()])
+    .collect()
+}
+
+fn gpurt(args: &[String], envs: &[(&str, String)]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_gpurt"));
+    c.args(args).envs(envs.iter().map(|(k, v)| (k, v)));
+    c
+}
+
+fn run(args: &[String], envs: &[(&str, String)]) -> Output {
+    gpurt(args, envs).output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 fn weights(dir: &Path) -> Vec<(String, Vec<u32>)> {
@@ -78,88 +75,180 @@ fn weights(dir: &Path) -> Vec<(String, Vec<u32>)> {
         .collect()
 }
 
-fn resume(data: &str, out: &str) {
-    let mut a = args(data, out);
-    a.extend(["--resume", out]);
-    let o = Command::new(env!("CARGO_BIN_EXE_gpurt"))
-        .args(&a)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "resume failed: {}",
-        String::from_utf8_lossy(&o.stderr)
+fn metrics(dir: &Path) -> Vec<EpochMetrics> {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json")).unwrap()).unwrap()
+}
+
+/// Every file of a run folder says the same thing. Returns the checkpoint,
+/// or None when no checkpoint was ever published.
+fn check_agrees(dir: &Path, what: &str) -> Option<Checkpoint> {
+    if !dir.join("checkpoint.json").exists() {
+        for f in [
+            "model.safetensors",
+            "metrics.csv",
+            "metrics.json",
+            "training.png",
+        ] {
+            assert!(!dir.join(f).exists(), "{what}: {f} without a checkpoint");
+        }
+        return None;
+    }
+    let ck = Checkpoint::load(dir).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let top = std::fs::read(dir.join("model.safetensors")).unwrap();
+    assert_eq!(
+        top,
+        std::fs::read(ck.model_file(dir)).unwrap(),
+        "{what}: top-level weights are not the checkpoint's"
     );
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("resumed from"),
-        "did not resume"
+    let optim = gpurt::weights::load(&ck.optim_file(dir)).unwrap();
+    assert_eq!(optim.metadata["step"], ck.step.to_string(), "{what}");
+    assert_eq!(
+        ck.step as usize,
+        ck.epoch * STEPS_PER_EPOCH + ck.batch,
+        "{what}: step and epoch disagree"
     );
+    let rows: Vec<usize> = metrics(dir).iter().map(|r| r.epoch).collect();
+    assert_eq!(
+        rows,
+        (1..=ck.epoch).collect::<Vec<_>>(),
+        "{what}: metrics.json"
+    );
+    let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + ck.epoch, "{what}: metrics.csv");
+    assert!(dir.join("training.png").is_file(), "{what}: training.png");
+    Some(ck)
 }
 
 #[test]
-fn sigkill_at_three_points_then_resume_matches_uninterrupted() {
-    let t = tempfile::tempdir().unwrap();
-    let data_dir = t.path().join("mnist");
-    tiny_mnist(&data_dir, 480, 40);
-    let data = format!("mnist:{}", data_dir.display());
-
-    let base = t.path().join("base");
-    let o = Command::new(env!("CARGO_BIN_EXE_gpurt"))
-        .args(args(&data, base.to_str().unwrap()))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+fn sigkill_at_every_fault_point_leaves_agreeing_files_and_resumes_exactly() {
+    let f = fixture();
+    let base = f.root.join("base");
+    let o = run(&args(&f, &base), &[]);
+    assert!(o.status.success(), "{}", text(&o));
     let want = weights(&base);
+    let want_epochs: Vec<usize> = metrics(&base).iter().map(|r| r.epoch).collect();
+    assert_eq!(want_epochs, [1, 2, 3]);
 
-    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str, usize, u64);
-    let cases: [Case; 3] = [
-        // Mid-epoch: about seven steps (of 27) into epoch 2, after the
-        // first checkpoint is complete.
-        (
-            "mid-epoch",
-            &[
-                ("GPURT_TEST_CHECKPOINT_DELAY_MS", "0"),
-                ("GPURT_TEST_STEP_DELAY_MS", "20"),
-            ],
-            "checkpoint: saved",
-            1,
-            150,
-        ),
-        // During the second checkpoint's write (weights half written).
-        (
-            "during checkpoint write",
-            &[("GPURT_TEST_CHECKPOINT_DELAY_MS", "3000")],
-            "checkpoint: writing",
-            2,
-            200,
-        ),
-        // Just after the first checkpoint completed.
-        (
-            "just after a checkpoint",
-            &[
-                ("GPURT_TEST_CHECKPOINT_DELAY_MS", "0"),
-                ("GPURT_TEST_STEP_DELAY_MS", "20"),
-            ],
-            "checkpoint: saved",
-            1,
-            0,
-        ),
-    ];
-    for (name, envs, marker, nth, after) in cases {
-        let out = t.path().join(name.replace(' ', "-"));
-        let killed = run_and_kill(
-            &args(&data, out.to_str().unwrap()),
-            envs,
-            marker,
-            nth,
-            after,
+    let mut cases: Vec<String> = Vec::new();
+    for p in gpurt::testhook::POINTS {
+        // The first and second time: before and after a checkpoint exists
+        // (the lock is taken once).
+        cases.push(format!("{p}#1"));
+        if *p != "locked" {
+            cases.push(format!("{p}#2"));
+        }
+    }
+    // Mid-epoch 2, with a checkpoint of epoch 1 in place.
+    cases.push(format!("step#{}", STEPS_PER_EPOCH + 7));
+    for case in &cases {
+        let out = f.root.join(case.replace('#', "-"));
+        let o = run(&args(&f, &out), &[("GPURT_TEST_KILL_AT", case.clone())]);
+        assert_eq!(
+            o.status.code(),
+            None,
+            "{case}: was not killed: {}",
+            text(&o)
         );
-        assert!(killed, "{name}: the run finished before it could be killed");
-        resume(&data, out.to_str().unwrap());
+        let resumed = match check_agrees(&out, case) {
+            Some(_) => {
+                let mut a = args(&f, &out);
+                a.extend(["--resume".into(), out.display().to_string()]);
+                run(&a, &[])
+            }
+            None => run(&args(&f, &out), &[]),
+        };
+        assert!(resumed.status.success(), "{case}: {}", text(&resumed));
+        check_agrees(&out, case).expect("a finished run has a checkpoint");
         assert_eq!(
             weights(&out),
             want,
-            "{name}: resumed weights differ from the uninterrupted run"
+            "{case}: weights differ from the uninterrupted run"
         );
+        let epochs: Vec<usize> = metrics(&out).iter().map(|r| r.epoch).collect();
+        assert_eq!(epochs, want_epochs, "{case}: metrics rows");
+        let ckpts = std::fs::read_dir(out.join("ckpt")).unwrap().count();
+        assert_eq!(ckpts, 1, "{case}: old checkpoint folders left behind");
     }
+}
+
+/// Start a training that stops at the n-th `point` until told to go on.
+fn start_paused(args: &[String], point: &str, gate: &Path) -> Child {
+    std::fs::create_dir_all(gate).unwrap();
+    let child = gpurt(
+        args,
+        &[("GPURT_TEST_PAUSE_AT", format!("{point}:{}", gate.display()))],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let t0 = Instant::now();
+    while !gate.join("paused").exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "never reached {point}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} failed");
+}
+
+#[test]
+fn a_folder_in_use_is_refused_and_a_killed_runs_lock_is_not() {
+    let f = fixture();
+    let out = f.root.join("run");
+    let gate = f.root.join("gate");
+    let first = start_paused(&args(&f, &out), "step#2", &gate);
+    let second = run(&args(&f, &out), &[]);
+    assert_eq!(second.status.code(), Some(1), "{}", text(&second));
+    let e = text(&second);
+    assert!(
+        e.contains("in use by another training") && e.contains(&format!("pid {}", first.id())),
+        "{e}"
+    );
+    std::fs::write(gate.join("go"), "").unwrap();
+    let o = first.wait_with_output().unwrap();
+    assert!(o.status.success(), "the first run: {}", text(&o));
+    check_agrees(&out, "after the first run").unwrap();
+
+    // A run killed while holding the folder does not lock it for good.
+    let out2 = f.root.join("run2");
+    let gate2 = f.root.join("gate2");
+    let mut killed = start_paused(&args(&f, &out2), "step#2", &gate2);
+    signal(&killed, "-KILL");
+    killed.wait().unwrap();
+    let o = run(&args(&f, &out2), &[]);
+    assert!(o.status.success(), "after a stale lock: {}", text(&o));
+}
+
+#[test]
+fn ctrl_c_saves_then_exits_130() {
+    let f = fixture();
+    let out = f.root.join("run");
+    let gate = f.root.join("gate");
+    let child = start_paused(&args(&f, &out), "step#3", &gate);
+    signal(&child, "-INT");
+    std::fs::write(gate.join("go"), "").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", text(&o));
+    assert!(
+        text(&o).contains("interrupted after epoch 1, batch 3"),
+        "{}",
+        text(&o)
+    );
+    let ck = check_agrees(&out, "after Ctrl-C").unwrap();
+    assert_eq!((ck.epoch, ck.batch, ck.step), (0, 3, 3));
+    let mut a = args(&f, &out);
+    a.extend(["--resume".into(), out.display().to_string()]);
+    let o = run(&a, &[]);
+    assert!(o.status.success(), "{}", text(&o));
 }

@@ -96,6 +96,22 @@ pub const MAX_SPEC_ELEMENTS: u64 = 1 << 32;
 /// arithmetic stays far from overflow below it.
 pub const MAX_WINDOW: usize = 1 << 16;
 
+/// The first layer that does not parse on its own, named by number and
+/// type (serde's message for the whole file names neither).
+fn layer_error(text: &str) -> Option<Error> {
+    let raw: toml::Table = toml::from_str(text).ok()?;
+    let layers = raw.get("layer")?.as_array()?;
+    layers.iter().enumerate().find_map(|(i, l)| {
+        let e = l.clone().try_into::<Layer>().err()?;
+        let kind = l.get("type").and_then(|t| t.as_str()).unwrap_or("?");
+        Some(Error::Model(format!(
+            "layer {} ({kind}): {}",
+            i + 1,
+            e.message().trim()
+        )))
+    })
+}
+
 /// serde ignores extra keys on an internally tagged enum's field-less
 /// variants (`relu`, `flatten`, ...), so every layer's keys are compared
 /// with those of the layer they parsed into: a key it does not write back
@@ -321,8 +337,9 @@ impl ModelSpec {
         if text.len() > 1 << 20 {
             return Err(Error::Limit("model spec is larger than 1 MiB".into()));
         }
-        let spec: ModelSpec =
-            toml::from_str(text).map_err(|e| Error::Model(e.message().trim().to_string()))?;
+        let spec: ModelSpec = toml::from_str(text).map_err(|e| {
+            layer_error(text).unwrap_or_else(|| Error::Model(e.message().trim().to_string()))
+        })?;
         if spec.layers.is_empty() {
             return Err(Error::Model("the model has no layers".into()));
         }
