@@ -155,6 +155,11 @@ fn replay_png() {
 }
 
 #[test]
+fn replay_checkpoint() {
+    assert!(replay("checkpoint", checks::checkpoint, checks::checkpoint) > 0);
+}
+
+#[test]
 fn replay_model_spec() {
     assert!(replay("model_spec", checks::model_spec, checks::model_spec) > 0);
 }

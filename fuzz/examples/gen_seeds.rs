@@ -20,6 +20,43 @@ fn main() {
     safetensors(&root.join("safetensors"));
     model_spec(&root.join("model_spec"));
     png(&root.join("png"));
+    checkpoint(&root.join("checkpoint"));
+}
+
+/// What `gpurt train` writes for the MLP preset on MNIST, and a
+/// three-channel CNN run stopped mid-epoch.
+fn checkpoint(dir: &Path) {
+    use gpurt::checkpoint::{Checkpoint, FORMAT};
+    use gpurt::nn::ModelSpec;
+    let mlp = Checkpoint {
+        format: FORMAT.into(),
+        epoch: 3,
+        batch: 0,
+        batch_size: Some(64),
+        step: 2532,
+        files: "ckpt/step-000002532".into(),
+        spec: ModelSpec::mlp(10),
+        input: vec![1, 28, 28],
+        classes: 10,
+        mean: vec![0.1307],
+        std: vec![0.3081],
+        seed: 42,
+        data: "mnist:/data/mnist".into(),
+    };
+    write(dir, "mlp.json", &serde_json::to_vec_pretty(&mlp).unwrap());
+    let cnn = Checkpoint {
+        epoch: 1,
+        batch: 17,
+        step: 798,
+        files: "ckpt/step-000000798".into(),
+        spec: ModelSpec::cnn(10),
+        input: vec![3, 32, 32],
+        mean: vec![0.49, 0.48, 0.45],
+        std: vec![0.25, 0.24, 0.26],
+        data: "cifar10:/data/cifar".into(),
+        ..mlp
+    };
+    write(dir, "cnn-mid-epoch.json", &serde_json::to_vec(&cnn).unwrap());
 }
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) {

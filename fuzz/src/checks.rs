@@ -10,6 +10,7 @@
 //! regression inputs with it. It may therefore use only `std`, `gpurt` and
 //! gpurt's own dependencies (`png`).
 
+use gpurt::checkpoint::Checkpoint;
 use gpurt::data::{cifar, image, mnist};
 use gpurt::graph::Graph;
 use gpurt::model::{Classifier, ClassifierConfig};
@@ -244,5 +245,38 @@ fn build_spec(spec: &ModelSpec, input: &[usize; 3], optim: OptimizerKind) -> Res
     };
     Classifier::train_graph(&config, BATCH)?;
     Classifier::module(&config)?;
+    Ok(())
+}
+
+/// `checkpoint.json`: whatever `Checkpoint::parse` accepts must be usable
+/// as `eval` and `predict` use it without a panic: its normaliser fits its
+/// input and turns every pixel value into a finite number, and its model
+/// either builds for that input or is refused with an error.
+pub fn checkpoint(data: &[u8]) -> Result<()> {
+    let ck = named(Checkpoint::parse(label(), data))?;
+    let [c, h, w] = ck.input[..] else {
+        panic!("accepted input {:?} is not [C, H, W]", ck.input)
+    };
+    let norm = ck.normalizer();
+    assert_eq!(norm.channels(), c, "normaliser does not fit the input");
+    // Every byte value once per channel (the image size is irrelevant to
+    // the arithmetic, and keeps a huge accepted input cheap here).
+    let px: Vec<u8> = (0..c).flat_map(|_| 0..=255u8).collect();
+    let mut x = vec![0.0f32; px.len()];
+    norm.normalize_into(&px, c, &mut x);
+    assert!(x.iter().all(|v| v.is_finite()), "normaliser gives non-finite inputs");
+    if c * h * w <= 1 << 16 {
+        let config = ClassifierConfig {
+            spec: ck.spec.clone(),
+            input: ck.input.clone(),
+            classes: ck.classes,
+            train_batch: None,
+            infer_batch: 1,
+            optim: OptimConfig::new(OptimizerKind::Adam),
+            seed: ck.seed,
+            fuse: true,
+        };
+        let _ = Classifier::module(&config);
+    }
     Ok(())
 }
