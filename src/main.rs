@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 fn main() {
     let start = std::time::Instant::now();
+    restore_sigpipe();
     // Mesa's Vulkan drivers complain on stderr when this is unset.
     if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
         std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
@@ -21,6 +22,17 @@ fn main() {
     if let Err(e) = run(cli, start) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// Rust ignores SIGPIPE, so printing to a closed pipe (`gpurt predict ...
+/// | head`) panics; a command-line tool should end quietly, as Unix tools do.
+fn restore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: first thing in main, before any other thread exists;
+    // SIG_DFL is a valid disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

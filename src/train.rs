@@ -219,6 +219,12 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
             ck.batch,
             ck.step
         ));
+        if ck.epoch >= o.epochs {
+            log(&format!(
+                "the run has already trained {} epochs (--epochs {}): nothing to train, only the test",
+                ck.epoch, o.epochs
+            ));
+        }
     }
     log(&format!(
         "model {} ({} parameters) on {}, input {:?}, {} train / {} val / {} test images, compiled in {:.0} ms",

@@ -8,6 +8,8 @@ use std::process::{Command, Output};
 mod common;
 use common::mnist::{idx_images, idx_labels, tiny_mnist};
 
+#[path = "cli/properties.rs"]
+mod properties;
 #[path = "cli/reliability.rs"]
 mod reliability;
 
@@ -27,6 +29,10 @@ fn stdout(o: &Output) -> String {
 
 fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
 }
 
 fn data_arg(dir: &Path) -> String {

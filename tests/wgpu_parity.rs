@@ -261,6 +261,82 @@ fn linear_bias_act_forward_backward() {
     }
 }
 
+/// A NaN reaching relu stays NaN (as in PyTorch), on the elementwise
+/// kernel and in the linear and conv epilogues, on both backends alike.
+#[test]
+fn relu_keeps_nan_like_the_cpu() {
+    let t = "relu_keeps_nan_like_the_cpu";
+    let Some(gpu) = gpu(t) else {
+        return;
+    };
+    let graphs: Vec<(&str, Graph)> = {
+        let mut plain = Graph::new(false);
+        let x = input(&mut plain, "x", &[3, 7]);
+        let y = plain.relu(x).unwrap();
+        plain.set_output("y", y);
+        let mut lin = Graph::new(false);
+        let x = input(&mut lin, "x", &[3, 7]);
+        let w = lin.param("w", [5, 7]).unwrap();
+        let b = lin.param("b", [5]).unwrap();
+        let y = lin
+            .linear_act(x, w, Some(b), Some(Activation::Relu))
+            .unwrap();
+        lin.set_output("y", y);
+        let mut conv = Graph::new(false);
+        let x = input(&mut conv, "x", &[1, 3, 7, 7]);
+        let w = conv.param("w", [4, 3, 3, 3]).unwrap();
+        let b = conv.param("b", [4]).unwrap();
+        let y = conv
+            .conv2d_act(x, w, Some(b), ConvParams::default(), Some(Activation::Relu))
+            .unwrap();
+        conv.set_output("y", y);
+        vec![("relu", plain), ("linear+relu", lin), ("conv2d+relu", conv)]
+    };
+    for (name, g) in &graphs {
+        let mut outs = Vec::new();
+        for backend in [&CpuBackend::new() as &dyn Backend, gpu] {
+            let module = plan::compile(&[("p", g)]).unwrap();
+            let mut s = Session::new(backend, module).unwrap();
+            let p = s.program("p").unwrap();
+            let mut rng = ChaCha8Rng::seed_from_u64(3);
+            for (n, v) in g.persistent() {
+                let d: Vec<f32> = (0..g.shape(v).numel())
+                    .map(|_| rng.random_range(-1.0..1.0))
+                    .collect();
+                s.write_persistent(&n, &d).unwrap();
+            }
+            let xv = g.inputs()[0].1;
+            let mut x: Vec<f32> = (0..g.shape(xv).numel())
+                .map(|_| rng.random_range(-1.0..1.0))
+                .collect();
+            x[0] = f32::NAN;
+            x[9] = f32::NAN;
+            s.write_input(p, "x", &x).unwrap();
+            s.run(p).unwrap();
+            let mut y = vec![0.0f32; g.shape(g.outputs[0].1).numel()];
+            s.read_output(p, "y", &mut y).unwrap();
+            outs.push(y);
+        }
+        let nan = |v: &[f32]| v.iter().map(|x| x.is_nan()).collect::<Vec<_>>();
+        assert!(
+            nan(&outs[0]).iter().any(|&b| b),
+            "{t} {name}: the CPU lost the NaN"
+        );
+        assert_eq!(
+            nan(&outs[0]),
+            nan(&outs[1]),
+            "{t} {name}: NaN positions differ"
+        );
+        let finite = |v: &[f32]| {
+            v.iter()
+                .map(|&x| if x.is_nan() { 0.0 } else { x as f64 })
+                .collect::<Vec<_>>()
+        };
+        let e = rel_err(&finite(&outs[1]), &finite(&outs[0]));
+        assert!(e < TOL, "{t} {name}: relative error {e:.3e}");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Convolution.
 

@@ -264,7 +264,10 @@ pub fn checkpoint(data: &[u8]) -> Result<()> {
     let px: Vec<u8> = (0..c).flat_map(|_| 0..=255u8).collect();
     let mut x = vec![0.0f32; px.len()];
     norm.normalize_into(&px, c, &mut x);
-    assert!(x.iter().all(|v| v.is_finite()), "normaliser gives non-finite inputs");
+    assert!(
+        x.iter().all(|v| v.is_finite()),
+        "normaliser gives non-finite inputs"
+    );
     if c * h * w <= 1 << 16 {
         let config = ClassifierConfig {
             spec: ck.spec.clone(),

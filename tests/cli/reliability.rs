@@ -42,10 +42,6 @@ fn train<'a>(data: &'a str, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
     a
 }
 
-fn path(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 fn copy_run(from: &Path, to: &Path) {
     let ok = Command::new("cp")
         .args(["-a", path(from), path(to)])
