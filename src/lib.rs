@@ -1,5 +1,5 @@
 //! gpurt: a compact runtime that compiles a whole training step once and
-//! replays it on the CPU (and, as they land, wgpu and CUDA backends).
+//! replays it on the CPU, on wgpu (WGSL) or on CUDA (PTX).
 //!
 //! Data flows one way: model spec -> [`graph::Graph`] -> autodiff and
 //! optimiser nodes -> [`graph::plan`] (schedule + arena) -> a

@@ -113,25 +113,18 @@ fn load_resume(dir: &Path, o: &TrainOptions) -> Result<Resume> {
             o.batch
         )));
     }
+    for f in [ck.model_file(dir), ck.optim_file(dir)] {
+        if !f.is_file() {
+            return Err(Error::format(
+                dir.join(CHECKPOINT),
+                format!("it points at {}, which is missing", f.display()),
+            ));
+        }
+    }
     Ok(Resume {
         ck,
         dir: dir.to_path_buf(),
-    }
-    .checked_files()?)
-}
-
-impl Resume {
-    fn checked_files(self) -> Result<Self> {
-        for f in [self.ck.model_file(&self.dir), self.ck.optim_file(&self.dir)] {
-            if !f.is_file() {
-                return Err(Error::format(
-                    self.dir.join(crate::checkpoint::CHECKPOINT),
-                    format!("it points at {}, which is missing", f.display()),
-                ));
-            }
-        }
-        Ok(self)
-    }
+    })
 }
 
 pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary> {
