@@ -4,8 +4,9 @@
 
 use crate::backend::{Backend, Executable};
 use crate::error::{Error, Result};
-use crate::graph::plan::{Launch, Module, Slot};
-use crate::ops::{self, Op};
+use crate::graph::kernel::{Kernel, PoolKind};
+use crate::graph::plan::{Module, Slot};
+use crate::ops;
 use std::sync::Arc;
 
 pub struct CpuBackend;
@@ -14,8 +15,13 @@ pub struct CpuBackend;
 /// split per tensor).
 const MAX_OPERANDS: usize = 8;
 
-fn is_multi_tensor(op: &Op) -> bool {
-    matches!(op, Op::SgdUpdate(_) | Op::AdamUpdate(_))
+/// Multi-tensor optimiser launches run tensor by tensor: each group is one
+/// gradient read and its parameter/state writes.
+fn group_count(k: &Kernel) -> usize {
+    match k {
+        Kernel::Sgd { tensors, .. } | Kernel::Adam { tensors, .. } => (*tensors).max(1),
+        _ => 1,
+    }
 }
 
 impl CpuBackend {
@@ -36,35 +42,12 @@ impl Backend for CpuBackend {
     }
 
     fn compile(&self, module: Arc<Module>) -> Result<Box<dyn Executable>> {
-        // The raw-slice borrowing in `run` relies on this: no launch writes a
-        // range that another of its operands covers.
-        for p in &module.programs {
-            for l in &p.launches {
-                for (i, w) in l.writes.iter().enumerate() {
-                    let inplace_pair =
-                        |k: usize| i == 0 && l.inplace == Some(k) && l.reads[k] == *w;
-                    let clash = l
-                        .reads
-                        .iter()
-                        .enumerate()
-                        .any(|(k, r)| r.overlaps(w) && !inplace_pair(k))
-                        || l.writes[i + 1..].iter().any(|o| o.overlaps(w));
-                    if clash || w.end() > module.arena_words {
-                        return Err(Error::Device {
-                            device: "cpu".into(),
-                            detail: format!(
-                                "program '{}': {} has an output that overlaps an operand",
-                                p.name,
-                                l.op.kernel_name()
-                            ),
-                        });
-                    }
-                }
-                let groups = if is_multi_tensor(&l.op) {
-                    l.reads.len().max(1)
-                } else {
-                    1
-                };
+        // The raw-slice borrowing in `run` relies on `validate`: every slot
+        // lies in the arena and no output overlaps another operand.
+        let kernels = module.validate()?;
+        for (p, ks) in module.programs.iter().zip(&kernels) {
+            for (l, k) in p.launches.iter().zip(ks) {
+                let groups = group_count(k);
                 if l.reads.len() / groups > MAX_OPERANDS || l.writes.len() / groups > MAX_OPERANDS {
                     return Err(Error::Device {
                         device: "cpu".into(),
@@ -72,12 +55,6 @@ impl Backend for CpuBackend {
                             "{} has more than {MAX_OPERANDS} operands",
                             l.op.kernel_name()
                         ),
-                    });
-                }
-                if l.reads.iter().any(|r| r.end() > module.arena_words) {
-                    return Err(Error::Device {
-                        device: "cpu".into(),
-                        detail: format!("{} reads outside the arena", l.op.kernel_name()),
                     });
                 }
             }
@@ -99,6 +76,7 @@ impl Backend for CpuBackend {
         let base = (64 - arena.as_ptr() as usize % 64) % 64 / std::mem::size_of::<f32>();
         Ok(Box::new(CpuExecutable {
             module,
+            kernels,
             arena,
             base,
         }))
@@ -110,6 +88,8 @@ const ALIGN_WORDS: usize = 16;
 
 pub struct CpuExecutable {
     module: Arc<Module>,
+    /// Each launch decoded once, program by program.
+    kernels: Vec<Vec<Kernel>>,
     /// The arena starts at `arena[base]`, 64-byte aligned.
     arena: Vec<f32>,
     base: usize,
@@ -168,14 +148,9 @@ impl Executable for CpuExecutable {
             )));
         }
         let base = self.words_mut().as_mut_ptr();
-        for l in &p.launches {
-            // Multi-tensor optimiser launches run tensor by tensor: each
-            // group is one gradient read and its parameter/state writes.
-            let groups = if is_multi_tensor(&l.op) {
-                l.reads.len().max(1)
-            } else {
-                1
-            };
+        let kernels = &self.kernels[program];
+        for (l, k) in p.launches.iter().zip(kernels) {
+            let groups = group_count(k);
             let (per_r, per_w) = (l.reads.len() / groups, l.writes.len() / groups);
             for gi in 0..groups {
                 let mut reads: [&[f32]; MAX_OPERANDS] = [&[]; MAX_OPERANDS];
@@ -194,7 +169,7 @@ impl Executable for CpuExecutable {
                     writes[i] =
                         unsafe { std::slice::from_raw_parts_mut(base.add(s.offset), s.len) };
                 }
-                execute(l, &reads[..per_r], &mut writes[..per_w], scalars);
+                execute(k, l.inplace, &reads[..per_r], &mut writes[..per_w], scalars);
             }
         }
         Ok(())
@@ -208,41 +183,29 @@ fn u32s_mut(x: &mut [f32]) -> &mut [u32] {
     bytemuck::cast_slice_mut(x)
 }
 
-/// The CPU launch table: one arm per op.
-fn execute(l: &Launch, r: &[&[f32]], w: &mut [&mut [f32]], scalars: &[f32]) {
-    let rs = &l.read_shapes;
-    let ws = &l.write_shapes;
-    match &l.op {
-        Op::MatMul { ta, tb } => {
-            ops::matmul::cpu_matmul(&rs[0], *ta, &rs[1], *tb, r[0], r[1], w[0])
+/// The CPU launch table: one arm per kernel. `inplace`: output 0 was
+/// written over read k, which is read through the output instead.
+fn execute(k: &Kernel, inplace: Option<usize>, r: &[&[f32]], w: &mut [&mut [f32]], scalars: &[f32]) {
+    match k {
+        Kernel::MatMul(g) => {
+            ops::matmul::cpu_gemm(g.batch, g.m, g.n, g.k, g.ta, g.tb, r[0], r[1], w[0]);
         }
-        Op::Linear { bias, act } => {
-            let k = rs[0].last();
-            let n = rs[1].0[0];
-            let rows = rs[0].numel() / k.max(1);
-            ops::linear::cpu_forward(rows, k, n, r[0], r[1], bias.then(|| r[2]), *act, w[0]);
+        Kernel::Linear { gemm: g, bias, act } => {
+            ops::linear::cpu_forward(g.m, g.k, g.n, r[0], r[1], bias.then(|| r[2]), *act, w[0]);
         }
-        Op::Conv2d { p, act } => {
-            let g = p.geom(&rs[0], &rs[1]).expect("validated at build time");
-            ops::conv2d_cpu::conv2d_forward_act(&g, r[0], r[1], r.get(2).copied(), *act, w[0]);
+        Kernel::Conv2d { geom, bias, act } => {
+            ops::conv2d_cpu::conv2d_forward_act(geom, r[0], r[1], bias.then(|| r[2]), *act, w[0]);
         }
-        Op::Conv2dGradInput { p } => {
-            let g = p.geom(&ws[0], &rs[1]).expect("validated at build time");
-            ops::conv2d_cpu::conv2d_grad_input(&g, r[0], r[1], w[0]);
-        }
-        Op::Conv2dGradWeight { p } => {
-            let g = p.geom(&rs[0], &ws[0]).expect("validated at build time");
-            ops::conv2d_cpu::conv2d_grad_weight(&g, r[0], r[1], w[0]);
-        }
-        Op::Conv2dGradBias => {
-            let s = &rs[0];
+        Kernel::Conv2dGradInput(g) => ops::conv2d_cpu::conv2d_grad_input(g, r[0], r[1], w[0]),
+        Kernel::Conv2dGradWeight(g) => ops::conv2d_cpu::conv2d_grad_weight(g, r[0], r[1], w[0]),
+        Kernel::Conv2dGradBias(p) => {
             // Only n, c_out and the output plane matter for the bias sum.
-            let g = ops::conv2d_cpu::Conv2dGeom {
-                n: s.0[0],
+            let g = ops::conv2d::Conv2dGeom {
+                n: p.n,
                 c_in: 1,
-                h: s.0[2],
-                w: s.0[3],
-                c_out: s.0[1],
+                h: p.plane,
+                w: 1,
+                c_out: p.c,
                 kh: 1,
                 kw: 1,
                 stride: (1, 1),
@@ -251,90 +214,92 @@ fn execute(l: &Launch, r: &[&[f32]], w: &mut [&mut [f32]], scalars: &[f32]) {
             };
             ops::conv2d_cpu::conv2d_grad_bias(&g, r[0], w[0]);
         }
-        Op::MaxPool2d { p } => {
-            let g = p
-                .geom("max_pool2d", &rs[0])
-                .expect("validated at build time");
+        Kernel::Pool {
+            geom,
+            kind: PoolKind::Max,
+            backward: false,
+        } => {
             let (y, idx) = w.split_at_mut(1);
-            ops::pool_cpu::maxpool2d_forward(&g, r[0], y[0], u32s_mut(idx[0]));
+            ops::pool_cpu::maxpool2d_forward(geom, r[0], y[0], u32s_mut(idx[0]));
         }
-        Op::MaxPool2dBackward { p } => {
-            let g = p
-                .geom("max_pool2d", &ws[0])
-                .expect("validated at build time");
-            ops::pool_cpu::maxpool2d_backward(&g, r[0], u32s(r[1]), w[0]);
+        Kernel::Pool {
+            geom,
+            kind: PoolKind::Max,
+            backward: true,
+        } => ops::pool_cpu::maxpool2d_backward(geom, r[0], u32s(r[1]), w[0]),
+        Kernel::Pool {
+            geom,
+            kind: PoolKind::Avg,
+            backward: false,
+        } => ops::pool_cpu::avgpool2d_forward(geom, r[0], w[0]),
+        Kernel::Pool {
+            geom,
+            kind: PoolKind::Avg,
+            backward: true,
+        } => ops::pool_cpu::avgpool2d_backward(geom, r[0], w[0]),
+        Kernel::GlobalAvgPool { planes: p, backward: false } => {
+            ops::pool_cpu::global_avgpool_forward(p.n, p.c, p.plane, r[0], w[0])
         }
-        Op::AvgPool2d { p } => {
-            let g = p
-                .geom("avg_pool2d", &rs[0])
-                .expect("validated at build time");
-            ops::pool_cpu::avgpool2d_forward(&g, r[0], w[0]);
+        Kernel::GlobalAvgPool { planes: p, backward: true } => {
+            ops::pool_cpu::global_avgpool_backward(p.n, p.c, p.plane, r[0], w[0])
         }
-        Op::AvgPool2dBackward { p } => {
-            let g = p
-                .geom("avg_pool2d", &ws[0])
-                .expect("validated at build time");
-            ops::pool_cpu::avgpool2d_backward(&g, r[0], w[0]);
+        Kernel::Act { act, backward: false, .. } if inplace.is_some() => {
+            ops::activation::cpu_forward_inplace(*act, w[0])
         }
-        Op::GlobalAvgPool => {
-            let s = &rs[0];
-            ops::pool_cpu::global_avgpool_forward(s.0[0], s.0[1], s.0[2] * s.0[3], r[0], w[0]);
+        Kernel::Act { act, backward: false, .. } => ops::activation::cpu_forward(*act, r[0], w[0]),
+        Kernel::Act { act, backward: true, .. } if inplace.is_some() => {
+            ops::activation::cpu_backward_inplace(*act, r[0], w[0])
         }
-        Op::GlobalAvgPoolBackward => {
-            let s = &ws[0];
-            ops::pool_cpu::global_avgpool_backward(s.0[0], s.0[1], s.0[2] * s.0[3], r[0], w[0]);
+        Kernel::Act { act, backward: true, .. } => {
+            ops::activation::cpu_backward(*act, r[0], r[1], w[0])
         }
-        Op::Act(a) if l.inplace.is_some() => ops::activation::cpu_forward_inplace(*a, w[0]),
-        Op::Act(a) => ops::activation::cpu_forward(*a, r[0], w[0]),
-        Op::ActBackward(a) if l.inplace.is_some() => {
-            ops::activation::cpu_backward_inplace(*a, r[0], w[0])
-        }
-        Op::ActBackward(a) => ops::activation::cpu_backward(*a, r[0], r[1], w[0]),
-        Op::Binary(k) => match l.inplace {
-            Some(i) => ops::binary::cpu_binary_inplace(*k, i, &rs[1 - i], r[1 - i], &ws[0], w[0]),
-            None => ops::binary::cpu_binary(*k, &rs[0], r[0], &rs[1], r[1], &ws[0], w[0]),
+        Kernel::Binary { kind, a, b, out } => match inplace {
+            Some(0) => ops::binary::cpu_binary_inplace(*kind, 0, b, r[1], out, w[0]),
+            Some(_) => ops::binary::cpu_binary_inplace(*kind, 1, a, r[0], out, w[0]),
+            None => ops::binary::cpu_binary(*kind, a, r[0], b, r[1], out, w[0]),
         },
-        Op::Scale(a) if l.inplace.is_some() => w[0].iter_mut().for_each(|v| *v *= a),
-        Op::Scale(a) => ops::binary::cpu_scale(*a, r[0], w[0]),
-        Op::Fill(v) => w[0].fill(*v),
-        Op::SumTo => ops::binary::cpu_sum_to(&rs[0], r[0], &ws[0], w[0]),
-        Op::BroadcastTo => ops::binary::cpu_broadcast_to(&rs[0], r[0], &ws[0], w[0]),
-        Op::Reshape => unreachable!("views are not launched"),
-        Op::Transpose { perm } => ops::shape::cpu_transpose(&rs[0], perm, r[0], w[0]),
-        Op::Softmax => ops::softmax::cpu_softmax(rs[0].last(), false, r[0], w[0]),
-        Op::LogSoftmax => ops::softmax::cpu_softmax(rs[0].last(), true, r[0], w[0]),
-        Op::SoftmaxBackward => {
-            ops::softmax::cpu_softmax_backward(rs[0].last(), false, r[0], r[1], w[0])
+        Kernel::Scale { alpha, .. } if inplace.is_some() => w[0].iter_mut().for_each(|v| *v *= alpha),
+        Kernel::Scale { alpha, .. } => ops::binary::cpu_scale(*alpha, r[0], w[0]),
+        Kernel::Fill { value, .. } => w[0].fill(*value),
+        Kernel::SumTo { from, to } => ops::binary::cpu_sum_to(from, r[0], to, w[0]),
+        Kernel::BroadcastTo { from, to } => ops::binary::cpu_broadcast_to(from, r[0], to, w[0]),
+        Kernel::View => {}
+        Kernel::Transpose { shape, perm } => ops::shape::cpu_transpose(shape, perm, r[0], w[0]),
+        Kernel::Softmax {
+            cols,
+            log,
+            backward: false,
+            ..
+        } => ops::softmax::cpu_softmax(*cols, *log, r[0], w[0]),
+        Kernel::Softmax {
+            cols,
+            log,
+            backward: true,
+            ..
+        } => ops::softmax::cpu_softmax_backward(*cols, *log, r[0], r[1], w[0]),
+        Kernel::CrossEntropy { batch, classes } => {
+            ops::cross_entropy::cpu_forward(*batch, *classes, r[0], u32s(r[1]), w[0])
         }
-        Op::LogSoftmaxBackward => {
-            ops::softmax::cpu_softmax_backward(rs[0].last(), true, r[0], r[1], w[0])
-        }
-        Op::CrossEntropy => {
-            ops::cross_entropy::cpu_forward(rs[0].0[0], rs[0].0[1], r[0], u32s(r[1]), w[0])
-        }
-        Op::CrossEntropyBackward { dloss } => {
+        Kernel::CrossEntropyBackward {
+            batch,
+            classes,
+            dloss,
+        } => {
             let d = dloss.unwrap_or_else(|| r[2][0]);
-            ops::cross_entropy::cpu_backward(rs[0].0[0], rs[0].0[1], r[0], u32s(r[1]), d, w[0])
+            ops::cross_entropy::cpu_backward(*batch, *classes, r[0], u32s(r[1]), d, w[0])
         }
-        Op::ActBackwardBias { act, axis } => {
+        Kernel::ActBackwardBias { act, dims, axis } => {
             let (dx, db) = w.split_at_mut(1);
-            let dy = if l.inplace.is_some() {
-                None
-            } else {
-                Some(r[1])
-            };
-            ops::bias_grad::cpu_act_backward_bias(*act, &rs[0].0, *axis, r[0], dy, dx[0], db[0]);
+            let dy = if inplace.is_some() { None } else { Some(r[1]) };
+            ops::bias_grad::cpu_act_backward_bias(*act, dims, *axis, r[0], dy, dx[0], db[0]);
         }
-        Op::Elementwise(prog) => ops::elementwise::cpu_elementwise(prog, r, l.inplace, w[0]),
-        Op::Dropout { p, seed, step } => {
-            let x = if l.inplace.is_some() {
-                None
-            } else {
-                Some(r[0])
-            };
+        Kernel::Elementwise { prog, .. } => ops::elementwise::cpu_elementwise(prog, r, inplace, w[0]),
+        Kernel::Dropout { p, seed, step, .. } => {
+            let x = if inplace.is_some() { None } else { Some(r[0]) };
             ops::dropout::cpu_dropout(*p, *seed, scalars[step.0 as usize] as u32, x, w[0])
         }
-        Op::BatchNorm2d {
+        Kernel::BatchNorm {
+            planes,
             eps,
             momentum,
             training: true,
@@ -344,37 +309,32 @@ fn execute(l: &Launch, r: &[&[f32]], w: &mut [&mut [f32]], scalars: &[f32]) {
             let (invstd, rest) = rest.split_at_mut(1);
             let (rm, rv) = rest.split_at_mut(1);
             ops::batchnorm::cpu_train(
-                &rs[0], *eps, *momentum, r[0], r[1], r[2], y[0], mean[0], invstd[0], rm[0], rv[0],
+                planes.dims(), *eps, *momentum, r[0], r[1], r[2], y[0], mean[0], invstd[0], rm[0], rv[0],
             );
         }
-        Op::BatchNorm2d {
+        Kernel::BatchNorm {
+            planes,
             eps,
             training: false,
             ..
-        } => ops::batchnorm::cpu_infer(&rs[0], *eps, r[0], r[1], r[2], r[3], r[4], w[0]),
-        Op::BatchNorm2dBackward => {
+        } => ops::batchnorm::cpu_infer(planes.dims(), *eps, r[0], r[1], r[2], r[3], r[4], w[0]),
+        Kernel::BatchNormBackward(planes) => {
             let (dx, rest) = w.split_at_mut(1);
             let (dg, db) = rest.split_at_mut(1);
-            ops::batchnorm::cpu_backward(&rs[0], r[0], r[1], r[2], r[3], r[4], dx[0], dg[0], db[0]);
+            ops::batchnorm::cpu_backward(planes.dims(), r[0], r[1], r[2], r[3], r[4], dx[0], dg[0], db[0]);
         }
-        Op::SgdUpdate(c) => {
+        // One group: this tensor's gradient, parameter and state.
+        Kernel::Sgd { config: c, .. } => {
             let lr = scalars[c.lr.0 as usize];
-            let per = if c.momentum != 0.0 { 2 } else { 1 };
-            for (i, g) in r.iter().enumerate() {
-                let chunk = &mut w[i * per..(i + 1) * per];
-                let (p, v) = chunk.split_at_mut(1);
-                let v: &mut [f32] = if per == 2 { v[0] } else { &mut [] };
-                ops::sgd::cpu_update(c, lr, g, p[0], v);
-            }
+            let (p, v) = w.split_at_mut(1);
+            let v: &mut [f32] = if c.momentum != 0.0 { v[0] } else { &mut [] };
+            ops::sgd::cpu_update(c, lr, r[0], p[0], v);
         }
-        Op::AdamUpdate(c) => {
+        Kernel::Adam { config: c, .. } => {
             let (lr, step) = (scalars[c.lr.0 as usize], scalars[c.step.0 as usize]);
-            for (i, g) in r.iter().enumerate() {
-                let chunk = &mut w[i * 3..(i + 1) * 3];
-                let (p, rest) = chunk.split_at_mut(1);
-                let (m, v) = rest.split_at_mut(1);
-                ops::adam::cpu_update(c, lr, step, g, p[0], m[0], v[0]);
-            }
+            let (p, rest) = w.split_at_mut(1);
+            let (m, v) = rest.split_at_mut(1);
+            ops::adam::cpu_update(c, lr, step, r[0], p[0], m[0], v[0]);
         }
     }
 }

@@ -5,6 +5,7 @@ pub mod cost;
 pub mod exec;
 pub mod fuse;
 pub mod ir;
+pub mod kernel;
 pub mod plan;
 
 pub use exec::Session;

@@ -102,7 +102,7 @@ fn channel_stats(n: usize, c: usize, hw: usize, x: &[f32], ch: usize) -> (f64, f
 
 #[allow(clippy::too_many_arguments)]
 pub fn cpu_train(
-    sx: &Shape,
+    (n, c, hw): (usize, usize, usize),
     eps: f32,
     momentum: f32,
     x: &[f32],
@@ -114,8 +114,6 @@ pub fn cpu_train(
     rmean: &mut [f32],
     rvar: &mut [f32],
 ) {
-    let (n, c) = (sx.0[0], sx.0[1]);
-    let hw = sx.0[2] * sx.0[3];
     let cnt = n * hw;
     for ch in 0..c {
         let (m, v) = channel_stats(n, c, hw, x, ch);
@@ -134,7 +132,7 @@ pub fn cpu_train(
 
 #[allow(clippy::too_many_arguments)]
 pub fn cpu_infer(
-    sx: &Shape,
+    (n, c, hw): (usize, usize, usize),
     eps: f32,
     x: &[f32],
     gamma: &[f32],
@@ -143,8 +141,6 @@ pub fn cpu_infer(
     rvar: &[f32],
     y: &mut [f32],
 ) {
-    let (n, c) = (sx.0[0], sx.0[1]);
-    let hw = sx.0[2] * sx.0[3];
     let invstd: Vec<f32> = rvar.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
     normalize(n, c, hw, x, gamma, beta, rmean, &invstd, y);
 }
@@ -179,7 +175,7 @@ fn normalize(
 /// dx = γ·invstd/M · (M·dy − Σdy − x̂·Σ(dy·x̂)), dγ = Σ dy·x̂, dβ = Σ dy.
 #[allow(clippy::too_many_arguments)]
 pub fn cpu_backward(
-    sx: &Shape,
+    (n, c, hw): (usize, usize, usize),
     x: &[f32],
     gamma: &[f32],
     mean: &[f32],
@@ -189,8 +185,6 @@ pub fn cpu_backward(
     dgamma: &mut [f32],
     dbeta: &mut [f32],
 ) {
-    let (n, c) = (sx.0[0], sx.0[1]);
-    let hw = sx.0[2] * sx.0[3];
     let m = (n * hw) as f32;
     for ch in 0..c {
         let (mut sdy, mut sdyx) = (0.0f64, 0.0f64);

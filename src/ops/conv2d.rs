@@ -1,13 +1,83 @@
 //! 2-D convolution, NCHW activations and OIHW weights (PyTorch layouts),
-//! with stride, padding and dilation. The CPU kernels (im2col + GEMM) are
-//! in `conv2d_cpu.rs`; this file holds the shape and gradient rules.
+//! with stride, padding and dilation. This file holds the geometry and the
+//! shape and gradient rules; the CPU kernels are in `conv2d_cpu.rs`.
 
 use crate::error::{Error, Result};
 use crate::graph::ir::{Graph, ValueId};
 use crate::ops::activation::Activation;
-use crate::ops::conv2d_cpu::Conv2dGeom;
 use crate::ops::Op;
 use crate::tensor::Shape;
+
+/// Geometry of one 2-D convolution (groups = 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Conv2dGeom {
+    pub n: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub kh: usize,
+    pub kw: usize,
+    /// (vertical, horizontal)
+    pub stride: (usize, usize),
+    /// Zero padding on each side, (vertical, horizontal).
+    pub pad: (usize, usize),
+    /// (vertical, horizontal); 1 is an ordinary convolution.
+    pub dilation: (usize, usize),
+}
+
+/// Output size of one spatial dimension, `None` if the (dilated) kernel does
+/// not fit in the padded input or a parameter is zero.
+fn conv_out_dim(size: usize, k: usize, stride: usize, pad: usize, dil: usize) -> Option<usize> {
+    if k == 0 || stride == 0 || dil == 0 {
+        return None;
+    }
+    let eff = dil.checked_mul(k - 1)?.checked_add(1)?;
+    let padded = size.checked_add(pad.checked_mul(2)?)?;
+    let span = padded.checked_sub(eff)?;
+    Some(span / stride + 1)
+}
+
+impl Conv2dGeom {
+    /// `(oh, ow)`, or `None` if the dilated kernel does not fit in the padded
+    /// input (or a kernel size, stride or dilation is zero).
+    pub fn out_hw(&self) -> Option<(usize, usize)> {
+        Some((
+            conv_out_dim(self.h, self.kh, self.stride.0, self.pad.0, self.dilation.0)?,
+            conv_out_dim(self.w, self.kw, self.stride.1, self.pad.1, self.dilation.1)?,
+        ))
+    }
+
+    /// `2·N·Cout·OH·OW·Cin·KH·KW` (0 if the kernel does not fit).
+    pub fn flops_forward(&self) -> u64 {
+        let (oh, ow) = self.out_hw().unwrap_or((0, 0));
+        [self.n, self.c_out, oh, ow, self.c_in, self.kh, self.kw]
+            .iter()
+            .fold(2u64, |acc, &d| acc.saturating_mul(d as u64))
+    }
+
+    /// Number of elements of `x` / `dx` (`N·Cin·H·W`).
+    pub fn x_len(&self) -> usize {
+        self.n * self.c_in * self.h * self.w
+    }
+
+    /// Number of elements of `w` / `dw` (`Cout·Cin·KH·KW`).
+    pub fn w_len(&self) -> usize {
+        self.c_out * self.c_in * self.kh * self.kw
+    }
+
+    /// Number of elements of `y` / `dy` (`N·Cout·OH·OW`); panics if the
+    /// kernel does not fit.
+    pub fn y_len(&self) -> usize {
+        let (oh, ow) = self.checked_out_hw();
+        self.n * self.c_out * oh * ow
+    }
+
+    pub(crate) fn checked_out_hw(&self) -> (usize, usize) {
+        self.out_hw()
+            .unwrap_or_else(|| panic!("conv2d: kernel does not fit the input: {self:?}"))
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConvParams {

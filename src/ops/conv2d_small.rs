@@ -13,7 +13,7 @@
 //! calls do not allocate.
 
 use super::activation::Activation;
-use super::conv2d_cpu::Conv2dGeom;
+use super::conv2d::Conv2dGeom;
 use super::small_gemm::{gemm_windows, padded};
 use std::cell::Cell;
 

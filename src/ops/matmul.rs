@@ -277,6 +277,22 @@ pub fn backward(
 #[allow(clippy::too_many_arguments)]
 pub fn cpu_matmul(sa: &Shape, ta: bool, sb: &Shape, tb: bool, a: &[f32], b: &[f32], c: &mut [f32]) {
     let (batch, m, k, n) = matmul_dims(sa, ta, sb, tb).expect("validated at build time");
+    cpu_gemm(batch, m, n, k, ta, tb, a, b, c);
+}
+
+/// `batch` products `op(a)·op(b)` of `m×k · k×n`, row-major, contiguous.
+#[allow(clippy::too_many_arguments)]
+pub fn cpu_gemm(
+    batch: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    ta: bool,
+    tb: bool,
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+) {
     for i in 0..batch {
         sgemm(
             m,

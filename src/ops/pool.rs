@@ -4,9 +4,64 @@
 
 use crate::error::{Error, Result};
 use crate::graph::ir::{Graph, ValueId};
-use crate::ops::pool_cpu::Pool2dGeom;
 use crate::ops::Op;
 use crate::tensor::{DType, Shape};
+
+/// Geometry of one 2-D pooling (dilation 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Pool2dGeom {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub kh: usize,
+    pub kw: usize,
+    /// (vertical, horizontal)
+    pub stride: (usize, usize),
+    /// Implicit padding on each side, (vertical, horizontal). It never wins
+    /// a max and counts as zeros in an average.
+    pub pad: (usize, usize),
+}
+
+/// Output size of one dimension (floor mode), `None` if the window does not
+/// fit, a parameter is zero, or the padding exceeds half the window (which
+/// PyTorch rejects, and which would allow windows of padding only).
+fn pool_out_dim(size: usize, k: usize, stride: usize, pad: usize) -> Option<usize> {
+    if k == 0 || stride == 0 || pad > k / 2 {
+        return None;
+    }
+    let span = size.checked_add(pad.checked_mul(2)?)?.checked_sub(k)?;
+    Some(span / stride + 1)
+}
+
+impl Pool2dGeom {
+    /// `(oh, ow)` with PyTorch's default floor mode, or `None` if the window
+    /// does not fit the padded input, a size or stride is zero, or a padding
+    /// exceeds half the window.
+    pub fn out_hw(&self) -> Option<(usize, usize)> {
+        Some((
+            pool_out_dim(self.h, self.kh, self.stride.0, self.pad.0)?,
+            pool_out_dim(self.w, self.kw, self.stride.1, self.pad.1)?,
+        ))
+    }
+
+    /// Number of elements of `x` / `dx` (`N·C·H·W`).
+    pub fn x_len(&self) -> usize {
+        self.n * self.c * self.h * self.w
+    }
+
+    /// Number of elements of `y` / `dy` / `argmax` (`N·C·OH·OW`); panics if
+    /// the window does not fit.
+    pub fn y_len(&self) -> usize {
+        let (oh, ow) = self.checked_out_hw();
+        self.n * self.c * oh * ow
+    }
+
+    pub(crate) fn checked_out_hw(&self) -> (usize, usize) {
+        self.out_hw()
+            .unwrap_or_else(|| panic!("pool2d: invalid window for the input: {self:?}"))
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PoolParams {

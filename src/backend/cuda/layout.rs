@@ -4,9 +4,9 @@
 
 use super::args::*;
 use crate::error::{Error, Result};
-use crate::ops::conv2d_cpu::Conv2dGeom;
+use crate::ops::conv2d::Conv2dGeom;
 use crate::ops::elementwise::EwInstr;
-use crate::ops::pool_cpu::Pool2dGeom;
+use crate::ops::pool::Pool2dGeom;
 
 /// Largest tensor the kernels index: 32-bit arithmetic, with headroom so a
 /// grid-stride loop cannot overflow.

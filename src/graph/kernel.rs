@@ -1,0 +1,579 @@
+//! What each launch computes, decoded once for every backend: the op and
+//! its operand shapes become the typed dimensions a kernel is called with,
+//! with every shape rule checked by `?`. Backends match on [`Kernel`]
+//! instead of re-deriving geometry from `Op` and shapes, and
+//! [`Module::validate`] checks slots, operand counts and scalars once for
+//! all of them.
+//!
+//! Both matches here are exhaustive: a new `Op` variant does not compile
+//! until it is described, and a new `Kernel` variant does not compile until
+//! every backend handles it.
+
+use crate::error::{Error, Result};
+use crate::graph::ir::ScalarId;
+use crate::graph::plan::{Launch, Module, Program};
+use crate::ops::adam::AdamConfig;
+use crate::ops::conv2d::Conv2dGeom;
+use crate::ops::elementwise::EwInstr;
+use crate::ops::matmul::matmul_dims;
+use crate::ops::pool::Pool2dGeom;
+use crate::ops::sgd::SgdConfig;
+use crate::ops::{Activation, BinaryKind, Op};
+use crate::tensor::Shape;
+
+/// `C[b] = op(A[b]) · op(B[b])`, `batch` times, each `m×k · k×n`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Gemm {
+    pub batch: usize,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub ta: bool,
+    pub tb: bool,
+}
+
+/// N×C planes of `plane` elements (batch norm, global pooling, bias sums).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Planes {
+    pub n: usize,
+    pub c: usize,
+    pub plane: usize,
+}
+
+impl Planes {
+    /// `(n, c, plane)`, as the CPU kernels take them.
+    pub fn dims(&self) -> (usize, usize, usize) {
+        (self.n, self.c, self.plane)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolKind {
+    Max,
+    Avg,
+}
+
+/// One launch, as every backend needs it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Kernel {
+    /// Batched matrix product.
+    MatMul(Gemm),
+    /// `x · wᵀ (+ b)` then `act`: `m` rows, weight `[n, k]`.
+    Linear {
+        gemm: Gemm,
+        bias: bool,
+        act: Option<Activation>,
+    },
+    Conv2d {
+        geom: Conv2dGeom,
+        bias: bool,
+        act: Option<Activation>,
+    },
+    Conv2dGradInput(Conv2dGeom),
+    Conv2dGradWeight(Conv2dGeom),
+    /// Sum of dy over n and the plane, per channel.
+    Conv2dGradBias(Planes),
+    Pool {
+        geom: Pool2dGeom,
+        kind: PoolKind,
+        backward: bool,
+    },
+    GlobalAvgPool {
+        planes: Planes,
+        backward: bool,
+    },
+    Act {
+        act: Activation,
+        backward: bool,
+        len: usize,
+    },
+    /// Fused activation gradient and the sum of it over all axes but `axis`.
+    ActBackwardBias {
+        act: Activation,
+        dims: Vec<usize>,
+        axis: usize,
+    },
+    Binary {
+        kind: BinaryKind,
+        a: Shape,
+        b: Shape,
+        out: Shape,
+    },
+    Scale {
+        alpha: f32,
+        len: usize,
+    },
+    Fill {
+        value: f32,
+        len: usize,
+    },
+    SumTo {
+        from: Shape,
+        to: Shape,
+    },
+    BroadcastTo {
+        from: Shape,
+        to: Shape,
+    },
+    /// A reshape: nothing runs.
+    View,
+    Transpose {
+        shape: Shape,
+        perm: Vec<usize>,
+    },
+    /// Row-wise (log-)softmax over the last axis, or its gradient.
+    Softmax {
+        rows: usize,
+        cols: usize,
+        log: bool,
+        backward: bool,
+    },
+    CrossEntropy {
+        batch: usize,
+        classes: usize,
+    },
+    /// `dloss`: a constant loss gradient, else read from the third input.
+    CrossEntropyBackward {
+        batch: usize,
+        classes: usize,
+        dloss: Option<f32>,
+    },
+    Elementwise {
+        prog: Vec<EwInstr>,
+        len: usize,
+    },
+    Dropout {
+        p: f32,
+        seed: u32,
+        step: ScalarId,
+        len: usize,
+    },
+    BatchNorm {
+        planes: Planes,
+        eps: f32,
+        momentum: f32,
+        training: bool,
+    },
+    BatchNormBackward(Planes),
+    /// One launch over `tensors` parameters (gradient reads, then per
+    /// tensor the parameter and its state among the writes).
+    Sgd {
+        config: SgdConfig,
+        tensors: usize,
+    },
+    Adam {
+        config: AdamConfig,
+        tensors: usize,
+    },
+}
+
+fn planes(op: &str, s: &Shape) -> Result<Planes> {
+    match s.0[..] {
+        [n, c, h, w] => Ok(Planes {
+            n,
+            c,
+            plane: h * w,
+        }),
+        _ => Err(Error::shape(op, format!("{s} is not [N,C,H,W]"))),
+    }
+}
+
+/// `[rows, cols]` of a row-wise op over the last axis.
+fn rows(s: &Shape) -> (usize, usize) {
+    let cols = s.0.last().copied().unwrap_or(1);
+    (s.numel() / cols.max(1), cols)
+}
+
+fn batch_classes(op: &str, s: &Shape) -> Result<(usize, usize)> {
+    match s.0[..] {
+        [b, c] => Ok((b, c)),
+        _ => Err(Error::shape(op, format!("logits {s} are not [B, C]"))),
+    }
+}
+
+impl Kernel {
+    /// Decode a launch. Shapes were checked when the graph was built; this
+    /// checks them again, with errors instead of panics, for modules made
+    /// or edited by hand.
+    pub fn describe(l: &Launch) -> Result<Kernel> {
+        let rs = &l.read_shapes;
+        let ws = &l.write_shapes;
+        let name = l.op.kernel_name();
+        let need = |r: usize, w: usize| -> Result<()> {
+            if rs.len() < r || ws.len() < w {
+                return Err(Error::shape(
+                    name,
+                    format!(
+                        "{} reads and {} writes, needs at least {r} and {w}",
+                        rs.len(),
+                        ws.len()
+                    ),
+                ));
+            }
+            Ok(())
+        };
+        let len = |s: &[Shape]| s.first().map_or(0, Shape::numel);
+        Ok(match &l.op {
+            Op::MatMul { ta, tb } => {
+                need(2, 1)?;
+                let (batch, m, k, n) = matmul_dims(&rs[0], *ta, &rs[1], *tb)?;
+                Kernel::MatMul(Gemm {
+                    batch,
+                    m,
+                    n,
+                    k,
+                    ta: *ta,
+                    tb: *tb,
+                })
+            }
+            Op::Linear { bias, act } => {
+                need(2 + *bias as usize, 1)?;
+                let k = rs[0].0.last().copied().unwrap_or(1);
+                let (n, wk) = match rs[1].0[..] {
+                    [n, wk] => (n, wk),
+                    _ => return Err(Error::shape(name, format!("weight {} is not 2-D", rs[1]))),
+                };
+                if wk != k {
+                    return Err(Error::shape(
+                        name,
+                        format!("input {} and weight {} disagree", rs[0], rs[1]),
+                    ));
+                }
+                let gemm = Gemm {
+                    batch: 1,
+                    m: rs[0].numel() / k.max(1),
+                    n,
+                    k,
+                    ta: false,
+                    tb: true,
+                };
+                Kernel::Linear {
+                    gemm,
+                    bias: *bias,
+                    act: *act,
+                }
+            }
+            Op::Conv2d { p, act } => {
+                need(2, 1)?;
+                Kernel::Conv2d {
+                    geom: p.geom(&rs[0], &rs[1])?,
+                    bias: rs.len() == 3,
+                    act: *act,
+                }
+            }
+            Op::Conv2dGradInput { p } => {
+                need(2, 1)?;
+                Kernel::Conv2dGradInput(p.geom(&ws[0], &rs[1])?)
+            }
+            Op::Conv2dGradWeight { p } => {
+                need(2, 1)?;
+                Kernel::Conv2dGradWeight(p.geom(&rs[0], &ws[0])?)
+            }
+            Op::Conv2dGradBias => {
+                need(1, 1)?;
+                Kernel::Conv2dGradBias(planes(name, &rs[0])?)
+            }
+            Op::MaxPool2d { p } => {
+                need(1, 2)?;
+                Kernel::Pool {
+                    geom: p.geom("max_pool2d", &rs[0])?,
+                    kind: PoolKind::Max,
+                    backward: false,
+                }
+            }
+            Op::MaxPool2dBackward { p } => {
+                need(2, 1)?;
+                Kernel::Pool {
+                    geom: p.geom("max_pool2d", &ws[0])?,
+                    kind: PoolKind::Max,
+                    backward: true,
+                }
+            }
+            Op::AvgPool2d { p } => {
+                need(1, 1)?;
+                Kernel::Pool {
+                    geom: p.geom("avg_pool2d", &rs[0])?,
+                    kind: PoolKind::Avg,
+                    backward: false,
+                }
+            }
+            Op::AvgPool2dBackward { p } => {
+                need(1, 1)?;
+                Kernel::Pool {
+                    geom: p.geom("avg_pool2d", &ws[0])?,
+                    kind: PoolKind::Avg,
+                    backward: true,
+                }
+            }
+            Op::GlobalAvgPool => {
+                need(1, 1)?;
+                Kernel::GlobalAvgPool {
+                    planes: planes(name, &rs[0])?,
+                    backward: false,
+                }
+            }
+            Op::GlobalAvgPoolBackward => {
+                need(1, 1)?;
+                Kernel::GlobalAvgPool {
+                    planes: planes(name, &ws[0])?,
+                    backward: true,
+                }
+            }
+            Op::Act(a) => {
+                need(1, 1)?;
+                Kernel::Act {
+                    act: *a,
+                    backward: false,
+                    len: len(ws),
+                }
+            }
+            Op::ActBackward(a) => {
+                need(2, 1)?;
+                Kernel::Act {
+                    act: *a,
+                    backward: true,
+                    len: len(ws),
+                }
+            }
+            Op::ActBackwardBias { act, axis } => {
+                need(2, 2)?;
+                if *axis >= rs[0].rank() {
+                    return Err(Error::shape(name, format!("axis {axis} of {}", rs[0])));
+                }
+                Kernel::ActBackwardBias {
+                    act: *act,
+                    dims: rs[0].0.clone(),
+                    axis: *axis,
+                }
+            }
+            Op::Binary(kind) => {
+                need(2, 1)?;
+                Kernel::Binary {
+                    kind: *kind,
+                    a: rs[0].clone(),
+                    b: rs[1].clone(),
+                    out: ws[0].clone(),
+                }
+            }
+            Op::Scale(alpha) => {
+                need(1, 1)?;
+                Kernel::Scale {
+                    alpha: *alpha,
+                    len: len(ws),
+                }
+            }
+            Op::Fill(value) => {
+                need(0, 1)?;
+                Kernel::Fill {
+                    value: *value,
+                    len: len(ws),
+                }
+            }
+            Op::SumTo => {
+                need(1, 1)?;
+                Kernel::SumTo {
+                    from: rs[0].clone(),
+                    to: ws[0].clone(),
+                }
+            }
+            Op::BroadcastTo => {
+                need(1, 1)?;
+                Kernel::BroadcastTo {
+                    from: rs[0].clone(),
+                    to: ws[0].clone(),
+                }
+            }
+            Op::Reshape => Kernel::View,
+            Op::Transpose { perm } => {
+                need(1, 1)?;
+                if perm.len() != rs[0].rank() {
+                    return Err(Error::shape(name, format!("perm {perm:?} of {}", rs[0])));
+                }
+                Kernel::Transpose {
+                    shape: rs[0].clone(),
+                    perm: perm.clone(),
+                }
+            }
+            Op::Softmax | Op::LogSoftmax | Op::SoftmaxBackward | Op::LogSoftmaxBackward => {
+                let backward = matches!(l.op, Op::SoftmaxBackward | Op::LogSoftmaxBackward);
+                need(1 + backward as usize, 1)?;
+                let (rows, cols) = rows(&rs[0]);
+                Kernel::Softmax {
+                    rows,
+                    cols,
+                    log: matches!(l.op, Op::LogSoftmax | Op::LogSoftmaxBackward),
+                    backward,
+                }
+            }
+            Op::CrossEntropy => {
+                need(2, 1)?;
+                let (batch, classes) = batch_classes(name, &rs[0])?;
+                Kernel::CrossEntropy { batch, classes }
+            }
+            Op::CrossEntropyBackward { dloss } => {
+                need(2 + dloss.is_none() as usize, 1)?;
+                let (batch, classes) = batch_classes(name, &rs[0])?;
+                Kernel::CrossEntropyBackward {
+                    batch,
+                    classes,
+                    dloss: *dloss,
+                }
+            }
+            Op::Elementwise(prog) => {
+                need(0, 1)?;
+                Kernel::Elementwise {
+                    prog: prog.clone(),
+                    len: len(ws),
+                }
+            }
+            Op::Dropout { p, seed, step } => {
+                need(1, 1)?;
+                Kernel::Dropout {
+                    p: *p,
+                    seed: *seed,
+                    step: *step,
+                    len: len(ws),
+                }
+            }
+            Op::BatchNorm2d {
+                eps,
+                momentum,
+                training,
+            } => {
+                if *training {
+                    need(3, 5)?;
+                } else {
+                    need(5, 1)?;
+                }
+                Kernel::BatchNorm {
+                    planes: planes(name, &rs[0])?,
+                    eps: *eps,
+                    momentum: *momentum,
+                    training: *training,
+                }
+            }
+            Op::BatchNorm2dBackward => {
+                need(5, 3)?;
+                Kernel::BatchNormBackward(planes(name, &rs[0])?)
+            }
+            Op::SgdUpdate(c) => {
+                let per = if c.momentum != 0.0 { 2 } else { 1 };
+                Kernel::Sgd {
+                    config: *c,
+                    tensors: multi_tensor(l, per)?,
+                }
+            }
+            Op::AdamUpdate(c) => Kernel::Adam {
+                config: *c,
+                tensors: multi_tensor(l, 3)?,
+            },
+        })
+    }
+
+    /// Runtime scalars this launch reads.
+    pub fn scalars(&self) -> Vec<ScalarId> {
+        match self {
+            Kernel::Dropout { step, .. } => vec![*step],
+            Kernel::Sgd { config, .. } => vec![config.lr],
+            Kernel::Adam { config, .. } => vec![config.lr, config.step],
+            _ => vec![],
+        }
+    }
+}
+
+/// A multi-tensor update reads one gradient per tensor and writes `per`
+/// tensors (the parameter and its state) for each, all of one size.
+fn multi_tensor(l: &Launch, per: usize) -> Result<usize> {
+    let n = l.reads.len();
+    let name = l.op.kernel_name();
+    if l.writes.len() != n * per {
+        return Err(Error::shape(
+            name,
+            format!("{n} gradients need {} writes, got {}", n * per, l.writes.len()),
+        ));
+    }
+    for (i, g) in l.reads.iter().enumerate() {
+        if l.writes[i * per..(i + 1) * per].iter().any(|w| w.len != g.len) {
+            return Err(Error::shape(
+                name,
+                format!("tensor {i}: gradient and state sizes differ"),
+            ));
+        }
+    }
+    Ok(n)
+}
+
+impl Module {
+    /// What every backend relies on, checked once: each launch decodes, its
+    /// slots lie in the arena, no output overlaps another operand (except
+    /// an in-place output over the read it replaces), and every scalar it
+    /// reads exists. Returns the decoded kernels, program by program.
+    pub fn validate(&self) -> Result<Vec<Vec<Kernel>>> {
+        self.programs
+            .iter()
+            .map(|p| {
+                p.launches
+                    .iter()
+                    .map(|l| self.validate_launch(p, l))
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn validate_launch(&self, p: &Program, l: &Launch) -> Result<Kernel> {
+        let bad = |what: String| {
+            Error::shape(
+                l.op.kernel_name(),
+                format!("program '{}': {what}", p.name),
+            )
+        };
+        if l.reads.len() != l.read_shapes.len() || l.writes.len() != l.write_shapes.len() {
+            return Err(bad("slots and shapes differ in number".into()));
+        }
+        for (s, shape) in l
+            .reads
+            .iter()
+            .zip(&l.read_shapes)
+            .chain(l.writes.iter().zip(&l.write_shapes))
+        {
+            if s.end() > self.arena_words {
+                return Err(bad(format!("an operand ends at word {}, past the arena", s.end())));
+            }
+            // u32 operands (labels, argmax) are one word per element too.
+            if s.len != shape.numel() && !l.op.is_view() {
+                return Err(bad(format!("a slot of {} words holds {shape}", s.len)));
+            }
+        }
+        if let Some(k) = l.inplace {
+            if l.reads.get(k) != l.writes.first() {
+                return Err(bad(format!("in-place read {k} is not output 0's slot")));
+            }
+        }
+        for (i, w) in l.writes.iter().enumerate() {
+            let inplace_pair = |k: usize| i == 0 && l.inplace == Some(k);
+            let clash = l
+                .reads
+                .iter()
+                .enumerate()
+                .any(|(k, r)| r.overlaps(w) && !inplace_pair(k))
+                || l.writes[i + 1..].iter().any(|o| o.overlaps(w));
+            if clash && !l.op.is_view() {
+                return Err(bad("an output overlaps an operand".into()));
+            }
+        }
+        let kernel = Kernel::describe(l).map_err(|e| bad(e.to_string()))?;
+        if let Some(s) = kernel
+            .scalars()
+            .iter()
+            .find(|s| s.0 as usize >= self.scalars.len())
+        {
+            return Err(bad(format!(
+                "scalar {} of {} ({:?})",
+                s.0,
+                self.scalars.len(),
+                self.scalars
+            )));
+        }
+        Ok(kernel)
+    }
+}
