@@ -185,7 +185,13 @@ fn u32s_mut(x: &mut [f32]) -> &mut [u32] {
 
 /// The CPU launch table: one arm per kernel. `inplace`: output 0 was
 /// written over read k, which is read through the output instead.
-fn execute(k: &Kernel, inplace: Option<usize>, r: &[&[f32]], w: &mut [&mut [f32]], scalars: &[f32]) {
+fn execute(
+    k: &Kernel,
+    inplace: Option<usize>,
+    r: &[&[f32]],
+    w: &mut [&mut [f32]],
+    scalars: &[f32],
+) {
     match k {
         Kernel::MatMul(g) => {
             ops::matmul::cpu_gemm(g.batch, g.m, g.n, g.k, g.ta, g.tb, r[0], r[1], w[0]);
@@ -237,28 +243,42 @@ fn execute(k: &Kernel, inplace: Option<usize>, r: &[&[f32]], w: &mut [&mut [f32]
             kind: PoolKind::Avg,
             backward: true,
         } => ops::pool_cpu::avgpool2d_backward(geom, r[0], w[0]),
-        Kernel::GlobalAvgPool { planes: p, backward: false } => {
-            ops::pool_cpu::global_avgpool_forward(p.n, p.c, p.plane, r[0], w[0])
-        }
-        Kernel::GlobalAvgPool { planes: p, backward: true } => {
-            ops::pool_cpu::global_avgpool_backward(p.n, p.c, p.plane, r[0], w[0])
-        }
-        Kernel::Act { act, backward: false, .. } if inplace.is_some() => {
-            ops::activation::cpu_forward_inplace(*act, w[0])
-        }
-        Kernel::Act { act, backward: false, .. } => ops::activation::cpu_forward(*act, r[0], w[0]),
-        Kernel::Act { act, backward: true, .. } if inplace.is_some() => {
-            ops::activation::cpu_backward_inplace(*act, r[0], w[0])
-        }
-        Kernel::Act { act, backward: true, .. } => {
-            ops::activation::cpu_backward(*act, r[0], r[1], w[0])
-        }
+        Kernel::GlobalAvgPool {
+            planes: p,
+            backward: false,
+        } => ops::pool_cpu::global_avgpool_forward(p.n, p.c, p.plane, r[0], w[0]),
+        Kernel::GlobalAvgPool {
+            planes: p,
+            backward: true,
+        } => ops::pool_cpu::global_avgpool_backward(p.n, p.c, p.plane, r[0], w[0]),
+        Kernel::Act {
+            act,
+            backward: false,
+            ..
+        } if inplace.is_some() => ops::activation::cpu_forward_inplace(*act, w[0]),
+        Kernel::Act {
+            act,
+            backward: false,
+            ..
+        } => ops::activation::cpu_forward(*act, r[0], w[0]),
+        Kernel::Act {
+            act,
+            backward: true,
+            ..
+        } if inplace.is_some() => ops::activation::cpu_backward_inplace(*act, r[0], w[0]),
+        Kernel::Act {
+            act,
+            backward: true,
+            ..
+        } => ops::activation::cpu_backward(*act, r[0], r[1], w[0]),
         Kernel::Binary { kind, a, b, out } => match inplace {
             Some(0) => ops::binary::cpu_binary_inplace(*kind, 0, b, r[1], out, w[0]),
             Some(_) => ops::binary::cpu_binary_inplace(*kind, 1, a, r[0], out, w[0]),
             None => ops::binary::cpu_binary(*kind, a, r[0], b, r[1], out, w[0]),
         },
-        Kernel::Scale { alpha, .. } if inplace.is_some() => w[0].iter_mut().for_each(|v| *v *= alpha),
+        Kernel::Scale { alpha, .. } if inplace.is_some() => {
+            w[0].iter_mut().for_each(|v| *v *= alpha)
+        }
         Kernel::Scale { alpha, .. } => ops::binary::cpu_scale(*alpha, r[0], w[0]),
         Kernel::Fill { value, .. } => w[0].fill(*value),
         Kernel::SumTo { from, to } => ops::binary::cpu_sum_to(from, r[0], to, w[0]),
@@ -293,7 +313,9 @@ fn execute(k: &Kernel, inplace: Option<usize>, r: &[&[f32]], w: &mut [&mut [f32]
             let dy = if inplace.is_some() { None } else { Some(r[1]) };
             ops::bias_grad::cpu_act_backward_bias(*act, dims, *axis, r[0], dy, dx[0], db[0]);
         }
-        Kernel::Elementwise { prog, .. } => ops::elementwise::cpu_elementwise(prog, r, inplace, w[0]),
+        Kernel::Elementwise { prog, .. } => {
+            ops::elementwise::cpu_elementwise(prog, r, inplace, w[0])
+        }
         Kernel::Dropout { p, seed, step, .. } => {
             let x = if inplace.is_some() { None } else { Some(r[0]) };
             ops::dropout::cpu_dropout(*p, *seed, scalars[step.0 as usize] as u32, x, w[0])
@@ -309,7 +331,17 @@ fn execute(k: &Kernel, inplace: Option<usize>, r: &[&[f32]], w: &mut [&mut [f32]
             let (invstd, rest) = rest.split_at_mut(1);
             let (rm, rv) = rest.split_at_mut(1);
             ops::batchnorm::cpu_train(
-                planes.dims(), *eps, *momentum, r[0], r[1], r[2], y[0], mean[0], invstd[0], rm[0], rv[0],
+                planes.dims(),
+                *eps,
+                *momentum,
+                r[0],
+                r[1],
+                r[2],
+                y[0],
+                mean[0],
+                invstd[0],
+                rm[0],
+                rv[0],
             );
         }
         Kernel::BatchNorm {
@@ -321,7 +353,17 @@ fn execute(k: &Kernel, inplace: Option<usize>, r: &[&[f32]], w: &mut [&mut [f32]
         Kernel::BatchNormBackward(planes) => {
             let (dx, rest) = w.split_at_mut(1);
             let (dg, db) = rest.split_at_mut(1);
-            ops::batchnorm::cpu_backward(planes.dims(), r[0], r[1], r[2], r[3], r[4], dx[0], dg[0], db[0]);
+            ops::batchnorm::cpu_backward(
+                planes.dims(),
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                dx[0],
+                dg[0],
+                db[0],
+            );
         }
         // One group: this tensor's gradient, parameter and state.
         Kernel::Sgd { config: c, .. } => {

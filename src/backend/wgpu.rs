@@ -387,44 +387,11 @@ pub struct WgpuExecutable {
     staging: Option<w::Buffer>,
 }
 
-/// Same rule as the CPU backend: no output overlaps another operand except
-/// an in-place output over its own read, and everything is in the arena.
-fn check_slots(m: &Module) -> Result<()> {
-    for p in &m.programs {
-        for l in &p.launches {
-            let outside = l
-                .reads
-                .iter()
-                .chain(&l.writes)
-                .any(|s| s.end() > m.arena_words);
-            let clash = l.writes.iter().enumerate().any(|(i, w)| {
-                let pair = |k: usize| i == 0 && l.inplace == Some(k) && l.reads[k] == *w;
-                l.reads
-                    .iter()
-                    .enumerate()
-                    .any(|(k, r)| r.overlaps(w) && !pair(k))
-                    || l.writes[i + 1..].iter().any(|o| o.overlaps(w))
-            });
-            if outside || clash {
-                return Err(device_error(format!(
-                    "program '{}': {} has {}",
-                    p.name,
-                    l.op.kernel_name(),
-                    if outside {
-                        "an operand outside the arena"
-                    } else {
-                        "an output that overlaps an operand"
-                    }
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
 impl WgpuExecutable {
     fn new(gpu: Arc<Gpu>, module: Arc<Module>) -> Result<Self> {
-        check_slots(&module)?;
+        // Slots in the arena, no output overlapping another operand, every
+        // launch decoded: checked once for every backend.
+        let kernels = module.validate()?;
         let align = (gpu.limits.min_storage_buffer_offset_alignment.max(4) / 4) as usize;
         let mut rt = Runtime::new(module.scalars.len());
         let mut words: Vec<u32> = Vec::new();
@@ -433,12 +400,13 @@ impl WgpuExecutable {
         let mut pipelines: Vec<w::ComputePipeline> = Vec::new();
         let mut index: HashMap<(Family, &'static str), usize> = HashMap::new();
         let mut programs = Vec::new();
-        for p in &module.programs {
+        for (p, ks) in module.programs.iter().zip(&kernels) {
             let mut steps = Vec::new();
-            for l in &p.launches {
-                let dispatches = launch::encode(l, &mut rt, module.arena_words).map_err(|e| {
-                    device_error(format!("program '{}': {}: {e}", p.name, l.op.kernel_name()))
-                })?;
+            for (l, k) in p.launches.iter().zip(ks) {
+                let dispatches =
+                    launch::encode(l, k, &mut rt, module.arena_words).map_err(|e| {
+                        device_error(format!("program '{}': {}: {e}", p.name, l.op.kernel_name()))
+                    })?;
                 for d in dispatches {
                     scratch = scratch.max(d.scratch);
                     let grid = gpu.grid(d.groups, p, l)?;

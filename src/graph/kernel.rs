@@ -169,11 +169,7 @@ pub enum Kernel {
 
 fn planes(op: &str, s: &Shape) -> Result<Planes> {
     match s.0[..] {
-        [n, c, h, w] => Ok(Planes {
-            n,
-            c,
-            plane: h * w,
-        }),
+        [n, c, h, w] => Ok(Planes { n, c, plane: h * w }),
         _ => Err(Error::shape(op, format!("{s} is not [N,C,H,W]"))),
     }
 }
@@ -489,11 +485,18 @@ fn multi_tensor(l: &Launch, per: usize) -> Result<usize> {
     if l.writes.len() != n * per {
         return Err(Error::shape(
             name,
-            format!("{n} gradients need {} writes, got {}", n * per, l.writes.len()),
+            format!(
+                "{n} gradients need {} writes, got {}",
+                n * per,
+                l.writes.len()
+            ),
         ));
     }
     for (i, g) in l.reads.iter().enumerate() {
-        if l.writes[i * per..(i + 1) * per].iter().any(|w| w.len != g.len) {
+        if l.writes[i * per..(i + 1) * per]
+            .iter()
+            .any(|w| w.len != g.len)
+        {
             return Err(Error::shape(
                 name,
                 format!("tensor {i}: gradient and state sizes differ"),
@@ -522,10 +525,7 @@ impl Module {
 
     fn validate_launch(&self, p: &Program, l: &Launch) -> Result<Kernel> {
         let bad = |what: String| {
-            Error::shape(
-                l.op.kernel_name(),
-                format!("program '{}': {what}", p.name),
-            )
+            Error::shape(l.op.kernel_name(), format!("program '{}': {what}", p.name))
         };
         if l.reads.len() != l.read_shapes.len() || l.writes.len() != l.write_shapes.len() {
             return Err(bad("slots and shapes differ in number".into()));
@@ -537,7 +537,10 @@ impl Module {
             .chain(l.writes.iter().zip(&l.write_shapes))
         {
             if s.end() > self.arena_words {
-                return Err(bad(format!("an operand ends at word {}, past the arena", s.end())));
+                return Err(bad(format!(
+                    "an operand ends at word {}, past the arena",
+                    s.end()
+                )));
             }
             // u32 operands (labels, argmax) are one word per element too.
             if s.len != shape.numel() && !l.op.is_view() {

@@ -8,12 +8,13 @@
 
 use super::shaders::Family;
 use crate::error::{Error, Result};
+use crate::graph::kernel::{Kernel, PoolKind};
 use crate::graph::plan::Launch;
 use crate::ops::adam::AdamConfig;
 use crate::ops::binary::broadcast_strides;
+use crate::ops::conv2d::Conv2dGeom;
 use crate::ops::elementwise::{max_depth, EwInstr, MAX_INPUTS, MAX_STACK};
-use crate::ops::matmul::matmul_dims;
-use crate::ops::{Activation, BinaryKind, Op};
+use crate::ops::{Activation, BinaryKind};
 use crate::tensor::Shape;
 
 /// Threads per workgroup of every kernel.
@@ -257,9 +258,12 @@ impl Gemm {
 
 /// The dispatches of one launch. `rt` collects per-run constants;
 /// `scratch` is the word offset of the scratch region (after the arena).
-pub fn encode(l: &Launch, rt: &mut Runtime, scratch: usize) -> Result<Vec<Dispatch>> {
-    let rs = &l.read_shapes;
-    let ws = &l.write_shapes;
+pub fn encode(
+    l: &Launch,
+    kernel: &Kernel,
+    rt: &mut Runtime,
+    scratch: usize,
+) -> Result<Vec<Dispatch>> {
     // Operand k's offset; in place, operand k lives in output 0's range.
     let r = |k: usize| -> usize {
         if l.inplace == Some(k) {
@@ -276,9 +280,9 @@ pub fn encode(l: &Launch, rt: &mut Runtime, scratch: usize) -> Result<Vec<Dispat
             Ok(vec![p.dispatch(family, entry, groups)?])
         }
     };
-    match &l.op {
-        Op::MatMul { ta, tb } => {
-            let (batch, m, k, n) = matmul_dims(&rs[0], *ta, &rs[1], *tb)?;
+    match kernel {
+        Kernel::MatMul(g) => {
+            let (batch, m, k, n, ta, tb) = (g.batch, g.m, g.k, g.n, g.ta, g.tb);
             Gemm {
                 family: Family::Matmul,
                 tiled: "tiled",
@@ -295,8 +299,8 @@ pub fn encode(l: &Launch, rt: &mut Runtime, scratch: usize) -> Result<Vec<Dispat
             }
             .dispatch(
                 &[
-                    (16, *ta as usize),
-                    (17, *tb as usize),
+                    (16, ta as usize),
+                    (17, tb as usize),
                     (18, m * k),
                     (19, k * n),
                     (20, m * n),
@@ -304,28 +308,22 @@ pub fn encode(l: &Launch, rt: &mut Runtime, scratch: usize) -> Result<Vec<Dispat
                 scratch,
             )
         }
-        Op::Linear { bias, act } => {
-            let k = rs[0].last();
-            let n = rs[1].0[0];
-            let rows = rs[0].numel() / k.max(1);
-            Gemm {
-                family: Family::Matmul,
-                tiled: "tiled",
-                reduce: "splitk_reduce",
-                m: rows,
-                n,
-                k,
-                batch: 1,
-                act: act_code(*act),
-                bias: bias.then(|| (2, r(2))),
-                a: r(0),
-                b: r(1),
-                c: w(0),
-            }
-            .dispatch(&[(16, 0), (17, 1)], scratch)
+        Kernel::Linear { gemm, bias, act } => Gemm {
+            family: Family::Matmul,
+            tiled: "tiled",
+            reduce: "splitk_reduce",
+            m: gemm.m,
+            n: gemm.n,
+            k: gemm.k,
+            batch: 1,
+            act: act_code(*act),
+            bias: bias.then(|| (2, r(2))),
+            a: r(0),
+            b: r(1),
+            c: w(0),
         }
-        Op::Conv2d { p, act } => {
-            let g = p.geom(&rs[0], &rs[1])?;
+        .dispatch(&[(16, 0), (17, 1)], scratch),
+        Kernel::Conv2d { geom: g, bias, act } => {
             let (oh, ow) = g.out_hw().expect("checked by geom");
             Gemm {
                 family: Family::Conv2d,
@@ -336,33 +334,29 @@ pub fn encode(l: &Launch, rt: &mut Runtime, scratch: usize) -> Result<Vec<Dispat
                 k: g.c_in * g.kh * g.kw,
                 batch: 1,
                 act: act_code(*act),
-                bias: (l.reads.len() == 3).then(|| (1, r(2))),
+                bias: bias.then(|| (1, r(2))),
                 a: r(1),
                 b: r(0),
                 c: w(0),
             }
-            .dispatch(&conv_params(&g), scratch)
+            .dispatch(&conv_params(g), scratch)
         }
-        Op::Conv2dGradInput { p } => {
-            let g = p.geom(&ws[0], &rs[1])?;
-            Gemm {
-                family: Family::Conv2d,
-                tiled: "grad_input",
-                reduce: "grad_input_reduce",
-                m: g.c_in,
-                n: g.n * g.h * g.w,
-                k: g.c_out * g.kh * g.kw,
-                batch: 1,
-                act: 0,
-                bias: None,
-                a: r(1),
-                b: r(0),
-                c: w(0),
-            }
-            .dispatch(&conv_params(&g), scratch)
+        Kernel::Conv2dGradInput(g) => Gemm {
+            family: Family::Conv2d,
+            tiled: "grad_input",
+            reduce: "grad_input_reduce",
+            m: g.c_in,
+            n: g.n * g.h * g.w,
+            k: g.c_out * g.kh * g.kw,
+            batch: 1,
+            act: 0,
+            bias: None,
+            a: r(1),
+            b: r(0),
+            c: w(0),
         }
-        Op::Conv2dGradWeight { p } => {
-            let g = p.geom(&rs[0], &ws[0])?;
+        .dispatch(&conv_params(g), scratch),
+        Kernel::Conv2dGradWeight(g) => {
             let (oh, ow) = g.out_hw().expect("checked by geom");
             Gemm {
                 family: Family::Conv2d,
@@ -378,71 +372,78 @@ pub fn encode(l: &Launch, rt: &mut Runtime, scratch: usize) -> Result<Vec<Dispat
                 b: r(0),
                 c: w(0),
             }
-            .dispatch(&conv_params(&g), scratch)
+            .dispatch(&conv_params(g), scratch)
         }
-        Op::Conv2dGradBias => {
-            let s = &rs[0];
+        Kernel::Conv2dGradBias(s) => {
             let mut p = Params::new(5);
-            p.list(0, &[s.0[0], s.0[1], s.0[2] * s.0[3], r(0), w(0)]);
-            one(&p, Family::Conv2d, "grad_bias", s.0[1])
+            p.list(0, &[s.n, s.c, s.plane, r(0), w(0)]);
+            one(&p, Family::Conv2d, "grad_bias", s.c)
         }
-        Op::MaxPool2d { p } => {
-            let g = p.geom("max_pool2d", &rs[0])?;
+        Kernel::Pool {
+            geom: g,
+            kind,
+            backward,
+        } => {
             let (oh, ow) = g.out_hw().expect("checked by geom");
-            let count = g.n * g.c * oh * ow;
-            let p = pool_params(&g, count, r(0), w(0), w(1));
-            one(&p, Family::Pool, "max_forward", groups_for(count))
+            let count = if *backward {
+                g.x_len()
+            } else {
+                g.n * g.c * oh * ow
+            };
+            let (entry, extra) = match (kind, backward) {
+                (PoolKind::Max, false) => ("max_forward", w(1)),
+                (PoolKind::Max, true) => ("max_backward", r(1)),
+                (PoolKind::Avg, false) => ("avg_forward", 0),
+                (PoolKind::Avg, true) => ("avg_backward", 0),
+            };
+            let p = pool_params(g, count, r(0), w(0), extra);
+            one(&p, Family::Pool, entry, groups_for(count))
         }
-        Op::MaxPool2dBackward { p } => {
-            let g = p.geom("max_pool2d", &ws[0])?;
-            let count = ws[0].numel();
-            let p = pool_params(&g, count, r(0), w(0), r(1));
-            one(&p, Family::Pool, "max_backward", groups_for(count))
-        }
-        Op::AvgPool2d { p } => {
-            let g = p.geom("avg_pool2d", &rs[0])?;
-            let (oh, ow) = g.out_hw().expect("checked by geom");
-            let count = g.n * g.c * oh * ow;
-            let p = pool_params(&g, count, r(0), w(0), 0);
-            one(&p, Family::Pool, "avg_forward", groups_for(count))
-        }
-        Op::AvgPool2dBackward { p } => {
-            let g = p.geom("avg_pool2d", &ws[0])?;
-            let count = ws[0].numel();
-            let p = pool_params(&g, count, r(0), w(0), 0);
-            one(&p, Family::Pool, "avg_backward", groups_for(count))
-        }
-        Op::GlobalAvgPool => {
-            let s = &rs[0];
-            let count = s.0[0] * s.0[1];
+        Kernel::GlobalAvgPool {
+            planes: s,
+            backward,
+        } => {
+            let count = if *backward {
+                s.n * s.c * s.plane
+            } else {
+                s.n * s.c
+            };
             let mut p = Params::new(4);
-            p.list(0, &[count, s.0[2] * s.0[3], r(0), w(0)]);
-            one(&p, Family::Pool, "global_avg_forward", groups_for(count))
+            p.list(0, &[count, s.plane, r(0), w(0)]);
+            let entry = if *backward {
+                "global_avg_backward"
+            } else {
+                "global_avg_forward"
+            };
+            one(&p, Family::Pool, entry, groups_for(count))
         }
-        Op::GlobalAvgPoolBackward => {
-            let s = &ws[0];
-            let count = s.numel();
+        Kernel::Act {
+            act,
+            backward: false,
+            len: n,
+        } => {
             let mut p = Params::new(4);
-            p.list(0, &[count, s.0[2] * s.0[3], r(0), w(0)]);
-            one(&p, Family::Pool, "global_avg_backward", groups_for(count))
+            p.list(0, &[act_code(Some(*act)), *n, r(0), w(0)]);
+            one(&p, Family::Activation, "forward", groups_for(*n))
         }
-        Op::Act(a) => {
-            let n = ws[0].numel();
-            let mut p = Params::new(4);
-            p.list(0, &[act_code(Some(*a)), n, r(0), w(0)]);
-            one(&p, Family::Activation, "forward", groups_for(n))
-        }
-        Op::ActBackward(a) => {
-            let n = ws[0].numel();
+        Kernel::Act {
+            act,
+            backward: true,
+            len: n,
+        } => {
             let mut p = Params::new(5);
-            p.list(0, &[act_code(Some(*a)), n, r(0), r(1), w(0)]);
-            one(&p, Family::Activation, "backward", groups_for(n))
+            p.list(0, &[act_code(Some(*act)), *n, r(0), r(1), w(0)]);
+            one(&p, Family::Activation, "backward", groups_for(*n))
         }
-        Op::Binary(k) => {
-            let so = &ws[0];
+        Kernel::Binary {
+            kind: k,
+            a,
+            b,
+            out: so,
+        } => {
             rank_ok("binary", so)?;
             let n = so.numel();
-            let (sa, sb) = (broadcast_strides(&rs[0], so), broadcast_strides(&rs[1], so));
+            let (sa, sb) = (broadcast_strides(a, so), broadcast_strides(b, so));
             let contiguous = sa == so.strides() && sb == so.strides();
             let mut p = Params::new(32);
             p.list(0, &[binary_code(*k), n, r(0), r(1), w(0), so.rank()])
@@ -452,32 +453,28 @@ pub fn encode(l: &Launch, rt: &mut Runtime, scratch: usize) -> Result<Vec<Dispat
                 .list(24, &sb);
             one(&p, Family::Binary, "binary", groups_for(n))
         }
-        Op::Scale(a) => {
-            let n = ws[0].numel();
+        Kernel::Scale { alpha, len: n } => {
             let mut p = Params::new(4);
-            p.list(0, &[n, r(0), w(0)]).f(3, *a);
-            one(&p, Family::Fill, "scale", groups_for(n))
+            p.list(0, &[*n, r(0), w(0)]).f(3, *alpha);
+            one(&p, Family::Fill, "scale", groups_for(*n))
         }
-        Op::Fill(v) => {
-            let n = ws[0].numel();
+        Kernel::Fill { value, len: n } => {
             let mut p = Params::new(3);
-            p.list(0, &[n, w(0)]).f(2, *v);
-            one(&p, Family::Fill, "fill", groups_for(n))
+            p.list(0, &[*n, w(0)]).f(2, *value);
+            one(&p, Family::Fill, "fill", groups_for(*n))
         }
-        Op::SumTo => sum_to(&rs[0], &ws[0], r(0), w(0)),
-        Op::BroadcastTo => {
-            let sy = &ws[0];
+        Kernel::SumTo { from, to } => sum_to(from, to, r(0), w(0)),
+        Kernel::BroadcastTo { from, to: sy } => {
             rank_ok("broadcast_to", sy)?;
             let n = sy.numel();
             let mut p = Params::new(24);
             p.list(0, &[n, r(0), w(0), sy.rank()])
                 .list(8, &sy.0)
-                .list(16, &broadcast_strides(&rs[0], sy));
+                .list(16, &broadcast_strides(from, sy));
             one(&p, Family::Reduce, "broadcast_to", groups_for(n))
         }
-        Op::Reshape => Ok(vec![]),
-        Op::Transpose { perm } => {
-            let sx = &rs[0];
+        Kernel::View => Ok(vec![]),
+        Kernel::Transpose { shape: sx, perm } => {
             rank_ok("transpose", sx)?;
             let xs = sx.strides();
             let dims: Vec<usize> = perm.iter().map(|&p| sx.0[p]).collect();
@@ -489,39 +486,51 @@ pub fn encode(l: &Launch, rt: &mut Runtime, scratch: usize) -> Result<Vec<Dispat
                 .list(16, &strides);
             one(&p, Family::Transpose, "transpose", groups_for(n))
         }
-        Op::Softmax | Op::LogSoftmax => {
-            let n = rs[0].last();
-            let rows = rs[0].numel() / n.max(1);
+        Kernel::Softmax {
+            rows,
+            cols: n,
+            log,
+            backward: false,
+        } => {
             let mut p = Params::new(5);
-            p.list(0, &[rows, n, r(0), w(0)])
-                .u(4, (l.op == Op::LogSoftmax) as usize);
-            one(&p, Family::Softmax, "forward", rows)
+            p.list(0, &[*rows, *n, r(0), w(0)]).u(4, *log as usize);
+            one(&p, Family::Softmax, "forward", *rows)
         }
-        Op::SoftmaxBackward | Op::LogSoftmaxBackward => {
-            let n = rs[0].last();
-            let rows = rs[0].numel() / n.max(1);
+        Kernel::Softmax {
+            rows,
+            cols: n,
+            log,
+            backward: true,
+        } => {
             let mut p = Params::new(6);
-            p.list(0, &[rows, n, r(0), r(1), w(0)])
-                .u(5, (l.op == Op::LogSoftmaxBackward) as usize);
-            one(&p, Family::Softmax, "backward", rows)
+            p.list(0, &[*rows, *n, r(0), r(1), w(0)])
+                .u(5, *log as usize);
+            one(&p, Family::Softmax, "backward", *rows)
         }
-        Op::CrossEntropy => {
+        Kernel::CrossEntropy { batch, classes } => {
             let mut p = Params::new(5);
-            p.list(0, &[rs[0].0[0], rs[0].0[1], r(0), r(1), w(0)]);
+            p.list(0, &[*batch, *classes, r(0), r(1), w(0)]);
             one(&p, Family::CrossEntropy, "forward", 1)
         }
-        Op::CrossEntropyBackward { dloss } => {
-            let b = rs[0].0[0];
+        Kernel::CrossEntropyBackward {
+            batch: b,
+            classes,
+            dloss,
+        } => {
+            let b = *b;
             let mut p = Params::new(8);
-            p.list(0, &[b, rs[0].0[1], r(0), r(1), w(0)]);
+            p.list(0, &[b, *classes, r(0), r(1), w(0)]);
             match dloss {
                 Some(d) => p.u(5, 0).f(6, *d),
                 None => p.u(5, 1).u(7, r(2)),
             };
             one(&p, Family::CrossEntropy, "backward", b)
         }
-        Op::ActBackwardBias { act, axis } => {
-            let shape = &rs[0].0;
+        Kernel::ActBackwardBias {
+            act,
+            dims: shape,
+            axis,
+        } => {
             let c = shape[*axis];
             let inner: usize = shape[axis + 1..].iter().product();
             let outer: usize = shape[..*axis].iter().product();
@@ -541,13 +550,14 @@ pub fn encode(l: &Launch, rt: &mut Runtime, scratch: usize) -> Result<Vec<Dispat
             );
             one(&p, Family::BiasGrad, "act_backward_bias", c)
         }
-        Op::Elementwise(prog) => elementwise(prog, l, &r),
-        Op::Dropout {
+        Kernel::Elementwise { prog, .. } => elementwise(prog, l, &r),
+        Kernel::Dropout {
             p: prob,
             seed,
             step,
+            len: n,
         } => {
-            let n = ws[0].numel();
+            let n = *n;
             let mut p = Params::new(7);
             p.list(0, &[n, r(0), w(0)])
                 .f(3, *prob)
@@ -556,44 +566,40 @@ pub fn encode(l: &Launch, rt: &mut Runtime, scratch: usize) -> Result<Vec<Dispat
                 .f(6, 1.0 / (1.0 - prob));
             one(&p, Family::Dropout, "dropout", groups_for(n))
         }
-        Op::BatchNorm2d {
+        Kernel::BatchNorm {
+            planes: s,
             eps,
             momentum,
             training: true,
         } => {
-            let s = &rs[0];
             let mut p = Params::new(13);
-            p.list(0, &[s.0[0], s.0[1], s.0[2] * s.0[3], r(0), r(1), r(2)])
+            p.list(0, &[s.n, s.c, s.plane, r(0), r(1), r(2)])
                 .list(6, &[w(0), w(1), w(2), w(3), w(4)])
                 .f(11, *eps)
                 .f(12, *momentum);
-            one(&p, Family::Batchnorm, "train", s.0[1])
+            one(&p, Family::Batchnorm, "train", s.c)
         }
-        Op::BatchNorm2d {
+        Kernel::BatchNorm {
+            planes: s,
             eps,
             training: false,
             ..
         } => {
-            let s = &rs[0];
-            let n = s.numel();
+            let n = s.n * s.c * s.plane;
             let mut p = Params::new(10);
-            p.list(
-                0,
-                &[n, s.0[1], s.0[2] * s.0[3], r(0), r(1), r(2), r(3), r(4)],
-            )
-            .u(8, w(0))
-            .f(9, *eps);
+            p.list(0, &[n, s.c, s.plane, r(0), r(1), r(2), r(3), r(4)])
+                .u(8, w(0))
+                .f(9, *eps);
             one(&p, Family::Batchnorm, "infer", groups_for(n))
         }
-        Op::BatchNorm2dBackward => {
-            let s = &rs[0];
+        Kernel::BatchNormBackward(s) => {
             let mut p = Params::new(11);
-            p.list(0, &[s.0[0], s.0[1], s.0[2] * s.0[3]])
+            p.list(0, &[s.n, s.c, s.plane])
                 .list(3, &[r(0), r(1), r(2), r(3), r(4)])
                 .list(8, &[w(0), w(1), w(2)]);
-            one(&p, Family::Batchnorm, "backward", s.0[1])
+            one(&p, Family::Batchnorm, "backward", s.c)
         }
-        Op::SgdUpdate(c) => {
+        Kernel::Sgd { config: c, .. } => {
             let per = if c.momentum != 0.0 { 2 } else { 1 };
             let rows = tensor_table(l, per, 5, |t, row| {
                 row[4] = if per == 2 {
@@ -610,7 +616,7 @@ pub fn encode(l: &Launch, rt: &mut Runtime, scratch: usize) -> Result<Vec<Dispat
                 .u(6, (per == 2) as usize);
             multi_tensor(p, rows, Family::Sgd, "sgd")
         }
-        Op::AdamUpdate(c) => {
+        Kernel::Adam { config: c, .. } => {
             let rows = tensor_table(l, 3, 6, |t, row| {
                 row[4] = l.writes[t * 3 + 1].offset;
                 row[5] = l.writes[t * 3 + 2].offset;
@@ -626,7 +632,7 @@ pub fn encode(l: &Launch, rt: &mut Runtime, scratch: usize) -> Result<Vec<Dispat
     }
 }
 
-fn conv_params(g: &crate::ops::conv2d_cpu::Conv2dGeom) -> Vec<(usize, usize)> {
+fn conv_params(g: &Conv2dGeom) -> Vec<(usize, usize)> {
     let (oh, ow) = g.out_hw().expect("checked by geom");
     [
         g.n,
