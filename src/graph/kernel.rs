@@ -472,7 +472,29 @@ impl Kernel {
             Kernel::Dropout { step, .. } => vec![*step],
             Kernel::Sgd { config, .. } => vec![config.lr],
             Kernel::Adam { config, .. } => vec![config.lr, config.step],
-            _ => vec![],
+            Kernel::MatMul(_)
+            | Kernel::Linear { .. }
+            | Kernel::Conv2d { .. }
+            | Kernel::Conv2dGradInput(_)
+            | Kernel::Conv2dGradWeight(_)
+            | Kernel::Conv2dGradBias(_)
+            | Kernel::Pool { .. }
+            | Kernel::GlobalAvgPool { .. }
+            | Kernel::Act { .. }
+            | Kernel::ActBackwardBias { .. }
+            | Kernel::Binary { .. }
+            | Kernel::Scale { .. }
+            | Kernel::Fill { .. }
+            | Kernel::SumTo { .. }
+            | Kernel::BroadcastTo { .. }
+            | Kernel::View
+            | Kernel::Transpose { .. }
+            | Kernel::Softmax { .. }
+            | Kernel::CrossEntropy { .. }
+            | Kernel::CrossEntropyBackward { .. }
+            | Kernel::Elementwise { .. }
+            | Kernel::BatchNorm { .. }
+            | Kernel::BatchNormBackward(_) => vec![],
         }
     }
 }

@@ -10,10 +10,9 @@
 use super::args::*;
 use super::layout::*;
 use crate::error::{Error, Result};
+use crate::graph::kernel::{Kernel, PoolKind};
 use crate::graph::plan::{Launch, Module, Slot};
-use crate::ops::matmul::matmul_dims;
-use crate::ops::{binary::broadcast_strides, Op};
-use crate::tensor::Shape;
+use crate::ops::binary::broadcast_strides;
 
 pub use super::layout::MAX_ELEMENTS;
 /// Grid y and z limit.
@@ -66,12 +65,15 @@ pub fn plan(module: &Module, target: Target) -> Result<Plan> {
         meta: Vec::new(),
         work: 0,
     };
+    // Slots in the arena, no output overlapping another operand, every
+    // launch decoded: checked once for every backend.
+    let kernels = module.validate()?;
     let mut programs = Vec::new();
-    for prog in &module.programs {
+    for (prog, ks) in module.programs.iter().zip(&kernels) {
         let mut calls = Vec::new();
-        for (i, l) in prog.launches.iter().enumerate() {
+        for (i, (l, k)) in prog.launches.iter().zip(ks).enumerate() {
             let mut scratch = Scratch(0);
-            let cs = p.launch(l, &mut scratch).map_err(|e| Error::Device {
+            let cs = p.launch(l, k, &mut scratch).map_err(|e| Error::Device {
                 device: "cuda".into(),
                 detail: format!(
                     "program '{}', launch {i} ({}): {}",
@@ -167,18 +169,16 @@ impl Planner {
             .clamp(1, max)
     }
 
-    fn launch(&mut self, l: &Launch, s: &mut Scratch) -> Result<Vec<Call>> {
+    fn launch(&mut self, l: &Launch, kernel: &Kernel, s: &mut Scratch) -> Result<Vec<Call>> {
         for slot in l.reads.iter().chain(&l.writes) {
             int(slot.len)?;
         }
-        let rs = &l.read_shapes;
-        let ws = &l.write_shapes;
         let r = |i: usize| Arg::arena(l.reads[i].offset);
         let w = |i: usize| Arg::arena(l.writes[i].offset);
         let out_n = l.writes.first().map_or(0, |s| s.len);
-        Ok(match &l.op {
-            Op::MatMul { ta, tb } => {
-                let (batch, m, k, n) = matmul_dims(&rs[0], *ta, &rs[1], *tb)?;
+        Ok(match kernel {
+            Kernel::MatMul(g) => {
+                let (batch, m, k, n, ta, tb) = (g.batch, g.m, g.k, g.n, &g.ta, &g.tb);
                 self.gemm(
                     s,
                     Gemm {
@@ -200,10 +200,8 @@ impl Planner {
                     },
                 )?
             }
-            Op::Linear { bias, act } => {
-                let k = rs[0].last();
-                let n = rs[1].0[0];
-                let m = rs[0].numel() / k.max(1);
+            Kernel::Linear { gemm, bias, act } => {
+                let (m, n, k) = (gemm.m, gemm.n, gemm.k);
                 self.gemm(
                     s,
                     Gemm {
@@ -225,12 +223,11 @@ impl Planner {
                     },
                 )?
             }
-            Op::Conv2d { p, act } => {
-                let g = p.geom(&rs[0], &rs[1])?;
+            Kernel::Conv2d { geom: g, bias, act } => {
                 let (oh, ow) = g.out_hw().expect("checked by geom");
                 let (cols, k) = (g.n * oh * ow, g.c_in * g.kh * g.kw);
                 let t = self.tile(g.c_out, cols, 1);
-                let bias = if rs.len() > 2 { r(2) } else { Arg::Null };
+                let bias = if *bias { r(2) } else { Arg::Null };
                 self.conv_call(
                     t.pick(["conv2d_fwd_l", "conv2d_fwd_m", "conv2d_fwd_s"]),
                     t,
@@ -242,14 +239,13 @@ impl Planner {
                         r(1),
                         bias,
                         w(0),
-                        Arg::Bytes(conv_geom(&g)?),
+                        Arg::Bytes(conv_geom(g)?),
                         Arg::I32(act.map_or(ACT_NONE, act_code)),
                         Arg::I32(all_aligned(&[l.reads[1].offset, k], t.ea()) as i32),
                     ],
                 )?
             }
-            Op::Conv2dGradInput { p } => {
-                let g = p.geom(&ws[0], &rs[1])?;
+            Kernel::Conv2dGradInput(g) => {
                 let cols = g.n * g.h * g.w;
                 let t = self.tile(g.c_in, cols, 1);
                 self.conv_call(
@@ -258,11 +254,10 @@ impl Planner {
                     g.c_in,
                     cols,
                     1,
-                    vec![r(0), r(1), w(0), Arg::Bytes(conv_geom(&g)?)],
+                    vec![r(0), r(1), w(0), Arg::Bytes(conv_geom(g)?)],
                 )?
             }
-            Op::Conv2dGradWeight { p } => {
-                let g = p.geom(&rs[0], &ws[0])?;
+            Kernel::Conv2dGradWeight(g) => {
                 let (oh, ow) = g.out_hw().expect("checked by geom");
                 let (m, n, k) = (g.c_out, g.c_in * g.kh * g.kw, g.n * oh * ow);
                 let t = self.tile(m, n, 1);
@@ -283,7 +278,7 @@ impl Planner {
                         r(1),
                         w(0),
                         part.clone(),
-                        Arg::Bytes(conv_geom(&g)?),
+                        Arg::Bytes(conv_geom(g)?),
                         Arg::I32(splits as i32),
                     ],
                 )?;
@@ -304,68 +299,53 @@ impl Planner {
                 }
                 calls
             }
-            Op::Conv2dGradBias => {
-                let d = &rs[0].0;
-                self.reduce(
-                    s,
+            Kernel::Conv2dGradBias(d) => self.reduce(
+                s,
+                r(0),
+                w(0),
+                &[d.n, d.c, d.plane],
+                &[false, true, false],
+                1.0,
+            )?,
+            Kernel::Pool {
+                geom: g,
+                kind,
+                backward,
+            } => {
+                let geom = Arg::Bytes(pool_geom(g)?);
+                let (kernel, args) = match (kind, backward) {
+                    (PoolKind::Max, false) => ("maxpool2d_fwd", vec![r(0), w(0), w(1), geom]),
+                    (PoolKind::Max, true) => ("maxpool2d_bwd", vec![r(0), r(1), w(0), geom]),
+                    (PoolKind::Avg, false) => ("avgpool2d_fwd", vec![r(0), w(0), geom]),
+                    (PoolKind::Avg, true) => ("avgpool2d_bwd", vec![r(0), w(0), geom]),
+                };
+                self.elementwise(kernel, out_n, args)
+            }
+            Kernel::GlobalAvgPool {
+                planes: d,
+                backward: false,
+            } => {
+                let hw = d.plane;
+                self.reduce(s, r(0), w(0), &[d.n * d.c, hw], &[true, false], hw as f32)?
+            }
+            Kernel::GlobalAvgPool {
+                planes: d,
+                backward: true,
+            } => self.elementwise(
+                "global_avgpool_bwd",
+                out_n,
+                vec![
                     r(0),
                     w(0),
-                    &[d[0], d[1], d[2] * d[3]],
-                    &[false, true, false],
-                    1.0,
-                )?
-            }
-            Op::MaxPool2d { p } => {
-                let g = p.geom("max_pool2d", &rs[0])?;
-                self.elementwise(
-                    "maxpool2d_fwd",
-                    out_n,
-                    vec![r(0), w(0), w(1), Arg::Bytes(pool_geom(&g)?)],
-                )
-            }
-            Op::MaxPool2dBackward { p } => {
-                let g = p.geom("max_pool2d", &ws[0])?;
-                self.elementwise(
-                    "maxpool2d_bwd",
-                    out_n,
-                    vec![r(0), r(1), w(0), Arg::Bytes(pool_geom(&g)?)],
-                )
-            }
-            Op::AvgPool2d { p } => {
-                let g = p.geom("avg_pool2d", &rs[0])?;
-                self.elementwise(
-                    "avgpool2d_fwd",
-                    out_n,
-                    vec![r(0), w(0), Arg::Bytes(pool_geom(&g)?)],
-                )
-            }
-            Op::AvgPool2dBackward { p } => {
-                let g = p.geom("avg_pool2d", &ws[0])?;
-                self.elementwise(
-                    "avgpool2d_bwd",
-                    out_n,
-                    vec![r(0), w(0), Arg::Bytes(pool_geom(&g)?)],
-                )
-            }
-            Op::GlobalAvgPool => {
-                let d = &rs[0].0;
-                let hw = d[2] * d[3];
-                self.reduce(s, r(0), w(0), &[d[0] * d[1], hw], &[true, false], hw as f32)?
-            }
-            Op::GlobalAvgPoolBackward => {
-                let d = &ws[0].0;
-                self.elementwise(
-                    "global_avgpool_bwd",
-                    out_n,
-                    vec![
-                        r(0),
-                        w(0),
-                        Arg::I32(int(d[0] * d[1])?),
-                        Arg::I32(int(d[2] * d[3])?),
-                    ],
-                )
-            }
-            Op::Act(a) => {
+                    Arg::I32(int(d.n * d.c)?),
+                    Arg::I32(int(d.plane)?),
+                ],
+            ),
+            Kernel::Act {
+                act: a,
+                backward: false,
+                ..
+            } => {
                 let vec = all_aligned(&[l.reads[0].offset, l.writes[0].offset], 4);
                 self.elementwise(
                     "act_fwd",
@@ -379,7 +359,11 @@ impl Planner {
                     ],
                 )
             }
-            Op::ActBackward(a) => {
+            Kernel::Act {
+                act: a,
+                backward: true,
+                ..
+            } => {
                 let vec = all_aligned(
                     &[l.reads[0].offset, l.reads[1].offset, l.writes[0].offset],
                     4,
@@ -397,9 +381,9 @@ impl Planner {
                     ],
                 )
             }
-            Op::Binary(k) => {
+            Kernel::Binary { kind: k, a, b, out } => {
                 let n = Arg::I32(int(out_n)?);
-                if rs[0] == ws[0] && rs[1] == ws[0] {
+                if a == out && b == out {
                     let vec = all_aligned(
                         &[l.reads[0].offset, l.reads[1].offset, l.writes[0].offset],
                         4,
@@ -418,9 +402,9 @@ impl Planner {
                     )
                 } else {
                     let g = strided(
-                        &ws[0].0,
-                        &broadcast_strides(&rs[0], &ws[0]),
-                        &broadcast_strides(&rs[1], &ws[0]),
+                        &out.0,
+                        &broadcast_strides(a, out),
+                        &broadcast_strides(b, out),
                     )?;
                     self.elementwise(
                         "binary_strided",
@@ -436,18 +420,17 @@ impl Planner {
                     )
                 }
             }
-            Op::Scale(a) => self.elementwise(
+            Kernel::Scale { alpha: a, .. } => self.elementwise(
                 "scale",
                 out_n,
                 vec![r(0), w(0), Arg::I32(int(out_n)?), Arg::F32(*a)],
             ),
-            Op::Fill(v) => self.elementwise(
+            Kernel::Fill { value: v, .. } => self.elementwise(
                 "fill",
                 out_n,
                 vec![w(0), Arg::I32(int(out_n)?), Arg::F32(*v)],
             ),
-            Op::SumTo => {
-                let (sx, sy) = (&rs[0], &ws[0]);
+            Kernel::SumTo { from: sx, to: sy } => {
                 let strides = broadcast_strides(sy, sx);
                 // An axis is kept where y has it (its stride is not a
                 // broadcast 0), or where it has size 1 anyway.
@@ -456,22 +439,18 @@ impl Planner {
                     .collect();
                 self.reduce(s, r(0), w(0), &sx.0, &keep, 1.0)?
             }
-            Op::BroadcastTo => {
-                let g = strided(
-                    &ws[0].0,
-                    &broadcast_strides(&rs[0], &ws[0]),
-                    &vec![0; ws[0].rank()],
-                )?;
+            Kernel::BroadcastTo { from, to } => {
+                let g = strided(&to.0, &broadcast_strides(from, to), &vec![0; to.rank()])?;
                 self.elementwise(
                     "strided_copy",
                     out_n,
                     vec![r(0), w(0), Arg::I32(int(out_n)?), Arg::Bytes(g)],
                 )
             }
-            Op::Reshape => vec![],
-            Op::Transpose { perm } => {
-                let xs = rs[0].strides();
-                let dims: Vec<usize> = perm.iter().map(|&p| rs[0].0[p]).collect();
+            Kernel::View => vec![],
+            Kernel::Transpose { shape, perm } => {
+                let xs = shape.strides();
+                let dims: Vec<usize> = perm.iter().map(|&p| shape.0[p]).collect();
                 let src: Vec<usize> = perm.iter().map(|&p| xs[p]).collect();
                 let g = strided(&dims, &src, &vec![0; dims.len()])?;
                 self.elementwise(
@@ -480,19 +459,29 @@ impl Planner {
                     vec![r(0), w(0), Arg::I32(int(out_n)?), Arg::Bytes(g)],
                 )
             }
-            Op::Softmax | Op::LogSoftmax => {
-                let log = matches!(l.op, Op::LogSoftmax) as i32;
+            Kernel::Softmax {
+                rows,
+                cols,
+                log,
+                backward: false,
+            } => {
+                let log = *log as i32;
                 self.rows(
-                    &rs[0],
+                    (*rows, *cols),
                     ["softmax_warp4", "softmax_warp32", "softmax_block"],
                     vec![r(0), w(0)],
                     log,
                 )?
             }
-            Op::SoftmaxBackward | Op::LogSoftmaxBackward => {
-                let log = matches!(l.op, Op::LogSoftmaxBackward) as i32;
+            Kernel::Softmax {
+                rows,
+                cols,
+                log,
+                backward: true,
+            } => {
+                let log = *log as i32;
                 self.rows(
-                    &rs[0],
+                    (*rows, *cols),
                     [
                         "softmax_bwd_warp4",
                         "softmax_bwd_warp32",
@@ -502,8 +491,8 @@ impl Planner {
                     log,
                 )?
             }
-            Op::CrossEntropy => {
-                let (b, c) = (rs[0].0[0], rs[0].0[1]);
+            Kernel::CrossEntropy { batch, classes } => {
+                let (b, c) = (*batch, *classes);
                 if b == 0 {
                     return Ok(self.elementwise("fill", 1, vec![w(0), Arg::I32(1), Arg::F32(0.0)]));
                 }
@@ -522,8 +511,12 @@ impl Planner {
                 calls.extend(self.reduce(s, rows, w(0), &[b], &[false], b as f32)?);
                 calls
             }
-            Op::CrossEntropyBackward { dloss } => {
-                let (b, c) = (rs[0].0[0], rs[0].0[1]);
+            Kernel::CrossEntropyBackward {
+                batch,
+                classes,
+                dloss,
+            } => {
+                let (b, c) = (*batch, *classes);
                 let (ptr, konst) = match dloss {
                     Some(d) => (Arg::Null, *d),
                     None => (r(2), 0.0),
@@ -546,8 +539,7 @@ impl Planner {
                     }]
                 }
             }
-            Op::ActBackwardBias { act, axis } => {
-                let d = &rs[0].0;
+            Kernel::ActBackwardBias { act, dims: d, axis } => {
                 let c = d[*axis];
                 let inner: usize = d[axis + 1..].iter().product();
                 let outer: usize = d[..*axis].iter().product();
@@ -591,7 +583,7 @@ impl Planner {
                 }
                 calls
             }
-            Op::Elementwise(prog) => {
+            Kernel::Elementwise { prog, .. } => {
                 if l.reads.len() > 6 {
                     return Err(unsupported("fused elementwise with more than 6 inputs"));
                 }
@@ -612,7 +604,7 @@ impl Planner {
                 ]);
                 self.elementwise("ew_program", out_n, args)
             }
-            Op::Dropout { p, seed, step } => self.elementwise(
+            Kernel::Dropout { p, seed, step, .. } => self.elementwise(
                 "dropout",
                 out_n,
                 vec![
@@ -626,13 +618,13 @@ impl Planner {
                     Arg::F32(1.0 / (1.0 - p)),
                 ],
             ),
-            Op::BatchNorm2d {
+            Kernel::BatchNorm {
+                planes,
                 eps,
                 momentum,
                 training,
             } => {
-                let d = &rs[0].0;
-                let (n, c, hw) = (d[0], d[1], d[2] * d[3]);
+                let (n, c, hw) = planes.dims();
                 let dims = [
                     Arg::I32(int(c)?),
                     Arg::I32(int(hw)?),
@@ -682,9 +674,8 @@ impl Planner {
                 calls.extend(self.elementwise("bn_normalize", n * c * hw, args));
                 calls
             }
-            Op::BatchNorm2dBackward => {
-                let d = &rs[0].0;
-                let (n, c, hw) = (d[0], d[1], d[2] * d[3]);
+            Kernel::BatchNormBackward(planes) => {
+                let (n, c, hw) = planes.dims();
                 if c == 0 {
                     return Ok(vec![]);
                 }
@@ -737,7 +728,7 @@ impl Planner {
                 ));
                 calls
             }
-            Op::SgdUpdate(c) => {
+            Kernel::Sgd { config: c, .. } => {
                 let per = if c.momentum != 0.0 { 2 } else { 1 };
                 let groups = self.groups(l, per)?;
                 let Some((tab, count, blocks)) = self.multi_tensor(&groups) else {
@@ -758,7 +749,7 @@ impl Planner {
                     ],
                 }]
             }
-            Op::AdamUpdate(c) => {
+            Kernel::Adam { config: c, .. } => {
                 let groups = self.groups(l, 3)?;
                 let Some((tab, count, blocks)) = self.multi_tensor(&groups) else {
                     return Ok(vec![]);
@@ -943,13 +934,11 @@ impl Planner {
     /// 1024 elements, else a block per row.
     fn rows(
         &self,
-        shape: &Shape,
+        (rows, n): (usize, usize),
         kernels: [&'static str; 3],
         mut args: Vec<Arg>,
         log: i32,
     ) -> Result<Vec<Call>> {
-        let n = shape.last();
-        let rows = shape.numel() / n.max(1);
         if rows == 0 || n == 0 {
             return Ok(vec![]);
         }
