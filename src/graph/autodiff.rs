@@ -114,7 +114,24 @@ fn rule(
             )?)
         }
         Op::BatchNorm2d { training: true, .. } => ops::batchnorm::backward(g, inputs, outputs, dy),
-        _ => Err(Error::Usage(format!(
+        Op::Conv2dGradInput { .. }
+        | Op::Conv2dGradWeight { .. }
+        | Op::Conv2dGradBias
+        | Op::MaxPool2dBackward { .. }
+        | Op::AvgPool2dBackward { .. }
+        | Op::GlobalAvgPoolBackward
+        | Op::ActBackward(_)
+        | Op::SoftmaxBackward
+        | Op::LogSoftmaxBackward
+        | Op::CrossEntropyBackward { .. }
+        | Op::ActBackwardBias { .. }
+        | Op::Elementwise(_)
+        | Op::BatchNorm2dBackward
+        | Op::SgdUpdate(_)
+        | Op::AdamUpdate(_)
+        | Op::BatchNorm2d {
+            training: false, ..
+        } => Err(Error::Usage(format!(
             "no gradient rule for {} (input {:?})",
             op.kernel_name(),
             x.map(|v| g.shape(v).clone())

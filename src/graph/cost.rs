@@ -48,6 +48,25 @@ pub fn flops(l: &Launch) -> u64 {
         Op::Softmax | Op::LogSoftmax | Op::CrossEntropy | Op::CrossEntropyBackward { .. } => {
             4 * rs[0].numel() as u64
         }
-        _ => rs.first().map_or(out, |s| (s.numel() as u64).max(out)),
+        Op::Conv2dGradBias
+        | Op::MaxPool2dBackward { .. }
+        | Op::AvgPool2dBackward { .. }
+        | Op::GlobalAvgPool
+        | Op::GlobalAvgPoolBackward
+        | Op::Act(_)
+        | Op::ActBackward(_)
+        | Op::Binary(_)
+        | Op::Scale(_)
+        | Op::Fill(_)
+        | Op::SumTo
+        | Op::BroadcastTo
+        | Op::Reshape
+        | Op::Transpose { .. }
+        | Op::SoftmaxBackward
+        | Op::LogSoftmaxBackward
+        | Op::ActBackwardBias { .. }
+        | Op::Dropout { .. }
+        | Op::BatchNorm2d { .. }
+        | Op::BatchNorm2dBackward => rs.first().map_or(out, |s| (s.numel() as u64).max(out)),
     }
 }

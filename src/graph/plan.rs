@@ -222,7 +222,37 @@ fn remap_scalars(op: &Op, local: &[String], global: &[String]) -> Op {
             c.step = map(c.step);
             Op::AdamUpdate(c)
         }
-        other => other.clone(),
+        Op::MatMul { .. }
+        | Op::Linear { .. }
+        | Op::Conv2d { .. }
+        | Op::Conv2dGradInput { .. }
+        | Op::Conv2dGradWeight { .. }
+        | Op::Conv2dGradBias
+        | Op::MaxPool2d { .. }
+        | Op::MaxPool2dBackward { .. }
+        | Op::AvgPool2d { .. }
+        | Op::AvgPool2dBackward { .. }
+        | Op::GlobalAvgPool
+        | Op::GlobalAvgPoolBackward
+        | Op::Act(_)
+        | Op::ActBackward(_)
+        | Op::Binary(_)
+        | Op::Scale(_)
+        | Op::Fill(_)
+        | Op::SumTo
+        | Op::BroadcastTo
+        | Op::Reshape
+        | Op::Transpose { .. }
+        | Op::Softmax
+        | Op::LogSoftmax
+        | Op::SoftmaxBackward
+        | Op::LogSoftmaxBackward
+        | Op::CrossEntropy
+        | Op::CrossEntropyBackward { .. }
+        | Op::ActBackwardBias { .. }
+        | Op::Elementwise(_)
+        | Op::BatchNorm2d { .. }
+        | Op::BatchNorm2dBackward => op.clone(),
     }
 }
 

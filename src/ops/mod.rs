@@ -194,7 +194,33 @@ impl Op {
             Op::ActBackward(_) | Op::ActBackwardBias { .. } => &[1],
             Op::Binary(_) => &[0, 1],
             Op::Elementwise(_) => &[0, 1, 2, 3, 4, 5],
-            _ => &[],
+            Op::MatMul { .. }
+            | Op::Linear { .. }
+            | Op::Conv2d { .. }
+            | Op::Conv2dGradInput { .. }
+            | Op::Conv2dGradWeight { .. }
+            | Op::Conv2dGradBias
+            | Op::MaxPool2d { .. }
+            | Op::MaxPool2dBackward { .. }
+            | Op::AvgPool2d { .. }
+            | Op::AvgPool2dBackward { .. }
+            | Op::GlobalAvgPool
+            | Op::GlobalAvgPoolBackward
+            | Op::Fill(_)
+            | Op::SumTo
+            | Op::BroadcastTo
+            | Op::Reshape
+            | Op::Transpose { .. }
+            | Op::Softmax
+            | Op::LogSoftmax
+            | Op::SoftmaxBackward
+            | Op::LogSoftmaxBackward
+            | Op::CrossEntropy
+            | Op::CrossEntropyBackward { .. }
+            | Op::BatchNorm2d { .. }
+            | Op::BatchNorm2dBackward
+            | Op::SgdUpdate(_)
+            | Op::AdamUpdate(_) => &[],
         }
     }
 
