@@ -42,6 +42,30 @@ pub enum Error {
     #[error("device {device}: {detail}")]
     Device { device: String, detail: String },
 
+    /// A backend cannot be used on this machine (no driver, no adapter, or
+    /// not built in): a service can fall back to another device.
+    #[error("device {device}: {detail}")]
+    Unavailable { device: String, detail: String },
+
+    /// A module's arena does not fit the device (its memory or its limits):
+    /// a smaller batch may.
+    #[error("device {device}: the arena for program(s) {programs} ({bytes} bytes, {} MiB) does not fit: {detail}", bytes >> 20)]
+    ArenaTooLarge {
+        device: String,
+        programs: String,
+        bytes: u64,
+        detail: String,
+    },
+
+    /// A name the module does not have: a program, input, output,
+    /// parameter or runtime scalar.
+    #[error("no {what} named '{name}' (there are: {known})")]
+    UnknownName {
+        what: &'static str,
+        name: String,
+        known: String,
+    },
+
     /// Training produced a NaN or infinity.
     #[error("non-finite value at step {step}: {detail}")]
     NonFinite { step: u64, detail: String },

@@ -150,8 +150,10 @@ impl Classifier {
         }
         self.session.write_input(p, "x", x)?;
         self.session.write_input_u32(p, "y", y)?;
-        self.session.set_scalar("lr", lr);
-        self.session.set_scalar("step", (self.step + 1) as f32);
+        self.session.set_scalar("lr", lr)?;
+        if self.session.has_scalar("step") {
+            self.session.set_scalar("step", (self.step + 1) as f32)?;
+        }
         self.session.run(p)?;
         let mut loss = [0.0f32];
         self.session.read_output(p, "loss", &mut loss)?;

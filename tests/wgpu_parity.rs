@@ -104,7 +104,7 @@ fn run_on(backend: &dyn Backend, g: &Graph, scalars: &[(&str, f32)], classes: u3
         }
     }
     for (k, v) in scalars {
-        s.set_scalar(k, *v);
+        s.set_scalar(k, *v).unwrap();
     }
     s.run(p).expect("run");
     let mut tensors = Vec::new();

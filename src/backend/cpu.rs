@@ -64,14 +64,14 @@ impl Backend for CpuBackend {
         // lines (worth 5% on the Adam update over 10M parameters).
         let words = module.arena_words.saturating_add(ALIGN_WORDS);
         let mut arena = Vec::new();
-        arena.try_reserve_exact(words).map_err(|_| {
-            Error::Limit(format!(
-                "cannot allocate the arena for program(s) {} ({} bytes, {} MiB)",
-                module.program_names(),
-                module.arena_words * 4,
-                module.arena_words * 4 / (1 << 20)
-            ))
-        })?;
+        arena
+            .try_reserve_exact(words)
+            .map_err(|_| Error::ArenaTooLarge {
+                device: "cpu".into(),
+                programs: module.program_names(),
+                bytes: module.arena_words as u64 * 4,
+                detail: "host memory is exhausted".into(),
+            })?;
         arena.resize(words, 0.0);
         let base = (64 - arena.as_ptr() as usize % 64) % 64 / std::mem::size_of::<f32>();
         Ok(Box::new(CpuExecutable {

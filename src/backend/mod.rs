@@ -89,7 +89,7 @@ pub fn select(spec: &DeviceSpec) -> Result<Box<dyn Backend>> {
         #[cfg(feature = "cuda")]
         DeviceSpec::Cuda(i) => Ok(Box::new(cuda::open(*i)?)),
         #[allow(unreachable_patterns)]
-        other => Err(crate::Error::Device {
+        other => Err(crate::Error::Unavailable {
             device: format!("{other:?}").to_lowercase(),
             detail: "this gpurt was built without that backend (cargo features `wgpu`, `cuda`)"
                 .into(),

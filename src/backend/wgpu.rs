@@ -59,7 +59,10 @@ struct Gpu {
 pub fn open(index: Option<usize>) -> Result<WgpuBackend> {
     let found = adapter::enumerate();
     let Some(i) = index else {
-        let mut last = device_error(adapter::summary(&found));
+        let mut last = crate::Error::Unavailable {
+            device: "wgpu".into(),
+            detail: adapter::summary(&found),
+        };
         for i in adapter::candidates(&found, false) {
             match WgpuBackend::new(&found.adapters[i]) {
                 Ok(b) => return Ok(b),
@@ -351,16 +354,20 @@ impl Gpu {
                         ))
                     )
                 });
-        Err(device_error(format!(
-            "the arena is {} MiB ({} MiB persistent, {} MiB GEMM scratch{biggest}) but {name} \
+        Err(Error::ArenaTooLarge {
+            device: "wgpu".into(),
+            programs: m.program_names(),
+            bytes,
+            detail: format!(
+                "{} MiB persistent, {} MiB GEMM scratch{biggest}, but {name} \
              is {} MiB on {} (and the kernels index at most {} MiB); use a smaller batch",
-            bytes >> 20,
-            (m.persistent_words * 4) >> 20,
-            (scratch * 4) >> 20,
-            limit >> 20,
-            self.info.name,
-            (MAX_ARENA_WORDS * 4) >> 20
-        )))
+                (m.persistent_words * 4) >> 20,
+                (scratch * 4) >> 20,
+                limit >> 20,
+                self.info.name,
+                (MAX_ARENA_WORDS * 4) >> 20
+            ),
+        })
     }
 }
 

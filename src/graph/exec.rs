@@ -36,23 +36,36 @@ impl Session {
     }
 
     pub fn program(&self, name: &str) -> Result<usize> {
-        self.module
-            .program(name)
-            .ok_or_else(|| Error::Usage(format!("the module has no program '{name}'")))
+        self.module.program(name).ok_or_else(|| {
+            unknown(
+                "program",
+                name,
+                self.module.programs.iter().map(|p| &p.name),
+            )
+        })
     }
 
-    /// Set a runtime scalar; unknown names are ignored (a program that does
-    /// not read `lr` does not declare it).
-    pub fn set_scalar(&mut self, name: &str, v: f32) {
-        if let Some(i) = self.module.scalar(name) {
-            self.scalars[i] = v;
-        }
+    /// Whether some program reads the runtime scalar `name` (SGD declares
+    /// no `step`, for instance).
+    pub fn has_scalar(&self, name: &str) -> bool {
+        self.module.scalar(name).is_some()
+    }
+
+    /// Set a runtime scalar. An unknown name is an error: a misspelt `step`
+    /// would otherwise leave 0 and divide by zero in Adam's bias correction.
+    pub fn set_scalar(&mut self, name: &str, v: f32) -> Result<()> {
+        let i = self
+            .module
+            .scalar(name)
+            .ok_or_else(|| unknown("runtime scalar", name, self.module.scalars.iter()))?;
+        self.scalars[i] = v;
+        Ok(())
     }
 
     fn input(&self, program: usize, name: &str) -> Result<&Binding> {
         let p = &self.module.programs[program];
         p.input(name)
-            .ok_or_else(|| Error::Usage(format!("program '{}' has no input '{name}'", p.name)))
+            .ok_or_else(|| unknown("input", name, p.inputs.iter().map(|b| &b.name)))
     }
 
     pub fn write_input(&mut self, program: usize, name: &str, data: &[f32]) -> Result<()> {
@@ -98,7 +111,7 @@ impl Session {
     fn output(&self, program: usize, name: &str) -> Result<&Binding> {
         let p = &self.module.programs[program];
         p.output(name)
-            .ok_or_else(|| Error::Usage(format!("program '{}' has no output '{name}'", p.name)))
+            .ok_or_else(|| unknown("output", name, p.outputs.iter().map(|b| &b.name)))
     }
 
     pub fn read_output(&mut self, program: usize, name: &str, out: &mut [f32]) -> Result<()> {
@@ -114,9 +127,13 @@ impl Session {
     }
 
     pub fn persistent(&self, name: &str) -> Result<&Binding> {
-        self.module
-            .persistent(name)
-            .ok_or_else(|| Error::Usage(format!("no parameter or state named '{name}'")))
+        self.module.persistent(name).ok_or_else(|| {
+            unknown(
+                "parameter or state",
+                name,
+                self.module.persistent.iter().map(|b| &b.name),
+            )
+        })
     }
 
     pub fn read_persistent(&mut self, name: &str) -> Result<Tensor> {
@@ -144,5 +161,65 @@ impl Session {
         }
         let slot = b.slot;
         self.exe.write(slot, data)
+    }
+}
+
+/// The error for a name the module lacks, listing (some of) those it has.
+fn unknown<'a>(what: &'static str, name: &str, known: impl Iterator<Item = &'a String>) -> Error {
+    let names: Vec<&str> = known.map(String::as_str).collect();
+    let mut list = names
+        .iter()
+        .take(12)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > 12 {
+        list.push_str(&format!(", … {} more", names.len() - 12));
+    }
+    Error::UnknownName {
+        what,
+        name: name.to_string(),
+        known: list,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::CpuBackend;
+    use crate::graph::ir::Graph;
+
+    #[test]
+    fn unknown_names_are_typed_errors_that_list_the_known_ones() {
+        let mut g = Graph::new(false);
+        let x = g.input("x", [4], DType::F32).unwrap();
+        let y = g.scale(x, 2.0).unwrap();
+        g.set_output("y", y);
+        let m = crate::graph::plan::compile(&[("p", &g)]).unwrap();
+        let mut s = Session::new(&CpuBackend::new(), m).unwrap();
+        assert!(!s.has_scalar("step"));
+        let e = s.set_scalar("stpe", 1.0).unwrap_err();
+        assert!(
+            matches!(&e, Error::UnknownName { what: "runtime scalar", name, .. } if name == "stpe"),
+            "{e:?}"
+        );
+        let p = s.program("p").unwrap();
+        match s.write_input(p, "z", &[0.0; 4]).unwrap_err() {
+            Error::UnknownName { what, known, .. } => {
+                assert_eq!((what, known.as_str()), ("input", "x"))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            s.program("q"),
+            Err(Error::UnknownName {
+                what: "program",
+                ..
+            })
+        ));
+        assert!(matches!(
+            s.read_persistent("w"),
+            Err(Error::UnknownName { .. })
+        ));
     }
 }

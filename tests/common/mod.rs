@@ -173,7 +173,7 @@ impl Cpu {
 
     pub fn run(&mut self, scalars: &Scalars) {
         for (k, v) in scalars {
-            self.session.set_scalar(k, *v as f32);
+            self.session.set_scalar(k, *v as f32).unwrap();
         }
         self.session.run(self.program).expect("run");
     }

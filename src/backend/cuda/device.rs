@@ -112,7 +112,16 @@ fn quietly<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> std::result::Re
 }
 
 /// Open device `ordinal`, or say why not in one line. Never panics.
-pub fn probe(ordinal: usize) -> std::result::Result<Device, String> {
+/// Open device `ordinal`, or say in one line why it cannot be used (no
+/// driver, too old a driver, no such device, too old a GPU).
+pub fn probe(ordinal: usize) -> Result<Device> {
+    probe_why(ordinal).map_err(|detail| Error::Unavailable {
+        device: format!("cuda:{ordinal}"),
+        detail,
+    })
+}
+
+fn probe_why(ordinal: usize) -> std::result::Result<Device, String> {
     // SAFETY: only tries to dlopen the driver library under its usual
     // names; nothing from it is called.
     if !unsafe { sys::is_culib_present() } {
@@ -296,8 +305,13 @@ pub fn compile(dev: &Arc<Device>, module: Arc<Module>) -> Result<CudaExecutable>
     dev.ctx
         .bind_to_thread()
         .map_err(|e| dev.err("binding the context", e))?;
-    let arena_what = format!("arena for program(s) {}", module.program_names());
-    let arena = zeros::<f32>(dev, module.arena_words, &arena_what)?;
+    let arena =
+        zeros::<f32>(dev, module.arena_words, "arena").map_err(|e| Error::ArenaTooLarge {
+            device: "cuda".into(),
+            programs: module.program_names(),
+            bytes: module.arena_words as u64 * 4,
+            detail: e.to_string(),
+        })?;
     let scalars = zeros::<f32>(dev, plan.scalars, "scalar buffer")?;
     let work = zeros::<u8>(dev, plan.work_bytes, "scratch buffer")?;
     let mut meta = zeros::<u8>(dev, plan.meta.len(), "table buffer")?;

@@ -60,24 +60,27 @@ impl Backend for CudaBackend {
 /// Open CUDA device `index`; the error says in one line why it cannot be
 /// used (no driver, too old a driver, no such device, too old a GPU).
 pub fn open(index: usize) -> Result<CudaBackend> {
-    device::probe(index)
-        .map(|d| CudaBackend { dev: Arc::new(d) })
-        .map_err(|why| Error::Device {
-            device: format!("cuda:{index}"),
-            detail: why,
-        })
+    device::probe(index).map(|d| CudaBackend { dev: Arc::new(d) })
 }
 
 /// Why CUDA cannot be used here, or None when device 0 opens.
 pub fn unavailable() -> Option<String> {
-    device::probe(0).err()
+    device::probe(0).err().map(reason)
+}
+
+/// The reason alone, for a device listing.
+fn reason(e: Error) -> String {
+    match e {
+        Error::Unavailable { detail, .. } => detail,
+        other => other.to_string(),
+    }
 }
 
 /// One line per CUDA device, or one line saying why there is none.
 pub fn describe() -> Vec<(String, bool, String)> {
     let first = match device::probe(0) {
         Ok(d) => d,
-        Err(why) => return vec![("cuda".into(), false, why)],
+        Err(why) => return vec![("cuda".into(), false, reason(why))],
     };
     let count = cudarc::driver::CudaContext::device_count()
         .unwrap_or(1)
@@ -86,7 +89,7 @@ pub fn describe() -> Vec<(String, bool, String)> {
     for i in 1..count {
         v.push(match device::probe(i) {
             Ok(d) => (d.label(), true, d.summary()),
-            Err(why) => (format!("cuda:{i}"), false, why),
+            Err(why) => (format!("cuda:{i}"), false, reason(why)),
         });
     }
     v
