@@ -207,3 +207,26 @@ fn cnn_train_steps_fused_equal_unfused() {
         assert_close(&format!("{n} after 3 steps"), &ta, &tb, 1e-5);
     }
 }
+
+/// The fused graph holds only nodes that run: every rule's leftovers and
+/// every dead node are removed, and producers point at the right nodes.
+#[test]
+fn fusion_leaves_no_dead_nodes() {
+    use gpurt::model::Classifier;
+    let cfg = cnn_config(vec![1, 28, 28]);
+    let mut g = Classifier::train_graph(&cfg, 4).unwrap();
+    let before = g.nodes.len();
+    gpurt::graph::fuse::fuse(&mut g);
+    assert!(g.nodes.len() < before, "{} -> {}", before, g.nodes.len());
+    let live = gpurt::graph::plan::live_nodes(&g);
+    assert!(live.iter().all(|&l| l), "dead nodes after fusion");
+    for (i, n) in g.nodes.iter().enumerate() {
+        assert!(
+            !n.outputs.is_empty() || !n.mutates.is_empty(),
+            "node {i} is empty"
+        );
+        for o in &n.outputs {
+            assert_eq!(g.value(*o).producer.map(|p| p.0 as usize), Some(i));
+        }
+    }
+}

@@ -391,8 +391,7 @@ fn max_pool2d_values_and_argmax() {
     for (xd, p) in POOL_CASES {
         let mut g = Graph::new(false);
         let x = input(&mut g, "x", xd);
-        let y = g.max_pool2d(x, p).unwrap();
-        let argmax = g.nodes.last().unwrap().outputs[1];
+        let (y, argmax) = g.max_pool2d_with_indices(x, p).unwrap();
         assert_eq!(g.dtype(argmax), DType::U32);
         g.set_output("y", y);
         g.set_output("argmax", argmax);
@@ -413,8 +412,9 @@ fn max_pool2d_values_and_argmax() {
 fn max_pool2d_ties_pick_first() {
     let mut g = Graph::new(false);
     let x = input(&mut g, "x", &[1, 1, 3, 4]);
-    let y = g.max_pool2d(x, pp((2, 2), (1, 2), (0, 0))).unwrap();
-    let argmax = g.nodes.last().unwrap().outputs[1];
+    let (y, argmax) = g
+        .max_pool2d_with_indices(x, pp((2, 2), (1, 2), (0, 0)))
+        .unwrap();
     g.set_output("y", y);
     g.set_output("argmax", argmax);
     let data = Data::from([(

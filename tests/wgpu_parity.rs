@@ -465,12 +465,8 @@ fn pooling_forward_backward() {
                 let mut g = Graph::new(true);
                 let xv = input(&mut g, "x", &x);
                 let y = if kind == "max" {
-                    let y = g.max_pool2d(xv, p).unwrap();
-                    let argmax = g
-                        .value(y)
-                        .producer
-                        .map(|n| g.nodes[n.0 as usize].outputs[1]);
-                    g.set_output("argmax", argmax.unwrap());
+                    let (y, argmax) = g.max_pool2d_with_indices(xv, p).unwrap();
+                    g.set_output("argmax", argmax);
                     y
                 } else {
                     g.avg_pool2d(xv, p).unwrap()

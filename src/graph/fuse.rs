@@ -45,7 +45,30 @@ pub fn fuse(g: &mut Graph) -> Vec<Fusion> {
     act_backward_bias(g, &mut out);
     elementwise_chain(g, &mut out);
     multi_tensor_update(g, &mut out);
+    drop_cleared(g);
     out
+}
+
+/// Remove the nodes the rules fused away or found dead, so the graph a
+/// caller gets back holds only what runs. Values they produced lose their
+/// producer (nothing reads them any more).
+fn drop_cleared(g: &mut Graph) {
+    let mut new_id = vec![None; g.nodes.len()];
+    let mut next = 0u32;
+    for (i, id) in new_id.iter_mut().enumerate() {
+        if !cleared(g, i) {
+            *id = Some(NodeId(next));
+            next += 1;
+        }
+    }
+    let mut i = 0;
+    g.nodes.retain(|_| {
+        i += 1;
+        new_id[i - 1].is_some()
+    });
+    for v in &mut g.values {
+        v.producer = v.producer.and_then(|n| new_id[n.0 as usize]);
+    }
 }
 
 fn clear(g: &mut Graph, n: NodeId) {

@@ -71,6 +71,18 @@ impl Graph {
         }
     }
 
+    /// A graph for inference: batch norm uses its running statistics and
+    /// dropout is the identity.
+    pub fn inference() -> Self {
+        Self::new(false)
+    }
+
+    /// A graph for a training step: batch norm normalises with batch
+    /// statistics and updates its running ones, dropout drops.
+    pub fn for_training() -> Self {
+        Self::new(true)
+    }
+
     pub fn value(&self, v: ValueId) -> &Value {
         &self.values[v.0 as usize]
     }

@@ -118,15 +118,26 @@ impl PoolParams {
 
 impl Graph {
     pub fn max_pool2d(&mut self, x: ValueId, p: PoolParams) -> Result<ValueId> {
+        Ok(self.max_pool2d_with_indices(x, p)?.0)
+    }
+
+    /// Max pooling and the argmax of each window (u32, the flat index
+    /// within its h×w input plane), as PyTorch's `return_indices=True`.
+    pub fn max_pool2d_with_indices(
+        &mut self,
+        x: ValueId,
+        p: PoolParams,
+    ) -> Result<(ValueId, ValueId)> {
         let g = p.geom("max_pool2d", self.shape(x))?;
         let (oh, ow) = g.out_hw().expect("checked by geom");
         let s = Shape(vec![g.n, g.c, oh, ow]);
-        Ok(self.push_node(
+        let out = self.push_node(
             Op::MaxPool2d { p },
             vec![x],
             vec![(s.clone(), DType::F32), (s, DType::U32)],
             vec![],
-        )?[0])
+        )?;
+        Ok((out[0], out[1]))
     }
     pub fn avg_pool2d(&mut self, x: ValueId, p: PoolParams) -> Result<ValueId> {
         let g = p.geom("avg_pool2d", self.shape(x))?;
