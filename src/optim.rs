@@ -83,9 +83,40 @@ pub fn append_update(g: &mut Graph, loss: ValueId, cfg: &OptimConfig) -> Result<
     }
     let ids: Vec<ValueId> = params.iter().map(|(_, v)| *v).collect();
     let grads = gradients(g, loss, &ids)?;
+    let pairs: Vec<(ValueId, ValueId)> = ids.into_iter().zip(grads).collect();
+    apply_gradients(g, &pairs, cfg)
+}
+
+/// Append one update node per `(parameter, gradient)` pair, with the
+/// gradients given (from [`crate::graph::autodiff::vjp`], or an input
+/// the host fills). Runtime scalars: `lr`, and `step` (1-based) for Adam.
+pub fn apply_gradients(
+    g: &mut Graph,
+    pairs: &[(ValueId, ValueId)],
+    cfg: &OptimConfig,
+) -> Result<()> {
     let lr = g.scalar("lr");
-    let step = g.scalar("step");
-    for ((name, p), grad) in params.iter().zip(grads) {
+    for &(p, grad) in pairs {
+        let name = match &g.value(p).role {
+            crate::graph::ir::Role::Param(n) => n.clone(),
+            other => {
+                return Err(Error::Usage(format!(
+                    "apply_gradients: value {} is {other:?}, not a parameter",
+                    p.0
+                )))
+            }
+        };
+        if g.shape(grad) != g.shape(p) {
+            return Err(Error::shape(
+                "apply_gradients",
+                format!(
+                    "parameter '{name}' is {} but its gradient is {}",
+                    g.shape(p),
+                    g.shape(grad)
+                ),
+            ));
+        }
+        let (name, p) = (&name, &p);
         let shape = g.shape(*p).clone();
         let mut mutates = vec![*p];
         for s in cfg.state_names() {
@@ -105,7 +136,7 @@ pub fn append_update(g: &mut Graph, loss: ValueId, cfg: &OptimConfig) -> Result<
                 weight_decay: cfg.weight_decay,
                 decoupled: cfg.kind == OptimizerKind::AdamW,
                 lr,
-                step,
+                step: g.scalar("step"),
             }),
         };
         g.push_node(op, vec![grad], vec![], mutates)?;

@@ -1160,3 +1160,71 @@ fn broadcast_div_composition_gradients() {
         }
     }
 }
+
+/// `vjp` seeded with an input `r` equals the gradient of `Σ y ⊙ r` (which
+/// the finite-difference checks above cover), for a non-scalar output.
+#[test]
+fn vjp_equals_the_gradient_of_the_seeded_sum() {
+    use gpurt::graph::autodiff::vjp;
+    let build = |seeded: bool| {
+        let mut g = Graph::new(true);
+        let x = input(&mut g, "x", &[3, 4]);
+        let w = g.param("w", [5, 4]).unwrap();
+        let h = g.linear(x, w, None).unwrap();
+        let y = g.act(Activation::Tanh, h).unwrap();
+        let grads = if seeded {
+            let r = input(&mut g, "r", &[3, 5]);
+            vjp(&mut g, &[(y, r)], &[x, w]).unwrap()
+        } else {
+            let loss = weighted_sum(&mut g, y);
+            gradients(&mut g, loss, &[x, w]).unwrap()
+        };
+        for (i, d) in grads.into_iter().enumerate() {
+            g.set_output(&format!("d{i}"), d);
+        }
+        g
+    };
+    let (gv, gs) = (build(true), build(false));
+    let data = random_data(&gv, &mut rng(21), 1);
+    let sc = Scalars::new();
+    let (a, b) = (run_cpu(&gv, &data, &sc), run_cpu(&gs, &data, &sc));
+    for d in ["d0", "d1"] {
+        assert_close(&format!("vjp {d}"), &a[d], &b[d], 1e-6);
+    }
+    // A seed of the wrong shape is refused.
+    let mut g = Graph::new(true);
+    let x = input(&mut g, "x", &[3, 4]);
+    let y = g.act(Activation::Tanh, x).unwrap();
+    let r = input(&mut g, "r", &[4, 3]);
+    let e = vjp(&mut g, &[(y, r)], &[x]).unwrap_err().to_string();
+    assert!(e.contains("[3, 4]") && e.contains("[4, 3]"), "{e}");
+}
+
+/// `apply_gradients` updates a parameter with a gradient the host gives.
+#[test]
+fn apply_gradients_uses_the_given_gradient() {
+    use gpurt::optim::{apply_gradients, OptimConfig, OptimizerKind};
+    let mut g = Graph::new(true);
+    let w = g.param("w", [5, 4]).unwrap();
+    let gw = input(&mut g, "gw", &[5, 4]);
+    let cfg = OptimConfig {
+        momentum: 0.0,
+        ..OptimConfig::new(OptimizerKind::Sgd)
+    };
+    apply_gradients(&mut g, &[(w, gw)], &cfg).unwrap();
+    let data = random_data(&g, &mut rng(22), 1);
+    let mut cpu = Cpu::new(&g);
+    cpu.write(&g, &data);
+    cpu.run(&scalars(&[("lr", 0.5)]));
+    let got = cpu.persistent("w");
+    let want: Vec<f64> = data[&w]
+        .iter()
+        .zip(&data[&gw])
+        .map(|(p, d)| p - 0.5 * d)
+        .collect();
+    assert_close("sgd with a given gradient", &got, &want, 1e-6);
+    // Not a parameter, or a gradient of another shape: refused.
+    let bad = input(&mut g, "b", &[5, 3]);
+    assert!(apply_gradients(&mut g, &[(gw, gw)], &cfg).is_err());
+    assert!(apply_gradients(&mut g, &[(w, bad)], &cfg).is_err());
+}

@@ -1277,13 +1277,9 @@ fn large_tensors_take_parallel_paths() {
             add_gradients(&mut g, loss, &wrt);
         }
         let data = random_data(&g, &mut r, 1);
-        // Only dropout reads a step; setting an undeclared scalar is an error.
-        let step: &[(&str, f64)] = if g.scalars.iter().any(|s| s == "step") {
-            &[("step", 4.0)]
-        } else {
-            &[]
-        };
-        check(&format!("large {name}"), &g, &data, &scalars(step), TOL);
+        // Only dropout reads a step.
+        let sc = declared(&g, &[("step", 4.0)]);
+        check(&format!("large {name}"), &g, &data, &sc, TOL);
     }
 }
 
@@ -1545,7 +1541,7 @@ fn optimiser_update_large_parameter() {
                 data.insert(v, uniform_in(&mut r, g.shape(v).numel(), 0.01, 1.0));
             }
         }
-        let sc = scalars(&[("lr", 0.1), ("step", 2.0)]);
+        let sc = declared(&g, &[("lr", 0.1), ("step", 2.0)]);
         let want = eval_f64(&g, &data, &sc);
         for graph in [&g, &fused(&g)] {
             let mut cpu = Cpu::new(graph);
@@ -1661,7 +1657,7 @@ fn optimiser_updates_three_steps() {
             cpu.write(&g, &data);
         }
         for step in 1..=3 {
-            let sc = scalars(&[("lr", 0.1), ("step", step as f64)]);
+            let sc = declared(&g, &[("lr", 0.1), ("step", step as f64)]);
             let want = eval_f64(&g, &data, &sc);
             for (_, v) in g.persistent() {
                 data.insert(v, want[v.0 as usize].clone());

@@ -17,6 +17,28 @@ pub fn gradients(g: &mut Graph, loss: ValueId, wrt: &[ValueId]) -> Result<Vec<Va
             format!("loss must be a scalar, got {}", g.shape(loss)),
         ));
     }
+    let seed = g.fill(g.shape(loss).clone(), 1.0)?;
+    vjp(g, &[(loss, seed)], wrt)
+}
+
+/// Vector-Jacobian products: the gradients with respect to `wrt` of
+/// `Σ ⟨output, seed⟩` over the `(output, seed)` pairs, where each seed is a
+/// value of its output's shape (an input the caller feeds, for instance:
+/// the gradient arriving from a model this graph is part of). With one
+/// scalar output seeded with 1 this is [`gradients`].
+pub fn vjp(g: &mut Graph, seeds: &[(ValueId, ValueId)], wrt: &[ValueId]) -> Result<Vec<ValueId>> {
+    for &(out, seed) in seeds {
+        if g.shape(out) != g.shape(seed) {
+            return Err(Error::shape(
+                "vjp",
+                format!(
+                    "the seed for an output of shape {} has shape {}",
+                    g.shape(out),
+                    g.shape(seed)
+                ),
+            ));
+        }
+    }
     // Forward pass: which values depend on something we differentiate.
     let mut depends = vec![false; g.values.len()];
     for &w in wrt {
@@ -32,8 +54,13 @@ pub fn gradients(g: &mut Graph, loss: ValueId, wrt: &[ValueId]) -> Result<Vec<Va
     }
 
     let mut grads: HashMap<ValueId, ValueId> = HashMap::new();
-    let seed = g.fill(g.shape(loss).clone(), 1.0)?;
-    grads.insert(loss, seed);
+    for &(out, seed) in seeds {
+        let acc = match grads.get(&out) {
+            Some(&prev) => g.add(prev, seed)?,
+            None => seed,
+        };
+        grads.insert(out, acc);
+    }
 
     for ni in (0..n_fwd).rev() {
         let node = g.nodes[ni].clone();

@@ -119,6 +119,16 @@ pub fn scalars(kv: &[(&str, f64)]) -> Scalars {
     kv.iter().map(|(k, v)| (k.to_string(), *v)).collect()
 }
 
+/// The scalars of `kv` that `g` reads: for tests looping over graphs of
+/// which only some read a scalar (SGD has no `step`; setting a scalar a
+/// module lacks is an error).
+pub fn declared(g: &Graph, kv: &[(&str, f64)]) -> Scalars {
+    kv.iter()
+        .filter(|(k, _)| g.scalars.iter().any(|s| s == k))
+        .map(|(k, v)| (k.to_string(), *v))
+        .collect()
+}
+
 /// A graph compiled as program "p" and loaded on the CPU backend.
 pub struct Cpu {
     pub session: Session,
