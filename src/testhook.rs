@@ -2,8 +2,10 @@
 //! checkpointing where a test can make the process die or wait, so every
 //! kill window is reached deterministically instead of by sleeping.
 //!
-//! Inert unless `GPURT_TEST_KILL_AT` or `GPURT_TEST_PAUSE_AT` is set (read
-//! once; a disabled point costs one atomic load):
+//! Compiled in only with the `test-hooks` cargo feature, which the tests
+//! enable; even then inert unless `GPURT_TEST_KILL_AT` or
+//! `GPURT_TEST_PAUSE_AT` is set (read once; an unset point costs one atomic
+//! load):
 //! - `GPURT_TEST_KILL_AT=point` or `point#n`: SIGKILL this process the n-th
 //!   time (default first) it reaches `point`.
 //! - `GPURT_TEST_PAUSE_AT=point#n:DIR`: the n-th time, create `DIR/paused`
@@ -64,8 +66,16 @@ fn hooks() -> Option<&'static Hooks> {
         .as_ref()
 }
 
-/// Mark that the run reached `point` (one of [`POINTS`]).
+/// Mark that the run reached `point` (one of [`POINTS`]). Without the
+/// `test-hooks` feature this is empty.
+#[inline]
 pub fn point(point: &'static str) {
+    if cfg!(feature = "test-hooks") {
+        reached(point);
+    }
+}
+
+fn reached(point: &'static str) {
     let Some(h) = hooks() else { return };
     debug_assert!(POINTS.contains(&point), "unknown test point {point}");
     let n = {
