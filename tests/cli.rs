@@ -8,10 +8,16 @@ use std::process::{Command, Output};
 mod common;
 use common::mnist::{idx_images, idx_labels, tiny_mnist};
 
+#[path = "cli/crash.rs"]
+mod crash;
+#[path = "cli/cuda.rs"]
+mod cuda;
 #[path = "cli/properties.rs"]
 mod properties;
 #[path = "cli/reliability.rs"]
 mod reliability;
+#[path = "cli/wgpu.rs"]
+mod wgpu;
 
 fn gpurt(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_gpurt"))

@@ -9,7 +9,7 @@
 #
 # Output: target/ptx-tools/py (the wheels) and target/ptx-tools/env, the
 # KEY="value" lines that tools/build-ptx.sh, tools/verify-ptx.sh and
-# tests/cuda_ptx.rs read (override the folder with GPURT_PTX_TOOLS).
+# tests/cuda/ptx.rs read (override the folder with GPURT_PTX_TOOLS).
 # .ci/run calls this before `cargo test --release`; it is idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -31,8 +31,8 @@ for line in sys.stdin:
 
 echo "gpu-bundle: building (release)"
 gpurt=$(cargo build --release --bin gpurt --message-format=json | executables gpurt)
-tests=$(cargo test --release --no-run --message-format=json --test cuda_parity --test cuda_bench \
-  | executables cuda_parity cuda_bench)
+tests=$(cargo test --release --no-run --message-format=json --test cuda \
+  | executables cuda)
 
 rm -rf "$out"
 mkdir -p "$out/bin" "$out/data"
@@ -41,7 +41,7 @@ while read -r name path; do
   cp "$path" "$out/bin/$name"
 done <<<"$gpurt
 $tests"
-for b in gpurt cuda_parity cuda_bench; do
+for b in gpurt cuda; do
   [ -x "$out/bin/$b" ] || { echo "gpu-bundle: $b was not built" >&2; exit 1; }
   if command -v strip >/dev/null; then strip --strip-debug "$out/bin/$b"; fi
 done

@@ -9,7 +9,7 @@
 # 1. the CUDA parity tests (every op and whole train steps against the CPU
 #    backend); they must pass, and must not skip, before anything is timed;
 # 2. a one-epoch `gpurt train --device cuda` on a slice of MNIST;
-# 3. gpurt's kernel timings (cuda_bench) and PyTorch's on the same shapes
+# 3. gpurt's kernel timings (tests/cuda/bench.rs) and PyTorch's on the same shapes
 #    (torch_gpu_bench.py: cuBLAS/cuDNN, fp32 with TF32 off);
 # 4. the table, printed last: op, gpurt ms, gpurt GFLOP/s or GB/s,
 #    PyTorch ms, and gpurt's speed as a percentage of PyTorch's.
@@ -39,15 +39,15 @@ declare -a plan_lines=()
 plan() { plan_lines+=("$(printf '%-14s %4ss  %s' "$1" "$2" "${*:3}")"); }
 plan nvidia-smi 20 nvidia-smi
 plan devices 30 "$bin/gpurt" devices
-plan parity 180 "$bin/cuda_parity" --test-threads=1 --nocapture
+plan parity 180 "$bin/cuda" parity:: --test-threads=1 --nocapture
 plan train 45 "$bin/gpurt" train --device cuda --epochs 1 --limit 8192 --quiet --data "mnist:$here/data/mnist" --out "$out/run"
-plan gpurt-bench 80 "$bin/cuda_bench" --ignored --nocapture
+plan gpurt-bench 80 "$bin/cuda" bench:: --ignored --nocapture
 plan torch-bench 80 "$python" "$here/torch_gpu_bench.py"
 
 if [ "$dry" = 1 ]; then
   echo "gpu-check plan (results into $out; at most 435 s of timeouts):"
   printf '  %s\n' "${plan_lines[@]}"
-  for f in "$bin/gpurt" "$bin/cuda_parity" "$bin/cuda_bench" "$here/torch_gpu_bench.py" "$here/data/mnist"; do
+  for f in "$bin/gpurt" "$bin/cuda" "$here/torch_gpu_bench.py" "$here/data/mnist"; do
     [ -e "$f" ] || echo "  missing: $f (make the bundle with tools/gpu-bundle.sh)"
   done
   exit 0
@@ -80,7 +80,7 @@ run nvidia-smi 20 nvidia-smi || true
 run devices 30 "$bin/gpurt" devices || status=1
 
 parity_ok=1
-if ! run parity 180 "$bin/cuda_parity" --test-threads=1 --nocapture; then
+if ! run parity 180 "$bin/cuda" parity:: --test-threads=1 --nocapture; then
   parity_ok=0
 elif grep -q 'SKIPPED:' "$out/parity.log"; then
   echo "parity: the tests skipped, so CUDA is not usable here (see devices.log)"
@@ -93,7 +93,7 @@ fi
 
 run train 45 "$bin/gpurt" train --device cuda --epochs 1 --limit 8192 --quiet \
   --data "mnist:$here/data/mnist" --out "$out/run" || status=1
-run gpurt-bench 80 "$bin/cuda_bench" --ignored --nocapture || status=1
+run gpurt-bench 80 "$bin/cuda" bench:: --ignored --nocapture || status=1
 run torch-bench 80 "$python" "$here/torch_gpu_bench.py" || status=1
 
 # The table: BENCH <key> <ms> <work> <unit> from gpurt, TORCH <key> <ms>

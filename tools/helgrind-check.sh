@@ -14,9 +14,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-30}
 log=${HELGRIND_LOG:-target/helgrind.log}
-cargo test --release --test stress --no-run 2>&1 | tail -1
-bin=$(ls -t target/release/deps/stress-* | grep -v '\.d$' | head -1)
-GPURT_STRESS_SECS=$secs valgrind --tool=helgrind --log-file="$log" "$bin" --test-threads=1
+cargo test --release --test model --no-run 2>&1 | tail -1
+bin=$(ls -t target/release/deps/model-* | grep -v '\.d$' | head -1)
+GPURT_STRESS_SECS=$secs valgrind --tool=helgrind --log-file="$log" "$bin" stress:: --test-threads=1
 python3 - "$log" src <<'PY'
 import os, re, sys
 log, src = sys.argv[1], sys.argv[2]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Checks the committed PTX (tests/cuda_ptx.rs runs this; CI needs no GPU):
+# Checks the committed PTX (tests/cuda/ptx.rs runs this; CI needs no GPU):
 #  1. every kernels/*.ptx assembles with the pinned ptxas for sm_80 and
 #     sm_90 with no error and no spill stores or loads;
 #  2. regenerating the PTX from kernels/*.cu reproduces every committed

@@ -1,6 +1,6 @@
 //! The defects found by feeding the CLI bad files, odd flags and faults
 //! (the reliability issue), one test each; the kill windows, the folder
-//! lock and Ctrl-C are in `tests/crash.rs`, driven by fault points.
+//! lock and Ctrl-C are in `tests/cli/crash.rs`, driven by fault points.
 
 use super::*;
 use gpurt::checkpoint::Checkpoint;

@@ -2,9 +2,7 @@
 //! gradients, 200+ cases per run), and the plan figures for the small CNN
 //! train step that the fusion issue promises.
 
-mod common;
-
-use common::{assert_close, fused, random_data, rng, run_cpu, Scalars};
+use crate::common::{assert_close, fused, random_data, rng, run_cpu, Scalars};
 use gpurt::graph::autodiff::gradients;
 use gpurt::graph::ir::{Graph, ValueId};
 use gpurt::inspect::PlanReport;

@@ -12,8 +12,7 @@
 
 #![cfg(feature = "cuda")]
 
-#[path = "cuda_cases.rs"]
-mod cases;
+use super::cases;
 
 use gpurt::backend::Executable;
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! Per-kernel timing of the small CNN's train step on the wgpu adapter
 //! (timestamp queries). Not a pass/fail test: run with
-//! `cargo test --test wgpu_profile -- --ignored --nocapture`.
+//! `cargo test --release --test wgpu profile:: -- --ignored --nocapture`.
 
 #![cfg(feature = "wgpu")]
 

@@ -1,6 +1,5 @@
-//! Op cases shared by the CUDA tests (included as a module by
-//! cuda_emu.rs, cuda_parity.rs and cuda_ptx.rs; as a test target of its
-//! own it has no tests). Every op of `gpurt::ops::Op` appears, unfused and
+//! Op cases shared by the CUDA tests (`emu`, `parity`, `ptx` and `bench`
+//! in `tests/cuda.rs`). Every op of `gpurt::ops::Op` appears, unfused and
 //! after the fusion passes (which produce the fused ops: linear/conv with
 //! an activation, act-backward + bias, elementwise programs, constant loss
 //! gradient, multi-tensor optimiser updates), on odd sizes, plus whole

@@ -7,8 +7,7 @@
 
 #![cfg(feature = "cuda")]
 
-#[path = "cuda_cases.rs"]
-mod cases;
+use super::cases;
 
 use gpurt::backend::cuda;
 use gpurt::backend::Backend;

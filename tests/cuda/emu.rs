@@ -17,8 +17,7 @@
 
 #![cfg(feature = "cuda")]
 
-#[path = "cuda_cases.rs"]
-mod cases;
+use super::cases;
 
 use gpurt::backend::cuda::args::{Arg, Buf, Call};
 use gpurt::backend::cuda::plan::{plan, Plan, Target};

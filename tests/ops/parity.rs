@@ -1,6 +1,6 @@
 //! Forward parity of every op: each graph is run on the CPU backend in f32
 //! and compared with the independent float64 reference interpreter
-//! (`common::reference::eval_f64`, naive loops written from the maths).
+//! (`crate::common::reference::eval_f64`, naive loops written from the maths).
 //!
 //! Metric: relative error ‖out − ref‖ / ‖ref‖ over the whole tensor, below
 //! `TOL` = 1e-5. Only reductions over more than 10,000 elements use
@@ -9,10 +9,8 @@
 //! exactly. Every op family runs at least five shape sets including odd
 //! sizes (1, 3, 7, 33).
 
-mod common;
-
-use common::reference::{conv_out, eval_f64};
-use common::*;
+use crate::common::reference::{conv_out, eval_f64};
+use crate::common::*;
 use gpurt::graph::ir::{Graph, ValueId};
 use gpurt::ops::batchnorm::BatchNormParams;
 use gpurt::ops::{Activation, BinaryKind, ConvParams, Op, PoolParams};
@@ -1016,7 +1014,7 @@ fn batch_norm_inference_forward() {
 /// batch-norm backward, sum_to/broadcast_to, matmul with transposes) in
 /// f32 against the same gradient graph evaluated by the f64 reference.
 /// (Correctness of the gradient *rules* is proven by finite differences in
-/// `tests/gradients.rs`; this checks the kernels that implement them.)
+/// `tests/ops/gradients.rs`; this checks the kernels that implement them.)
 #[test]
 fn backward_kernels_match_reference() {
     type Build = fn(&mut Graph) -> ValueId;

@@ -18,10 +18,8 @@
 //! Data avoids kinks: relu pre-activations and max-pool windows are checked
 //! to be farther from a kink than the finite-difference step can reach.
 
-mod common;
-
-use common::reference::eval_f64;
-use common::*;
+use crate::common::reference::eval_f64;
+use crate::common::*;
 use gpurt::graph::autodiff::gradients;
 use gpurt::graph::ir::{Graph, ValueId};
 use gpurt::ops::batchnorm::BatchNormParams;
@@ -355,7 +353,7 @@ fn fused_linear(what: &str, seed: u64, xd: &[usize], out: usize, a: Activation) 
     let mut r = rng(seed);
     let data = random_data(&g, &mut r, 1);
     if a == Activation::Relu {
-        let z = common::reference::linear(
+        let z = crate::common::reference::linear(
             g.shape(x),
             g.shape(w),
             &data[&x],
@@ -451,7 +449,7 @@ fn conv_check(what: &str, seed: u64, case: ConvCase, bias: bool, act: Option<Act
         data.insert(b, uniform_in(&mut r, o, -0.25, 0.25));
     }
     if act == Some(Activation::Relu) {
-        let z = common::reference::conv2d(
+        let z = crate::common::reference::conv2d(
             g.shape(x),
             g.shape(wt),
             &p,

@@ -15,8 +15,7 @@
 
 #![cfg(feature = "cuda")]
 
-#[path = "cuda_cases.rs"]
-mod cases;
+use super::cases;
 
 use gpurt::backend::cuda::args::{Arg, Buf};
 use gpurt::backend::cuda::plan::{plan, Target};

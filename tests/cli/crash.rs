@@ -7,9 +7,7 @@
 //!   a killed run does not block;
 //! - Ctrl-C saves, then exits 130.
 
-mod common;
-
-use common::mnist::tiny_mnist;
+use crate::common::mnist::tiny_mnist;
 use gpurt::checkpoint::Checkpoint;
 use gpurt::metrics::EpochMetrics;
 use std::path::{Path, PathBuf};
@@ -235,16 +233,38 @@ fn ctrl_c_saves_then_exits_130() {
     let f = fixture();
     let out = f.root.join("run");
     let gate = f.root.join("gate");
-    let child = start_paused(&args(&f, &out), "step#3", &gate);
+    let mut child = start_paused(&args(&f, &out), "step#3", &gate);
+    // The Ctrl-C handler runs on its own thread: release the run only once
+    // it has seen the signal (it says so on stderr).
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            let _ = tx.send(line.clone());
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
     signal(&child, "-INT");
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the Ctrl-C handler never reported");
+        if line.contains("stopping after this batch") {
+            break;
+        }
+    }
     std::fs::write(gate.join("go"), "").unwrap();
     let o = child.wait_with_output().unwrap();
-    assert_eq!(o.status.code(), Some(130), "{}", text(&o));
-    assert!(
-        text(&o).contains("interrupted after epoch 1, batch 3"),
-        "{}",
-        text(&o)
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        reader.join().unwrap()
     );
+    assert_eq!(o.status.code(), Some(130), "{all}");
+    assert!(all.contains("interrupted after epoch 1, batch 3"), "{all}");
     let ck = check_agrees(&out, "after Ctrl-C").unwrap();
     assert_eq!((ck.epoch, ck.batch, ck.step), (0, 3, 3));
     let mut a = args(&f, &out);

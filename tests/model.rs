@@ -1,0 +1,13 @@
+//! Whole models through the library: training, weights in PyTorch
+//! layouts, and concurrent use.
+
+mod common;
+
+#[path = "model/smoke_cnn.rs"]
+mod smoke_cnn;
+#[path = "model/stress.rs"]
+mod stress;
+#[path = "model/train_mnist.rs"]
+mod train_mnist;
+#[path = "model/weights.rs"]
+mod weights;
