@@ -156,3 +156,18 @@ pub fn cpu_backward_inplace(a: Activation, saved: &[f32], dy_dx: &mut [f32]) {
         dy_dx.iter_mut().zip(saved.iter()).for_each(f);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relu_keeps_nan_as_pytorch_does() {
+        assert!(relu(f32::NAN).is_nan());
+        assert!(Activation::Relu.forward(f32::NAN).is_nan());
+        assert_eq!((relu(-2.5), relu(0.0), relu(3.0)), (0.0, 0.0, 3.0));
+        let mut y = [0.0f32; 3];
+        cpu_forward(Activation::Relu, &[f32::NAN, -1.0, 2.0], &mut y);
+        assert!(y[0].is_nan() && y[1] == 0.0 && y[2] == 2.0, "{y:?}");
+    }
+}
