@@ -103,10 +103,14 @@ fn ptx_assembles_without_spills_and_rebuilds_byte_for_byte() {
     assert!(text.contains("reproduced byte for byte"));
 }
 
-/// String literals of the launch table that name kernels.
+/// String literals of the launch table (the planner and its per-family
+/// lowering files) that name kernels.
 #[test]
 fn kernel_names_in_the_launch_table_exist_in_ptx() {
-    let src = std::fs::read_to_string(root().join("src/backend/cuda/plan.rs")).unwrap();
+    let src: String = ["plan.rs", "dense.rs", "reduce.rs"]
+        .iter()
+        .map(|f| std::fs::read_to_string(root().join("src/backend/cuda").join(f)).unwrap())
+        .collect();
     // Literals of the planner that are not kernel names.
     let not_kernels = ["cuda", "max_pool2d", "avg_pool2d"];
     let known = entries();
@@ -121,11 +125,14 @@ fn kernel_names_in_the_launch_table_exist_in_ptx() {
         }
         assert!(
             known.contains(lit),
-            "plan.rs launches \"{lit}\", which no kernels/*.ptx defines"
+            "the CUDA lowering launches \"{lit}\", which no kernels/*.ptx defines"
         );
         named += 1;
     }
-    assert!(named >= 40, "found only {named} kernel names in plan.rs");
+    assert!(
+        named >= 40,
+        "found only {named} kernel names in the lowering"
+    );
 }
 
 fn modules() -> Vec<(String, std::sync::Arc<Module>)> {

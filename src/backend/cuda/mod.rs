@@ -19,10 +19,12 @@
 //! an error names the kernel that caused it.
 
 pub mod args;
+mod dense;
 pub mod device;
 mod layout;
 pub mod plan;
 pub mod ptx;
+mod reduce;
 
 use crate::backend::{Backend, Executable};
 use crate::error::{Error, Result};

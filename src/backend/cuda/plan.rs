@@ -11,12 +11,12 @@ use super::args::*;
 use super::layout::*;
 use crate::error::{Error, Result};
 use crate::graph::kernel::{Kernel, PoolKind};
-use crate::graph::plan::{Launch, Module, Slot};
+use crate::graph::plan::{Launch, Module};
 use crate::ops::binary::broadcast_strides;
 
 pub use super::layout::MAX_ELEMENTS;
 /// Grid y and z limit.
-const MAX_GRID_YZ: usize = 65_535;
+pub(super) const MAX_GRID_YZ: usize = 65_535;
 
 /// The device facts the lowering depends on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,51 +103,51 @@ pub fn plan(module: &Module, target: Target) -> Result<Plan> {
 
 /// Per-launch bump allocator in the shared scratch buffer: launches run
 /// one after another on one stream, so every launch starts at offset 0.
-struct Scratch(usize);
+pub(super) struct Scratch(usize);
 
 impl Scratch {
-    fn alloc(&mut self, bytes: usize) -> usize {
+    pub(super) fn alloc(&mut self, bytes: usize) -> usize {
         let off = self.0.next_multiple_of(16);
         self.0 = off + bytes;
         off
     }
 }
 
-struct Planner {
-    sms: usize,
-    meta: Vec<u8>,
-    work: usize,
+pub(super) struct Planner {
+    pub(super) sms: usize,
+    pub(super) meta: Vec<u8>,
+    pub(super) work: usize,
 }
 
 /// A dense product C = op(A)·op(B) (+ bias, then act) over arena operands.
-struct Gemm {
-    a: usize,
+pub(super) struct Gemm {
+    pub(super) a: usize,
     /// A stored [M][K] (k contiguous) rather than [K][M].
-    a_k: bool,
-    lda: usize,
-    b: usize,
+    pub(super) a_k: bool,
+    pub(super) lda: usize,
+    pub(super) b: usize,
     /// B stored [N][K] rather than [K][N].
-    b_k: bool,
-    ldb: usize,
-    c: usize,
-    ldc: usize,
-    m: usize,
-    n: usize,
-    k: usize,
-    batch: usize,
-    strides: [usize; 3],
+    pub(super) b_k: bool,
+    pub(super) ldb: usize,
+    pub(super) c: usize,
+    pub(super) ldc: usize,
+    pub(super) m: usize,
+    pub(super) n: usize,
+    pub(super) k: usize,
+    pub(super) batch: usize,
+    pub(super) strides: [usize; 3],
     /// Bias offset, per column (N) of C.
-    bias: Option<usize>,
-    act: i32,
+    pub(super) bias: Option<usize>,
+    pub(super) act: i32,
 }
 
 impl Planner {
     /// Blocks for a grid-stride loop over `n` elements.
-    fn blocks(&self, n: usize) -> u32 {
+    pub(super) fn blocks(&self, n: usize) -> u32 {
         div_up(n, BLOCK as usize).clamp(1, self.sms * 32) as u32
     }
 
-    fn elementwise(&self, kernel: &'static str, n: usize, args: Vec<Arg>) -> Vec<Call> {
+    pub(super) fn elementwise(&self, kernel: &'static str, n: usize, args: Vec<Arg>) -> Vec<Call> {
         if n == 0 {
             return vec![];
         }
@@ -160,7 +160,7 @@ impl Planner {
 
     /// Splits of a reduction of `len` elements into `outputs` sums so the
     /// grid has about two blocks per SM, each summing at least `min_chunk`.
-    fn splits(&self, outputs: usize, len: usize, min_chunk: usize, max: usize) -> usize {
+    pub(super) fn splits(&self, outputs: usize, len: usize, min_chunk: usize, max: usize) -> usize {
         if outputs >= 2 * self.sms || len < 2 * min_chunk {
             return 1;
         }
@@ -257,48 +257,7 @@ impl Planner {
                     vec![r(0), r(1), w(0), Arg::Bytes(conv_geom(g)?)],
                 )?
             }
-            Kernel::Conv2dGradWeight(g) => {
-                let (oh, ow) = g.out_hw().expect("checked by geom");
-                let (m, n, k) = (g.c_out, g.c_in * g.kh * g.kw, g.n * oh * ow);
-                let t = self.tile(m, n, 1);
-                let splits = self.gemm_splits(t, m, n, k, 1);
-                let part = if splits > 1 {
-                    Arg::Ptr(Buf::Work, s.alloc(4 * splits * m * n))
-                } else {
-                    Arg::Null
-                };
-                let mut calls = self.conv_call(
-                    t.pick(["conv2d_wgrad_l", "conv2d_wgrad_m", "conv2d_wgrad_s"]),
-                    t,
-                    m,
-                    n,
-                    splits,
-                    vec![
-                        r(0),
-                        r(1),
-                        w(0),
-                        part.clone(),
-                        Arg::Bytes(conv_geom(g)?),
-                        Arg::I32(splits as i32),
-                    ],
-                )?;
-                if splits > 1 {
-                    calls.extend(self.splitk_reduce(
-                        part,
-                        w(0),
-                        Arg::Null,
-                        0,
-                        m,
-                        n,
-                        1,
-                        splits,
-                        n,
-                        0,
-                        ACT_NONE,
-                    )?);
-                }
-                calls
-            }
+            Kernel::Conv2dGradWeight(g) => self.conv2d_grad_weight(l, g, s)?,
             Kernel::Conv2dGradBias(d) => self.reduce(
                 s,
                 r(0),
@@ -492,24 +451,7 @@ impl Planner {
                 )?
             }
             Kernel::CrossEntropy { batch, classes } => {
-                let (b, c) = (*batch, *classes);
-                if b == 0 {
-                    return Ok(self.elementwise("fill", 1, vec![w(0), Arg::I32(1), Arg::F32(0.0)]));
-                }
-                let rows = Arg::Ptr(Buf::Work, s.alloc(4 * b));
-                let mut calls = vec![Call {
-                    kernel: "ce_rows",
-                    grid: [div_up(b, 8) as u32, 1, 1],
-                    args: vec![
-                        r(0),
-                        r(1),
-                        rows.clone(),
-                        Arg::I32(int(b)?),
-                        Arg::I32(int(c)?),
-                    ],
-                }];
-                calls.extend(self.reduce(s, rows, w(0), &[b], &[false], b as f32)?);
-                calls
+                self.cross_entropy(l, (*batch, *classes), s)?
             }
             Kernel::CrossEntropyBackward {
                 batch,
@@ -539,49 +481,8 @@ impl Planner {
                     }]
                 }
             }
-            Kernel::ActBackwardBias { act, dims: d, axis } => {
-                let c = d[*axis];
-                let inner: usize = d[axis + 1..].iter().product();
-                let outer: usize = d[..*axis].iter().product();
-                let splits = self.splits(c, outer * inner, 2048, 64);
-                let part = if splits > 1 {
-                    Arg::Ptr(Buf::Work, s.alloc(4 * c * splits))
-                } else {
-                    Arg::Null
-                };
-                if c == 0 {
-                    return Ok(vec![]);
-                }
-                let mut calls = vec![Call {
-                    kernel: "act_bwd_bias",
-                    grid: [int(c)? as u32, splits as u32, 1],
-                    args: vec![
-                        r(0),
-                        r(1),
-                        w(0),
-                        w(1),
-                        part.clone(),
-                        Arg::I32(int(outer)?),
-                        Arg::I32(int(c)?),
-                        Arg::I32(int(inner)?),
-                        Arg::I32(act_code(*act)),
-                        Arg::I32(splits as i32),
-                    ],
-                }];
-                if splits > 1 {
-                    calls.extend(self.elementwise(
-                        "reduce_finalize",
-                        c,
-                        vec![
-                            part,
-                            w(1),
-                            Arg::I32(int(c)?),
-                            Arg::I32(splits as i32),
-                            Arg::F32(1.0),
-                        ],
-                    ));
-                }
-                calls
+            Kernel::ActBackwardBias { act, dims, axis } => {
+                self.act_backward_bias(l, (act, dims, axis), s)?
             }
             Kernel::Elementwise { prog, .. } => {
                 if l.reads.len() > 6 {
@@ -623,111 +524,8 @@ impl Planner {
                 eps,
                 momentum,
                 training,
-            } => {
-                let (n, c, hw) = planes.dims();
-                let dims = [
-                    Arg::I32(int(c)?),
-                    Arg::I32(int(hw)?),
-                    Arg::I32(int(n * c * hw)?),
-                ];
-                if !training {
-                    let mut args = vec![r(0), r(1), r(2), r(3), r(4), w(0)];
-                    args.extend(dims);
-                    args.push(Arg::F32(*eps));
-                    return Ok(self.elementwise("bn_infer", n * c * hw, args));
-                }
-                let splits = self.splits(c, n * hw, 4096, 64);
-                let part = Arg::Ptr(Buf::Work, s.alloc(16 * c * splits));
-                if c == 0 {
-                    return Ok(vec![]);
-                }
-                let mut calls = vec![Call {
-                    kernel: "bn_stats",
-                    grid: [c as u32, splits as u32, 1],
-                    args: vec![
-                        r(0),
-                        part.clone(),
-                        Arg::I32(int(n)?),
-                        Arg::I32(int(c)?),
-                        Arg::I32(int(hw)?),
-                        Arg::I32(splits as i32),
-                    ],
-                }];
-                calls.extend(self.elementwise(
-                    "bn_train_finalize",
-                    c,
-                    vec![
-                        part,
-                        w(1),
-                        w(2),
-                        w(3),
-                        w(4),
-                        Arg::I32(int(c)?),
-                        Arg::I32(splits as i32),
-                        Arg::I32(int(n * hw)?),
-                        Arg::F32(*eps),
-                        Arg::F32(*momentum),
-                    ],
-                ));
-                let mut args = vec![r(0), r(1), r(2), w(1), w(2), w(0)];
-                args.extend(dims);
-                calls.extend(self.elementwise("bn_normalize", n * c * hw, args));
-                calls
-            }
-            Kernel::BatchNormBackward(planes) => {
-                let (n, c, hw) = planes.dims();
-                if c == 0 {
-                    return Ok(vec![]);
-                }
-                let splits = self.splits(c, n * hw, 4096, 64);
-                let part = Arg::Ptr(Buf::Work, s.alloc(16 * c * splits));
-                let sums = Arg::Ptr(Buf::Work, s.alloc(8 * c));
-                let mut calls = vec![Call {
-                    kernel: "bn_bwd_stats",
-                    grid: [c as u32, splits as u32, 1],
-                    args: vec![
-                        r(0),
-                        r(2),
-                        r(3),
-                        r(4),
-                        part.clone(),
-                        Arg::I32(int(n)?),
-                        Arg::I32(int(c)?),
-                        Arg::I32(int(hw)?),
-                        Arg::I32(splits as i32),
-                    ],
-                }];
-                calls.extend(self.elementwise(
-                    "bn_bwd_finalize",
-                    c,
-                    vec![
-                        part,
-                        w(1),
-                        w(2),
-                        sums.clone(),
-                        Arg::I32(int(c)?),
-                        Arg::I32(splits as i32),
-                    ],
-                ));
-                calls.extend(self.elementwise(
-                    "bn_bwd_dx",
-                    n * c * hw,
-                    vec![
-                        r(0),
-                        r(1),
-                        r(2),
-                        r(3),
-                        r(4),
-                        sums,
-                        w(0),
-                        Arg::I32(int(c)?),
-                        Arg::I32(int(hw)?),
-                        Arg::I32(int(n * c * hw)?),
-                        Arg::F32((n * hw) as f32),
-                    ],
-                ));
-                calls
-            }
+            } => self.batch_norm(l, (planes, eps, momentum, training), s)?,
+            Kernel::BatchNormBackward(planes) => self.batch_norm_backward(l, planes, s)?,
             Kernel::Sgd { config: c, .. } => {
                 let per = if c.momentum != 0.0 { 2 } else { 1 };
                 let groups = self.groups(l, per)?;
@@ -773,325 +571,5 @@ impl Planner {
                 }]
             }
         })
-    }
-
-    /// Tile choice: the biggest tile that alone fills the GPU without
-    /// padding more than a quarter of its outputs, else 64×64.
-    fn tile(&self, m: usize, n: usize, batch: usize) -> Tile {
-        [TILE_L, TILE_M]
-            .into_iter()
-            .find(|t| t.blocks(m, n, batch) >= self.sms && t.waste(m, n) <= 1.25)
-            .unwrap_or(TILE_S)
-    }
-
-    /// Split-K for products whose tiles cannot fill the GPU but whose k is
-    /// long: about two blocks per SM, at least 512 of k per split, and
-    /// partials within the kernels' 32-bit indexing.
-    fn gemm_splits(&self, t: Tile, m: usize, n: usize, k: usize, batch: usize) -> usize {
-        let blocks = t.blocks(m, n, batch);
-        if blocks >= self.sms || k < 1024 {
-            return 1;
-        }
-        let mut splits = div_up(2 * self.sms, blocks).min(k / 512).clamp(1, 64);
-        while splits > 1 && splits * batch * m * n > MAX_ELEMENTS {
-            splits -= 1;
-        }
-        splits.min(MAX_GRID_YZ / batch.max(1)).max(1)
-    }
-
-    fn conv_call(
-        &self,
-        kernel: &'static str,
-        t: Tile,
-        m: usize,
-        cols: usize,
-        splits: usize,
-        args: Vec<Arg>,
-    ) -> Result<Vec<Call>> {
-        if m == 0 || cols == 0 {
-            return Ok(vec![]);
-        }
-        let gy = div_up(m, t.bm);
-        if gy > MAX_GRID_YZ {
-            return Err(unsupported(format!(
-                "{m} channels is too many for one grid"
-            )));
-        }
-        Ok(vec![Call {
-            kernel,
-            grid: [div_up(cols, t.bn) as u32, gy as u32, splits as u32],
-            args,
-        }])
-    }
-
-    fn gemm(&mut self, s: &mut Scratch, g: Gemm) -> Result<Vec<Call>> {
-        if g.m == 0 || g.n == 0 || g.batch == 0 {
-            return Ok(vec![]);
-        }
-        let t = self.tile(g.m, g.n, g.batch);
-        let splits = self.gemm_splits(t, g.m, g.n, g.k, g.batch);
-        let gy = div_up(g.m, t.bm);
-        if gy > MAX_GRID_YZ || g.batch * splits > MAX_GRID_YZ {
-            return Err(unsupported(format!(
-                "a {}x{} product in {} batches does not fit one grid",
-                g.m, g.n, g.batch
-            )));
-        }
-        let batched = g.batch > 1;
-        let (ea, eb) = (t.ea(), t.eb());
-        let vec_a = all_aligned(&[g.a, g.lda], ea) && (!batched || g.strides[0].is_multiple_of(ea));
-        let vec_b = all_aligned(&[g.b, g.ldb], eb) && (!batched || g.strides[1].is_multiple_of(eb));
-        let vec_c = all_aligned(&[g.c, g.ldc], 4) && (!batched || g.strides[2].is_multiple_of(4));
-        let flags = vec_a as i32 | (vec_b as i32) << 1 | (vec_c as i32) << 2;
-        let bias = g.bias.map_or(Arg::Null, Arg::arena);
-        let bias_mode = if g.bias.is_some() { 1 } else { 0 };
-        let work = if splits > 1 {
-            Arg::Ptr(Buf::Work, s.alloc(4 * splits * g.batch * g.m * g.n))
-        } else {
-            Arg::Null
-        };
-        let mut calls = vec![Call {
-            kernel: sgemm_kernel(t, g.a_k, g.b_k),
-            grid: [
-                div_up(g.n, t.bn) as u32,
-                gy as u32,
-                (g.batch * splits) as u32,
-            ],
-            args: vec![
-                Arg::arena(g.a),
-                Arg::arena(g.b),
-                Arg::arena(g.c),
-                bias.clone(),
-                work.clone(),
-                Arg::I32(int(g.m)?),
-                Arg::I32(int(g.n)?),
-                Arg::I32(int(g.k)?),
-                Arg::I32(int(g.lda)?),
-                Arg::I32(int(g.ldb)?),
-                Arg::I32(int(g.ldc)?),
-                Arg::I32(int(g.strides[0])?),
-                Arg::I32(int(g.strides[1])?),
-                Arg::I32(int(g.strides[2])?),
-                Arg::I32(splits as i32),
-                Arg::I32(bias_mode),
-                Arg::I32(g.act),
-                Arg::I32(flags),
-            ],
-        }];
-        if splits > 1 {
-            calls.extend(self.splitk_reduce(
-                work,
-                Arg::arena(g.c),
-                bias,
-                bias_mode,
-                g.m,
-                g.n,
-                g.batch,
-                splits,
-                g.ldc,
-                g.strides[2],
-                g.act,
-            )?);
-        }
-        Ok(calls)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn splitk_reduce(
-        &self,
-        work: Arg,
-        c: Arg,
-        bias: Arg,
-        bias_mode: i32,
-        m: usize,
-        n: usize,
-        batch: usize,
-        splits: usize,
-        ldc: usize,
-        sc: usize,
-        act: i32,
-    ) -> Result<Vec<Call>> {
-        Ok(self.elementwise(
-            "gemm_splitk_reduce",
-            batch * m * n,
-            vec![
-                work,
-                c,
-                bias,
-                Arg::I32(int(m)?),
-                Arg::I32(int(n)?),
-                Arg::I32(int(batch)?),
-                Arg::I32(splits as i32),
-                Arg::I32(int(ldc)?),
-                Arg::I32(int(sc)?),
-                Arg::I32(bias_mode),
-                Arg::I32(act),
-            ],
-        ))
-    }
-
-    /// Row-wise kernels over the last axis: a warp per row up to 128 or
-    /// 1024 elements, else a block per row.
-    fn rows(
-        &self,
-        (rows, n): (usize, usize),
-        kernels: [&'static str; 3],
-        mut args: Vec<Arg>,
-        log: i32,
-    ) -> Result<Vec<Call>> {
-        if rows == 0 || n == 0 {
-            return Ok(vec![]);
-        }
-        let (kernel, grid) = if n <= 1024 {
-            let k = if n <= 128 { kernels[0] } else { kernels[1] };
-            args.push(Arg::I32(int(rows)?));
-            (k, div_up(rows, 8))
-        } else {
-            (kernels[2], rows)
-        };
-        args.extend([Arg::I32(int(n)?), Arg::I32(log)]);
-        Ok(vec![Call {
-            kernel,
-            grid: [int(grid)? as u32, 1, 1],
-            args,
-        }])
-    }
-
-    /// `dst = (Σ over the axes of `dims` where `keep` is false of src) / div`,
-    /// src contiguous, dst contiguous over the kept axes.
-    fn reduce(
-        &self,
-        s: &mut Scratch,
-        src: Arg,
-        dst: Arg,
-        dims: &[usize],
-        keep: &[bool],
-        div: f32,
-    ) -> Result<Vec<Call>> {
-        // (dim, stride, kept) with size-1 axes dropped and neighbours of
-        // the same kind merged (the source is contiguous, so they merge).
-        let mut stride = 1usize;
-        let mut axes: Vec<(usize, usize, bool)> = Vec::new();
-        for i in (0..dims.len()).rev() {
-            let d = dims[i];
-            if d != 1 {
-                match axes.last_mut() {
-                    Some(a) if a.2 == keep[i] => a.0 *= d,
-                    _ => axes.push((d, stride, keep[i])),
-                }
-            }
-            stride *= d;
-        }
-        axes.reverse();
-        let kept: Vec<&(usize, usize, bool)> = axes.iter().filter(|a| a.2).collect();
-        let red: Vec<&(usize, usize, bool)> = axes.iter().filter(|a| !a.2).collect();
-        if kept.len() > MAX_RANK || red.len() > MAX_RANK {
-            return Err(unsupported(format!(
-                "a reduction of {dims:?} alternates kept and summed axes too often"
-            )));
-        }
-        let ny: usize = kept.iter().map(|a| a.0).product();
-        let big_r: usize = red.iter().map(|a| a.0).product();
-        if ny == 0 {
-            return Ok(vec![]);
-        }
-        let col = |v: &[&(usize, usize, bool)],
-                   f: fn(&(usize, usize, bool)) -> usize|
-         -> Result<Vec<i32>> { v.iter().map(|a| int(f(a))).collect() };
-        let geom = CStruct::default()
-            .i32(kept.len() as i32)
-            .i32s(&col(&kept, |a| a.0)?, MAX_RANK)
-            .i32s(&col(&kept, |a| a.1)?, MAX_RANK)
-            .i32(red.len() as i32)
-            .i32s(&col(&red, |a| a.0)?, MAX_RANK)
-            .i32s(&col(&red, |a| a.1)?, MAX_RANK)
-            .i32(int(big_r)?)
-            .arg();
-        if big_r <= 64 || (ny >= 32_768 && big_r <= 4096) {
-            return Ok(self.elementwise(
-                "reduce_small",
-                ny,
-                vec![src, dst, Arg::I32(int(ny)?), geom, Arg::F32(div)],
-            ));
-        }
-        let splits = self.splits(ny, big_r, 4096, 64);
-        let part = if splits > 1 {
-            Arg::Ptr(Buf::Work, s.alloc(4 * ny * splits))
-        } else {
-            Arg::Null
-        };
-        let mut calls = vec![Call {
-            kernel: "reduce_block",
-            grid: [int(ny)? as u32, splits as u32, 1],
-            args: vec![
-                src,
-                dst.clone(),
-                part.clone(),
-                geom,
-                Arg::I32(splits as i32),
-                Arg::F32(div),
-            ],
-        }];
-        if splits > 1 {
-            calls.extend(self.elementwise(
-                "reduce_finalize",
-                ny,
-                vec![
-                    part,
-                    dst,
-                    Arg::I32(int(ny)?),
-                    Arg::I32(splits as i32),
-                    Arg::F32(div),
-                ],
-            ));
-        }
-        Ok(calls)
-    }
-
-    /// (grad, param, state...) slots of each tensor of a multi-tensor
-    /// optimiser launch with `per` writes per tensor.
-    fn groups(&self, l: &Launch, per: usize) -> Result<Vec<(Slot, Vec<Slot>)>> {
-        if l.writes.len() != l.reads.len() * per {
-            return Err(unsupported(format!(
-                "{} gradients but {} parameter/state tensors",
-                l.reads.len(),
-                l.writes.len()
-            )));
-        }
-        Ok(l.reads
-            .iter()
-            .enumerate()
-            .map(|(i, g)| (*g, l.writes[i * per..(i + 1) * per].to_vec()))
-            .collect())
-    }
-
-    /// Write the tensor table (kernels/multi_tensor.cuh `MtEntry`) into the
-    /// constant buffer; returns its pointer, entry count and block count.
-    fn multi_tensor(&mut self, groups: &[(Slot, Vec<Slot>)]) -> Option<(Arg, i32, u32)> {
-        let off = self.meta.len().next_multiple_of(16);
-        self.meta.resize(off, 0);
-        let (mut count, mut blocks) = (0i32, 0usize);
-        for (g, w) in groups {
-            if g.len == 0 {
-                continue;
-            }
-            let s1 = w.get(1).map_or(0, |s| s.offset);
-            let s2 = w.get(2).map_or(0, |s| s.offset);
-            let mut offs = vec![g.offset, w[0].offset];
-            offs.extend(w[1..].iter().map(|s| s.offset));
-            let e = CStruct::default()
-                .i64(g.offset as i64)
-                .i64(w[0].offset as i64)
-                .i64(s1 as i64)
-                .i64(s2 as i64)
-                .i32(g.len as i32)
-                .i32(blocks as i32)
-                .i32(all_aligned(&offs, 4) as i32)
-                .i32(0);
-            self.meta.extend(e.bytes());
-            blocks += div_up(g.len, MT_CHUNK);
-            count += 1;
-        }
-        (count > 0).then_some((Arg::Ptr(Buf::Meta, off), count, blocks as u32))
     }
 }
