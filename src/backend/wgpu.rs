@@ -15,6 +15,7 @@
 
 mod adapter;
 mod launch;
+mod lower;
 mod shaders;
 
 pub use shaders::{shader_sources, Family};

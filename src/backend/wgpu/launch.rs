@@ -6,14 +6,15 @@
 //! It is pure (no device), so it runs once per module in `compile` and the
 //! parameter words are uploaded once.
 
+use super::lower::{
+    conv_params, elementwise, multi_tensor, pool_params, sum_to, tensor_table, Gemm,
+};
 use super::shaders::Family;
 use crate::error::{Error, Result};
 use crate::graph::kernel::{Kernel, PoolKind};
 use crate::graph::plan::Launch;
 use crate::ops::adam::AdamConfig;
 use crate::ops::binary::broadcast_strides;
-use crate::ops::conv2d::Conv2dGeom;
-use crate::ops::elementwise::{max_depth, EwInstr, MAX_INPUTS, MAX_STACK};
 use crate::ops::{Activation, BinaryKind};
 use crate::tensor::Shape;
 
@@ -23,8 +24,8 @@ pub const WG: usize = 256;
 /// take; their params hold this many dims and strides.
 pub const MAX_RANK: usize = 8;
 /// GEMM output tile edge (gemm.wgsl's TM and TN) and K slice (TK).
-const TILE: usize = 64;
-const TK: usize = 16;
+pub(super) const TILE: usize = 64;
+pub(super) const TK: usize = 16;
 /// Capacity of the runtime-scalar uniform (`rt` in common.wgsl).
 pub const RUNTIME_SLOTS: usize = 256;
 
@@ -43,7 +44,7 @@ pub struct Dispatch {
 /// Per-run constants the host derives from the runtime scalars, written
 /// after them into the runtime uniform.
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Derived {
+pub(super) enum Derived {
     /// (step size, 1/sqrt(bias correction 2), decoupled decay).
     Adam(AdamConfig),
 }
@@ -106,19 +107,19 @@ impl Runtime {
 
 /// Parameter words under construction; values that do not fit in u32 are
 /// reported when the launch is finished.
-struct Params {
+pub(super) struct Params {
     words: Vec<u32>,
     overflow: Option<usize>,
 }
 
 impl Params {
-    fn new(len: usize) -> Self {
+    pub(super) fn new(len: usize) -> Self {
         Params {
             words: vec![0; len],
             overflow: None,
         }
     }
-    fn u(&mut self, i: usize, v: usize) -> &mut Self {
+    pub(super) fn u(&mut self, i: usize, v: usize) -> &mut Self {
         if i >= self.words.len() {
             self.words.resize(i + 1, 0);
         }
@@ -128,16 +129,21 @@ impl Params {
         }
         self
     }
-    fn f(&mut self, i: usize, v: f32) -> &mut Self {
+    pub(super) fn f(&mut self, i: usize, v: f32) -> &mut Self {
         self.u(i, v.to_bits() as usize)
     }
-    fn list(&mut self, i: usize, vs: &[usize]) -> &mut Self {
+    pub(super) fn list(&mut self, i: usize, vs: &[usize]) -> &mut Self {
         for (k, &v) in vs.iter().enumerate() {
             self.u(i + k, v);
         }
         self
     }
-    fn dispatch(&self, family: Family, entry: &'static str, groups: usize) -> Result<Dispatch> {
+    pub(super) fn dispatch(
+        &self,
+        family: Family,
+        entry: &'static str,
+        groups: usize,
+    ) -> Result<Dispatch> {
         if let Some(v) = self.overflow {
             return Err(Error::Limit(format!(
                 "{}::{entry}: value {v} does not fit the kernel's 32-bit parameters",
@@ -154,7 +160,7 @@ impl Params {
     }
 }
 
-fn act_code(a: Option<Activation>) -> usize {
+pub(super) fn act_code(a: Option<Activation>) -> usize {
     match a {
         None => 0,
         Some(Activation::Relu) => 1,
@@ -164,7 +170,7 @@ fn act_code(a: Option<Activation>) -> usize {
     }
 }
 
-fn binary_code(k: BinaryKind) -> usize {
+pub(super) fn binary_code(k: BinaryKind) -> usize {
     match k {
         BinaryKind::Add => 0,
         BinaryKind::Sub => 1,
@@ -173,11 +179,11 @@ fn binary_code(k: BinaryKind) -> usize {
     }
 }
 
-fn groups_for(n: usize) -> usize {
+pub(super) fn groups_for(n: usize) -> usize {
     n.div_ceil(WG)
 }
 
-fn rank_ok(op: &str, s: &Shape) -> Result<()> {
+pub(super) fn rank_ok(op: &str, s: &Shape) -> Result<()> {
     if s.rank() > MAX_RANK {
         return Err(Error::Device {
             device: "wgpu".into(),
@@ -188,72 +194,6 @@ fn rank_ok(op: &str, s: &Shape) -> Result<()> {
         });
     }
     Ok(())
-}
-
-/// A GEMM on the shared core (gemm.wgsl).
-struct Gemm {
-    family: Family,
-    tiled: &'static str,
-    reduce: &'static str,
-    m: usize,
-    n: usize,
-    k: usize,
-    batch: usize,
-    act: usize,
-    /// (1 per row | 2 per column, offset)
-    bias: Option<(usize, usize)>,
-    a: usize,
-    b: usize,
-    c: usize,
-}
-
-/// Output tiles below which a long K is split across workgroups.
-const SPLIT_BELOW_TILES: usize = 64;
-/// Shortest K range one split takes.
-const MIN_SPLIT_K: usize = 256;
-
-impl Gemm {
-    /// Splits of K: enough workgroups to occupy a device when the output
-    /// has few tiles (a convolution's weight gradient sums over the whole
-    /// batch into a small tensor), each split at least `MIN_SPLIT_K` long.
-    fn splits(&self, tiles: usize) -> (usize, usize) {
-        let k = self.k.max(1);
-        let want = SPLIT_BELOW_TILES.div_ceil(tiles.max(1));
-        let s = want.min(k / MIN_SPLIT_K).max(1);
-        let per = k.div_ceil(s).div_ceil(TK) * TK;
-        (k.div_ceil(per), per)
-    }
-
-    fn dispatch(&self, own: &[(usize, usize)], scratch: usize) -> Result<Vec<Dispatch>> {
-        if self.m == 0 || self.n == 0 || self.batch == 0 {
-            return Ok(vec![]);
-        }
-        let tiles_n = self.n.div_ceil(TILE);
-        let per_batch = self.m.div_ceil(TILE) * tiles_n;
-        let tiles = per_batch * self.batch;
-        let (splits, per_split) = self.splits(tiles);
-        let outputs = self.m * self.n * self.batch;
-        let mut p = Params::new(16);
-        p.list(0, &[self.m, self.n, self.k, tiles_n, per_batch, self.batch])
-            .u(6, self.act)
-            .u(7, self.bias.map_or(0, |b| b.0))
-            .u(8, self.bias.map_or(0, |b| b.1))
-            .list(9, &[self.a, self.b, self.c, tiles * splits])
-            .list(13, &[splits, per_split, scratch]);
-        for &(i, v) in own {
-            p.u(i, v);
-        }
-        let mut tiled = p.dispatch(self.family, self.tiled, tiles * splits)?;
-        if splits == 1 {
-            return Ok(vec![tiled]);
-        }
-        tiled.scratch = splits * outputs;
-        p.u(12, outputs);
-        Ok(vec![
-            tiled,
-            p.dispatch(self.family, self.reduce, groups_for(outputs))?,
-        ])
-    }
 }
 
 /// The dispatches of one launch. `rt` collects per-run constants;
@@ -630,170 +570,4 @@ pub fn encode(
             multi_tensor(p, rows, Family::Adam, "adam")
         }
     }
-}
-
-fn conv_params(g: &Conv2dGeom) -> Vec<(usize, usize)> {
-    let (oh, ow) = g.out_hw().expect("checked by geom");
-    [
-        g.n,
-        g.c_in,
-        g.h,
-        g.w,
-        g.c_out,
-        g.kh,
-        g.kw,
-        g.stride.0,
-        g.stride.1,
-        g.pad.0,
-        g.pad.1,
-        g.dilation.0,
-        g.dilation.1,
-        oh,
-        ow,
-    ]
-    .iter()
-    .enumerate()
-    .map(|(i, &v)| (16 + i, v))
-    .collect()
-}
-
-fn pool_params(
-    g: &crate::ops::pool_cpu::Pool2dGeom,
-    count: usize,
-    src: usize,
-    dst: usize,
-    argmax: usize,
-) -> Params {
-    let (oh, ow) = g.out_hw().expect("checked by geom");
-    let mut p = Params::new(14);
-    p.list(
-        0,
-        &[
-            count, g.h, g.w, oh, ow, g.kh, g.kw, g.stride.0, g.stride.1, g.pad.0, g.pad.1, src,
-            dst, argmax,
-        ],
-    );
-    p
-}
-
-/// Split x's axes into kept (y's own, in order) and reduced ones; pick one
-/// workgroup per output for long sums and one thread per output for short.
-fn sum_to(sx: &Shape, sy: &Shape, x: usize, y: usize) -> Result<Vec<Dispatch>> {
-    rank_ok("sum_to", sx)?;
-    let r = sx.rank();
-    let pad = r.saturating_sub(sy.rank());
-    let xs = sx.strides();
-    let (mut kd, mut ks, mut rd, mut rs) = (vec![], vec![], vec![], vec![]);
-    for (ax, (&d, &stride)) in sx.0.iter().zip(&xs).enumerate() {
-        let ydim = if ax < pad { 1 } else { sy.0[ax - pad] };
-        if ydim == d {
-            kd.push(d);
-            ks.push(stride);
-        } else {
-            rd.push(d);
-            rs.push(stride);
-        }
-    }
-    let outputs = sy.numel();
-    let reduced: usize = rd.iter().product();
-    let mut p = Params::new(40);
-    p.list(0, &[outputs, x, y, kd.len(), rd.len(), reduced])
-        .list(8, &kd)
-        .list(16, &ks)
-        .list(24, &rd)
-        .list(32, &rs);
-    if outputs == 0 {
-        return Ok(vec![]);
-    }
-    if reduced >= 512 || outputs < WG {
-        Ok(vec![p.dispatch(Family::Reduce, "sum_to", outputs)?])
-    } else {
-        Ok(vec![p.dispatch(
-            Family::Reduce,
-            "sum_to_serial",
-            groups_for(outputs),
-        )?])
-    }
-}
-
-fn elementwise(prog: &[EwInstr], l: &Launch, r: &dyn Fn(usize) -> usize) -> Result<Vec<Dispatch>> {
-    let bad = |why: String| Error::Device {
-        device: "wgpu".into(),
-        detail: format!("elementwise: {why}"),
-    };
-    if l.reads.len() > MAX_INPUTS {
-        return Err(bad(format!(
-            "{} inputs (at most {MAX_INPUTS})",
-            l.reads.len()
-        )));
-    }
-    if max_depth(prog).is_none_or(|d| d > MAX_STACK) {
-        return Err(bad(format!("malformed or too deep program {prog:?}")));
-    }
-    let n = l.write_shapes[0].numel();
-    let mut p = Params::new(16 + 2 * prog.len());
-    p.list(0, &[n, l.writes[0].offset, prog.len()]);
-    for k in 0..l.reads.len() {
-        p.u(3 + k, r(k))
-            .u(9 + k, (l.read_shapes[k].numel() == 1) as usize);
-    }
-    for (i, ins) in prog.iter().enumerate() {
-        let (op, arg) = match *ins {
-            EwInstr::Input(k) => (0, k as usize),
-            EwInstr::Act(a) => (1, act_code(Some(a))),
-            EwInstr::ActBackward(a) => (2, act_code(Some(a))),
-            EwInstr::Binary(k) => (3, binary_code(k)),
-            EwInstr::Scale(s) => (4, s.to_bits() as usize),
-        };
-        p.u(16 + 2 * i, op).u(17 + 2 * i, arg);
-    }
-    if n == 0 {
-        return Ok(vec![]);
-    }
-    Ok(vec![p.dispatch(
-        Family::Elementwise,
-        "elementwise",
-        groups_for(n),
-    )?])
-}
-
-/// Rows of an optimiser's tensor table: (first workgroup, length, grad,
-/// param, state...). `per` is the writes per tensor; `state` fills the
-/// remaining columns.
-fn tensor_table(
-    l: &Launch,
-    per: usize,
-    cols: usize,
-    state: impl Fn(usize, &mut Vec<usize>),
-) -> Vec<Vec<usize>> {
-    let mut first = 0;
-    (0..l.reads.len())
-        .map(|t| {
-            let param = l.writes[t * per];
-            let mut row = vec![first, param.len, l.reads[t].offset, param.offset];
-            row.resize(cols, 0);
-            state(t, &mut row);
-            first += groups_for(param.len);
-            row
-        })
-        .collect()
-}
-
-fn multi_tensor(
-    mut p: Params,
-    rows: Vec<Vec<usize>>,
-    family: Family,
-    entry: &'static str,
-) -> Result<Vec<Dispatch>> {
-    let total: usize = rows.iter().map(|r| groups_for(r[1])).sum();
-    p.u(0, rows.len()).u(1, total);
-    let mut at = 8;
-    for row in &rows {
-        p.list(at, row);
-        at += row.len();
-    }
-    if total == 0 {
-        return Ok(vec![]);
-    }
-    Ok(vec![p.dispatch(family, entry, total)?])
 }

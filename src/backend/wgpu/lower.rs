@@ -1,0 +1,248 @@
+//! Parameter words of the multi-dispatch and table-driven kernels: the
+//! shared GEMM core (matmul, linear and the three convolutions, with
+//! split-K), convolution and pooling geometry, strided reductions, fused
+//! elementwise programs and the multi-tensor optimiser tables.
+
+use super::launch::{act_code, binary_code, groups_for, rank_ok, Dispatch, Params, TILE, TK, WG};
+use super::shaders::Family;
+use crate::error::{Error, Result};
+use crate::graph::plan::Launch;
+use crate::ops::conv2d::Conv2dGeom;
+use crate::ops::elementwise::{max_depth, EwInstr, MAX_INPUTS, MAX_STACK};
+use crate::tensor::Shape;
+
+/// A GEMM on the shared core (gemm.wgsl).
+pub(super) struct Gemm {
+    pub(super) family: Family,
+    pub(super) tiled: &'static str,
+    pub(super) reduce: &'static str,
+    pub(super) m: usize,
+    pub(super) n: usize,
+    pub(super) k: usize,
+    pub(super) batch: usize,
+    pub(super) act: usize,
+    /// (1 per row | 2 per column, offset)
+    pub(super) bias: Option<(usize, usize)>,
+    pub(super) a: usize,
+    pub(super) b: usize,
+    pub(super) c: usize,
+}
+
+/// Output tiles below which a long K is split across workgroups.
+const SPLIT_BELOW_TILES: usize = 64;
+/// Shortest K range one split takes.
+const MIN_SPLIT_K: usize = 256;
+
+impl Gemm {
+    /// Splits of K: enough workgroups to occupy a device when the output
+    /// has few tiles (a convolution's weight gradient sums over the whole
+    /// batch into a small tensor), each split at least `MIN_SPLIT_K` long.
+    fn splits(&self, tiles: usize) -> (usize, usize) {
+        let k = self.k.max(1);
+        let want = SPLIT_BELOW_TILES.div_ceil(tiles.max(1));
+        let s = want.min(k / MIN_SPLIT_K).max(1);
+        let per = k.div_ceil(s).div_ceil(TK) * TK;
+        (k.div_ceil(per), per)
+    }
+
+    pub(super) fn dispatch(&self, own: &[(usize, usize)], scratch: usize) -> Result<Vec<Dispatch>> {
+        if self.m == 0 || self.n == 0 || self.batch == 0 {
+            return Ok(vec![]);
+        }
+        let tiles_n = self.n.div_ceil(TILE);
+        let per_batch = self.m.div_ceil(TILE) * tiles_n;
+        let tiles = per_batch * self.batch;
+        let (splits, per_split) = self.splits(tiles);
+        let outputs = self.m * self.n * self.batch;
+        let mut p = Params::new(16);
+        p.list(0, &[self.m, self.n, self.k, tiles_n, per_batch, self.batch])
+            .u(6, self.act)
+            .u(7, self.bias.map_or(0, |b| b.0))
+            .u(8, self.bias.map_or(0, |b| b.1))
+            .list(9, &[self.a, self.b, self.c, tiles * splits])
+            .list(13, &[splits, per_split, scratch]);
+        for &(i, v) in own {
+            p.u(i, v);
+        }
+        let mut tiled = p.dispatch(self.family, self.tiled, tiles * splits)?;
+        if splits == 1 {
+            return Ok(vec![tiled]);
+        }
+        tiled.scratch = splits * outputs;
+        p.u(12, outputs);
+        Ok(vec![
+            tiled,
+            p.dispatch(self.family, self.reduce, groups_for(outputs))?,
+        ])
+    }
+}
+
+pub(super) fn conv_params(g: &Conv2dGeom) -> Vec<(usize, usize)> {
+    let (oh, ow) = g.out_hw().expect("checked by geom");
+    [
+        g.n,
+        g.c_in,
+        g.h,
+        g.w,
+        g.c_out,
+        g.kh,
+        g.kw,
+        g.stride.0,
+        g.stride.1,
+        g.pad.0,
+        g.pad.1,
+        g.dilation.0,
+        g.dilation.1,
+        oh,
+        ow,
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, &v)| (16 + i, v))
+    .collect()
+}
+
+pub(super) fn pool_params(
+    g: &crate::ops::pool_cpu::Pool2dGeom,
+    count: usize,
+    src: usize,
+    dst: usize,
+    argmax: usize,
+) -> Params {
+    let (oh, ow) = g.out_hw().expect("checked by geom");
+    let mut p = Params::new(14);
+    p.list(
+        0,
+        &[
+            count, g.h, g.w, oh, ow, g.kh, g.kw, g.stride.0, g.stride.1, g.pad.0, g.pad.1, src,
+            dst, argmax,
+        ],
+    );
+    p
+}
+
+/// Split x's axes into kept (y's own, in order) and reduced ones; pick one
+/// workgroup per output for long sums and one thread per output for short.
+pub(super) fn sum_to(sx: &Shape, sy: &Shape, x: usize, y: usize) -> Result<Vec<Dispatch>> {
+    rank_ok("sum_to", sx)?;
+    let r = sx.rank();
+    let pad = r.saturating_sub(sy.rank());
+    let xs = sx.strides();
+    let (mut kd, mut ks, mut rd, mut rs) = (vec![], vec![], vec![], vec![]);
+    for (ax, (&d, &stride)) in sx.0.iter().zip(&xs).enumerate() {
+        let ydim = if ax < pad { 1 } else { sy.0[ax - pad] };
+        if ydim == d {
+            kd.push(d);
+            ks.push(stride);
+        } else {
+            rd.push(d);
+            rs.push(stride);
+        }
+    }
+    let outputs = sy.numel();
+    let reduced: usize = rd.iter().product();
+    let mut p = Params::new(40);
+    p.list(0, &[outputs, x, y, kd.len(), rd.len(), reduced])
+        .list(8, &kd)
+        .list(16, &ks)
+        .list(24, &rd)
+        .list(32, &rs);
+    if outputs == 0 {
+        return Ok(vec![]);
+    }
+    if reduced >= 512 || outputs < WG {
+        Ok(vec![p.dispatch(Family::Reduce, "sum_to", outputs)?])
+    } else {
+        Ok(vec![p.dispatch(
+            Family::Reduce,
+            "sum_to_serial",
+            groups_for(outputs),
+        )?])
+    }
+}
+
+pub(super) fn elementwise(
+    prog: &[EwInstr],
+    l: &Launch,
+    r: &dyn Fn(usize) -> usize,
+) -> Result<Vec<Dispatch>> {
+    let bad = |why: String| Error::Device {
+        device: "wgpu".into(),
+        detail: format!("elementwise: {why}"),
+    };
+    if l.reads.len() > MAX_INPUTS {
+        return Err(bad(format!(
+            "{} inputs (at most {MAX_INPUTS})",
+            l.reads.len()
+        )));
+    }
+    if max_depth(prog).is_none_or(|d| d > MAX_STACK) {
+        return Err(bad(format!("malformed or too deep program {prog:?}")));
+    }
+    let n = l.write_shapes[0].numel();
+    let mut p = Params::new(16 + 2 * prog.len());
+    p.list(0, &[n, l.writes[0].offset, prog.len()]);
+    for k in 0..l.reads.len() {
+        p.u(3 + k, r(k))
+            .u(9 + k, (l.read_shapes[k].numel() == 1) as usize);
+    }
+    for (i, ins) in prog.iter().enumerate() {
+        let (op, arg) = match *ins {
+            EwInstr::Input(k) => (0, k as usize),
+            EwInstr::Act(a) => (1, act_code(Some(a))),
+            EwInstr::ActBackward(a) => (2, act_code(Some(a))),
+            EwInstr::Binary(k) => (3, binary_code(k)),
+            EwInstr::Scale(s) => (4, s.to_bits() as usize),
+        };
+        p.u(16 + 2 * i, op).u(17 + 2 * i, arg);
+    }
+    if n == 0 {
+        return Ok(vec![]);
+    }
+    Ok(vec![p.dispatch(
+        Family::Elementwise,
+        "elementwise",
+        groups_for(n),
+    )?])
+}
+
+/// Rows of an optimiser's tensor table: (first workgroup, length, grad,
+/// param, state...). `per` is the writes per tensor; `state` fills the
+/// remaining columns.
+pub(super) fn tensor_table(
+    l: &Launch,
+    per: usize,
+    cols: usize,
+    state: impl Fn(usize, &mut Vec<usize>),
+) -> Vec<Vec<usize>> {
+    let mut first = 0;
+    (0..l.reads.len())
+        .map(|t| {
+            let param = l.writes[t * per];
+            let mut row = vec![first, param.len, l.reads[t].offset, param.offset];
+            row.resize(cols, 0);
+            state(t, &mut row);
+            first += groups_for(param.len);
+            row
+        })
+        .collect()
+}
+
+pub(super) fn multi_tensor(
+    mut p: Params,
+    rows: Vec<Vec<usize>>,
+    family: Family,
+    entry: &'static str,
+) -> Result<Vec<Dispatch>> {
+    let total: usize = rows.iter().map(|r| groups_for(r[1])).sum();
+    p.u(0, rows.len()).u(1, total);
+    let mut at = 8;
+    for row in &rows {
+        p.list(at, row);
+        at += row.len();
+    }
+    if total == 0 {
+        return Ok(vec![]);
+    }
+    Ok(vec![p.dispatch(family, entry, total)?])
+}
