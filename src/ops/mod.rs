@@ -13,6 +13,7 @@ pub mod bias_grad;
 pub mod binary;
 pub mod conv2d;
 pub mod conv2d_cpu;
+mod conv2d_layout;
 pub mod conv2d_small;
 pub mod cross_entropy;
 pub mod dropout;
