@@ -173,11 +173,6 @@ impl Checkpoint {
     }
 }
 
-/// Whether `dir` holds a checkpoint a training can be resumed from.
-pub fn exists(dir: &Path) -> bool {
-    dir.join(CHECKPOINT).is_file()
-}
-
 /// Exclusive use of a run folder while a training writes to it. The lock
 /// is an OS file lock, so a process killed with SIGKILL releases it.
 #[derive(Debug)]
