@@ -481,3 +481,19 @@ fn absurd_sizes_are_refused_before_allocating() {
     let o = gpurt(&["eval", "--run", run.to_str().unwrap()]);
     assert_fails_with(&o, &["model.safetensors"]);
 }
+
+#[test]
+fn bench_measures_every_case_on_the_cpu() {
+    let o = gpurt(&["bench", "--device", "cpu", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("bench --json is JSON");
+    let results = v["results"].as_array().unwrap();
+    assert!(results.len() >= 10, "{v}");
+    for r in results {
+        assert!(r["skipped"].is_null(), "skipped: {r}");
+        assert!(
+            r["value"].as_f64().is_some_and(|x| x.is_finite() && x > 0.0),
+            "no figure: {r}"
+        );
+    }
+}
