@@ -492,7 +492,9 @@ fn bench_measures_every_case_on_the_cpu() {
     for r in results {
         assert!(r["skipped"].is_null(), "skipped: {r}");
         assert!(
-            r["value"].as_f64().is_some_and(|x| x.is_finite() && x > 0.0),
+            r["value"]
+                .as_f64()
+                .is_some_and(|x| x.is_finite() && x > 0.0),
             "no figure: {r}"
         );
     }
