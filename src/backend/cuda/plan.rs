@@ -528,7 +528,7 @@ impl Planner {
             Kernel::BatchNormBackward(planes) => self.batch_norm_backward(l, planes, s)?,
             Kernel::Sgd { config: c, .. } => {
                 let per = if c.momentum != 0.0 { 2 } else { 1 };
-                let groups = self.groups(l, per)?;
+                let groups = self.groups(l, per);
                 let Some((tab, count, blocks)) = self.multi_tensor(&groups) else {
                     return Ok(vec![]);
                 };
@@ -548,7 +548,7 @@ impl Planner {
                 }]
             }
             Kernel::Adam { config: c, .. } => {
-                let groups = self.groups(l, 3)?;
+                let groups = self.groups(l, 3);
                 let Some((tab, count, blocks)) = self.multi_tensor(&groups) else {
                     return Ok(vec![]);
                 };

@@ -129,20 +129,14 @@ impl Planner {
     }
 
     /// (grad, param, state...) slots of each tensor of a multi-tensor
-    /// optimiser launch with `per` writes per tensor.
-    pub(super) fn groups(&self, l: &Launch, per: usize) -> Result<Vec<(Slot, Vec<Slot>)>> {
-        if l.writes.len() != l.reads.len() * per {
-            return Err(unsupported(format!(
-                "{} gradients but {} parameter/state tensors",
-                l.reads.len(),
-                l.writes.len()
-            )));
-        }
-        Ok(l.reads
+    /// optimiser launch with `per` writes per tensor (`Module::validate`
+    /// has checked that the counts and sizes agree).
+    pub(super) fn groups(&self, l: &Launch, per: usize) -> Vec<(Slot, Vec<Slot>)> {
+        l.reads
             .iter()
             .enumerate()
             .map(|(i, g)| (*g, l.writes[i * per..(i + 1) * per].to_vec()))
-            .collect())
+            .collect()
     }
 
     /// Write the tensor table (kernels/multi_tensor.cuh `MtEntry`) into the
