@@ -4,11 +4,11 @@
 //! run on the same machine.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use gpurt::backend::cpu::conv2d::{self as conv2d_cpu, Conv2dGeom};
+use gpurt::backend::cpu::matmul::{sgemm, Threads};
 use gpurt::backend::cpu::CpuBackend;
 use gpurt::model::{Classifier, ClassifierConfig};
 use gpurt::nn::ModelSpec;
-use gpurt::ops::conv2d_cpu::{self, Conv2dGeom};
-use gpurt::ops::matmul::{sgemm, Threads};
 use gpurt::optim::{OptimConfig, OptimizerKind};
 use rand::{Rng, SeedableRng};
 use std::time::Duration;
@@ -199,7 +199,7 @@ fn softmax_adam(c: &mut Criterion) {
     let mut y = vec![0.0; n * n];
     g.throughput(Throughput::Bytes(2 * 4 * (n * n) as u64));
     g.bench_function("softmax_4096x4096", |b| {
-        b.iter(|| gpurt::ops::softmax::cpu_softmax(n, false, &x, &mut y))
+        b.iter(|| gpurt::backend::cpu::softmax::cpu_softmax(n, false, &x, &mut y))
     });
     let n = 10_000_000;
     let grad = rand_vec(n, 4);
@@ -215,7 +215,9 @@ fn softmax_adam(c: &mut Criterion) {
     };
     g.throughput(Throughput::Bytes(7 * 4 * n as u64));
     g.bench_function("adam_10M", |b| {
-        b.iter(|| gpurt::ops::adam::cpu_update(&cfg, 1e-3, 1.0, &grad, &mut p, &mut m, &mut v))
+        b.iter(|| {
+            gpurt::backend::cpu::adam::cpu_update(&cfg, 1e-3, 1.0, &grad, &mut p, &mut m, &mut v)
+        })
     });
     g.finish();
 }

@@ -168,7 +168,7 @@ impl Predictor {
         if self.parallel {
             s.run(program)?;
         } else {
-            crate::ops::par::on_caller_thread(|| s.run(program))?;
+            crate::backend::cpu::par::on_caller_thread(|| s.run(program))?;
         }
         if self
             .model

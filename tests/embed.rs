@@ -95,7 +95,10 @@ fn run_allocates_nothing_per_call() {
     let after = allocs();
     assert!(sum.is_finite());
     // Running on the caller's thread leaves that thread's parallelism alone.
-    assert_eq!(gpurt::ops::par::threads(), rayon::current_num_threads());
+    assert_eq!(
+        gpurt::backend::cpu::par::threads(),
+        rayon::current_num_threads()
+    );
     assert_eq!(
         after - before,
         0,

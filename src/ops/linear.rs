@@ -3,8 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::graph::ir::{Graph, ValueId};
-use crate::ops::activation::{self, Activation};
-use crate::ops::matmul::{sgemm, Threads};
+use crate::ops::activation::Activation;
 use crate::ops::Op;
 use crate::tensor::Shape;
 
@@ -93,37 +92,4 @@ pub fn backward(
         grads.push(Some(g.sum_to(dy2, &Shape(vec![n]))?));
     }
     Ok(grads)
-}
-
-#[allow(clippy::too_many_arguments)]
-pub fn cpu_forward(
-    rows: usize,
-    k: usize,
-    n: usize,
-    x: &[f32],
-    w: &[f32],
-    b: Option<&[f32]>,
-    act: Option<Activation>,
-    y: &mut [f32],
-) {
-    if let Some(b) = b {
-        for r in y.chunks_mut(n) {
-            r.copy_from_slice(b);
-        }
-    }
-    sgemm(
-        rows,
-        n,
-        k,
-        x,
-        false,
-        w,
-        true,
-        y,
-        b.is_some(),
-        Threads::Parallel,
-    );
-    if let Some(a) = act {
-        activation::cpu_forward_inplace(a, y);
-    }
 }

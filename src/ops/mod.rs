@@ -1,7 +1,7 @@
-//! The op set. Each op lives in one file with its shape rule (a builder
-//! method on [`Graph`]), its gradient rule and its CPU kernel; the CUDA
-//! kernel and WGSL shader carry the same name under `kernels/` and
-//! `shaders/`.
+//! The op set. Each op family lives in one file with its shape rule (a
+//! builder method on [`Graph`]), its gradient rule and its geometry types;
+//! its kernels carry the same name ([`KernelFile`]) under
+//! `src/backend/cpu/`, `kernels/` and `shaders/`.
 //!
 //! [`Op`] is the launch-level vocabulary: every node of a compiled step is
 //! one of these, and every backend implements each of them.
@@ -9,25 +9,17 @@
 pub mod activation;
 pub mod adam;
 pub mod batchnorm;
-pub mod bias_grad;
 pub mod binary;
 pub mod conv2d;
-pub mod conv2d_cpu;
-mod conv2d_layout;
-pub mod conv2d_small;
 pub mod cross_entropy;
 pub mod dropout;
 pub mod elementwise;
 pub mod linear;
 pub mod matmul;
-pub mod par;
 pub mod pool;
-pub mod pool_cpu;
 pub mod reduce;
 pub mod sgd;
 pub mod shape;
-pub mod simd_math;
-pub mod small_gemm;
 pub mod softmax;
 
 use crate::graph::ir::ScalarId;
@@ -141,9 +133,106 @@ pub enum Op {
     AdamUpdate(adam::AdamConfig),
 }
 
+/// The kernel files: one stem names an op family's CPU kernels
+/// (`src/backend/cpu/<stem>.rs`), its CUDA kernels (`kernels/<stem>.cu`)
+/// and its WGSL shaders (`shaders/<stem>.wgsl`); `tests` check that each
+/// file exists under every backend. Op definitions live in
+/// `src/ops/<stem>.rs` where the family has its own builders.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KernelFile {
+    Activation,
+    Adam,
+    Batchnorm,
+    BiasGrad,
+    Binary,
+    Conv2d,
+    CrossEntropy,
+    Dropout,
+    Elementwise,
+    Matmul,
+    Pool,
+    Reduce,
+    Sgd,
+    Shape,
+    Softmax,
+}
+
+impl KernelFile {
+    pub const ALL: [KernelFile; 15] = [
+        KernelFile::Activation,
+        KernelFile::Adam,
+        KernelFile::Batchnorm,
+        KernelFile::BiasGrad,
+        KernelFile::Binary,
+        KernelFile::Conv2d,
+        KernelFile::CrossEntropy,
+        KernelFile::Dropout,
+        KernelFile::Elementwise,
+        KernelFile::Matmul,
+        KernelFile::Pool,
+        KernelFile::Reduce,
+        KernelFile::Sgd,
+        KernelFile::Shape,
+        KernelFile::Softmax,
+    ];
+
+    /// The file stem.
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelFile::Activation => "activation",
+            KernelFile::Adam => "adam",
+            KernelFile::Batchnorm => "batchnorm",
+            KernelFile::BiasGrad => "bias_grad",
+            KernelFile::Binary => "binary",
+            KernelFile::Conv2d => "conv2d",
+            KernelFile::CrossEntropy => "cross_entropy",
+            KernelFile::Dropout => "dropout",
+            KernelFile::Elementwise => "elementwise",
+            KernelFile::Matmul => "matmul",
+            KernelFile::Pool => "pool",
+            KernelFile::Reduce => "reduce",
+            KernelFile::Sgd => "sgd",
+            KernelFile::Shape => "shape",
+            KernelFile::Softmax => "softmax",
+        }
+    }
+}
+
 impl Op {
-    /// The kernel name, shared by `src/ops/<name>.rs`, `kernels/<name>.cu`
-    /// and `shaders/<name>.wgsl`.
+    /// The file that holds this op's kernels on every backend. Reshape has
+    /// none (it is a view); it reports `Shape`.
+    pub fn kernel_file(&self) -> KernelFile {
+        match self {
+            Op::MatMul { .. } | Op::Linear { .. } => KernelFile::Matmul,
+            Op::Conv2d { .. }
+            | Op::Conv2dGradInput { .. }
+            | Op::Conv2dGradWeight { .. }
+            | Op::Conv2dGradBias => KernelFile::Conv2d,
+            Op::MaxPool2d { .. }
+            | Op::MaxPool2dBackward { .. }
+            | Op::AvgPool2d { .. }
+            | Op::AvgPool2dBackward { .. }
+            | Op::GlobalAvgPool
+            | Op::GlobalAvgPoolBackward => KernelFile::Pool,
+            Op::Act(_) | Op::ActBackward(_) => KernelFile::Activation,
+            Op::Binary(_) | Op::Scale(_) | Op::Fill(_) => KernelFile::Binary,
+            Op::SumTo | Op::BroadcastTo => KernelFile::Reduce,
+            Op::Reshape | Op::Transpose { .. } => KernelFile::Shape,
+            Op::Softmax | Op::LogSoftmax | Op::SoftmaxBackward | Op::LogSoftmaxBackward => {
+                KernelFile::Softmax
+            }
+            Op::CrossEntropy | Op::CrossEntropyBackward { .. } => KernelFile::CrossEntropy,
+            Op::ActBackwardBias { .. } => KernelFile::BiasGrad,
+            Op::Elementwise(_) => KernelFile::Elementwise,
+            Op::Dropout { .. } => KernelFile::Dropout,
+            Op::BatchNorm2d { .. } | Op::BatchNorm2dBackward => KernelFile::Batchnorm,
+            Op::SgdUpdate(_) => KernelFile::Sgd,
+            Op::AdamUpdate(_) => KernelFile::Adam,
+        }
+    }
+
+    /// The launch's name in profiles, errors and fusion reports, the same
+    /// on every backend (the file is [`Op::kernel_file`]).
     pub fn kernel_name(&self) -> &'static str {
         match self {
             Op::MatMul { .. } => "matmul",
@@ -228,5 +317,36 @@ impl Op {
     /// Ops that launch nothing: their outputs alias their first input.
     pub fn is_view(&self) -> bool {
         matches!(self, Op::Reshape)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KernelFile;
+
+    /// Every kernel file exists under every backend, and the CUDA module
+    /// list is this table.
+    #[test]
+    fn every_kernel_file_exists_on_every_backend() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        for k in KernelFile::ALL {
+            for path in [
+                format!("src/backend/cpu/{}.rs", k.name()),
+                format!("kernels/{}.cu", k.name()),
+                format!("kernels/{}.ptx", k.name()),
+                format!("shaders/{}.wgsl", k.name()),
+            ] {
+                assert!(root.join(&path).is_file(), "{path} is missing");
+            }
+        }
+        #[cfg(feature = "cuda")]
+        {
+            let ptx: Vec<_> = crate::backend::cuda::ptx::FILES
+                .iter()
+                .map(|f| f.name)
+                .collect();
+            let table: Vec<_> = KernelFile::ALL.iter().map(|k| k.name()).collect();
+            assert_eq!(ptx, table);
+        }
     }
 }

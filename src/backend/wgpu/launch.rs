@@ -87,7 +87,7 @@ impl Runtime {
         for (d, at) in &self.derived {
             match d {
                 Derived::Adam(c) => {
-                    // The same f32 expressions as ops::adam::cpu_update, so
+                    // The same f32 expressions as backend::cpu::adam::cpu_update, so
                     // both backends take the same step.
                     let (lr, step) = (scalars[c.lr.0 as usize], scalars[c.step.0 as usize]);
                     let bc1 = 1.0 - c.beta1.powf(step);
@@ -396,12 +396,12 @@ pub fn encode(
         Kernel::Scale { alpha, len: n } => {
             let mut p = Params::new(4);
             p.list(0, &[*n, r(0), w(0)]).f(3, *alpha);
-            one(&p, Family::Fill, "scale", groups_for(*n))
+            one(&p, Family::Binary, "scale", groups_for(*n))
         }
         Kernel::Fill { value, len: n } => {
             let mut p = Params::new(3);
             p.list(0, &[*n, w(0)]).f(2, *value);
-            one(&p, Family::Fill, "fill", groups_for(*n))
+            one(&p, Family::Binary, "fill", groups_for(*n))
         }
         Kernel::SumTo { from, to } => sum_to(from, to, r(0), w(0)),
         Kernel::BroadcastTo { from, to: sy } => {
@@ -424,7 +424,7 @@ pub fn encode(
             p.list(0, &[n, r(0), w(0), sx.rank()])
                 .list(8, &dims)
                 .list(16, &strides);
-            one(&p, Family::Transpose, "transpose", groups_for(n))
+            one(&p, Family::Shape, "transpose", groups_for(n))
         }
         Kernel::Softmax {
             rows,

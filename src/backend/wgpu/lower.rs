@@ -103,7 +103,7 @@ pub(super) fn conv_params(g: &Conv2dGeom) -> Vec<(usize, usize)> {
 }
 
 pub(super) fn pool_params(
-    g: &crate::ops::pool_cpu::Pool2dGeom,
+    g: &crate::backend::cpu::pool::Pool2dGeom,
     count: usize,
     src: usize,
     dst: usize,

@@ -2,6 +2,28 @@
 //! is one `Vec<f32>` (u32 values are stored as their bits); each launch
 //! borrows its slots as slices and calls the op's CPU kernel.
 
+pub mod activation;
+pub mod adam;
+pub mod batchnorm;
+pub mod bias_grad;
+pub mod binary;
+pub mod conv2d;
+mod conv2d_layout;
+pub mod conv2d_small;
+pub mod cross_entropy;
+pub mod dropout;
+pub mod elementwise;
+pub mod linear;
+pub mod matmul;
+pub mod par;
+pub mod pool;
+pub mod reduce;
+pub mod sgd;
+pub mod shape;
+pub mod simd_math;
+pub mod small_gemm;
+pub mod softmax;
+
 use crate::backend::{Backend, Executable};
 use crate::error::{Error, Result};
 use crate::graph::kernel::{Kernel, PoolKind};
@@ -194,16 +216,16 @@ fn execute(
 ) {
     match k {
         Kernel::MatMul(g) => {
-            ops::matmul::cpu_gemm(g.batch, g.m, g.n, g.k, g.ta, g.tb, r[0], r[1], w[0]);
+            matmul::cpu_gemm(g.batch, g.m, g.n, g.k, g.ta, g.tb, r[0], r[1], w[0]);
         }
         Kernel::Linear { gemm: g, bias, act } => {
-            ops::linear::cpu_forward(g.m, g.k, g.n, r[0], r[1], bias.then(|| r[2]), *act, w[0]);
+            linear::cpu_forward(g.m, g.k, g.n, r[0], r[1], bias.then(|| r[2]), *act, w[0]);
         }
         Kernel::Conv2d { geom, bias, act } => {
-            ops::conv2d_cpu::conv2d_forward_act(geom, r[0], r[1], bias.then(|| r[2]), *act, w[0]);
+            conv2d::conv2d_forward_act(geom, r[0], r[1], bias.then(|| r[2]), *act, w[0]);
         }
-        Kernel::Conv2dGradInput(g) => ops::conv2d_cpu::conv2d_grad_input(g, r[0], r[1], w[0]),
-        Kernel::Conv2dGradWeight(g) => ops::conv2d_cpu::conv2d_grad_weight(g, r[0], r[1], w[0]),
+        Kernel::Conv2dGradInput(g) => conv2d::conv2d_grad_input(g, r[0], r[1], w[0]),
+        Kernel::Conv2dGradWeight(g) => conv2d::conv2d_grad_weight(g, r[0], r[1], w[0]),
         Kernel::Conv2dGradBias(p) => {
             // Only n, c_out and the output plane matter for the bias sum.
             let g = ops::conv2d::Conv2dGeom {
@@ -218,7 +240,7 @@ fn execute(
                 pad: (0, 0),
                 dilation: (1, 1),
             };
-            ops::conv2d_cpu::conv2d_grad_bias(&g, r[0], w[0]);
+            conv2d::conv2d_grad_bias(&g, r[0], w[0]);
         }
         Kernel::Pool {
             geom,
@@ -226,79 +248,79 @@ fn execute(
             backward: false,
         } => {
             let (y, idx) = w.split_at_mut(1);
-            ops::pool_cpu::maxpool2d_forward(geom, r[0], y[0], u32s_mut(idx[0]));
+            pool::maxpool2d_forward(geom, r[0], y[0], u32s_mut(idx[0]));
         }
         Kernel::Pool {
             geom,
             kind: PoolKind::Max,
             backward: true,
-        } => ops::pool_cpu::maxpool2d_backward(geom, r[0], u32s(r[1]), w[0]),
+        } => pool::maxpool2d_backward(geom, r[0], u32s(r[1]), w[0]),
         Kernel::Pool {
             geom,
             kind: PoolKind::Avg,
             backward: false,
-        } => ops::pool_cpu::avgpool2d_forward(geom, r[0], w[0]),
+        } => pool::avgpool2d_forward(geom, r[0], w[0]),
         Kernel::Pool {
             geom,
             kind: PoolKind::Avg,
             backward: true,
-        } => ops::pool_cpu::avgpool2d_backward(geom, r[0], w[0]),
+        } => pool::avgpool2d_backward(geom, r[0], w[0]),
         Kernel::GlobalAvgPool {
             planes: p,
             backward: false,
-        } => ops::pool_cpu::global_avgpool_forward(p.n, p.c, p.plane, r[0], w[0]),
+        } => pool::global_avgpool_forward(p.n, p.c, p.plane, r[0], w[0]),
         Kernel::GlobalAvgPool {
             planes: p,
             backward: true,
-        } => ops::pool_cpu::global_avgpool_backward(p.n, p.c, p.plane, r[0], w[0]),
+        } => pool::global_avgpool_backward(p.n, p.c, p.plane, r[0], w[0]),
         Kernel::Act {
             act,
             backward: false,
             ..
-        } if inplace.is_some() => ops::activation::cpu_forward_inplace(*act, w[0]),
+        } if inplace.is_some() => activation::cpu_forward_inplace(*act, w[0]),
         Kernel::Act {
             act,
             backward: false,
             ..
-        } => ops::activation::cpu_forward(*act, r[0], w[0]),
+        } => activation::cpu_forward(*act, r[0], w[0]),
         Kernel::Act {
             act,
             backward: true,
             ..
-        } if inplace.is_some() => ops::activation::cpu_backward_inplace(*act, r[0], w[0]),
+        } if inplace.is_some() => activation::cpu_backward_inplace(*act, r[0], w[0]),
         Kernel::Act {
             act,
             backward: true,
             ..
-        } => ops::activation::cpu_backward(*act, r[0], r[1], w[0]),
+        } => activation::cpu_backward(*act, r[0], r[1], w[0]),
         Kernel::Binary { kind, a, b, out } => match inplace {
-            Some(0) => ops::binary::cpu_binary_inplace(*kind, 0, b, r[1], out, w[0]),
-            Some(_) => ops::binary::cpu_binary_inplace(*kind, 1, a, r[0], out, w[0]),
-            None => ops::binary::cpu_binary(*kind, a, r[0], b, r[1], out, w[0]),
+            Some(0) => binary::cpu_binary_inplace(*kind, 0, b, r[1], out, w[0]),
+            Some(_) => binary::cpu_binary_inplace(*kind, 1, a, r[0], out, w[0]),
+            None => binary::cpu_binary(*kind, a, r[0], b, r[1], out, w[0]),
         },
         Kernel::Scale { alpha, .. } if inplace.is_some() => {
             w[0].iter_mut().for_each(|v| *v *= alpha)
         }
-        Kernel::Scale { alpha, .. } => ops::binary::cpu_scale(*alpha, r[0], w[0]),
+        Kernel::Scale { alpha, .. } => binary::cpu_scale(*alpha, r[0], w[0]),
         Kernel::Fill { value, .. } => w[0].fill(*value),
-        Kernel::SumTo { from, to } => ops::binary::cpu_sum_to(from, r[0], to, w[0]),
-        Kernel::BroadcastTo { from, to } => ops::binary::cpu_broadcast_to(from, r[0], to, w[0]),
+        Kernel::SumTo { from, to } => reduce::cpu_sum_to(from, r[0], to, w[0]),
+        Kernel::BroadcastTo { from, to } => reduce::cpu_broadcast_to(from, r[0], to, w[0]),
         Kernel::View => {}
-        Kernel::Transpose { shape, perm } => ops::shape::cpu_transpose(shape, perm, r[0], w[0]),
+        Kernel::Transpose { shape, perm } => shape::cpu_transpose(shape, perm, r[0], w[0]),
         Kernel::Softmax {
             cols,
             log,
             backward: false,
             ..
-        } => ops::softmax::cpu_softmax(*cols, *log, r[0], w[0]),
+        } => softmax::cpu_softmax(*cols, *log, r[0], w[0]),
         Kernel::Softmax {
             cols,
             log,
             backward: true,
             ..
-        } => ops::softmax::cpu_softmax_backward(*cols, *log, r[0], r[1], w[0]),
+        } => softmax::cpu_softmax_backward(*cols, *log, r[0], r[1], w[0]),
         Kernel::CrossEntropy { batch, classes } => {
-            ops::cross_entropy::cpu_forward(*batch, *classes, r[0], u32s(r[1]), w[0])
+            cross_entropy::cpu_forward(*batch, *classes, r[0], u32s(r[1]), w[0])
         }
         Kernel::CrossEntropyBackward {
             batch,
@@ -306,19 +328,17 @@ fn execute(
             dloss,
         } => {
             let d = dloss.unwrap_or_else(|| r[2][0]);
-            ops::cross_entropy::cpu_backward(*batch, *classes, r[0], u32s(r[1]), d, w[0])
+            cross_entropy::cpu_backward(*batch, *classes, r[0], u32s(r[1]), d, w[0])
         }
         Kernel::ActBackwardBias { act, dims, axis } => {
             let (dx, db) = w.split_at_mut(1);
             let dy = if inplace.is_some() { None } else { Some(r[1]) };
-            ops::bias_grad::cpu_act_backward_bias(*act, dims, *axis, r[0], dy, dx[0], db[0]);
+            bias_grad::cpu_act_backward_bias(*act, dims, *axis, r[0], dy, dx[0], db[0]);
         }
-        Kernel::Elementwise { prog, .. } => {
-            ops::elementwise::cpu_elementwise(prog, r, inplace, w[0])
-        }
+        Kernel::Elementwise { prog, .. } => elementwise::cpu_elementwise(prog, r, inplace, w[0]),
         Kernel::Dropout { p, seed, step, .. } => {
             let x = if inplace.is_some() { None } else { Some(r[0]) };
-            ops::dropout::cpu_dropout(*p, *seed, scalars[step.0 as usize] as u32, x, w[0])
+            dropout::cpu_dropout(*p, *seed, scalars[step.0 as usize] as u32, x, w[0])
         }
         Kernel::BatchNorm {
             planes,
@@ -330,7 +350,7 @@ fn execute(
             let (mean, rest) = rest.split_at_mut(1);
             let (invstd, rest) = rest.split_at_mut(1);
             let (rm, rv) = rest.split_at_mut(1);
-            ops::batchnorm::cpu_train(
+            batchnorm::cpu_train(
                 planes.dims(),
                 *eps,
                 *momentum,
@@ -349,11 +369,11 @@ fn execute(
             eps,
             training: false,
             ..
-        } => ops::batchnorm::cpu_infer(planes.dims(), *eps, r[0], r[1], r[2], r[3], r[4], w[0]),
+        } => batchnorm::cpu_infer(planes.dims(), *eps, r[0], r[1], r[2], r[3], r[4], w[0]),
         Kernel::BatchNormBackward(planes) => {
             let (dx, rest) = w.split_at_mut(1);
             let (dg, db) = rest.split_at_mut(1);
-            ops::batchnorm::cpu_backward(
+            batchnorm::cpu_backward(
                 planes.dims(),
                 r[0],
                 r[1],
@@ -370,13 +390,13 @@ fn execute(
             let lr = scalars[c.lr.0 as usize];
             let (p, v) = w.split_at_mut(1);
             let v: &mut [f32] = if c.momentum != 0.0 { v[0] } else { &mut [] };
-            ops::sgd::cpu_update(c, lr, r[0], p[0], v);
+            sgd::cpu_update(c, lr, r[0], p[0], v);
         }
         Kernel::Adam { config: c, .. } => {
             let (lr, step) = (scalars[c.lr.0 as usize], scalars[c.step.0 as usize]);
             let (p, rest) = w.split_at_mut(1);
             let (m, v) = rest.split_at_mut(1);
-            ops::adam::cpu_update(c, lr, step, r[0], p[0], m[0], v[0]);
+            adam::cpu_update(c, lr, step, r[0], p[0], m[0], v[0]);
         }
     }
 }

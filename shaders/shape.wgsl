@@ -1,3 +1,5 @@
+// Shape ops without arithmetic: the axis permutation.
+
 // Axis permutation as a gather: output element i reads x through the
 // permuted input strides.
 //

@@ -73,17 +73,17 @@
 //! (grad-weight) a NaN can also reach a few elements that a direct
 //! evaluation would leave finite. Finite data is unaffected.
 
+use super::matmul::{sgemm, Threads};
 use crate::ops::activation::Activation;
-use crate::ops::matmul::{sgemm, Threads};
 use rayon::prelude::*;
 use std::cell::Cell;
 use std::ops::Range;
 use std::thread::LocalKey;
 
-pub use super::conv2d::Conv2dGeom;
 use super::conv2d_layout::{
     col2im_add, crop, gather_dy, im2col, pad_source, scatter_out, transpose,
 };
+pub use crate::ops::conv2d::Conv2dGeom;
 
 impl Conv2dGeom {
     /// GEMM reduction length: rows of the im2col matrix.
@@ -1001,7 +1001,7 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(17);
         let mut small = 0;
         for g in shapes() {
-            small += usize::from(crate::ops::conv2d_small::applies(&g));
+            small += usize::from(crate::backend::cpu::conv2d_small::applies(&g));
             let x = rand_vec(&mut rng, g.x_len());
             let w = rand_vec(&mut rng, g.w_len());
             let b = rand_vec(&mut rng, g.c_out);

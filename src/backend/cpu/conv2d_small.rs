@@ -12,9 +12,9 @@
 //! Scratch comes from thread-locals that grow on first use, so steady-state
 //! calls do not allocate.
 
-use super::activation::Activation;
-use super::conv2d::Conv2dGeom;
 use super::small_gemm::{gemm_windows, padded};
+use crate::ops::activation::Activation;
+use crate::ops::conv2d::Conv2dGeom;
 use std::cell::Cell;
 
 thread_local! {
@@ -105,7 +105,7 @@ fn epilogue(dst: &mut [f32], src: &[f32], b: f32, act: Option<Activation>) {
     match act {
         Some(Activation::Relu) => {
             for (d, s) in dst.iter_mut().zip(src) {
-                *d = super::activation::relu(s + b);
+                *d = crate::ops::activation::relu(s + b);
             }
         }
         Some(a) => {

@@ -13,7 +13,7 @@ use multiversion::multiversion;
 use rayon::prelude::*;
 use std::ops::Range;
 
-pub use super::pool::Pool2dGeom;
+pub use crate::ops::pool::Pool2dGeom;
 
 impl Pool2dGeom {
     /// Panics unless the buffers have the geometry's sizes; returns

@@ -257,7 +257,7 @@ impl Gpu {
             match modules.get(&family) {
                 Some(m) => m.clone(),
                 None => {
-                    let src = family.source();
+                    let src = shaders::source(family);
                     let m = self.scoped(&format!("shaders/{}.wgsl", family.name()), || {
                         self.device.create_shader_module(w::ShaderModuleDescriptor {
                             label: Some(family.name()),

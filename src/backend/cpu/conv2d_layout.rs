@@ -1,9 +1,9 @@
-//! Layout transforms of the CPU convolution kernels (`conv2d_cpu.rs`):
+//! Layout transforms of the CPU convolution kernels (`conv2d.rs`):
 //! zero padding, im2col / col2im for the wide and strided layouts, and the
 //! gather / scatter of GEMM tiles.
 
-use super::conv2d::Conv2dGeom;
-use super::conv2d_cpu::Plan;
+use super::conv2d::Plan;
+use crate::ops::conv2d::Conv2dGeom;
 use std::ops::Range;
 
 /// The image source of [`im2col`]: the group's input `xg` itself, or (padded
