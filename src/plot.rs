@@ -1,38 +1,34 @@
 //! A PNG chart of the training curves: loss on the left, accuracy on the
-//! right, train and validation series in each.
+//! right, train and validation series in each, drawn with `plotters` into
+//! an RGB buffer and encoded with `png`.
 //!
-//! Everything is drawn by hand into an RGB buffer with a tiny built-in 5x7
-//! bitmap font, so the runtime needs no font files, system libraries or
-//! plotting crates; the `png` crate only encodes the finished pixels.
+//! Text uses an ASCII subset of DejaVu Sans embedded in the binary
+//! (`data/fonts/`, 14 KB; `tools/subset-font.sh` makes it), so a chart
+//! looks the same on every machine and needs no system font or library.
 
 use crate::error::{Error, Result};
 use crate::metrics::EpochMetrics;
 use crate::weights::write_atomic;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use std::ops::Range;
 use std::path::Path;
+use std::sync::Once;
 
 /// Size of the whole image; each panel takes half the width.
 pub const WIDTH: u32 = 800;
 pub const HEIGHT: u32 = 400;
 
-type Rgb = [u8; 3];
-
-const WHITE: Rgb = [255, 255, 255];
-const INK: Rgb = [40, 40, 40];
-const GRID: Rgb = [228, 228, 228];
 /// Train and validation colours (the common blue/orange pair, which stays
 /// distinguishable for the usual forms of colour blindness).
-const TRAIN: Rgb = [31, 119, 180];
-const VAL: Rgb = [255, 127, 14];
+const TRAIN: RGBColor = RGBColor(31, 119, 180);
+const VAL: RGBColor = RGBColor(255, 127, 14);
+const INK: RGBColor = RGBColor(40, 40, 40);
+const MARKER_RADIUS: i32 = 3;
+/// Height of the legend strip under the panels.
+const LEGEND_HEIGHT: u32 = 26;
 
-/// Panel geometry, relative to the panel's left edge.
-const FRAME_LEFT: i64 = 62;
-const FRAME_RIGHT: i64 = 385;
-const FRAME_TOP: i64 = 36;
-const FRAME_BOTTOM: i64 = 340;
-/// Gap between the frame and the data, so markers never sit on the axes.
-const INSET: i64 = 10;
-const GRID_DIVISIONS: i64 = 4;
-const MARKER_RADIUS: i64 = 3;
+const FONT: &[u8] = include_bytes!("../data/fonts/DejaVuSans-ascii.ttf");
 
 /// Draw `rows` as an 800x400 RGB PNG at `path`, replacing any old chart
 /// atomically (a viewer refreshing during training never sees half a file).
@@ -40,15 +36,16 @@ const MARKER_RADIUS: i64 = 3;
 /// Validation points that are `None`, and any non-finite value, are skipped.
 /// Accuracies are fractions in [0, 1] and are labelled as percentages.
 pub fn plot_training(path: &Path, rows: &[EpochMetrics]) -> Result<()> {
-    let canvas = render(rows);
-    let png = canvas.encode_png(path)?;
+    let (pixels, _) =
+        render(rows).map_err(|e| Error::format(path, format!("cannot draw the chart: {e}")))?;
+    let png = encode_png(path, &pixels)?;
     write_atomic(path, &png)
 }
 
 /// One curve: (epoch, value) points in order, and its colour.
 struct Series {
     points: Vec<(f64, f64)>,
-    color: Rgb,
+    color: RGBColor,
 }
 
 /// What one panel shows.
@@ -57,15 +54,6 @@ struct PanelSpec {
     /// Label values as percentages (accuracy) rather than plain numbers.
     percent: bool,
     series: [Series; 2],
-}
-
-fn render(rows: &[EpochMetrics]) -> Canvas {
-    let mut canvas = Canvas::new(WIDTH as usize, HEIGHT as usize);
-    for (i, spec) in panel_specs(rows).iter().enumerate() {
-        let layout = Layout::new(i as i64 * (WIDTH as i64 / 2), spec);
-        draw_panel(&mut canvas, &layout, spec);
-    }
-    canvas
 }
 
 fn panel_specs(rows: &[EpochMetrics]) -> [PanelSpec; 2] {
@@ -97,152 +85,25 @@ fn panel_specs(rows: &[EpochMetrics]) -> [PanelSpec; 2] {
     ]
 }
 
-/// Maps data values in `[lo, hi]` to pixels in `[px_lo, px_hi]`. A zero
-/// span (one epoch, or a constant series) maps everything to the middle
-/// instead of dividing by zero.
-#[derive(Clone, Copy, Debug)]
-struct Scale {
-    lo: f64,
-    hi: f64,
-    px_lo: i64,
-    px_hi: i64,
-}
-
-impl Scale {
-    fn fit(values: impl Iterator<Item = f64>, px_lo: i64, px_hi: i64) -> Option<Scale> {
-        let (lo, hi) = values.fold(None, |acc: Option<(f64, f64)>, v| match acc {
-            None => Some((v, v)),
-            Some((lo, hi)) => Some((lo.min(v), hi.max(v))),
-        })?;
-        Some(Scale {
-            lo,
-            hi,
-            px_lo,
-            px_hi,
-        })
-    }
-
-    fn span(&self) -> f64 {
-        self.hi - self.lo
-    }
-
-    fn map(&self, v: f64) -> i64 {
-        let span = self.span();
-        if span <= 0.0 {
-            return (self.px_lo + self.px_hi) / 2;
-        }
-        let t = (v - self.lo) / span;
-        self.px_lo + (t * (self.px_hi - self.px_lo) as f64).round() as i64
-    }
-}
-
-/// Where a panel's frame is and how its data maps to pixels.
-struct Layout {
-    left: i64,
-    right: i64,
-    top: i64,
-    bottom: i64,
-    /// `None` when the panel has no data to scale to.
-    x: Option<Scale>,
-    y: Option<Scale>,
-}
-
-impl Layout {
-    fn new(offset: i64, spec: &PanelSpec) -> Layout {
-        let (left, right) = (offset + FRAME_LEFT, offset + FRAME_RIGHT);
-        let points = || spec.series.iter().flat_map(|s| s.points.iter());
-        Layout {
-            left,
-            right,
-            top: FRAME_TOP,
-            bottom: FRAME_BOTTOM,
-            x: Scale::fit(points().map(|p| p.0), left + INSET, right - INSET),
-            // Pixel rows grow downwards, so the low value maps to the bottom.
-            y: Scale::fit(
-                points().map(|p| p.1),
-                FRAME_BOTTOM - INSET,
-                FRAME_TOP + INSET,
-            ),
-        }
-    }
-
-    fn to_pixel(&self, point: (f64, f64)) -> Option<(i64, i64)> {
-        Some((self.x?.map(point.0), self.y?.map(point.1)))
-    }
-}
-
-fn draw_panel(canvas: &mut Canvas, layout: &Layout, spec: &PanelSpec) {
-    draw_grid(canvas, layout);
-    draw_frame(canvas, layout);
-    let centre = (layout.left + layout.right) / 2;
-    canvas.text_centred(centre, 8, spec.title, 2, INK);
-    canvas.text_centred(centre, layout.bottom + 20, "epoch", 1, INK);
-    draw_ticks(canvas, layout, spec.percent);
-    for series in &spec.series {
-        draw_line(canvas, layout, series);
-    }
-    // Markers after all lines, so no line hides a data point.
-    for series in &spec.series {
-        for &p in &series.points {
-            if let Some((x, y)) = layout.to_pixel(p) {
-                canvas.disc(x, y, MARKER_RADIUS, series.color);
-            }
-        }
-    }
-    draw_legend(canvas, centre, layout.bottom + 40);
-}
-
-fn draw_grid(canvas: &mut Canvas, l: &Layout) {
-    for i in 1..GRID_DIVISIONS {
-        let x = l.left + (l.right - l.left) * i / GRID_DIVISIONS;
-        let y = l.top + (l.bottom - l.top) * i / GRID_DIVISIONS;
-        canvas.line(x, l.top, x, l.bottom, GRID);
-        canvas.line(l.left, y, l.right, y, GRID);
-    }
-}
-
-fn draw_frame(canvas: &mut Canvas, l: &Layout) {
-    canvas.line(l.left, l.top, l.right, l.top, INK);
-    canvas.line(l.left, l.bottom, l.right, l.bottom, INK);
-    canvas.line(l.left, l.top, l.left, l.bottom, INK);
-    canvas.line(l.right, l.top, l.right, l.bottom, INK);
-}
-
-/// Tick marks and labels at the data's minimum and maximum on both axes;
-/// a constant axis gets a single tick in the middle.
-fn draw_ticks(canvas: &mut Canvas, l: &Layout, percent: bool) {
-    if let Some(x) = l.x {
-        for v in tick_values(&x) {
-            let px = x.map(v);
-            canvas.line(px, l.bottom, px, l.bottom + 4, INK);
-            canvas.text_centred(px, l.bottom + 7, &format!("{v}"), 1, INK);
-        }
-    }
-    if let Some(y) = l.y {
-        let scale = if percent { 100.0 } else { 1.0 };
-        let decimals = decimals_for(y.span() * scale);
-        for v in tick_values(&y) {
-            let py = y.map(v);
-            canvas.line(l.left - 3, py, l.left, py, INK);
-            let mut label = format!("{:.*}", decimals, v * scale);
-            if percent {
-                label.push('%');
-            }
-            let width = text_width(&label, 1);
-            canvas.text(l.left - 8 - width, py - GLYPH_H / 2, &label, 1, INK);
-        }
-    }
-}
-
-fn tick_values(scale: &Scale) -> Vec<f64> {
-    if scale.span() > 0.0 {
-        vec![scale.lo, scale.hi]
+/// The axis range of `values` with 5% of margin each side, so markers never
+/// sit on the frame; one value (one epoch, a constant series) is centred.
+fn axis_range(values: impl Iterator<Item = f64>) -> Range<f64> {
+    let Some((lo, hi)) = values.fold(None, |acc: Option<(f64, f64)>, v| match acc {
+        None => Some((v, v)),
+        Some((lo, hi)) => Some((lo.min(v), hi.max(v))),
+    }) else {
+        return 0.0..1.0;
+    };
+    let span = hi - lo;
+    let pad = if span > 0.0 {
+        span * 0.05
     } else {
-        vec![scale.lo]
-    }
+        (lo.abs() * 0.05).max(0.5)
+    };
+    lo - pad..hi + pad
 }
 
-/// About three significant digits of the axis span, so the min and max
+/// About three significant digits of the axis span, so neighbouring tick
 /// labels differ visibly; capped at 5. For a constant value two are plenty.
 fn decimals_for(span: f64) -> usize {
     if span <= 0.0 || !span.is_finite() {
@@ -251,207 +112,126 @@ fn decimals_for(span: f64) -> usize {
     ((2.0 - span.log10()).ceil()).clamp(0.0, 5.0) as usize
 }
 
-/// Straight segments between consecutive points of a series; gaps where a
-/// value was `None` are bridged, so sparse validation still reads as a curve.
-fn draw_line(canvas: &mut Canvas, layout: &Layout, series: &Series) {
-    let pixels: Vec<(i64, i64)> = series
-        .points
-        .iter()
-        .filter_map(|&p| layout.to_pixel(p))
-        .collect();
-    for pair in pixels.windows(2) {
-        let ((x0, y0), (x1, y1)) = (pair[0], pair[1]);
-        canvas.thick_line(x0, y0, x1, y1, series.color);
-    }
+fn register_font() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // The font is part of the binary and checked by the tests.
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    });
 }
 
-/// "— ● train   — ● val", centred at `(centre, y)`.
-fn draw_legend(canvas: &mut Canvas, centre: i64, y: i64) {
-    let entries = [("train", TRAIN), ("val", VAL)];
-    const SWATCH: i64 = 18;
-    const GAP: i64 = 16;
-    let entry_width = |label: &str| SWATCH + 4 + text_width(label, 1);
-    let total: i64 = entries.iter().map(|(l, _)| entry_width(l)).sum::<i64>() + GAP;
-    let mut x = centre - total / 2;
-    for (label, color) in entries {
-        let mid = y + GLYPH_H / 2;
-        canvas.thick_line(x, mid, x + SWATCH, mid, color);
-        canvas.disc(x + SWATCH / 2, mid, MARKER_RADIUS, color);
-        canvas.text(x + SWATCH + 4, y, label, 1, INK);
-        x += entry_width(label) + GAP;
+/// A data point's marker centre in image pixels, and its colour.
+type Marker = ((i32, i32), RGBColor);
+
+type DrawResult<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// The chart's RGB pixels, and each data point's marker centre with its
+/// colour (for the tests).
+fn render(rows: &[EpochMetrics]) -> DrawResult<(Vec<u8>, Vec<Marker>)> {
+    register_font();
+    let mut pixels = vec![0u8; (WIDTH * HEIGHT * 3) as usize];
+    let mut markers = Vec::new();
+    {
+        let root = BitMapBackend::with_buffer(&mut pixels, (WIDTH, HEIGHT)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let (panels, legend) = root.split_vertically(HEIGHT - LEGEND_HEIGHT);
+        let (left, right) = panels.split_horizontally(WIDTH / 2);
+        for (area, spec) in [left, right].iter().zip(panel_specs(rows)) {
+            draw_panel(area, &spec, &mut markers)?;
+        }
+        draw_legend(&legend)?;
+        root.present()?;
     }
+    Ok((pixels, markers))
 }
 
-/// An RGB image being drawn; every write is clipped, so no coordinate can
-/// panic.
-struct Canvas {
-    width: usize,
-    height: usize,
-    pixels: Vec<u8>,
+fn draw_panel(
+    area: &DrawingArea<BitMapBackend, Shift>,
+    spec: &PanelSpec,
+    markers: &mut Vec<Marker>,
+) -> DrawResult<()> {
+    let points = || spec.series.iter().flat_map(|s| s.points.iter());
+    let xs = axis_range(points().map(|p| p.0));
+    let ys = axis_range(points().map(|p| p.1));
+    let scale = if spec.percent { 100.0 } else { 1.0 };
+    let decimals = decimals_for((ys.end - ys.start) * scale);
+    let mut chart = ChartBuilder::on(area)
+        .caption(spec.title, ("sans-serif", 16).into_font().color(&INK))
+        .margin(8)
+        .x_label_area_size(34)
+        .y_label_area_size(56)
+        .build_cartesian_2d(xs, ys)?;
+    let y_label = |v: &f64| {
+        let s = format!("{:.*}", decimals, v * scale);
+        if spec.percent {
+            s + "%"
+        } else {
+            s
+        }
+    };
+    // Epochs are whole numbers: other tick positions get no label.
+    let x_label = |v: &f64| {
+        if (v - v.round()).abs() < 1e-6 {
+            format!("{:.0}", v)
+        } else {
+            String::new()
+        }
+    };
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .x_labels(8)
+        .y_labels(5)
+        .x_label_formatter(&x_label)
+        .y_label_formatter(&y_label)
+        .label_style(("sans-serif", 12).into_font().color(&INK))
+        .light_line_style(WHITE)
+        .bold_line_style(RGBColor(228, 228, 228))
+        .axis_style(INK)
+        .draw()?;
+    for s in &spec.series {
+        chart.draw_series(LineSeries::new(
+            s.points.iter().copied(),
+            s.color.stroke_width(2),
+        ))?;
+        chart.draw_series(
+            s.points
+                .iter()
+                .map(|&p| Circle::new(p, MARKER_RADIUS, s.color.filled())),
+        )?;
+        markers.extend(s.points.iter().map(|&p| (chart.backend_coord(&p), s.color)));
+    }
+    Ok(())
 }
 
-impl Canvas {
-    fn new(width: usize, height: usize) -> Canvas {
-        Canvas {
-            width,
-            height,
-            pixels: WHITE.repeat(width * height),
-        }
+/// "— train  — val", centred under the panels.
+fn draw_legend(area: &DrawingArea<BitMapBackend, Shift>) -> DrawResult<()> {
+    let (w, h) = area.dim_in_pixel();
+    let y = h as i32 / 2;
+    let style = ("sans-serif", 13).into_font().color(&INK);
+    let mut x = w as i32 / 2 - 80;
+    for (label, color) in [("train", TRAIN), ("val", VAL)] {
+        area.draw(&PathElement::new(
+            vec![(x, y), (x + 24, y)],
+            color.stroke_width(2),
+        ))?;
+        area.draw(&Circle::new((x + 12, y), MARKER_RADIUS, color.filled()))?;
+        area.draw(&Text::new(label, (x + 30, y - 7), style.clone()))?;
+        x += 90;
     }
-
-    fn set(&mut self, x: i64, y: i64, color: Rgb) {
-        if x < 0 || y < 0 || x >= self.width as i64 || y >= self.height as i64 {
-            return;
-        }
-        let i = (y as usize * self.width + x as usize) * 3;
-        self.pixels[i..i + 3].copy_from_slice(&color);
-    }
-
-    #[cfg(test)]
-    fn get(&self, x: i64, y: i64) -> Rgb {
-        let i = (y as usize * self.width + x as usize) * 3;
-        [self.pixels[i], self.pixels[i + 1], self.pixels[i + 2]]
-    }
-
-    /// One-pixel line (Bresenham), used for axes and grid.
-    fn line(&mut self, x0: i64, y0: i64, x1: i64, y1: i64, color: Rgb) {
-        self.trace(x0, y0, x1, y1, |c, x, y| c.set(x, y, color));
-    }
-
-    /// Two-pixel-wide line for data curves, which must stand out from the grid.
-    fn thick_line(&mut self, x0: i64, y0: i64, x1: i64, y1: i64, color: Rgb) {
-        self.trace(x0, y0, x1, y1, |c, x, y| {
-            for (dx, dy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
-                c.set(x + dx, y + dy, color);
-            }
-        });
-    }
-
-    /// Visit every pixel of the segment from (x0, y0) to (x1, y1).
-    fn trace(
-        &mut self,
-        x0: i64,
-        y0: i64,
-        x1: i64,
-        y1: i64,
-        mut plot: impl FnMut(&mut Self, i64, i64),
-    ) {
-        let (dx, dy) = ((x1 - x0).abs(), -(y1 - y0).abs());
-        let (sx, sy) = ((x1 - x0).signum(), (y1 - y0).signum());
-        let (mut x, mut y, mut err) = (x0, y0, dx + dy);
-        loop {
-            plot(self, x, y);
-            if x == x1 && y == y1 {
-                return;
-            }
-            let e2 = 2 * err;
-            if e2 >= dy {
-                err += dy;
-                x += sx;
-            }
-            if e2 <= dx {
-                err += dx;
-                y += sy;
-            }
-        }
-    }
-
-    fn disc(&mut self, cx: i64, cy: i64, r: i64, color: Rgb) {
-        for dy in -r..=r {
-            for dx in -r..=r {
-                if dx * dx + dy * dy <= r * r + 1 {
-                    self.set(cx + dx, cy + dy, color);
-                }
-            }
-        }
-    }
-
-    /// Draw `s` with its top-left corner at (x, y), each font pixel
-    /// `scale` x `scale` image pixels.
-    fn text(&mut self, x: i64, y: i64, s: &str, scale: i64, color: Rgb) {
-        for (i, c) in s.chars().enumerate() {
-            let gx = x + i as i64 * GLYPH_ADVANCE * scale;
-            for (row, bits) in glyph(c).iter().enumerate() {
-                for col in 0..GLYPH_W {
-                    if bits & (1 << (GLYPH_W - 1 - col)) != 0 {
-                        let (px, py) = (gx + col * scale, y + row as i64 * scale);
-                        self.fill(px, py, scale, scale, color);
-                    }
-                }
-            }
-        }
-    }
-
-    fn text_centred(&mut self, cx: i64, y: i64, s: &str, scale: i64, color: Rgb) {
-        self.text(cx - text_width(s, scale) / 2, y, s, scale, color);
-    }
-
-    fn fill(&mut self, x: i64, y: i64, w: i64, h: i64, color: Rgb) {
-        for yy in y..y + h {
-            for xx in x..x + w {
-                self.set(xx, yy, color);
-            }
-        }
-    }
-
-    fn encode_png(&self, path: &Path) -> Result<Vec<u8>> {
-        let fail = |e: png::EncodingError| Error::format(path, format!("cannot encode PNG: {e}"));
-        let mut out = Vec::new();
-        let mut encoder = png::Encoder::new(&mut out, self.width as u32, self.height as u32);
-        encoder.set_color(png::ColorType::Rgb);
-        encoder.set_depth(png::BitDepth::Eight);
-        let mut writer = encoder.write_header().map_err(fail)?;
-        writer.write_image_data(&self.pixels).map_err(fail)?;
-        writer.finish().map_err(fail)?;
-        Ok(out)
-    }
+    Ok(())
 }
 
-const GLYPH_W: i64 = 5;
-const GLYPH_H: i64 = 7;
-/// Glyph width plus one column of spacing.
-const GLYPH_ADVANCE: i64 = GLYPH_W + 1;
-
-fn text_width(s: &str, scale: i64) -> i64 {
-    let n = s.chars().count() as i64;
-    (n * GLYPH_ADVANCE - 1).max(0) * scale
-}
-
-/// The 5x7 bitmap of `c`, one byte per row, bit 4 the leftmost column.
-/// Only the characters the chart needs exist; anything else is blank.
-#[rustfmt::skip]
-fn glyph(c: char) -> [u8; 7] {
-    match c.to_ascii_lowercase() {
-        '0' => [0b01110, 0b10001, 0b10011, 0b10101, 0b11001, 0b10001, 0b01110],
-        '1' => [0b00100, 0b01100, 0b00100, 0b00100, 0b00100, 0b00100, 0b01110],
-        '2' => [0b01110, 0b10001, 0b00001, 0b00010, 0b00100, 0b01000, 0b11111],
-        '3' => [0b11111, 0b00010, 0b00100, 0b00010, 0b00001, 0b10001, 0b01110],
-        '4' => [0b00010, 0b00110, 0b01010, 0b10010, 0b11111, 0b00010, 0b00010],
-        '5' => [0b11111, 0b10000, 0b11110, 0b00001, 0b00001, 0b10001, 0b01110],
-        '6' => [0b00110, 0b01000, 0b10000, 0b11110, 0b10001, 0b10001, 0b01110],
-        '7' => [0b11111, 0b00001, 0b00010, 0b00100, 0b01000, 0b01000, 0b01000],
-        '8' => [0b01110, 0b10001, 0b10001, 0b01110, 0b10001, 0b10001, 0b01110],
-        '9' => [0b01110, 0b10001, 0b10001, 0b01111, 0b00001, 0b00010, 0b01100],
-        '.' => [0b00000, 0b00000, 0b00000, 0b00000, 0b00000, 0b01100, 0b01100],
-        '%' => [0b11000, 0b11001, 0b00010, 0b00100, 0b01000, 0b10011, 0b00011],
-        '-' => [0b00000, 0b00000, 0b00000, 0b11111, 0b00000, 0b00000, 0b00000],
-        'a' => [0b00000, 0b00000, 0b01110, 0b00001, 0b01111, 0b10001, 0b01111],
-        'c' => [0b00000, 0b00000, 0b01110, 0b10000, 0b10000, 0b10001, 0b01110],
-        'e' => [0b00000, 0b00000, 0b01110, 0b10001, 0b11111, 0b10000, 0b01110],
-        'h' => [0b10000, 0b10000, 0b10110, 0b11001, 0b10001, 0b10001, 0b10001],
-        'i' => [0b00100, 0b00000, 0b01100, 0b00100, 0b00100, 0b00100, 0b01110],
-        'l' => [0b01100, 0b00100, 0b00100, 0b00100, 0b00100, 0b00100, 0b01110],
-        'n' => [0b00000, 0b00000, 0b10110, 0b11001, 0b10001, 0b10001, 0b10001],
-        'o' => [0b00000, 0b00000, 0b01110, 0b10001, 0b10001, 0b10001, 0b01110],
-        'p' => [0b00000, 0b00000, 0b11110, 0b10001, 0b11110, 0b10000, 0b10000],
-        'r' => [0b00000, 0b00000, 0b10110, 0b11001, 0b10000, 0b10000, 0b10000],
-        's' => [0b00000, 0b00000, 0b01111, 0b10000, 0b01110, 0b00001, 0b11110],
-        't' => [0b01000, 0b01000, 0b11100, 0b01000, 0b01000, 0b01001, 0b00110],
-        'u' => [0b00000, 0b00000, 0b10001, 0b10001, 0b10001, 0b10011, 0b01101],
-        'v' => [0b00000, 0b00000, 0b10001, 0b10001, 0b10001, 0b01010, 0b00100],
-        'y' => [0b00000, 0b00000, 0b10001, 0b10001, 0b01111, 0b00001, 0b01110],
-        _ => [0; 7],
-    }
+fn encode_png(path: &Path, pixels: &[u8]) -> Result<Vec<u8>> {
+    let fail = |e: png::EncodingError| Error::format(path, format!("cannot encode PNG: {e}"));
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, WIDTH, HEIGHT);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder.write_header().map_err(fail)?;
+    writer.write_image_data(pixels).map_err(fail)?;
+    writer.finish().map_err(fail)?;
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -492,23 +272,9 @@ mod tests {
         (info.width, info.height, buf)
     }
 
-    fn pixel(pixels: &[u8], x: i64, y: i64) -> Rgb {
+    fn pixel(pixels: &[u8], (x, y): (i32, i32)) -> RGBColor {
         let i = (y as usize * WIDTH as usize + x as usize) * 3;
-        [pixels[i], pixels[i + 1], pixels[i + 2]]
-    }
-
-    /// Every data point's marker centre, with the colour it should have.
-    fn expected_markers(rows: &[EpochMetrics]) -> Vec<((i64, i64), Rgb)> {
-        let mut out = Vec::new();
-        for (i, spec) in panel_specs(rows).iter().enumerate() {
-            let layout = Layout::new(i as i64 * (WIDTH as i64 / 2), spec);
-            for series in &spec.series {
-                for &p in &series.points {
-                    out.push((layout.to_pixel(p).unwrap(), series.color));
-                }
-            }
-        }
-        out
+        RGBColor(pixels[i], pixels[i + 1], pixels[i + 2])
     }
 
     #[test]
@@ -519,61 +285,70 @@ mod tests {
         plot_training(&path, &rows).unwrap();
         let (w, h, pixels) = decode(&path);
         assert_eq!((w, h), (WIDTH, HEIGHT));
-        assert!(pixels.chunks(3).any(|p| p != &pixels[..3]));
-
-        let markers = expected_markers(&rows);
+        let (rendered, markers) = render(&rows).unwrap();
+        assert_eq!(pixels, rendered, "the file holds the rendered chart");
         // 4 train + 3 val points in each of the two panels.
         assert_eq!(markers.len(), 14);
-        for ((x, y), color) in markers {
-            assert_eq!(pixel(&pixels, x, y), color, "marker at ({x}, {y})");
+        for (at, color) in markers {
+            assert!(at.0 >= 0 && at.0 < WIDTH as i32 && at.1 >= 0, "{at:?}");
+            assert_eq!(pixel(&pixels, at), color, "marker at {at:?}");
         }
     }
 
+    /// Text is drawn with the embedded font: the caption area of each
+    /// panel has ink of the text colour's hue.
     #[test]
-    fn extreme_points_sit_at_the_data_edges() {
-        let spec = &panel_specs(&sample_rows())[0];
-        let layout = Layout::new(0, spec);
-        assert_eq!(
-            layout.to_pixel((1.0, 2.1)),
-            Some((FRAME_LEFT + INSET, FRAME_TOP + INSET))
-        );
-        assert_eq!(
-            layout.to_pixel((4.0, 0.3)),
-            Some((FRAME_RIGHT - INSET, FRAME_BOTTOM - INSET))
-        );
+    fn labels_are_drawn() {
+        let (pixels, _) = render(&sample_rows()).unwrap();
+        let dark = |x0: u32, x1: u32, y0: u32, y1: u32| {
+            (y0..y1)
+                .flat_map(|y| (x0..x1).map(move |x| (x, y)))
+                .filter(|&(x, y)| pixel(&pixels, (x as i32, y as i32)).0 < 120)
+                .count()
+        };
+        // Captions ("loss", "accuracy") in the top 30 rows of each panel.
+        assert!(dark(100, 300, 0, 30) > 20);
+        assert!(dark(500, 700, 0, 30) > 20);
+        // Legend text in the bottom strip.
+        assert!(dark(300, 500, HEIGHT - LEGEND_HEIGHT, HEIGHT) > 20);
     }
 
     #[test]
-    fn single_epoch_and_constant_series() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("one.png");
-        let rows = vec![row(1, (0.5, 0.5), None)];
-        plot_training(&path, &rows).unwrap();
-        let (_, _, pixels) = decode(&path);
-        let mid_x = (FRAME_LEFT + FRAME_RIGHT) / 2;
-        let mid_y = (FRAME_TOP + FRAME_BOTTOM) / 2;
-        assert_eq!(pixel(&pixels, mid_x, mid_y), TRAIN);
+    fn extreme_points_are_inside_the_frame_and_ordered() {
+        let (_, markers) = render(&sample_rows()).unwrap();
+        // Loss panel, train series: epoch 1 is leftmost and highest.
+        let train: Vec<_> = markers[..4].iter().map(|m| m.0).collect();
+        assert!(train.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1));
+        assert!(train.iter().all(|p| p.0 > 0 && p.0 < WIDTH as i32 / 2));
+    }
 
+    #[test]
+    fn single_epoch_and_constant_series_are_centred() {
+        let (pixels, markers) = render(&[row(1, (0.5, 0.5), None)]).unwrap();
+        assert_eq!(markers.len(), 2);
+        assert_eq!(pixel(&pixels, markers[0].0), TRAIN);
         let flat = vec![
             row(1, (1.0, 0.9), Some((1.0, 0.9))),
             row(2, (1.0, 0.9), Some((1.0, 0.9))),
         ];
-        let canvas = render(&flat);
-        for ((x, y), _) in expected_markers(&flat) {
-            assert_eq!(y, mid_y);
+        let (pixels, markers) = render(&flat).unwrap();
+        let y = markers[0].0 .1;
+        for (at, _) in &markers[..4] {
+            assert_eq!(at.1, y);
             // Val is drawn last and covers train at identical points.
-            assert_eq!(canvas.get(x, y), VAL);
+            assert_eq!(pixel(&pixels, *at), VAL);
         }
     }
 
     #[test]
     fn empty_and_non_finite_inputs_do_not_panic() {
-        let _ = render(&[]);
-        let _ = render(&[row(1, (f64::NAN, f64::INFINITY), Some((f64::NAN, 0.5)))]);
-        let _ = render(&[
+        render(&[]).unwrap();
+        render(&[row(1, (f64::NAN, f64::INFINITY), Some((f64::NAN, 0.5)))]).unwrap();
+        render(&[
             row(1, (1e-9, 0.0), None),
             row(usize::MAX, (1e12, 1.0), None),
-        ]);
+        ])
+        .unwrap();
     }
 
     #[test]
@@ -587,9 +362,12 @@ mod tests {
     }
 
     #[test]
-    fn every_label_character_has_a_glyph() {
+    fn the_embedded_font_has_every_label_character() {
+        let face = plotters::style::FontDesc::new(FontFamily::SansSerif, 12.0, FontStyle::Normal);
+        register_font();
         for c in "0123456789.%-lossaccuracyepochtrainval".chars() {
-            assert_ne!(glyph(c), [0; 7], "{c:?}");
+            let (w, _) = face.box_size(&c.to_string()).unwrap();
+            assert!(w > 0, "{c:?}");
         }
     }
 }
