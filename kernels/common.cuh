@@ -17,14 +17,15 @@ typedef unsigned int u32;
 // -inf without math.h (NVRTC has no standard headers).
 #define NEG_INF __int_as_float(0xff800000)
 
-// Activation codes, as the host encodes them.
-#define ACT_NONE -1
-#define ACT_RELU 0
-#define ACT_GELU 1
-#define ACT_SIGMOID 2
-#define ACT_TANH 3
+// Activation codes: Activation::code in src/ops/activation.rs.
+#define ACT_NONE 0
+#define ACT_RELU 1
+#define ACT_GELU 2
+#define ACT_SIGMOID 3
+#define ACT_TANH 4
+#define ACT_RSQRT 5
 
-// Binary op codes.
+// Binary op codes: BinaryKind::code in src/ops/binary.rs.
 #define BIN_ADD 0
 #define BIN_SUB 1
 #define BIN_MUL 2
@@ -48,6 +49,7 @@ __device__ __forceinline__ float act_forward(int act, float x) {
     case ACT_GELU: return 0.5f * x * (1.0f + erff(x * 0.7071067811865476f));
     case ACT_SIGMOID: return 1.0f / (1.0f + expf(-x));
     case ACT_TANH: return tanhf(x);
+    case ACT_RSQRT: return 1.0f / sqrtf(x);
     default: return x;
   }
 }
@@ -73,6 +75,7 @@ __device__ __forceinline__ float act_backward(int act, float saved, float dy) {
     }
     case ACT_SIGMOID: return dy * saved * (1.0f - saved);
     case ACT_TANH: return dy * (1.0f - saved * saved);
+    case ACT_RSQRT: return dy * -0.5f * saved * saved * saved;
     default: return dy;
   }
 }

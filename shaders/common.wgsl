@@ -91,7 +91,8 @@ fn wg_max(lid: u32, v: f32) -> f32 {
     return workgroupUniformLoad(&red[0]);
 }
 
-// Activations, by code: 0 none, 1 relu, 2 gelu (exact), 3 sigmoid, 4 tanh.
+// Activations, by code (Activation::code in src/ops/activation.rs): 0 none,
+// 1 relu, 2 gelu (exact), 3 sigmoid, 4 tanh, 5 rsqrt.
 
 /// Φ(x), the standard normal CDF, through erfc (Abramowitz & Stegun
 /// 7.1.26, |error| < 1.5e-7) so the left tail keeps its relative accuracy.
@@ -117,6 +118,9 @@ fn act_fwd(code: u32, x: f32) -> f32 {
         case 4u: {
             return tanh(clamp(x, -15.0, 15.0));
         }
+        case 5u: {
+            return 1.0 / sqrt(x);
+        }
         default: {
             return x;
         }
@@ -137,6 +141,9 @@ fn act_bwd(code: u32, s: f32, dy: f32) -> f32 {
         }
         case 4u: {
             return dy * (1.0 - s * s);
+        }
+        case 5u: {
+            return dy * -0.5 * s * s * s;
         }
         default: {
             return dy;

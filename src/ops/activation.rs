@@ -1,6 +1,11 @@
-//! Elementwise activations: relu, gelu (exact, erf-based, as PyTorch's
-//! default), sigmoid, tanh. Backward reads the output where that suffices
-//! (relu, sigmoid, tanh) so the input need not stay alive.
+//! Elementwise unary functions with a derivative: the activations relu,
+//! gelu (exact, erf-based, as PyTorch's default), sigmoid, tanh, and
+//! rsqrt (layer norm's `1/sqrt(var + eps)`). Backward reads the output
+//! where that suffices (all but gelu) so the input need not stay alive.
+//!
+//! Adding one: a variant here (name, code, forward, backward), its case in
+//! `act_forward`/`act_backward` of `kernels/common.cuh` and `act_fwd`/
+//! `act_bwd` of `shaders/common.wgsl` (same code), and `tools/build-ptx.sh`.
 
 use crate::error::Result;
 use crate::graph::ir::{Graph, ValueId};
@@ -12,6 +17,8 @@ pub enum Activation {
     Gelu,
     Sigmoid,
     Tanh,
+    /// `1/sqrt(x)`.
+    Rsqrt,
 }
 
 /// `max(x, 0)` that keeps a NaN, as PyTorch's relu does: a NaN reaching a
@@ -32,7 +39,23 @@ impl Activation {
             Activation::Gelu => "gelu",
             Activation::Sigmoid => "sigmoid",
             Activation::Tanh => "tanh",
+            Activation::Rsqrt => "rsqrt",
         }
+    }
+    /// The code the GPU kernels switch on (`ACT_*` in kernels/common.cuh,
+    /// `act_fwd` in shaders/common.wgsl); 0 is no activation.
+    pub fn code(self) -> u32 {
+        match self {
+            Activation::Relu => 1,
+            Activation::Gelu => 2,
+            Activation::Sigmoid => 3,
+            Activation::Tanh => 4,
+            Activation::Rsqrt => 5,
+        }
+    }
+    /// [`Activation::code`] of an optional activation (0 for none).
+    pub fn code_of(a: Option<Activation>) -> u32 {
+        a.map_or(0, Activation::code)
     }
     pub fn backward_name(self) -> &'static str {
         match self {
@@ -40,6 +63,7 @@ impl Activation {
             Activation::Gelu => "gelu_backward",
             Activation::Sigmoid => "sigmoid_backward",
             Activation::Tanh => "tanh_backward",
+            Activation::Rsqrt => "rsqrt_backward",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -48,6 +72,7 @@ impl Activation {
             "gelu" => Activation::Gelu,
             "sigmoid" => Activation::Sigmoid,
             "tanh" => Activation::Tanh,
+            "rsqrt" => Activation::Rsqrt,
             _ => return None,
         })
     }
@@ -64,6 +89,7 @@ impl Activation {
             Activation::Gelu => 0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2)),
             Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
             Activation::Tanh => x.tanh(),
+            Activation::Rsqrt => 1.0 / x.sqrt(),
         }
     }
 
@@ -86,6 +112,8 @@ impl Activation {
             }
             Activation::Sigmoid => dy * saved * (1.0 - saved),
             Activation::Tanh => dy * (1.0 - saved * saved),
+            // d(x^-1/2) = -x^-3/2 / 2 = -y³/2.
+            Activation::Rsqrt => dy * -0.5 * saved * saved * saved,
         }
     }
 }

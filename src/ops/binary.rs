@@ -24,6 +24,16 @@ impl BinaryKind {
             BinaryKind::Div => "div",
         }
     }
+    /// The code the GPU kernels switch on (`BIN_*` in kernels/common.cuh,
+    /// `binop` in shaders/common.wgsl).
+    pub fn code(self) -> u32 {
+        match self {
+            BinaryKind::Add => 0,
+            BinaryKind::Sub => 1,
+            BinaryKind::Mul => 2,
+            BinaryKind::Div => 3,
+        }
+    }
     #[inline(always)]
     pub fn apply(self, a: f32, b: f32) -> f32 {
         match self {

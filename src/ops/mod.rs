@@ -14,6 +14,7 @@ pub mod conv2d;
 pub mod cross_entropy;
 pub mod dropout;
 pub mod elementwise;
+pub mod layer_norm;
 pub mod linear;
 pub mod matmul;
 pub mod pool;

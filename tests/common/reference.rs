@@ -547,11 +547,12 @@ pub fn act_forward(a: Activation, x: f64) -> f64 {
         Activation::Gelu => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
         Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
         Activation::Tanh => x.tanh(),
+        Activation::Rsqrt => 1.0 / x.sqrt(),
     }
 }
 
 /// dx from the saved value and dy, per the op contract: the saved value is
-/// the output y for relu, sigmoid and tanh, and the input x for gelu.
+/// the output y for relu, sigmoid, tanh and rsqrt, and the input x for gelu.
 pub fn act_backward(a: Activation, saved: f64, dy: f64) -> f64 {
     match a {
         Activation::Relu => {
@@ -569,6 +570,7 @@ pub fn act_backward(a: Activation, saved: f64, dy: f64) -> f64 {
         }
         Activation::Sigmoid => dy * saved * (1.0 - saved),
         Activation::Tanh => dy * (1.0 - saved * saved),
+        Activation::Rsqrt => -0.5 * dy * saved * saved * saved,
     }
 }
 

@@ -36,20 +36,6 @@ const H: f64 = 1e-6;
 /// finite differences to be valid: many times `H`.
 const KINK_MARGIN: f64 = 1e-4;
 
-fn input(g: &mut Graph, name: &str, dims: &[usize]) -> ValueId {
-    g.input(name, dims.to_vec(), DType::F32).unwrap()
-}
-
-/// `sum(y ⊙ r)` over all axes, with `r` a new f32 input (filled with random
-/// data by [`random_data`]).
-fn weighted_sum(g: &mut Graph, y: ValueId) -> ValueId {
-    let s = g.shape(y).clone();
-    let r = g.input("r", s.clone(), DType::F32).unwrap();
-    let p = g.mul(y, r).unwrap();
-    let axes: Vec<usize> = (0..s.rank()).collect();
-    g.sum(p, &axes, false).unwrap()
-}
-
 /// Central finite differences of the f64 loss for every element of `w`.
 fn finite_differences(
     fwd: &Graph,
@@ -1225,4 +1211,55 @@ fn apply_gradients_uses_the_given_gradient() {
     let bad = input(&mut g, "b", &[5, 3]);
     assert!(apply_gradients(&mut g, &[(gw, gw)], &cfg).is_err());
     assert!(apply_gradients(&mut g, &[(w, bad)], &cfg).is_err());
+}
+
+/// rsqrt over [0.2, 3): d(x^-1/2) from the output.
+#[test]
+fn rsqrt_gradients() {
+    for (i, xd) in [&[1][..], &[3, 7][..], &[2, 3, 7][..]]
+        .into_iter()
+        .enumerate()
+    {
+        check_op(
+            &format!("rsqrt x {xd:?}"),
+            260 + i as u64,
+            false,
+            |g| {
+                let x = input(g, "x", xd);
+                g.act(Activation::Rsqrt, x).unwrap()
+            },
+            |g, d, r| {
+                let x = g.inputs()[0].1;
+                d.insert(x, uniform_in(r, g.shape(x).numel(), 0.2, 3.0));
+            },
+            &Scalars::new(),
+        );
+    }
+}
+
+/// layer_norm over the last axis, with and without weight and bias, odd
+/// row lengths: gradients of x, weight and bias.
+#[test]
+fn layer_norm_gradients() {
+    for (i, xd) in [&[3, 7][..], &[2, 3, 33][..], &[1, 2][..], &[5][..]]
+        .into_iter()
+        .enumerate()
+    {
+        for affine in [false, true] {
+            check_op(
+                &format!("layer_norm x {xd:?} affine={affine}"),
+                270 + 2 * i as u64 + affine as u64,
+                false,
+                |g| {
+                    let x = input(g, "x", xd);
+                    let n = *xd.last().unwrap();
+                    let w = affine.then(|| g.param("ln.weight", [n]).unwrap());
+                    let b = affine.then(|| g.param("ln.bias", [n]).unwrap());
+                    g.layer_norm(x, w, b, 1e-5).unwrap()
+                },
+                no_adjust,
+                &Scalars::new(),
+            );
+        }
+    }
 }

@@ -26,10 +26,6 @@ const ACTS: [Activation; 4] = [
     Activation::Tanh,
 ];
 
-fn input(g: &mut Graph, name: &str, dims: &[usize]) -> ValueId {
-    g.input(name, dims.to_vec(), DType::F32).unwrap()
-}
-
 /// Run `g` in f32 on the CPU backend and in f64 on the reference; compare
 /// every named output (u32 outputs exactly). The same is done for `g` after
 /// the fusion passes ([`fused`]): its f32 run must match the reference of
@@ -503,6 +499,70 @@ fn activations_forward() {
                 &data,
                 &Scalars::new(),
                 TOL,
+            );
+        }
+    }
+}
+
+/// rsqrt over (0.05, 4).
+#[test]
+fn rsqrt_forward() {
+    let mut r = rng(12);
+    for xd in ELEMENTWISE_SHAPES {
+        let mut g = Graph::new(false);
+        let x = input(&mut g, "x", xd);
+        let y = g.act(Activation::Rsqrt, x).unwrap();
+        g.set_output("y", y);
+        let data = Data::from([(x, uniform_in(&mut r, g.shape(x).numel(), 0.05, 4.0))]);
+        check(&format!("rsqrt x {xd:?}"), &g, &data, &Scalars::new(), TOL);
+    }
+}
+
+/// layer_norm over the last axis against the f64 reference of its
+/// definition (mean, biased variance, eps), with and without weight and
+/// bias; odd row lengths, one row, rows of one element.
+#[test]
+fn layer_norm_forward() {
+    let mut r = rng(13);
+    for xd in [&[3, 7][..], &[2, 3, 33], &[1, 64], &[5, 1], &[129]] {
+        for affine in [false, true] {
+            let mut g = Graph::new(false);
+            let x = input(&mut g, "x", xd);
+            let n = *xd.last().unwrap();
+            let w = affine.then(|| g.param("ln.weight", [n]).unwrap());
+            let b = affine.then(|| g.param("ln.bias", [n]).unwrap());
+            let y = g.layer_norm(x, w, b, 1e-5).unwrap();
+            g.set_output("y", y);
+            let xs = uniform_in(&mut r, g.shape(x).numel(), -3.0, 5.0);
+            let (ws, bs) = (
+                uniform_in(&mut r, n, 0.5, 1.5),
+                uniform_in(&mut r, n, -1.0, 1.0),
+            );
+            // The definition, row by row, in f64 (with the graph's f32
+            // constants 1/n and eps).
+            let (inv_n, eps) = ((1.0 / n as f32) as f64, 1e-5f32 as f64);
+            let mut want = vec![0.0f64; xs.len()];
+            for (row, out) in xs.chunks(n).zip(want.chunks_mut(n)) {
+                let mean = row.iter().sum::<f64>() * inv_n;
+                let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() * inv_n;
+                for (j, (o, v)) in out.iter_mut().zip(row).enumerate() {
+                    *o = (v - mean) / (var + eps).sqrt();
+                    if affine {
+                        *o = *o * ws[j] + bs[j];
+                    }
+                }
+            }
+            let mut data = Data::from([(x, xs)]);
+            if let (Some(w), Some(b)) = (w, b) {
+                data.insert(w, ws);
+                data.insert(b, bs);
+            }
+            let what = format!("layer_norm x {xd:?} affine={affine}");
+            let got = check(&what, &g, &data, &Scalars::new(), TOL);
+            let e = rel_err(&got[y.0 as usize], &want);
+            assert!(
+                e < 1e-12,
+                "{what}: the graph's f64 value is not the definition ({e:.3e})"
             );
         }
     }
@@ -1290,15 +1350,6 @@ fn add_gradients(g: &mut Graph, loss: ValueId, wrt: &[ValueId]) {
     for (i, d) in grads.iter().enumerate() {
         g.set_output(&format!("grad{i}"), *d);
     }
-}
-
-/// `sum(y ⊙ r)` with `r` a new random input.
-fn weighted_sum(g: &mut Graph, y: ValueId) -> ValueId {
-    let s = g.shape(y).clone();
-    let r = g.input("r", s.clone(), DType::F32).unwrap();
-    let p = g.mul(y, r).unwrap();
-    let axes: Vec<usize> = (0..s.rank()).collect();
-    g.sum(p, &axes, false).unwrap()
 }
 
 /// Epilogue fusion: conv2d / linear (+ bias) followed by a separate relu,

@@ -99,27 +99,15 @@ impl CStruct {
     }
 }
 
-/// Activation codes of common.cuh.
+/// [`Activation::code`](crate::ops::Activation::code), as a kernel argument.
 pub fn act_code(a: crate::ops::Activation) -> i32 {
-    use crate::ops::Activation::*;
-    match a {
-        Relu => 0,
-        Gelu => 1,
-        Sigmoid => 2,
-        Tanh => 3,
-    }
+    a.code() as i32
 }
 
 /// `ACT_NONE`.
-pub const ACT_NONE: i32 = -1;
+pub const ACT_NONE: i32 = 0;
 
-/// Binary op codes of common.cuh.
+/// [`BinaryKind::code`](crate::ops::BinaryKind::code), as a kernel argument.
 pub fn binary_code(k: crate::ops::BinaryKind) -> i32 {
-    use crate::ops::BinaryKind::*;
-    match k {
-        Add => 0,
-        Sub => 1,
-        Mul => 2,
-        Div => 3,
-    }
+    k.code() as i32
 }

@@ -161,22 +161,11 @@ impl Params {
 }
 
 pub(super) fn act_code(a: Option<Activation>) -> usize {
-    match a {
-        None => 0,
-        Some(Activation::Relu) => 1,
-        Some(Activation::Gelu) => 2,
-        Some(Activation::Sigmoid) => 3,
-        Some(Activation::Tanh) => 4,
-    }
+    Activation::code_of(a) as usize
 }
 
 pub(super) fn binary_code(k: BinaryKind) -> usize {
-    match k {
-        BinaryKind::Add => 0,
-        BinaryKind::Sub => 1,
-        BinaryKind::Mul => 2,
-        BinaryKind::Div => 3,
-    }
+    k.code() as usize
 }
 
 pub(super) fn groups_for(n: usize) -> usize {
