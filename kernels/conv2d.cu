@@ -16,7 +16,8 @@
 #include "gemm.cuh"
 
 struct ConvGeom {
-  int n, ci, h, w, co, kh, kw, oh, ow, sh, sw, ph, pw, dh, dw;
+  // Conv2dGeom::kernel_params in src/ops/conv2d.rs.
+  int n, ci, h, w, co, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow;
 };
 
 // Forward B: rows are output pixels j = (n, oh, ow), k = (ci, kh, kw).

@@ -6,6 +6,7 @@
 #include "common.cuh"
 
 struct PoolGeom {
+  // The plane count, then Pool2dGeom::kernel_params (src/ops/pool.rs).
   int planes, h, w, oh, ow, kh, kw, sh, sw, ph, pw;
 };
 

@@ -189,34 +189,29 @@ impl Suite<'_> {
     }
 
     fn compute(&mut self, name: &str, secs: Result<f64>, flops: f64, work: &str) {
-        let secs = match secs {
-            Ok(t) => t,
-            Err(e) => return self.skip(name, e),
-        };
-        let g = flops / secs / 1e9;
-        self.out.push(Figure {
-            name: name.into(),
-            seconds: secs,
-            unit: "GFLOP/s".into(),
-            value: g,
-            percent_of_peak: Some(100.0 * g / self.peaks.fma_gflops),
-            work: work.into(),
-            skipped: None,
-        });
+        let peak = self.peaks.fma_gflops;
+        self.rate(name, secs, (flops, "GFLOP/s", peak), work);
     }
 
     fn memory(&mut self, name: &str, secs: Result<f64>, bytes: f64, work: &str) {
+        let peak = self.peaks.mem_gbps;
+        self.rate(name, secs, (bytes, "GB/s", peak), work);
+    }
+
+    /// A figure of `amount / seconds` in units of 1e9, against `peak`.
+    fn rate(&mut self, name: &str, secs: Result<f64>, per: (f64, &str, f64), work: &str) {
+        let (amount, unit, peak) = per;
         let secs = match secs {
             Ok(t) => t,
             Err(e) => return self.skip(name, e),
         };
-        let g = bytes / secs / 1e9;
+        let g = amount / secs / 1e9;
         self.out.push(Figure {
             name: name.into(),
             seconds: secs,
-            unit: "GB/s".into(),
+            unit: unit.into(),
             value: g,
-            percent_of_peak: Some(100.0 * g / self.peaks.mem_gbps),
+            percent_of_peak: Some(100.0 * g / peak),
             work: work.into(),
             skipped: None,
         });

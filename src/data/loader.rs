@@ -445,31 +445,16 @@ mod tests {
     #[test]
     fn bad_arguments_and_empty_dataset() {
         let d = indexed(5);
-        let e = BatchLoader::new(
-            d.clone(),
-            Normalizer::identity(2),
-            0,
-            None,
-            0,
-            Augment::none(),
-            false,
-        )
-        .err()
-        .unwrap()
-        .to_string();
+        let refused = |channels: usize, batch: usize| {
+            let norm = Normalizer::identity(channels);
+            BatchLoader::new(d.clone(), norm, batch, None, 0, Augment::none(), false)
+                .err()
+                .unwrap()
+                .to_string()
+        };
+        let e = refused(2, 0);
         assert!(e.contains("batch size"), "{e}");
-        let e = BatchLoader::new(
-            d,
-            Normalizer::identity(3),
-            4,
-            None,
-            0,
-            Augment::none(),
-            false,
-        )
-        .err()
-        .unwrap()
-        .to_string();
+        let e = refused(3, 4);
         assert!(e.contains("3 means") && e.contains("2 channels"), "{e}");
         let empty = Arc::new(Dataset::new(vec![], vec![], 1, 2, 2).unwrap());
         let mut l = loader(&empty, 4, Some(1), 0);

@@ -69,39 +69,36 @@ impl Session {
     }
 
     pub fn write_input(&mut self, program: usize, name: &str, data: &[f32]) -> Result<()> {
-        let b = self.input(program, name)?;
-        if b.dtype != DType::F32 || data.len() != b.slot.len {
-            return Err(Error::shape(
-                "input",
-                format!(
-                    "'{name}' expects {} {} values (shape {}), got {} f32",
-                    b.slot.len,
-                    b.dtype,
-                    b.shape,
-                    data.len()
-                ),
-            ));
-        }
-        let slot = b.slot;
-        self.exe.write(slot, data)
+        self.write_input_words(program, name, DType::F32, data)
     }
 
     pub fn write_input_u32(&mut self, program: usize, name: &str, data: &[u32]) -> Result<()> {
+        self.write_input_words(program, name, DType::U32, bytemuck::cast_slice(data))
+    }
+
+    /// Writes `words` (values of `dtype`, u32 as their bits) to an input.
+    fn write_input_words(
+        &mut self,
+        program: usize,
+        name: &str,
+        dtype: DType,
+        words: &[f32],
+    ) -> Result<()> {
         let b = self.input(program, name)?;
-        if b.dtype != DType::U32 || data.len() != b.slot.len {
+        if b.dtype != dtype || words.len() != b.slot.len {
             return Err(Error::shape(
                 "input",
                 format!(
-                    "'{name}' expects {} {} values (shape {}), got {} u32",
+                    "'{name}' expects {} {} values (shape {}), got {} {dtype}",
                     b.slot.len,
                     b.dtype,
                     b.shape,
-                    data.len()
+                    words.len()
                 ),
             ));
         }
         let slot = b.slot;
-        self.exe.write(slot, bytemuck::cast_slice(data))
+        self.exe.write(slot, words)
     }
 
     pub fn run(&mut self, program: usize) -> Result<()> {

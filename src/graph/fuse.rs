@@ -84,6 +84,11 @@ fn cleared(g: &Graph, i: usize) -> bool {
     n.outputs.is_empty() && n.mutates.is_empty()
 }
 
+/// Node `i`, unless an earlier rewrite cleared it.
+fn live(g: &Graph, i: usize) -> Option<NodeId> {
+    (!cleared(g, i)).then_some(NodeId(i as u32))
+}
+
 fn clear_dead(g: &mut Graph) {
     let live = live_nodes(g);
     for (i, l) in live.iter().enumerate() {
@@ -122,10 +127,7 @@ fn producer(g: &Graph, v: ValueId) -> Option<NodeId> {
 fn constant_loss_grad(g: &mut Graph, out: &mut Vec<Fusion>) {
     let cons = consumers(g);
     for i in 0..g.nodes.len() {
-        if cleared(g, i) {
-            continue;
-        }
-        let n = NodeId(i as u32);
+        let Some(n) = live(g, i) else { continue };
         if g.nodes[i].op != (Op::CrossEntropyBackward { dloss: None }) {
             continue;
         }
@@ -152,10 +154,7 @@ fn constant_loss_grad(g: &mut Graph, out: &mut Vec<Fusion>) {
 fn epilogue(g: &mut Graph, out: &mut Vec<Fusion>) {
     let cons = consumers(g);
     for i in 0..g.nodes.len() {
-        if cleared(g, i) {
-            continue;
-        }
-        let n = NodeId(i as u32);
+        let Some(n) = live(g, i) else { continue };
         let Op::Act(a) = g.nodes[i].op else { continue };
         if !a.backward_uses_output() {
             continue;

@@ -203,34 +203,27 @@ impl Graph {
 
     /// Parameters in declaration order, with their names.
     pub fn params(&self) -> Vec<(String, ValueId)> {
-        self.values
-            .iter()
-            .enumerate()
-            .filter_map(|(i, v)| match &v.role {
-                Role::Param(n) => Some((n.clone(), ValueId(i as u32))),
-                _ => None,
-            })
-            .collect()
+        self.named(|r| matches!(r, Role::Param(_)))
     }
 
     /// Persistent values (params and state) with names.
     pub fn persistent(&self) -> Vec<(String, ValueId)> {
-        self.values
-            .iter()
-            .enumerate()
-            .filter_map(|(i, v)| match &v.role {
-                Role::Param(n) | Role::State(n) => Some((n.clone(), ValueId(i as u32))),
-                _ => None,
-            })
-            .collect()
+        self.named(|r| matches!(r, Role::Param(_) | Role::State(_)))
     }
 
     pub fn inputs(&self) -> Vec<(String, ValueId)> {
+        self.named(|r| matches!(r, Role::Input(_)))
+    }
+
+    /// Named values whose role passes `keep`, in declaration order.
+    fn named(&self, keep: impl Fn(&Role) -> bool) -> Vec<(String, ValueId)> {
         self.values
             .iter()
             .enumerate()
             .filter_map(|(i, v)| match &v.role {
-                Role::Input(n) => Some((n.clone(), ValueId(i as u32))),
+                Role::Param(n) | Role::State(n) | Role::Input(n) if keep(&v.role) => {
+                    Some((n.clone(), ValueId(i as u32)))
+                }
                 _ => None,
             })
             .collect()

@@ -18,7 +18,7 @@ use crate::ops::elementwise::EwInstr;
 use crate::ops::matmul::matmul_dims;
 use crate::ops::pool::Pool2dGeom;
 use crate::ops::sgd::SgdConfig;
-use crate::ops::{Activation, BinaryKind, Op};
+use crate::ops::{Activation, BinaryKind, Op, PoolParams};
 use crate::tensor::Shape;
 
 /// `C[b] = op(A[b]) · op(B[b])`, `batch` times, each `m×k · k×n`.
@@ -209,6 +209,22 @@ impl Kernel {
             Ok(())
         };
         let len = |s: &[Shape]| s.first().map_or(0, Shape::numel);
+        // Max-pool forward also writes the argmax, and its backward reads
+        // it; the geometry comes from x (forward) or dx (backward).
+        let pool = |p: &PoolParams, kind: PoolKind, backward: bool| -> Result<Kernel> {
+            let max = kind == PoolKind::Max;
+            need(
+                1 + (max && backward) as usize,
+                1 + (max && !backward) as usize,
+            )?;
+            let op = if max { "max_pool2d" } else { "avg_pool2d" };
+            let x = if backward { &ws[0] } else { &rs[0] };
+            Ok(Kernel::Pool {
+                geom: p.geom(op, x)?,
+                kind,
+                backward,
+            })
+        };
         Ok(match &l.op {
             Op::MatMul { ta, tb } => {
                 need(2, 1)?;
@@ -269,38 +285,10 @@ impl Kernel {
                 need(1, 1)?;
                 Kernel::Conv2dGradBias(planes(name, &rs[0])?)
             }
-            Op::MaxPool2d { p } => {
-                need(1, 2)?;
-                Kernel::Pool {
-                    geom: p.geom("max_pool2d", &rs[0])?,
-                    kind: PoolKind::Max,
-                    backward: false,
-                }
-            }
-            Op::MaxPool2dBackward { p } => {
-                need(2, 1)?;
-                Kernel::Pool {
-                    geom: p.geom("max_pool2d", &ws[0])?,
-                    kind: PoolKind::Max,
-                    backward: true,
-                }
-            }
-            Op::AvgPool2d { p } => {
-                need(1, 1)?;
-                Kernel::Pool {
-                    geom: p.geom("avg_pool2d", &rs[0])?,
-                    kind: PoolKind::Avg,
-                    backward: false,
-                }
-            }
-            Op::AvgPool2dBackward { p } => {
-                need(1, 1)?;
-                Kernel::Pool {
-                    geom: p.geom("avg_pool2d", &ws[0])?,
-                    kind: PoolKind::Avg,
-                    backward: true,
-                }
-            }
+            Op::MaxPool2d { p } => pool(p, PoolKind::Max, false)?,
+            Op::MaxPool2dBackward { p } => pool(p, PoolKind::Max, true)?,
+            Op::AvgPool2d { p } => pool(p, PoolKind::Avg, false)?,
+            Op::AvgPool2dBackward { p } => pool(p, PoolKind::Avg, true)?,
             Op::GlobalAvgPool => {
                 need(1, 1)?;
                 Kernel::GlobalAvgPool {

@@ -87,6 +87,36 @@ pub struct Module {
 }
 
 impl Module {
+    /// The program a backend is asked to run, after checking the scalars
+    /// passed match the module's (the same check on every backend).
+    pub fn program_for_run(&self, program: usize, scalars: &[f32]) -> Result<&Program> {
+        let p = self
+            .programs
+            .get(program)
+            .ok_or_else(|| Error::Usage(format!("no program {program}")))?;
+        if scalars.len() != self.scalars.len() {
+            return Err(Error::Usage(format!(
+                "program '{}' needs {} scalars ({:?}), got {}",
+                p.name,
+                self.scalars.len(),
+                self.scalars,
+                scalars.len()
+            )));
+        }
+        Ok(p)
+    }
+
+    /// A host buffer of `len` words may be copied to or from `slot`.
+    pub fn check_transfer(&self, slot: Slot, len: usize) -> Result<()> {
+        if slot.len != len || slot.end() > self.arena_words {
+            return Err(Error::Usage(format!(
+                "buffer of {len} words for a slot of {} words",
+                slot.len
+            )));
+        }
+        Ok(())
+    }
+
     /// "train, infer": the program names, for error messages.
     pub fn program_names(&self) -> String {
         let names: Vec<&str> = self.programs.iter().map(|p| p.name.as_str()).collect();

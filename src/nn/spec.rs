@@ -446,24 +446,14 @@ impl ModelSpec {
                     n_conv += 1;
                     // Bounded: c <= 2^32 and kernel <= 2^16 (checked above).
                     let fan_in = s.0[1].saturating_mul(kernel * kernel);
-                    let w = declare(
+                    let (w, b) = weight_and_bias(
+                        &mut declare,
                         g,
-                        format!("conv{n_conv}.weight"),
+                        &format!("conv{n_conv}"),
                         vec![*filters, s.0[1], *kernel, *kernel],
-                        Init::FanIn(fan_in),
-                        false,
+                        *bias,
+                        fan_in,
                     )?;
-                    let b = if *bias {
-                        Some(declare(
-                            g,
-                            format!("conv{n_conv}.bias"),
-                            vec![*filters],
-                            Init::FanIn(fan_in),
-                            false,
-                        )?)
-                    } else {
-                        None
-                    };
                     let p = ConvParams {
                         stride: (*stride, *stride),
                         pad: (*padding, *padding),
@@ -471,22 +461,12 @@ impl ModelSpec {
                     };
                     g.conv2d(h, w, b, p).map_err(at)?
                 }
-                Layer::MaxPool2d { kernel, stride } => {
-                    let p = PoolParams {
-                        kernel: (*kernel, *kernel),
-                        stride: (stride.unwrap_or(*kernel), stride.unwrap_or(*kernel)),
-                        pad: (0, 0),
-                    };
-                    g.max_pool2d(h, p).map_err(at)?
-                }
-                Layer::AvgPool2d { kernel, stride } => {
-                    let p = PoolParams {
-                        kernel: (*kernel, *kernel),
-                        stride: (stride.unwrap_or(*kernel), stride.unwrap_or(*kernel)),
-                        pad: (0, 0),
-                    };
-                    g.avg_pool2d(h, p).map_err(at)?
-                }
+                Layer::MaxPool2d { kernel, stride } => g
+                    .max_pool2d(h, square_window(*kernel, *stride))
+                    .map_err(at)?,
+                Layer::AvgPool2d { kernel, stride } => g
+                    .avg_pool2d(h, square_window(*kernel, *stride))
+                    .map_err(at)?,
                 Layer::GlobalAvgPool => g.global_avg_pool(h).map_err(at)?,
                 Layer::Flatten => g.flatten(h).map_err(at)?,
                 Layer::Dense { units, bias } => {
@@ -495,24 +475,14 @@ impl ModelSpec {
                     }
                     n_fc += 1;
                     let fan_in = s.0[1];
-                    let w = declare(
+                    let (w, b) = weight_and_bias(
+                        &mut declare,
                         g,
-                        format!("fc{n_fc}.weight"),
+                        &format!("fc{n_fc}"),
                         vec![*units, fan_in],
-                        Init::FanIn(fan_in),
-                        false,
+                        *bias,
+                        fan_in,
                     )?;
-                    let b = if *bias {
-                        Some(declare(
-                            g,
-                            format!("fc{n_fc}.bias"),
-                            vec![*units],
-                            Init::FanIn(fan_in),
-                            false,
-                        )?)
-                    } else {
-                        None
-                    };
                     g.linear(h, w, b).map_err(at)?
                 }
                 Layer::Relu => g.act(Activation::Relu, h)?,
@@ -584,5 +554,46 @@ impl ModelSpec {
             )));
         }
         Ok(h)
+    }
+}
+/// `<prefix>.weight` of `shape` and, with `bias`, `<prefix>.bias` of
+/// `[shape[0]]`, both initialised from the layer's fan-in (PyTorch's
+/// default for conv and linear layers).
+fn weight_and_bias(
+    declare: &mut impl FnMut(&mut Graph, String, Vec<usize>, Init, bool) -> Result<ValueId>,
+    g: &mut Graph,
+    prefix: &str,
+    shape: Vec<usize>,
+    bias: bool,
+    fan_in: usize,
+) -> Result<(ValueId, Option<ValueId>)> {
+    let out = shape[0];
+    let w = declare(
+        g,
+        format!("{prefix}.weight"),
+        shape,
+        Init::FanIn(fan_in),
+        false,
+    )?;
+    let b = match bias {
+        true => Some(declare(
+            g,
+            format!("{prefix}.bias"),
+            vec![out],
+            Init::FanIn(fan_in),
+            false,
+        )?),
+        false => None,
+    };
+    Ok((w, b))
+}
+
+/// A square, unpadded pooling window; the stride defaults to the window.
+fn square_window(kernel: usize, stride: Option<usize>) -> PoolParams {
+    let stride = stride.unwrap_or(kernel);
+    PoolParams {
+        kernel: (kernel, kernel),
+        stride: (stride, stride),
+        pad: (0, 0),
     }
 }

@@ -130,6 +130,23 @@ impl Graph {
 }
 
 /// Gradient rule shared by standalone activations and fused epilogues.
+/// dy through a fused epilogue activation `act` (whose output is `y`):
+/// the gradient the layer below the activation receives.
+pub fn masked_grad(
+    g: &mut Graph,
+    act: Option<Activation>,
+    y: ValueId,
+    dy: ValueId,
+) -> Result<ValueId> {
+    match act {
+        Some(a) => {
+            let s = g.shape(y).clone();
+            g.push1(Op::ActBackward(a), vec![y, dy], s)
+        }
+        None => Ok(dy),
+    }
+}
+
 pub fn backward(
     g: &mut Graph,
     a: Activation,

@@ -48,6 +48,18 @@ impl Conv2dGeom {
         ))
     }
 
+    /// The geometry as the GPU kernels take it (`ConvGeom` of
+    /// kernels/conv2d.cu, params 16.. of shaders/conv2d.wgsl): n, c_in, h,
+    /// w, c_out, kh, kw, stride, pad, dilation, oh, ow.
+    pub fn kernel_params(&self) -> Option<[usize; 15]> {
+        let (oh, ow) = self.out_hw()?;
+        let [(sh, sw), (ph, pw), (dh, dw)] = [self.stride, self.pad, self.dilation];
+        let (n, ci, co) = (self.n, self.c_in, self.c_out);
+        Some([
+            n, ci, self.h, self.w, co, self.kh, self.kw, sh, sw, ph, pw, dh, dw, oh, ow,
+        ])
+    }
+
     /// `2·N·Cout·OH·OW·Cin·KH·KW` (0 if the kernel does not fit).
     pub fn flops_forward(&self) -> u64 {
         let (oh, ow) = self.out_hw().unwrap_or((0, 0));
@@ -208,13 +220,7 @@ pub fn backward(
     dy: ValueId,
 ) -> Result<Vec<Option<ValueId>>> {
     let (x, w) = (inputs[0], inputs[1]);
-    let dy = match act {
-        Some(a) => {
-            let s = g.shape(y).clone();
-            g.push1(Op::ActBackward(a), vec![y, dy], s)?
-        }
-        None => dy,
-    };
+    let dy = super::activation::masked_grad(g, act, y, dy)?;
     let (sx, sw) = (g.shape(x).clone(), g.shape(w).clone());
     let dx = g.push1(Op::Conv2dGradInput { p }, vec![dy, w], sx)?;
     let dw = g.push1(Op::Conv2dGradWeight { p }, vec![x, dy], sw.clone())?;

@@ -64,13 +64,7 @@ pub fn backward(
     dy: ValueId,
 ) -> Result<Vec<Option<ValueId>>> {
     let (x, w) = (inputs[0], inputs[1]);
-    let dy = match act {
-        Some(a) => {
-            let s = g.shape(y).clone();
-            g.push1(Op::ActBackward(a), vec![y, dy], s)?
-        }
-        None => dy,
-    };
+    let dy = super::activation::masked_grad(g, act, y, dy)?;
     let sx = g.shape(x).clone();
     let k = sx.last();
     let rows = sx.numel() / k.max(1);

@@ -45,6 +45,15 @@ impl Pool2dGeom {
         ))
     }
 
+    /// The window as the GPU kernels take it after the plane count
+    /// (`PoolGeom` of kernels/pool.cu, shaders/pool.wgsl): h, w, oh, ow,
+    /// kh, kw, stride, pad.
+    pub fn kernel_params(&self) -> Option<[usize; 10]> {
+        let (oh, ow) = self.out_hw()?;
+        let [(sh, sw), (ph, pw)] = [self.stride, self.pad];
+        Some([self.h, self.w, oh, ow, self.kh, self.kw, sh, sw, ph, pw])
+    }
+
     /// Number of elements of `x` / `dx` (`N·C·H·W`).
     pub fn x_len(&self) -> usize {
         self.n * self.c * self.h * self.w

@@ -4,7 +4,7 @@ use crate::ops::binary::*;
 use crate::tensor::Shape;
 use rayon::prelude::*;
 
-const PAR_MIN: usize = 1 << 15;
+use super::par::ELEMENTWISE_PAR_MIN as PAR_MIN;
 
 /// Iterate the output in rows of its last axis, handing each row's offsets
 /// into `a` and `b`. Rows are independent, so they run in parallel.
@@ -18,14 +18,7 @@ pub fn cpu_binary(
     y: &mut [f32],
 ) {
     if sa == so && sb == so {
-        let f = |(y, (a, b)): (&mut f32, (&f32, &f32))| *y = kind.apply(*a, *b);
-        if y.len() >= PAR_MIN && super::par::threads() > 1 {
-            y.par_iter_mut()
-                .zip(a.par_iter().zip(b.par_iter()))
-                .for_each(f);
-        } else {
-            y.iter_mut().zip(a.iter().zip(b.iter())).for_each(f);
-        }
+        super::par::map2(y, a, b, |a, b| kind.apply(a, b));
         return;
     }
     let r = so.rank();
@@ -103,11 +96,5 @@ pub fn cpu_binary_inplace(
 }
 
 pub fn cpu_scale(alpha: f32, x: &[f32], y: &mut [f32]) {
-    if y.len() >= PAR_MIN && super::par::threads() > 1 {
-        y.par_iter_mut()
-            .zip(x.par_iter())
-            .for_each(|(y, x)| *y = x * alpha);
-    } else {
-        y.iter_mut().zip(x).for_each(|(y, x)| *y = x * alpha);
-    }
+    super::par::map1(y, x, |x| x * alpha);
 }

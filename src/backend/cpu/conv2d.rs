@@ -772,16 +772,9 @@ fn sum_f64(v: &[f32]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::{rngs::StdRng, Rng, SeedableRng};
+    use rand::{rngs::StdRng, SeedableRng};
 
-    fn rand_vec(rng: &mut StdRng, len: usize) -> Vec<f32> {
-        // Uniform in [-1, 1]; forcing one entry keeps it never all-zero.
-        let mut v: Vec<f32> = (0..len).map(|_| rng.random_range(-1.0..=1.0)).collect();
-        if let Some(first) = v.first_mut() {
-            *first = 0.75;
-        }
-        v
-    }
+    use crate::backend::cpu::testing::{rand_vec_from as rand_vec, rel_err};
 
     /// Reference: input index read by output `o` at tap `k`, if inside.
     fn tap(o: usize, k: usize, s: usize, p: usize, d: usize, size: usize) -> Option<usize> {
@@ -854,18 +847,6 @@ mod tests {
             db[(i / (oh * ow)) % g.c_out] += f64::from(v);
         }
         db
-    }
-
-    fn rel_err(got: &[f32], want: &[f64]) -> f64 {
-        assert_eq!(got.len(), want.len());
-        let diff: f64 = got
-            .iter()
-            .zip(want)
-            .map(|(&a, &b)| (f64::from(a) - b).powi(2))
-            .sum();
-        let norm: f64 = want.iter().map(|b| b * b).sum();
-        assert!(norm > 0.0, "reference is all zeros");
-        (diff / norm).sqrt()
     }
 
     #[allow(clippy::too_many_arguments)]

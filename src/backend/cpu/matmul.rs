@@ -217,17 +217,7 @@ pub fn cpu_gemm(
 mod tests {
     use super::*;
 
-    fn rand_vec(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::backend::cpu::testing::{check_gemm, rand_vec};
 
     /// Every path of `sgemm` (the `gemm` crate, the transposed-B copy, the
     /// small dot-product kernel; serial and parallel; accumulating or not)
@@ -248,28 +238,17 @@ mod tests {
                     for accumulate in [false, true] {
                         let mut c = base.clone();
                         sgemm(m, n, k, &a, a_t, &b, b_t, &mut c, accumulate, threads);
-                        for i in 0..m {
-                            for j in 0..n {
-                                let dot: f64 = (0..k)
-                                    .map(|kk| {
-                                        let av = if a_t { a[kk * m + i] } else { a[i * k + kk] };
-                                        let bv = if b_t { b[j * k + kk] } else { b[kk * n + j] };
-                                        av as f64 * bv as f64
-                                    })
-                                    .sum();
-                                let want = dot
-                                    + if accumulate {
-                                        base[i * n + j] as f64
-                                    } else {
-                                        0.0
-                                    };
-                                let got = c[i * n + j] as f64;
-                                assert!(
-                                    (got - want).abs() <= 1e-5 * (k as f64).sqrt() * (1.0 + want.abs()),
-                                    "{m}x{n}x{k} a_t={a_t} b_t={b_t} {threads:?} acc={accumulate} at ({i},{j}): {got} vs {want}"
-                                );
-                            }
-                        }
+                        check_gemm(
+                            &format!(
+                                "{m}x{n}x{k} a_t={a_t} b_t={b_t} {threads:?} acc={accumulate}"
+                            ),
+                            (m, n, k),
+                            |i, kk| if a_t { a[kk * m + i] } else { a[i * k + kk] },
+                            |kk, j| if b_t { b[j * k + kk] } else { b[kk * n + j] },
+                            &base,
+                            accumulate,
+                            &c,
+                        );
                     }
                 }
             }

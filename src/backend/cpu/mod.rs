@@ -23,6 +23,8 @@ pub mod shape;
 pub mod simd_math;
 pub mod small_gemm;
 pub mod softmax;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use crate::backend::{Backend, Executable};
 use crate::error::{Error, Result};
@@ -127,25 +129,15 @@ impl CpuExecutable {
     }
 }
 
-fn check(slot: Slot, len: usize, arena: usize) -> Result<()> {
-    if slot.len != len || slot.end() > arena {
-        return Err(Error::Usage(format!(
-            "buffer of {len} words for a slot of {} words",
-            slot.len
-        )));
-    }
-    Ok(())
-}
-
 impl Executable for CpuExecutable {
     fn write(&mut self, slot: Slot, data: &[f32]) -> Result<()> {
-        check(slot, data.len(), self.module.arena_words)?;
+        self.module.check_transfer(slot, data.len())?;
         self.words_mut()[slot.offset..slot.end()].copy_from_slice(data);
         Ok(())
     }
 
     fn read(&mut self, slot: Slot, out: &mut [f32]) -> Result<()> {
-        check(slot, out.len(), self.module.arena_words)?;
+        self.module.check_transfer(slot, out.len())?;
         out.copy_from_slice(&self.words()[slot.offset..slot.end()]);
         Ok(())
     }
@@ -156,19 +148,7 @@ impl Executable for CpuExecutable {
 
     fn run(&mut self, program: usize, scalars: &[f32]) -> Result<()> {
         let module = Arc::clone(&self.module);
-        let p = module
-            .programs
-            .get(program)
-            .ok_or_else(|| Error::Usage(format!("no program {program}")))?;
-        if scalars.len() != module.scalars.len() {
-            return Err(Error::Usage(format!(
-                "program '{}' needs {} scalars ({:?}), got {}",
-                p.name,
-                module.scalars.len(),
-                module.scalars,
-                scalars.len()
-            )));
-        }
+        let p = module.program_for_run(program, scalars)?;
         let base = self.words_mut().as_mut_ptr();
         let kernels = &self.kernels[program];
         for (l, k) in p.launches.iter().zip(kernels) {

@@ -8,6 +8,7 @@
 //! has a worker per core, and handing small kernels to a pool and back
 //! costs more than it gains at batch 1.
 
+use rayon::prelude::*;
 use std::cell::Cell;
 
 thread_local! {
@@ -64,5 +65,53 @@ mod tests {
         assert!(v.iter().all(|&x| x == 1), "a task ran on another thread");
         assert_eq!(threads(), rayon::current_num_threads());
         assert_eq!(min_len(0), 1);
+    }
+}
+
+/// Elements from which an elementwise loop is split across threads.
+pub const ELEMENTWISE_PAR_MIN: usize = 1 << 15;
+
+fn split_elementwise(n: usize) -> bool {
+    n >= ELEMENTWISE_PAR_MIN && threads() > 1
+}
+
+/// `y[i] = f(x[i])`.
+pub fn map1(y: &mut [f32], x: &[f32], f: impl Fn(f32) -> f32 + Sync + Send) {
+    let f = |(y, x): (&mut f32, &f32)| *y = f(*x);
+    if split_elementwise(y.len()) {
+        y.par_iter_mut().zip(x.par_iter()).for_each(f);
+    } else {
+        y.iter_mut().zip(x).for_each(f);
+    }
+}
+
+/// `y[i] = f(y[i])`.
+pub fn map_inplace(y: &mut [f32], f: impl Fn(f32) -> f32 + Sync + Send) {
+    if split_elementwise(y.len()) {
+        y.par_iter_mut().for_each(|y| *y = f(*y));
+    } else {
+        y.iter_mut().for_each(|y| *y = f(*y));
+    }
+}
+
+/// `y[i] = f(a[i], b[i])`.
+pub fn map2(y: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Send) {
+    let f = |(y, (a, b)): (&mut f32, (&f32, &f32))| *y = f(*a, *b);
+    if split_elementwise(y.len()) {
+        y.par_iter_mut()
+            .zip(a.par_iter().zip(b.par_iter()))
+            .for_each(f);
+    } else {
+        y.iter_mut().zip(a.iter().zip(b)).for_each(f);
+    }
+}
+
+/// `y[i] = f(y[i], a[i])`.
+pub fn map2_inplace(y: &mut [f32], a: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Send) {
+    let f = |(y, a): (&mut f32, &f32)| *y = f(*y, *a);
+    if split_elementwise(y.len()) {
+        y.par_iter_mut().zip(a.par_iter()).for_each(f);
+    } else {
+        y.iter_mut().zip(a).for_each(f);
     }
 }

@@ -270,6 +270,21 @@ pub fn maxpool2d_backward(g: &Pool2dGeom, dy: &[f32], argmax: &[u32], dx: &mut [
         });
 }
 
+/// Each (window row, output row segment) of a plane, as average pooling
+/// walks it: `f(first, sw, outs)` gets the input index of the segment's
+/// first tap, the column stride, and the output indices it feeds.
+fn for_each_row_tap(
+    g: &Pool2dGeom,
+    (oh, ow): (usize, usize),
+    mut f: impl FnMut(usize, usize, Range<usize>),
+) {
+    let sw = g.stride.1;
+    g.for_each_tap((oh, ow), |i, ih, b, js| {
+        let first = ih * g.w + js.start * sw + b - g.pad.1;
+        f(first, sw, i * ow + js.start..i * ow + js.end);
+    });
+}
+
 /// Average pooling with PyTorch's default `count_include_pad = true`: each
 /// window's sum over real pixels is divided by `kh·kw` (in floor mode no
 /// window reaches past the padding, so that is the padded window's size).
@@ -285,10 +300,8 @@ pub fn avgpool2d_forward(g: &Pool2dGeom, x: &[f32], y: &mut [f32]) {
         .with_min_len(super::par::min_len(planes_per_task(g.kh * g.kw * out)))
         .for_each(|(y, x)| {
             y.fill(0.0);
-            let sw = g.stride.1;
-            g.for_each_tap((oh, ow), |i, ih, b, js| {
-                let first = ih * g.w + js.start * sw + b - g.pad.1;
-                let ys = &mut y[i * ow + js.start..i * ow + js.end];
+            for_each_row_tap(g, (oh, ow), |first, sw, outs| {
+                let ys = &mut y[outs];
                 match sw {
                     1 => sum_tap(x, first, 1, ys),
                     2 => sum_tap(x, first, 2, ys),
@@ -319,10 +332,8 @@ pub fn avgpool2d_backward(g: &Pool2dGeom, dy: &[f32], dx: &mut [f32]) {
         .with_min_len(super::par::min_len(planes_per_task(g.kh * g.kw * out)))
         .for_each(|(dx, dy)| {
             dx.fill(0.0);
-            let sw = g.stride.1;
-            g.for_each_tap((oh, ow), |i, ih, b, js| {
-                let first = ih * g.w + js.start * sw + b - g.pad.1;
-                let ds = &dy[i * ow + js.start..i * ow + js.end];
+            for_each_row_tap(g, (oh, ow), |first, sw, outs| {
+                let ds = &dy[outs];
                 match sw {
                     1 => spread_tap(ds, scale, dx, first, 1),
                     2 => spread_tap(ds, scale, dx, first, 2),
@@ -371,13 +382,7 @@ mod tests {
     use super::*;
     use rand::{rngs::StdRng, Rng, SeedableRng};
 
-    fn rand_vec(rng: &mut StdRng, len: usize) -> Vec<f32> {
-        let mut v: Vec<f32> = (0..len).map(|_| rng.random_range(-1.0..=1.0)).collect();
-        if let Some(first) = v.first_mut() {
-            *first = 0.75;
-        }
-        v
-    }
+    use crate::backend::cpu::testing::{rand_vec_from as rand_vec, rel_err};
 
     /// Few distinct values, so windows are full of ties.
     fn tie_vec(rng: &mut StdRng, len: usize) -> Vec<f32> {
@@ -505,18 +510,6 @@ mod tests {
             dx[(o / out) * g.h * g.w + a as usize] += f64::from(d);
         }
         dx
-    }
-
-    fn rel_err(got: &[f32], want: &[f64]) -> f64 {
-        assert_eq!(got.len(), want.len());
-        let diff: f64 = got
-            .iter()
-            .zip(want)
-            .map(|(&a, &b)| (f64::from(a) - b).powi(2))
-            .sum();
-        let norm: f64 = want.iter().map(|b| b * b).sum();
-        assert!(norm > 0.0, "reference is all zeros");
-        (diff / norm).sqrt()
     }
 
     fn bits_eq(a: &[f32], b: &[f32]) -> bool {

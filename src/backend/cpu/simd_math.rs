@@ -13,26 +13,29 @@
 /// `1.5·2^23`: adding it rounds an `f32` of magnitude below `2^22` to an
 /// integer, which then sits in the low mantissa bits.
 const ROUND: f32 = 12_582_912.0;
+/// Below `EXP_LO`, `e^x` is under f32::MIN_POSITIVE.
+const EXP_LO: f32 = -87.336_55;
+/// ln 2 split in a part exact in a few bits and a correction, so that
+/// `x - n·ln2` loses nothing for |n| <= 128.
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+/// Minimax coefficients of (e^r - 1 - r) / r² on [-ln2/2, ln2/2].
+const EXP_P: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    0.5,
+];
 
 /// `e^x`, vectorisable; see the module doc for its accuracy and range.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
-    // Below LO the result is under f32::MIN_POSITIVE; above HI it overflows.
-    const LO: f32 = -87.336_55;
+    // Above HI it overflows.
+    const LO: f32 = EXP_LO;
     const HI: f32 = 88.722_84;
-    // ln 2 split in a part exact in a few bits and a correction, so that
-    // `x - n·ln2` loses nothing for |n| <= 128.
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    // Minimax coefficients of (e^r - 1 - r) / r² on [-ln2/2, ln2/2].
-    const P: [f32; 6] = [
-        1.987_569_1e-4,
-        1.398_199_9e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        1.666_666_5e-1,
-        0.5,
-    ];
+    const P: [f32; 6] = EXP_P;
     // NaN passes through the clamp.
     let t = x.clamp(LO, HI);
     let shifted = t * std::f32::consts::LOG2_E + ROUND;
@@ -66,17 +69,8 @@ pub fn exp(x: f32) -> f32 {
 /// no overflow handling. Positive `x` gives garbage; NaN gives NaN.
 #[inline(always)]
 pub fn exp_nonpositive<const FMA: bool>(x: f32) -> f32 {
-    const LO: f32 = -87.336_55;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    const P: [f32; 6] = [
-        1.987_569_1e-4,
-        1.398_199_9e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        1.666_666_5e-1,
-        0.5,
-    ];
+    const LO: f32 = EXP_LO;
+    const P: [f32; 6] = EXP_P;
     let fma = |a: f32, b: f32, c: f32| if FMA { a.mul_add(b, c) } else { a * b + c };
     let t = if x < LO { LO } else { x };
     let shifted = fma(t, std::f32::consts::LOG2_E, ROUND);

@@ -348,19 +348,7 @@ fn nt<const FMA: bool>(
 mod tests {
     use super::*;
 
-    fn rand_vec(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..len)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::backend::cpu::testing::{check_gemm, rand_vec};
 
     #[test]
     fn windows_match_f64_on_odd_shapes() {
@@ -413,24 +401,15 @@ mod tests {
             for accumulate in [false, true] {
                 let mut y = base.clone();
                 gemm_nt_small(m, n, k, &x, &w, &mut y, accumulate);
-                for i in 0..m {
-                    for j in 0..n {
-                        let dot: f64 = (0..k)
-                            .map(|kk| x[i * k + kk] as f64 * w[j * k + kk] as f64)
-                            .sum();
-                        let want = dot
-                            + if accumulate {
-                                base[i * n + j] as f64
-                            } else {
-                                0.0
-                            };
-                        let got = y[i * n + j] as f64;
-                        assert!(
-                            (got - want).abs() <= 1e-5 * (1.0 + want.abs()) * (k as f64).sqrt(),
-                            "{m}x{n}x{k}: {got} vs {want}"
-                        );
-                    }
-                }
+                check_gemm(
+                    &format!("{m}x{n}x{k}"),
+                    (m, n, k),
+                    |i, kk| x[i * k + kk],
+                    |kk, j| w[j * k + kk],
+                    &base,
+                    accumulate,
+                    &y,
+                );
             }
         }
     }

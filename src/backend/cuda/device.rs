@@ -428,6 +428,20 @@ fn pack(args: &[Arg], bases: &HashMap<Buf, u64>) -> (Vec<u64>, Vec<usize>) {
 }
 
 impl CudaExecutable {
+    /// Checks a copy of `len` words to or from `slot` and binds the
+    /// context; false when there is nothing to copy.
+    fn begin_transfer(&self, slot: Slot, len: usize) -> Result<bool> {
+        self.module.check_transfer(slot, len)?;
+        if len == 0 {
+            return Ok(false);
+        }
+        self.dev
+            .ctx
+            .bind_to_thread()
+            .map_err(|e| self.err("binding the context", e))?;
+        Ok(true)
+    }
+
     fn err(&self, what: impl std::fmt::Display, e: DriverError) -> Error {
         self.dev.err(what, e)
     }
@@ -490,19 +504,7 @@ impl CudaExecutable {
     /// Queue program `p` (scalars first); no synchronization.
     fn enqueue(&mut self, p: usize, scalars: &[f32]) -> Result<()> {
         let module = Arc::clone(&self.module);
-        let prog = module
-            .programs
-            .get(p)
-            .ok_or_else(|| Error::Usage(format!("no program {p}")))?;
-        if scalars.len() != module.scalars.len() {
-            return Err(Error::Usage(format!(
-                "program '{}' needs {} scalars ({:?}), got {}",
-                prog.name,
-                module.scalars.len(),
-                module.scalars,
-                scalars.len()
-            )));
-        }
+        let prog = module.program_for_run(p, scalars)?;
         self.dev
             .ctx
             .bind_to_thread()
@@ -590,28 +592,13 @@ impl CudaExecutable {
             Some(GraphState::Ready(_))
         )
     }
-
-    fn check_slot(&self, slot: Slot, len: usize) -> Result<()> {
-        if slot.len != len || slot.end() > self.module.arena_words {
-            return Err(Error::Usage(format!(
-                "buffer of {len} words for a slot of {} words",
-                slot.len
-            )));
-        }
-        Ok(())
-    }
 }
 
 impl Executable for CudaExecutable {
     fn write(&mut self, slot: Slot, data: &[f32]) -> Result<()> {
-        self.check_slot(slot, data.len())?;
-        if data.is_empty() {
+        if !self.begin_transfer(slot, data.len())? {
             return Ok(());
         }
-        self.dev
-            .ctx
-            .bind_to_thread()
-            .map_err(|e| self.err("binding the context", e))?;
         let stream = Arc::clone(&self.dev.stream);
         let label = self.dev.label();
         let mut view = self
@@ -627,14 +614,9 @@ impl Executable for CudaExecutable {
     }
 
     fn read(&mut self, slot: Slot, out: &mut [f32]) -> Result<()> {
-        self.check_slot(slot, out.len())?;
-        if out.is_empty() {
+        if !self.begin_transfer(slot, out.len())? {
             return Ok(());
         }
-        self.dev
-            .ctx
-            .bind_to_thread()
-            .map_err(|e| self.err("binding the context", e))?;
         let view = self
             .arena
             .try_slice(slot.offset..slot.end())

@@ -81,47 +81,21 @@ pub(super) fn sgemm_kernel(t: Tile, a_k: bool, b_k: bool) -> &'static str {
 }
 
 pub(super) fn conv_geom(g: &Conv2dGeom) -> Result<Vec<u8>> {
-    let (oh, ow) = g
-        .out_hw()
+    let v = g
+        .kernel_params()
         .ok_or_else(|| unsupported("conv2d: bad geometry"))?;
-    let v = [
-        g.n,
-        g.c_in,
-        g.h,
-        g.w,
-        g.c_out,
-        g.kh,
-        g.kw,
-        oh,
-        ow,
-        g.stride.0,
-        g.stride.1,
-        g.pad.0,
-        g.pad.1,
-        g.dilation.0,
-        g.dilation.1,
-    ];
-    let v: Vec<i32> = v.iter().map(|&x| int(x)).collect::<Result<_>>()?;
-    Ok(CStruct::default().i32s(&v, v.len()).bytes())
+    i32_struct(&v)
 }
 
 pub(super) fn pool_geom(g: &Pool2dGeom) -> Result<Vec<u8>> {
-    let (oh, ow) = g
-        .out_hw()
+    let v = g
+        .kernel_params()
         .ok_or_else(|| unsupported("pool: bad geometry"))?;
-    let v = [
-        g.n * g.c,
-        g.h,
-        g.w,
-        oh,
-        ow,
-        g.kh,
-        g.kw,
-        g.stride.0,
-        g.stride.1,
-        g.pad.0,
-        g.pad.1,
-    ];
+    i32_struct(&[&[g.n * g.c][..], &v].concat())
+}
+
+/// A struct of `int`s, each checked to fit.
+fn i32_struct(v: &[usize]) -> Result<Vec<u8>> {
     let v: Vec<i32> = v.iter().map(|&x| int(x)).collect::<Result<_>>()?;
     Ok(CStruct::default().i32s(&v, v.len()).bytes())
 }

@@ -304,61 +304,15 @@ impl Planner {
                 act: a,
                 backward: false,
                 ..
-            } => {
-                let vec = all_aligned(&[l.reads[0].offset, l.writes[0].offset], 4);
-                self.elementwise(
-                    "act_fwd",
-                    out_n,
-                    vec![
-                        r(0),
-                        w(0),
-                        Arg::I32(int(out_n)?),
-                        Arg::I32(act_code(*a)),
-                        Arg::I32(vec as i32),
-                    ],
-                )
-            }
+            } => self.float4_map(l, "act_fwd", out_n, act_code(*a))?,
             Kernel::Act {
                 act: a,
                 backward: true,
                 ..
-            } => {
-                let vec = all_aligned(
-                    &[l.reads[0].offset, l.reads[1].offset, l.writes[0].offset],
-                    4,
-                );
-                self.elementwise(
-                    "act_bwd",
-                    out_n,
-                    vec![
-                        r(0),
-                        r(1),
-                        w(0),
-                        Arg::I32(int(out_n)?),
-                        Arg::I32(act_code(*a)),
-                        Arg::I32(vec as i32),
-                    ],
-                )
-            }
+            } => self.float4_map(l, "act_bwd", out_n, act_code(*a))?,
             Kernel::Binary { kind: k, a, b, out } => {
-                let n = Arg::I32(int(out_n)?);
                 if a == out && b == out {
-                    let vec = all_aligned(
-                        &[l.reads[0].offset, l.reads[1].offset, l.writes[0].offset],
-                        4,
-                    );
-                    self.elementwise(
-                        "binary_same",
-                        out_n,
-                        vec![
-                            r(0),
-                            r(1),
-                            w(0),
-                            n,
-                            Arg::I32(binary_code(*k)),
-                            Arg::I32(vec as i32),
-                        ],
-                    )
+                    self.float4_map(l, "binary_same", out_n, binary_code(*k))?
                 } else {
                     let g = strided(
                         &out.0,
@@ -372,7 +326,7 @@ impl Planner {
                             r(0),
                             r(1),
                             w(0),
-                            n,
+                            Arg::I32(int(out_n)?),
                             Arg::I32(binary_code(*k)),
                             Arg::Bytes(g),
                         ],
@@ -528,48 +482,78 @@ impl Planner {
             Kernel::BatchNormBackward(planes) => self.batch_norm_backward(l, planes, s)?,
             Kernel::Sgd { config: c, .. } => {
                 let per = if c.momentum != 0.0 { 2 } else { 1 };
-                let groups = self.groups(l, per);
-                let Some((tab, count, blocks)) = self.multi_tensor(&groups) else {
-                    return Ok(vec![]);
-                };
-                vec![Call {
-                    kernel: "sgd_update",
-                    grid: [blocks, 1, 1],
-                    args: vec![
-                        Arg::arena(0),
-                        tab,
-                        Arg::I32(count),
-                        Arg::Ptr(Buf::Scalars, 0),
-                        Arg::I32(c.lr.0 as i32),
-                        Arg::F32(c.momentum),
-                        Arg::F32(c.weight_decay),
-                        Arg::I32(c.nesterov as i32),
-                    ],
-                }]
+                let settings = vec![
+                    Arg::I32(c.lr.0 as i32),
+                    Arg::F32(c.momentum),
+                    Arg::F32(c.weight_decay),
+                    Arg::I32(c.nesterov as i32),
+                ];
+                self.optimiser_update(l, "sgd_update", per, settings)
             }
             Kernel::Adam { config: c, .. } => {
-                let groups = self.groups(l, 3);
-                let Some((tab, count, blocks)) = self.multi_tensor(&groups) else {
-                    return Ok(vec![]);
-                };
-                vec![Call {
-                    kernel: "adam_update",
-                    grid: [blocks, 1, 1],
-                    args: vec![
-                        Arg::arena(0),
-                        tab,
-                        Arg::I32(count),
-                        Arg::Ptr(Buf::Scalars, 0),
-                        Arg::I32(c.lr.0 as i32),
-                        Arg::I32(c.step.0 as i32),
-                        Arg::F32(c.beta1),
-                        Arg::F32(c.beta2),
-                        Arg::F32(c.eps),
-                        Arg::F32(c.weight_decay),
-                        Arg::I32(c.decoupled as i32),
-                    ],
-                }]
+                let settings = vec![
+                    Arg::I32(c.lr.0 as i32),
+                    Arg::I32(c.step.0 as i32),
+                    Arg::F32(c.beta1),
+                    Arg::F32(c.beta2),
+                    Arg::F32(c.eps),
+                    Arg::F32(c.weight_decay),
+                    Arg::I32(c.decoupled as i32),
+                ];
+                self.optimiser_update(l, "adam_update", 3, settings)
             }
         })
+    }
+
+    /// An elementwise kernel over `n` elements of every read and the write:
+    /// (operands..., n, `code`, whether all are float4-aligned).
+    fn float4_map(
+        &mut self,
+        l: &Launch,
+        kernel: &'static str,
+        n: usize,
+        code: i32,
+    ) -> Result<Vec<Call>> {
+        let operands: Vec<usize> = l
+            .reads
+            .iter()
+            .chain(&l.writes[..1])
+            .map(|s| s.offset)
+            .collect();
+        let mut args: Vec<Arg> = operands.iter().map(|&o| Arg::arena(o)).collect();
+        args.extend([
+            Arg::I32(int(n)?),
+            Arg::I32(code),
+            Arg::I32(all_aligned(&operands, 4) as i32),
+        ]);
+        Ok(self.elementwise(kernel, n, args))
+    }
+
+    /// One multi-tensor optimiser launch over every tensor group of `l`
+    /// (`per` writes each): arena, tensor table, count, scalars, then the
+    /// optimiser's `settings`.
+    fn optimiser_update(
+        &mut self,
+        l: &Launch,
+        kernel: &'static str,
+        per: usize,
+        settings: Vec<Arg>,
+    ) -> Vec<Call> {
+        let groups = self.groups(l, per);
+        let Some((tab, count, blocks)) = self.multi_tensor(&groups) else {
+            return vec![];
+        };
+        let mut args = vec![
+            Arg::arena(0),
+            tab,
+            Arg::I32(count),
+            Arg::Ptr(Buf::Scalars, 0),
+        ];
+        args.extend(settings);
+        vec![Call {
+            kernel,
+            grid: [blocks, 1, 1],
+            args,
+        }]
     }
 }

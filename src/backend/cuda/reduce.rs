@@ -278,18 +278,12 @@ impl Planner {
             if c == 0 {
                 return Ok(vec![]);
             }
-            let mut calls = vec![Call {
-                kernel: "bn_stats",
-                grid: [c as u32, splits as u32, 1],
-                args: vec![
-                    r(0),
-                    part.clone(),
-                    Arg::I32(int(n)?),
-                    Arg::I32(int(c)?),
-                    Arg::I32(int(hw)?),
-                    Arg::I32(splits as i32),
-                ],
-            }];
+            let mut calls = vec![channel_partials(
+                "bn_stats",
+                vec![r(0), part.clone()],
+                (n, c, hw),
+                splits,
+            )?];
             calls.extend(self.elementwise(
                 "bn_train_finalize",
                 c,
@@ -329,21 +323,12 @@ impl Planner {
             let splits = self.splits(c, n * hw, 4096, 64);
             let part = Arg::Ptr(Buf::Work, s.alloc(16 * c * splits));
             let sums = Arg::Ptr(Buf::Work, s.alloc(8 * c));
-            let mut calls = vec![Call {
-                kernel: "bn_bwd_stats",
-                grid: [c as u32, splits as u32, 1],
-                args: vec![
-                    r(0),
-                    r(2),
-                    r(3),
-                    r(4),
-                    part.clone(),
-                    Arg::I32(int(n)?),
-                    Arg::I32(int(c)?),
-                    Arg::I32(int(hw)?),
-                    Arg::I32(splits as i32),
-                ],
-            }];
+            let mut calls = vec![channel_partials(
+                "bn_bwd_stats",
+                vec![r(0), r(2), r(3), r(4), part.clone()],
+                (n, c, hw),
+                splits,
+            )?];
             calls.extend(self.elementwise(
                 "bn_bwd_finalize",
                 c,
@@ -376,4 +361,25 @@ impl Planner {
             calls
         })
     }
+}
+
+/// A batch-norm partial-sum launch: one block per (channel, split) over
+/// `(n, c, hw)` planes; `args` are the kernel's buffers.
+fn channel_partials(
+    kernel: &'static str,
+    mut args: Vec<Arg>,
+    (n, c, hw): (usize, usize, usize),
+    splits: usize,
+) -> Result<Call> {
+    args.extend([
+        Arg::I32(int(n)?),
+        Arg::I32(int(c)?),
+        Arg::I32(int(hw)?),
+        Arg::I32(splits as i32),
+    ]);
+    Ok(Call {
+        kernel,
+        grid: [c as u32, splits as u32, 1],
+        args,
+    })
 }

@@ -160,34 +160,6 @@ impl WgpuExecutable {
         })
     }
 
-    fn check_slot(&self, slot: Slot, len: usize) -> Result<()> {
-        if slot.len != len || slot.end() > self.module.arena_words {
-            return Err(Error::Usage(format!(
-                "buffer of {len} words for a slot of {} words",
-                slot.len
-            )));
-        }
-        Ok(())
-    }
-
-    fn program(&self, program: usize, scalars: &[f32]) -> Result<()> {
-        let p = self
-            .module
-            .programs
-            .get(program)
-            .ok_or_else(|| Error::Usage(format!("no program {program}")))?;
-        if scalars.len() != self.module.scalars.len() {
-            return Err(Error::Usage(format!(
-                "program '{}' needs {} scalars ({:?}), got {}",
-                p.name,
-                self.module.scalars.len(),
-                self.module.scalars,
-                scalars.len()
-            )));
-        }
-        Ok(())
-    }
-
     fn write_runtime(&mut self, scalars: &[f32]) {
         self.rt.fill(scalars, &mut self.rt_host);
         self.gpu
@@ -255,7 +227,7 @@ impl WgpuExecutable {
     /// Needs an adapter with `TIMESTAMP_QUERY`; the pass split makes the
     /// total a little slower than [`Executable::run`].
     pub fn profile(&mut self, program: usize, scalars: &[f32]) -> Result<Vec<(&'static str, f64)>> {
-        self.program(program, scalars)?;
+        self.module.program_for_run(program, scalars)?;
         if !self.gpu.timestamps {
             return Err(device_error(format!(
                 "{} has no TIMESTAMP_QUERY feature",
@@ -323,7 +295,7 @@ impl WgpuExecutable {
 
 impl Executable for WgpuExecutable {
     fn write(&mut self, slot: Slot, data: &[f32]) -> Result<()> {
-        self.check_slot(slot, data.len())?;
+        self.module.check_transfer(slot, data.len())?;
         if !data.is_empty() {
             self.gpu.queue.write_buffer(
                 &self.arena,
@@ -335,7 +307,7 @@ impl Executable for WgpuExecutable {
     }
 
     fn read(&mut self, slot: Slot, out: &mut [f32]) -> Result<()> {
-        self.check_slot(slot, out.len())?;
+        self.module.check_transfer(slot, out.len())?;
         if out.is_empty() {
             return Ok(());
         }
@@ -353,7 +325,7 @@ impl Executable for WgpuExecutable {
     }
 
     fn run(&mut self, program: usize, scalars: &[f32]) -> Result<()> {
-        self.program(program, scalars)?;
+        self.module.program_for_run(program, scalars)?;
         self.write_runtime(scalars);
         let mut enc = self
             .gpu

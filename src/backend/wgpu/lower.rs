@@ -78,28 +78,12 @@ impl Gemm {
 }
 
 pub(super) fn conv_params(g: &Conv2dGeom) -> Vec<(usize, usize)> {
-    let (oh, ow) = g.out_hw().expect("checked by geom");
-    [
-        g.n,
-        g.c_in,
-        g.h,
-        g.w,
-        g.c_out,
-        g.kh,
-        g.kw,
-        g.stride.0,
-        g.stride.1,
-        g.pad.0,
-        g.pad.1,
-        g.dilation.0,
-        g.dilation.1,
-        oh,
-        ow,
-    ]
-    .iter()
-    .enumerate()
-    .map(|(i, &v)| (16 + i, v))
-    .collect()
+    g.kernel_params()
+        .expect("checked by geom")
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| (16 + i, v))
+        .collect()
 }
 
 pub(super) fn pool_params(
@@ -109,15 +93,9 @@ pub(super) fn pool_params(
     dst: usize,
     argmax: usize,
 ) -> Params {
-    let (oh, ow) = g.out_hw().expect("checked by geom");
+    let window = g.kernel_params().expect("checked by geom");
     let mut p = Params::new(14);
-    p.list(
-        0,
-        &[
-            count, g.h, g.w, oh, ow, g.kh, g.kw, g.stride.0, g.stride.1, g.pad.0, g.pad.1, src,
-            dst, argmax,
-        ],
-    );
+    p.list(0, &[&[count][..], &window, &[src, dst, argmax]].concat());
     p
 }
 
