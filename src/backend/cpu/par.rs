@@ -47,27 +47,6 @@ pub fn min_len(want: usize) -> usize {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rayon::prelude::*;
-
-    #[test]
-    fn caller_thread_scope_runs_loops_inline_and_restores() {
-        let me = std::thread::current().id();
-        let mut v = vec![0u32; 1 << 16];
-        on_caller_thread(|| {
-            assert_eq!(threads(), 1);
-            v.par_iter_mut()
-                .with_min_len(min_len(1))
-                .for_each(|x| *x = u32::from(std::thread::current().id() == me));
-        });
-        assert!(v.iter().all(|&x| x == 1), "a task ran on another thread");
-        assert_eq!(threads(), rayon::current_num_threads());
-        assert_eq!(min_len(0), 1);
-    }
-}
-
 /// Elements from which an elementwise loop is split across threads.
 pub const ELEMENTWISE_PAR_MIN: usize = 1 << 15;
 
@@ -113,5 +92,25 @@ pub fn map2_inplace(y: &mut [f32], a: &[f32], f: impl Fn(f32, f32) -> f32 + Sync
         y.par_iter_mut().zip(a.par_iter()).for_each(f);
     } else {
         y.iter_mut().zip(a).for_each(f);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caller_thread_scope_runs_loops_inline_and_restores() {
+        let me = std::thread::current().id();
+        let mut v = vec![0u32; 1 << 16];
+        on_caller_thread(|| {
+            assert_eq!(threads(), 1);
+            v.par_iter_mut()
+                .with_min_len(min_len(1))
+                .for_each(|x| *x = u32::from(std::thread::current().id() == me));
+        });
+        assert!(v.iter().all(|&x| x == 1), "a task ran on another thread");
+        assert_eq!(threads(), rayon::current_num_threads());
+        assert_eq!(min_len(0), 1);
     }
 }
