@@ -1,12 +1,13 @@
 //! The CUDA backend: launch plans and kernels checked on the host
-//! (emulation, ptxas), and on a GPU when one is present.
+//! (emulation, ptxas), and on a GPU when one is present, over the shared
+//! op-case catalogue (tests/common/catalogue.rs).
 
 #![cfg(feature = "cuda")]
 
+mod common;
+
 #[path = "cuda/bench.rs"]
 mod bench;
-#[path = "cuda/cases.rs"]
-pub mod cases;
 #[path = "cuda/emu.rs"]
 mod emu;
 #[path = "cuda/parity.rs"]

@@ -1,8 +1,13 @@
-//! The wgpu backend against the CPU backend: every op, whole train steps,
-//! shader validation and profiling helpers.
+//! The wgpu backend against the CPU backend: every op case of the shared
+//! catalogue (tests/common/catalogue.rs), whole train steps, shader
+//! validation and profiling helpers.
 
 #![cfg(feature = "wgpu")]
 
+mod common;
+
+#[path = "wgpu/gate.rs"]
+mod gate;
 #[path = "wgpu/parity.rs"]
 mod parity;
 #[path = "wgpu/profile.rs"]

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """PyTorch side of tools/gpu-check.sh: the shapes of gpurt's cuda bench
-(tests/cuda/cases.rs `benches`), timed on the same GPU with cuBLAS and
+(tests/cuda/bench.rs `benches`), timed on the same GPU with cuBLAS and
 cuDNN in fp32 (TF32 off on both, so the comparison is like for like).
 
 Each case runs `iters` calls back to back between two CUDA events, five

@@ -1,12 +1,14 @@
 //! Shared helpers for the numerical test suites: seeded random data, the
-//! relative-error metric, and a runner that compiles a graph and executes it
-//! on the CPU backend in f32.
+//! relative-error metric, graph-building helpers, a runner that compiles a
+//! graph and executes it on the CPU backend in f32, and the op-case
+//! catalogue every backend's parity suite runs ([`catalogue`]).
 //!
 //! Data is generated as f32 values and handed to both sides as f64, so the
 //! f64 reference and the f32 runtime see bit-identical inputs.
 
 #![allow(dead_code)]
 
+pub mod catalogue;
 pub mod mnist;
 pub mod reference;
 
@@ -92,6 +94,12 @@ pub fn rel_err(a: &[f64], b: &[f64]) -> f64 {
     }
 }
 
+/// [`rel_err`] of f32 data (computed in f64).
+pub fn rel_err_f32(a: &[f32], b: &[f32]) -> f64 {
+    let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
+    rel_err(&f64s(a), &f64s(b))
+}
+
 /// Assert `rel_err(got, want) < tol` with a message naming the case.
 #[track_caller]
 pub fn assert_close(what: &str, got: &[f64], want: &[f64], tol: f64) {
@@ -127,6 +135,21 @@ pub fn declared(g: &Graph, kv: &[(&str, f64)]) -> Scalars {
         .filter(|(k, _)| g.scalars.iter().any(|s| s == k))
         .map(|(k, v)| (k.to_string(), *v))
         .collect()
+}
+
+/// A new f32 input of `g`.
+pub fn input(g: &mut Graph, name: &str, dims: &[usize]) -> ValueId {
+    g.input(name, dims.to_vec(), DType::F32).unwrap()
+}
+
+/// `sum(y ⊙ r)` over all axes, with `r` a new f32 input (random data
+/// like every input), so that dL/dy = r: a loss for the gradient of any op.
+pub fn weighted_sum(g: &mut Graph, y: ValueId) -> ValueId {
+    let s = g.shape(y).clone();
+    let r = input(g, "r", &s.0);
+    let p = g.mul(y, r).unwrap();
+    let axes: Vec<usize> = (0..s.rank()).collect();
+    g.sum(p, &axes, false).unwrap()
 }
 
 /// A graph compiled as program "p" and loaded on the CPU backend.

@@ -7,17 +7,17 @@
 //! barriers. Running every thread until it blocks is the most adversarial
 //! schedule for a missing `__syncthreads`, and a barrier some threads never
 //! reach is reported as a deadlock. The planner's exact calls (kernels,
-//! grids, argument bytes) then run over a host arena, for every op case of
-//! cuda_cases.rs, on two device shapes (1 SM: big tiles, grid-stride loops
-//! that wrap; 132 SMs: small tiles, split-K and split reductions), and
-//! every result is compared with the CPU backend.
+//! grids, argument bytes) then run over a host arena, for every case of the
+//! shared catalogue (tests/common/catalogue.rs), on two device shapes (1 SM:
+//! big tiles, grid-stride loops that wrap; 132 SMs: small tiles, split-K and
+//! split reductions), and every result is compared with the CPU backend.
 //!
 //! Needs a C++17 compiler (`$CXX`, else g++). Without one the test prints a
 //! SKIPPED line, except under CI, where it fails.
 
 #![cfg(feature = "cuda")]
 
-use super::cases;
+use crate::common::catalogue::{self, Prepared};
 
 use gpurt::backend::cuda::args::{Arg, Buf, Call};
 use gpurt::backend::cuda::plan::{plan, Plan, Target};
@@ -33,6 +33,9 @@ use std::sync::{Arc, OnceLock};
 const EMU_H: &str = r#"
 // Host emulation of the CUDA execution model, for tests only.
 #pragma once
+// Fibers switch with _longjmp between their stacks, which the fortified
+// longjmp (__longjmp_chk) would refuse.
+#undef _FORTIFY_SOURCE
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -43,6 +46,7 @@ const EMU_H: &str = r#"
 #include <type_traits>
 #include <utility>
 #include <vector>
+#include <setjmp.h>
 #include <ucontext.h>
 
 using std::max;
@@ -56,14 +60,40 @@ inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z,
 
 namespace emu {
 enum { RUN = 0, BLOCK_BARRIER = 1, WARP_BARRIER = 2, DONE = 3 };
-struct Fiber { ucontext_t ctx; emu_uint3 tid; int state; };
+// One fiber per thread slot, started once on its own stack (ucontext) and
+// reused by every block after: it runs the kernel body, waits as DONE, and
+// runs the body again when the next block resumes it. Switches are
+// _setjmp/_longjmp, which save no signal mask (swapcontext makes a system
+// call on every switch, most of the emulation's time).
+struct Fiber { ucontext_t ctx; jmp_buf jb; emu_uint3 tid; int state; bool started; };
 inline Fiber* cur = nullptr;
 inline emu_uint3 block_idx, block_dim, grid_dim;
-inline ucontext_t sched;
+inline jmp_buf sched;
 inline double lanes[1024];
 inline std::function<void()>* body = nullptr;
-inline void wait(int s) { cur->state = s; swapcontext(&cur->ctx, &sched); }
-inline void trampoline() { (*body)(); cur->state = DONE; }
+__attribute__((noinline)) inline void wait(int s) {
+  cur->state = s;
+  if (!_setjmp(cur->jb)) _longjmp(sched, 1);
+}
+inline void trampoline() {
+  for (;;) {
+    (*body)();
+    wait(DONE);
+  }
+}
+// Run fiber `fb` until it waits (starting it the first time).
+__attribute__((noinline)) inline void resume(Fiber& fb, char* stack, size_t size) {
+  cur = &fb;
+  if (_setjmp(sched)) return;
+  if (fb.started) _longjmp(fb.jb, 1);
+  fb.started = true;
+  getcontext(&fb.ctx);
+  fb.ctx.uc_stack.ss_sp = stack;
+  fb.ctx.uc_stack.ss_size = size;
+  fb.ctx.uc_link = nullptr;
+  makecontext(&fb.ctx, trampoline, 0);
+  setcontext(&fb.ctx);
+}
 
 // Run the grid; 0 on success, -1 on a barrier that cannot complete.
 inline int run(unsigned gx, unsigned gy, unsigned gz, unsigned threads, std::function<void()> f) {
@@ -79,21 +109,12 @@ inline int run(unsigned gx, unsigned gy, unsigned gz, unsigned threads, std::fun
       for (unsigned x = 0; x < gx; x++) {
         block_idx = {x, y, z};
         for (unsigned t = 0; t < threads; t++) {
-          Fiber& fb = fibers[t];
-          getcontext(&fb.ctx);
-          fb.ctx.uc_stack.ss_sp = &stacks[t * STACK];
-          fb.ctx.uc_stack.ss_size = STACK;
-          fb.ctx.uc_link = &sched;
-          makecontext(&fb.ctx, trampoline, 0);
-          fb.tid = {t, 0, 0};
-          fb.state = RUN;
+          fibers[t].tid = {t, 0, 0};
+          fibers[t].state = RUN;
         }
         for (;;) {
           for (unsigned t = 0; t < threads; t++)
-            if (fibers[t].state == RUN) {
-              cur = &fibers[t];
-              swapcontext(&sched, &cur->ctx);
-            }
+            if (fibers[t].state == RUN) resume(fibers[t], &stacks[t * STACK], STACK);
           unsigned live = 0, at_block = 0;
           bool released = false;
           for (unsigned w = 0; w < threads / 32; w++) {
@@ -117,6 +138,9 @@ inline int run(unsigned gx, unsigned gy, unsigned gz, unsigned threads, std::fun
             continue;
           }
           std::fprintf(stderr, "emu: block (%u,%u,%u): threads wait at different barriers\n", x, y, z);
+          // Abandon the stuck fibers: they start afresh next time.
+          for (unsigned t = 0; t < threads; t++)
+            if (fibers[t].state != DONE) fibers[t].started = false;
           return -1;
         }
       }
@@ -237,7 +261,14 @@ fn build() -> Result<Emu, String> {
             children.push((
                 f.name,
                 Command::new(&cxx)
-                    .args(["-std=c++17", "-O2", "-fPIC", "-w", "-c"])
+                    .args([
+                        "-std=c++17",
+                        "-O2",
+                        "-fPIC",
+                        "-w",
+                        "-U_FORTIFY_SOURCE",
+                        "-c",
+                    ])
                     .arg(&src)
                     .arg("-o")
                     .arg(&obj)
@@ -419,7 +450,7 @@ impl Executable for EmuExe {
 // plain C entry points.
 unsafe impl Send for EmuExe {}
 
-fn check_all(cases: Vec<cases::Prepared>, what: &str) {
+fn check_all(cases: Vec<Prepared>, what: &str) {
     let emu = match emu() {
         Ok(e) => e,
         Err(why) if !ci() => {
@@ -428,38 +459,21 @@ fn check_all(cases: Vec<cases::Prepared>, what: &str) {
         }
         Err(why) => panic!("{what}: {why} (CI needs a C++ compiler)"),
     };
-    let mut failures = Vec::new();
-    for p in &cases {
-        let want = cases::run_cpu(p);
-        for target in [Target { sms: 1 }, Target { sms: 132 }] {
-            let got = EmuExe::new(emu, Arc::clone(&p.module), target)
-                .and_then(|mut exe| cases::run(&mut exe, p));
-            let res = got
-                .map_err(|e| format!("{}: {e}", p.name))
-                .and_then(|g| cases::compare(p, &want, &g));
-            match res {
-                Ok(()) => println!("ok   {} ({} SMs)", p.name, target.sms),
-                Err(e) => {
-                    println!("FAIL {e} ({} SMs)", target.sms);
-                    failures.push(format!("{e} ({} SMs)", target.sms));
-                }
-            }
+    let on = |sms: u32| {
+        move |m: Arc<Module>| {
+            EmuExe::new(emu, m, Target { sms }).map(|exe| Box::new(exe) as Box<dyn Executable>)
         }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} failures:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    };
+    let (one, many) = (on(1), on(132));
+    catalogue::check_all(what, &cases, &[("1 SMs", &one), ("132 SMs", &many)]);
 }
 
 #[test]
 fn emulated_kernels_match_cpu_on_every_op() {
-    check_all(cases::op_cases(), "emulated ops");
+    check_all(catalogue::op_cases(), "emulated ops");
 }
 
 #[test]
 fn emulated_kernels_match_cpu_on_train_steps() {
-    check_all(cases::model_cases(), "emulated train steps");
+    check_all(catalogue::model_cases(), "emulated train steps");
 }

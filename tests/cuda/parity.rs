@@ -1,5 +1,6 @@
-//! The CUDA backend against the CPU backend, on a GPU: every op case of
-//! cuda_cases.rs (odd sizes, unfused and fused, in-place launches) with
+//! The CUDA backend against the CPU backend, on a GPU: every op case of the
+//! shared catalogue (tests/common/catalogue.rs: odd sizes, unfused and
+//! fused, in-place launches) with
 //! relative error < 1e-4 (1e-3 for reductions over more than 10,000
 //! elements), then whole train steps (eager first run, then CUDA graph
 //! capture and replay) and a classifier trained through the public API.
@@ -7,7 +8,8 @@
 
 #![cfg(feature = "cuda")]
 
-use super::cases;
+use crate::common::catalogue::{self, Prepared};
+use crate::common::rel_err_f32;
 
 use gpurt::backend::cuda;
 use gpurt::backend::Backend;
@@ -31,30 +33,9 @@ fn device(test: &str) -> Option<cuda::CudaBackend> {
     }
 }
 
-fn check(backend: &cuda::CudaBackend, cases: Vec<cases::Prepared>) {
-    let mut failures = Vec::new();
-    for p in &cases {
-        let want = cases::run_cpu(p);
-        let got = backend
-            .compile(Arc::clone(&p.module))
-            .and_then(|mut exe| cases::run(exe.as_mut(), p));
-        let res = got
-            .map_err(|e| format!("{}: {e}", p.name))
-            .and_then(|g| cases::compare(p, &want, &g));
-        match res {
-            Ok(()) => println!("ok   {}", p.name),
-            Err(e) => {
-                println!("FAIL {e}");
-                failures.push(e);
-            }
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} failures:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+fn check(what: &str, backend: &cuda::CudaBackend, cases: Vec<Prepared>) {
+    let compile = |m: Arc<gpurt::graph::plan::Module>| backend.compile(m);
+    catalogue::check_all(what, &cases, &[("cuda", &compile)]);
 }
 
 #[test]
@@ -63,7 +44,7 @@ fn cuda_ops_match_cpu() {
         return;
     };
     println!("device: {}", b.name());
-    check(&b, cases::op_cases());
+    check("cuda ops", &b, catalogue::op_cases());
 }
 
 #[test]
@@ -71,21 +52,21 @@ fn cuda_train_steps_match_cpu() {
     let Some(b) = device("cuda_train_steps_match_cpu") else {
         return;
     };
-    let mut all = cases::model_cases();
+    let mut all = catalogue::model_cases();
     // Three steps: eager, captured, replayed. Several steps of Adam
     // amplify rounding differences in tiny gradients, hence 1e-3.
-    all.push(cases::classifier_case(
+    all.push(catalogue::classifier_case(
         ModelSpec::cnn(10),
         vec![3, 32, 32],
         16,
         OptimizerKind::Adam,
         3,
-        cases::TOL_BIG_REDUCTION,
+        catalogue::TOL_BIG_REDUCTION,
     ));
     for p in &mut all {
-        p.tol = p.tol.max(cases::TOL_BIG_REDUCTION);
+        p.tol = p.tol.max(catalogue::TOL_BIG_REDUCTION);
     }
-    check(&b, all);
+    check("cuda train steps", &b, all);
 }
 
 #[test]
@@ -93,7 +74,7 @@ fn cuda_graph_is_captured_and_replays_identically() {
     let Some(b) = device("cuda_graph_is_captured_and_replays_identically") else {
         return;
     };
-    let p = cases::classifier_case(
+    let p = catalogue::classifier_case(
         ModelSpec::cnn(10),
         vec![1, 28, 28],
         8,
@@ -164,6 +145,6 @@ fn cuda_classifier_trains_like_cpu() {
     let (mut og, mut oc) = (vec![0.0; 40], vec![0.0; 40]);
     gpu.infer(&x[..4 * 784], &mut og).unwrap();
     cpu.infer(&x[..4 * 784], &mut oc).unwrap();
-    let e = cases::rel_err(&og, &oc);
+    let e = rel_err_f32(&og, &oc);
     assert!(e < 1e-3, "inference logits differ by {e:.2e}");
 }

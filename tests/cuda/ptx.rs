@@ -15,7 +15,8 @@
 
 #![cfg(feature = "cuda")]
 
-use super::cases;
+use super::bench::benches;
+use crate::common::catalogue;
 
 use gpurt::backend::cuda::args::{Arg, Buf};
 use gpurt::backend::cuda::plan::{plan, Target};
@@ -136,13 +137,13 @@ fn kernel_names_in_the_launch_table_exist_in_ptx() {
 }
 
 fn modules() -> Vec<(String, std::sync::Arc<Module>)> {
-    let mut v: Vec<(String, std::sync::Arc<Module>)> = cases::op_cases()
+    let mut v: Vec<(String, std::sync::Arc<Module>)> = catalogue::op_cases()
         .into_iter()
-        .chain(cases::model_cases())
+        .chain(catalogue::model_cases())
         .map(|p| (p.name, p.module))
         .collect();
     v.extend(
-        cases::benches()
+        benches()
             .into_iter()
             .map(|b| (b.key.to_string(), std::sync::Arc::new(b.module))),
     );

@@ -8,8 +8,10 @@
 
 #![cfg(feature = "wgpu")]
 
+use crate::common::rel_err_f32 as rel_err;
+use crate::gate::gpu;
 use gpurt::backend::cpu::CpuBackend;
-use gpurt::backend::wgpu::{self, WgpuBackend};
+use gpurt::backend::wgpu::WgpuBackend;
 use gpurt::backend::Backend;
 use gpurt::model::{Classifier, ClassifierConfig};
 use gpurt::nn::spec::Layer;
@@ -18,39 +20,6 @@ use gpurt::optim::{OptimConfig, OptimizerKind};
 use rand::{Rng, SeedableRng};
 
 const TOL: f64 = 1e-4;
-
-/// `GPURT_WGPU_ADAPTER=N` runs the suite on adapter N (as `gpurt devices`
-/// numbers them), e.g. the GL adapter; by default the best usable one.
-fn adapter_index() -> Option<usize> {
-    std::env::var("GPURT_WGPU_ADAPTER").ok()?.parse().ok()
-}
-
-fn gpu(test: &str) -> Option<WgpuBackend> {
-    match wgpu::open(adapter_index()) {
-        Ok(b) => Some(b),
-        Err(e) if std::env::var("GPURT_REQUIRE_WGPU").as_deref() == Ok("1") => {
-            panic!("{test}: GPURT_REQUIRE_WGPU=1 but no wgpu adapter: {e}")
-        }
-        Err(e) => {
-            println!("SKIPPED: {test}: no wgpu adapter ({e})");
-            None
-        }
-    }
-}
-
-fn rel_err(a: &[f32], b: &[f32]) -> f64 {
-    let num: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
-        .sum();
-    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    if den == 0.0 {
-        num.sqrt()
-    } else {
-        (num / den).sqrt()
-    }
-}
 
 fn batch(n: usize, len: usize) -> (Vec<f32>, Vec<u32>) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
@@ -124,7 +93,7 @@ fn cnn_train_step_matches_cpu() {
         };
         compare(
             &format!("cnn_train_step_matches_cpu fuse={fuse}"),
-            &g,
+            g,
             &cfg,
             1,
         );
@@ -192,7 +161,7 @@ fn batchnorm_dropout_model_matches_cpu() {
         seed: 3,
         fuse: true,
     };
-    compare("batchnorm_dropout_model_matches_cpu", &g, &cfg, 3);
+    compare("batchnorm_dropout_model_matches_cpu", g, &cfg, 3);
 }
 
 /// Fixed-order reductions: the same steps on the same adapter give
@@ -211,8 +180,8 @@ fn wgpu_training_is_deterministic() {
         seed: 9,
         fuse: true,
     };
-    let (l1, w1) = train(&cfg, &g, 3);
-    let (l2, w2) = train(&cfg, &g, 3);
+    let (l1, w1) = train(&cfg, g, 3);
+    let (l2, w2) = train(&cfg, g, 3);
     assert_eq!(l1, l2, "{test}: losses differ");
     for ((n, a), (_, b)) in w1.iter().zip(&w2) {
         assert!(
