@@ -5,7 +5,7 @@
 #include "common.cuh"
 
 extern "C" __global__ void __launch_bounds__(BLOCK)
-    act_fwd(const float* x, float* y, int n, int act, int vec) {
+    act_forward(const float* x, float* y, int n, int act, int vec) {
   int n4 = vec ? n / 4 : 0;
   GRID_LOOP(i, n4) {
     float4 v = reinterpret_cast<const float4*>(x)[i];
@@ -20,7 +20,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK)
 
 // dx = act'(saved) · dy.
 extern "C" __global__ void __launch_bounds__(BLOCK)
-    act_bwd(const float* saved, const float* dy, float* dx, int n, int act, int vec) {
+    act_backward(const float* saved, const float* dy, float* dx, int n, int act, int vec) {
   int n4 = vec ? n / 4 : 0;
   GRID_LOOP(i, n4) {
     float4 s = reinterpret_cast<const float4*>(saved)[i];

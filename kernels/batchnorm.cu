@@ -7,7 +7,7 @@
 
 // part[(c * splits + s) * 2 + {0, 1}] = (Σ x, Σ x²) over this block's share.
 extern "C" __global__ void __launch_bounds__(BLOCK)
-    bn_stats(const float* x, double* part, int n, int C, int hw, int splits) {
+    batchnorm2d_stats(const float* x, double* part, int n, int C, int hw, int splits) {
   __shared__ double sh[WARPS];
   int c = blockIdx.x, total = n * hw;
   int per = (total + splits - 1) / splits;
@@ -27,7 +27,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK)
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK)
-    bn_train_finalize(const double* part, float* mean, float* invstd, float* rmean, float* rvar,
+    batchnorm2d_train_finalize(const double* part, float* mean, float* invstd, float* rmean, float* rvar,
                       int C, int splits, int count, float eps, float momentum) {
   GRID_LOOP(c, C) {
     double s = 0.0, s2 = 0.0;
@@ -48,7 +48,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK)
 
 // y = x · (γ·invstd) + (β − mean·γ·invstd).
 extern "C" __global__ void __launch_bounds__(BLOCK)
-    bn_normalize(const float* x, const float* gamma, const float* beta, const float* mean,
+    batchnorm2d_normalize(const float* x, const float* gamma, const float* beta, const float* mean,
                  const float* invstd, float* y, int C, int hw, int total) {
   GRID_LOOP(i, total) {
     int c = (i / hw) % C;
@@ -60,7 +60,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK)
 
 // Inference: the running statistics.
 extern "C" __global__ void __launch_bounds__(BLOCK)
-    bn_infer(const float* x, const float* gamma, const float* beta, const float* rmean,
+    batchnorm2d_infer(const float* x, const float* gamma, const float* beta, const float* rmean,
              const float* rvar, float* y, int C, int hw, int total, float eps) {
   GRID_LOOP(i, total) {
     int c = (i / hw) % C;
@@ -73,7 +73,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK)
 
 // part[(c * splits + s) * 2 + {0, 1}] = (Σ dy, Σ dy·x̂) with x̂ = (x − mean)·invstd.
 extern "C" __global__ void __launch_bounds__(BLOCK)
-    bn_bwd_stats(const float* x, const float* mean, const float* invstd, const float* dy,
+    batchnorm2d_backward_stats(const float* x, const float* mean, const float* invstd, const float* dy,
                  double* part, int n, int C, int hw, int splits) {
   __shared__ double sh[WARPS];
   int c = blockIdx.x, total = n * hw;
@@ -96,9 +96,9 @@ extern "C" __global__ void __launch_bounds__(BLOCK)
   }
 }
 
-// dγ = Σ dy·x̂, dβ = Σ dy; `sums` keeps both as f32 for bn_bwd_dx.
+// dγ = Σ dy·x̂, dβ = Σ dy; `sums` keeps both as f32 for batchnorm2d_backward_dx.
 extern "C" __global__ void __launch_bounds__(BLOCK)
-    bn_bwd_finalize(const double* part, float* dgamma, float* dbeta, float* sums, int C,
+    batchnorm2d_backward_finalize(const double* part, float* dgamma, float* dbeta, float* sums, int C,
                     int splits) {
   GRID_LOOP(c, C) {
     double s = 0.0, sx = 0.0;
@@ -115,7 +115,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK)
 
 // dx = γ·invstd/M · (M·dy − Σdy − x̂·Σ(dy·x̂)).
 extern "C" __global__ void __launch_bounds__(BLOCK)
-    bn_bwd_dx(const float* x, const float* gamma, const float* mean, const float* invstd,
+    batchnorm2d_backward_dx(const float* x, const float* gamma, const float* mean, const float* invstd,
               const float* dy, const float* sums, float* dx, int C, int hw, int total, float m) {
   GRID_LOOP(i, total) {
     int c = (i / hw) % C;

@@ -7,7 +7,7 @@
 #include "common.cuh"
 
 extern "C" __global__ void __launch_bounds__(BLOCK)
-    act_bwd_bias(const float* saved, const float* dy, float* dx, float* db, float* part,
+    act_backward_bias(const float* saved, const float* dy, float* dx, float* db, float* part,
                  int outer, int C, int inner, int act, int splits) {
   __shared__ float sh[WARPS];
   int c = blockIdx.x;

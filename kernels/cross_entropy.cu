@@ -21,7 +21,7 @@ __device__ __forceinline__ void row_stats(const float* r, int c, int lane, float
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK)
-    ce_rows(const float* logits, const u32* labels, float* row_loss, int b, int c) {
+    cross_entropy(const float* logits, const u32* labels, float* row_loss, int b, int c) {
   int row = blockIdx.x * WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
   if (row >= b) return;
   const float* r = logits + row * c;
@@ -36,7 +36,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK)
 // dx = (softmax(x) − onehot(label)) · dloss / b; dloss is the constant
 // `dloss_const` when `dloss` is null.
 extern "C" __global__ void __launch_bounds__(BLOCK)
-    ce_backward(const float* logits, const u32* labels, const float* dloss, float dloss_const,
+    cross_entropy_backward(const float* logits, const u32* labels, const float* dloss, float dloss_const,
                 float* dx, int b, int c) {
   int row = blockIdx.x * WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
   if (row >= b) return;

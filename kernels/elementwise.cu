@@ -35,7 +35,7 @@ __device__ __forceinline__ float slot_get(const float (&r)[EW_SLOTS], int d) {
 
 // `scalar_mask` bit i: input i has one element, broadcast to all.
 extern "C" __global__ void __launch_bounds__(BLOCK)
-    ew_program(const float* in0, const float* in1, const float* in2, const float* in3,
+    elementwise(const float* in0, const float* in1, const float* in2, const float* in3,
                const float* in4, const float* in5, float* y, int n, int scalar_mask,
                EwProgram prog) {
   GRID_LOOP(i, n) {

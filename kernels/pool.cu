@@ -21,7 +21,7 @@ __device__ __forceinline__ void covering(int i, int pad, int k, int s, int out, 
 // y and the argmax (flat index within the h×w plane, stored as u32 bits).
 // A NaN wins and stops the scan, as in the CPU reference.
 extern "C" __global__ void __launch_bounds__(BLOCK)
-    maxpool2d_fwd(const float* x, float* y, u32* argmax, PoolGeom g) {
+    maxpool2d_forward(const float* x, float* y, u32* argmax, PoolGeom g) {
   GRID_LOOP(i, g.planes * g.oh * g.ow) {
     int ox = i % g.ow, t = i / g.ow, oy = t % g.oh, pl = t / g.oh;
     const float* xp = x + pl * g.h * g.w;
@@ -51,7 +51,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK)
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK)
-    maxpool2d_bwd(const float* dy, const u32* argmax, float* dx, PoolGeom g) {
+    maxpool2d_backward(const float* dy, const u32* argmax, float* dx, PoolGeom g) {
   GRID_LOOP(i, g.planes * g.h * g.w) {
     int ix = i % g.w, t = i / g.w, iy = t % g.h, pl = t / g.h;
     int y0, y1, x0, x1;
@@ -70,7 +70,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK)
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK)
-    avgpool2d_fwd(const float* x, float* y, PoolGeom g) {
+    avgpool2d_forward(const float* x, float* y, PoolGeom g) {
   float k = (float)(g.kh * g.kw);
   GRID_LOOP(i, g.planes * g.oh * g.ow) {
     int ox = i % g.ow, t = i / g.ow, oy = t % g.oh, pl = t / g.oh;
@@ -89,7 +89,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK)
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK)
-    avgpool2d_bwd(const float* dy, float* dx, PoolGeom g) {
+    avgpool2d_backward(const float* dy, float* dx, PoolGeom g) {
   float k = (float)(g.kh * g.kw);
   GRID_LOOP(i, g.planes * g.h * g.w) {
     int ix = i % g.w, t = i / g.w, iy = t % g.h, pl = t / g.h;
@@ -106,7 +106,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK)
 
 // dx[p, :] = dy[p] / hw (the forward pass is a reduction, see reduce.cu).
 extern "C" __global__ void __launch_bounds__(BLOCK)
-    global_avgpool_bwd(const float* dy, float* dx, int planes, int hw) {
+    global_avgpool_backward(const float* dy, float* dx, int planes, int hw) {
   float d = (float)hw;
   GRID_LOOP(i, planes * hw) dx[i] = dy[i / hw] / d;
 }

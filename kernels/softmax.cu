@@ -129,17 +129,17 @@ __device__ __forceinline__ void softmax_bwd_warp(const float* y, const float* dy
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK)
-    softmax_bwd_warp4(const float* y, const float* dy, float* dx, int rows, int n, int log) {
+    softmax_backward_warp4(const float* y, const float* dy, float* dx, int rows, int n, int log) {
   softmax_bwd_warp<4>(y, dy, dx, rows, n, log);
 }
 extern "C" __global__ void __launch_bounds__(BLOCK)
-    softmax_bwd_warp32(const float* y, const float* dy, float* dx, int rows, int n, int log) {
+    softmax_backward_warp32(const float* y, const float* dy, float* dx, int rows, int n, int log) {
   softmax_bwd_warp<32>(y, dy, dx, rows, n, log);
 }
 
 // Block per row; the row is read twice (sum, then write).
 extern "C" __global__ void __launch_bounds__(BLOCK)
-    softmax_bwd_block(const float* y, const float* dy, float* dx, int n, int log) {
+    softmax_backward_block(const float* y, const float* dy, float* dx, int n, int log) {
   __shared__ float sh[WARPS];
   const float* yr = y + blockIdx.x * n;
   const float* dr = dy + blockIdx.x * n;

@@ -4,7 +4,7 @@
 
 // forward params: [0] act code, [1] n, [2] x, [3] y
 @compute @workgroup_size(256)
-fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+fn act_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
     let i = thread_id(wid, nwg, lid);
     if i >= pu(1u) {
@@ -15,7 +15,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
 
 // backward params: [0] act code, [1] n, [2] saved, [3] dy, [4] dx
 @compute @workgroup_size(256)
-fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+fn act_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
     let i = thread_id(wid, nwg, lid);
     if i >= pu(1u) {

@@ -11,7 +11,7 @@ fn chan_index(e: u32, c: u32, hw: u32, ch: u32) -> u32 {
 // [12] momentum (f32 bits). Variance in two passes (mean first) for
 // accuracy; the running variance is unbiased, as PyTorch keeps it.
 @compute @workgroup_size(256)
-fn train(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+fn batchnorm2d_train(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
          @builtin(local_invocation_index) lid: u32) {
     let ch = group_id(wid, nwg);
     let c = pu(1u);
@@ -55,7 +55,7 @@ fn train(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
 // infer params: [0] n, [1] C, [2] HW, [3] x, [4] gamma, [5] beta,
 // [6] running mean, [7] running var, [8] y, [9] eps (f32 bits)
 @compute @workgroup_size(256)
-fn infer(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+fn batchnorm2d_infer(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
          @builtin(local_invocation_index) lid: u32) {
     let i = thread_id(wid, nwg, lid);
     if i >= pu(0u) {
@@ -72,7 +72,7 @@ fn infer(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
 // [6] invstd, [7] dy, [8] dx, [9] dgamma, [10] dbeta.
 // dx = gamma invstd / M (M dy - sum dy - xhat sum dy xhat).
 @compute @workgroup_size(256)
-fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+fn batchnorm2d_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
     let ch = group_id(wid, nwg);
     let c = pu(1u);

@@ -162,7 +162,7 @@ fn store_c(mode: u32, b: u32, row: vec4<i32>, col: vec4<i32>, v: f32) {
 }
 
 @compute @workgroup_size(256)
-fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+fn conv2d_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
     let g = group_id(wid, nwg);
     if g >= pu(12u) {
@@ -172,7 +172,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
 }
 
 @compute @workgroup_size(256)
-fn forward_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+fn conv2d_forward_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_index) lid: u32) {
     let o = thread_id(wid, nwg, lid);
     if o >= pu(12u) {
@@ -182,7 +182,7 @@ fn forward_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
 }
 
 @compute @workgroup_size(256)
-fn grad_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+fn conv2d_grad_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) lid: u32) {
     let g = group_id(wid, nwg);
     if g >= pu(12u) {
@@ -192,7 +192,7 @@ fn grad_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
 }
 
 @compute @workgroup_size(256)
-fn grad_input_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+fn conv2d_grad_input_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                      @builtin(local_invocation_index) lid: u32) {
     let o = thread_id(wid, nwg, lid);
     if o >= pu(12u) {
@@ -202,7 +202,7 @@ fn grad_input_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
 }
 
 @compute @workgroup_size(256)
-fn grad_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+fn conv2d_grad_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
     let g = group_id(wid, nwg);
     if g >= pu(12u) {
@@ -212,7 +212,7 @@ fn grad_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 }
 
 @compute @workgroup_size(256)
-fn grad_weight_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+fn conv2d_grad_weight_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                       @builtin(local_invocation_index) lid: u32) {
     let o = thread_id(wid, nwg, lid);
     if o >= pu(12u) {
@@ -224,7 +224,7 @@ fn grad_weight_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
 // grad_bias params: [0] N, [1] C out, [2] OH*OW, [3] dy, [4] db.
 // One workgroup per channel.
 @compute @workgroup_size(256)
-fn grad_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+fn conv2d_grad_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_index) lid: u32) {
     let ch = group_id(wid, nwg);
     let c = pu(1u);

@@ -6,7 +6,7 @@
 // One workgroup: each thread takes rows lid, lid + 256, ...; the per-thread
 // sums are added by a fixed tree.
 @compute @workgroup_size(256)
-fn forward(@builtin(local_invocation_index) lid: u32) {
+fn cross_entropy(@builtin(local_invocation_index) lid: u32) {
     let b = pu(0u);
     let c = pu(1u);
     var total = 0.0;
@@ -38,7 +38,7 @@ fn forward(@builtin(local_invocation_index) lid: u32) {
 // constant [6] (f32 bits). One workgroup per row:
 // dx = softmax(x) dloss / B, minus dloss / B at the label.
 @compute @workgroup_size(256)
-fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+fn cross_entropy_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
     let row = group_id(wid, nwg);
     let b = pu(0u);

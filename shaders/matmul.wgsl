@@ -39,7 +39,7 @@ fn store_c(mode: u32, b: u32, row: vec4<i32>, col: vec4<i32>, v: f32) {
 }
 
 @compute @workgroup_size(256)
-fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
          @builtin(local_invocation_index) lid: u32) {
     let g = group_id(wid, nwg);
     if g >= pu(12u) {
@@ -49,7 +49,7 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
 }
 
 @compute @workgroup_size(256)
-fn splitk_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+fn gemm_splitk_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {
     let o = thread_id(wid, nwg, lid);
     if o >= pu(12u) {

@@ -26,7 +26,7 @@ fn in_coord(o: u32, k: u32, stride: u32, pad: u32, size: u32) -> i32 {
 }
 
 @compute @workgroup_size(256)
-fn max_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+fn maxpool2d_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
     let o = thread_id(wid, nwg, lid);
     if o >= pu(0u) {
@@ -76,7 +76,7 @@ fn covering(t: u32, k: u32, stride: u32, n_out: u32) -> vec2<u32> {
 }
 
 @compute @workgroup_size(256)
-fn max_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+fn maxpool2d_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
     let e = thread_id(wid, nwg, lid);
     if e >= pu(0u) {
@@ -101,7 +101,7 @@ fn max_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
 }
 
 @compute @workgroup_size(256)
-fn avg_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+fn avgpool2d_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
     let o = thread_id(wid, nwg, lid);
     if o >= pu(0u) {
@@ -127,7 +127,7 @@ fn avg_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 }
 
 @compute @workgroup_size(256)
-fn avg_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+fn avgpool2d_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
     let e = thread_id(wid, nwg, lid);
     if e >= pu(0u) {
@@ -153,7 +153,7 @@ fn avg_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
 
 /// One thread per plane: the mean of its h*w values.
 @compute @workgroup_size(256)
-fn global_avg_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+fn global_avgpool_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                       @builtin(local_invocation_index) lid: u32) {
     let p = thread_id(wid, nwg, lid);
     if p >= pu(0u) {
@@ -169,7 +169,7 @@ fn global_avg_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
 }
 
 @compute @workgroup_size(256)
-fn global_avg_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+fn global_avgpool_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                        @builtin(local_invocation_index) lid: u32) {
     let e = thread_id(wid, nwg, lid);
     if e >= pu(0u) {

@@ -24,7 +24,7 @@ fn find_tensor(g: u32) -> u32 {
 }
 
 @compute @workgroup_size(256)
-fn sgd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+fn sgd_update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
        @builtin(local_invocation_index) lid: u32) {
     let g = group_id(wid, nwg);
     if g >= pu(1u) {

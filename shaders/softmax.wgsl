@@ -3,7 +3,7 @@
 
 // forward params: [0] rows, [1] n, [2] x, [3] y, [4] 1 for log-softmax
 @compute @workgroup_size(256)
-fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+fn softmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
     let row = group_id(wid, nwg);
     if row >= pu(0u) {
@@ -38,7 +38,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
 // backward params: [0] rows, [1] n, [2] y, [3] dy, [4] dx, [5] 1 for log.
 // softmax: dx = y (dy - sum dy y); log-softmax: dx = dy - exp(y) sum dy.
 @compute @workgroup_size(256)
-fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+fn softmax_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
     let row = group_id(wid, nwg);
     if row >= pu(0u) {

@@ -137,7 +137,7 @@ pub(super) fn strided(dims: &[usize], s0: &[usize], s1: &[usize]) -> Result<Vec<
 
 /// The fused elementwise program with its stack resolved to slots:
 /// `code = op | slot << 8 | arg << 16` (see kernels/elementwise.cu).
-pub(super) fn ew_program(prog: &[EwInstr]) -> Result<Vec<u8>> {
+pub(super) fn elementwise(prog: &[EwInstr]) -> Result<Vec<u8>> {
     if prog.len() > EW_MAX_INSTR {
         return Err(unsupported(format!(
             "fused elementwise program of {} instructions (at most {EW_MAX_INSTR})",

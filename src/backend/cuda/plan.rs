@@ -273,10 +273,10 @@ impl Planner {
             } => {
                 let geom = Arg::Bytes(pool_geom(g)?);
                 let (kernel, args) = match (kind, backward) {
-                    (PoolKind::Max, false) => ("maxpool2d_fwd", vec![r(0), w(0), w(1), geom]),
-                    (PoolKind::Max, true) => ("maxpool2d_bwd", vec![r(0), r(1), w(0), geom]),
-                    (PoolKind::Avg, false) => ("avgpool2d_fwd", vec![r(0), w(0), geom]),
-                    (PoolKind::Avg, true) => ("avgpool2d_bwd", vec![r(0), w(0), geom]),
+                    (PoolKind::Max, false) => ("maxpool2d_forward", vec![r(0), w(0), w(1), geom]),
+                    (PoolKind::Max, true) => ("maxpool2d_backward", vec![r(0), r(1), w(0), geom]),
+                    (PoolKind::Avg, false) => ("avgpool2d_forward", vec![r(0), w(0), geom]),
+                    (PoolKind::Avg, true) => ("avgpool2d_backward", vec![r(0), w(0), geom]),
                 };
                 self.elementwise(kernel, out_n, args)
             }
@@ -291,7 +291,7 @@ impl Planner {
                 planes: d,
                 backward: true,
             } => self.elementwise(
-                "global_avgpool_bwd",
+                "global_avgpool_backward",
                 out_n,
                 vec![
                     r(0),
@@ -304,12 +304,12 @@ impl Planner {
                 act: a,
                 backward: false,
                 ..
-            } => self.float4_map(l, "act_fwd", out_n, act_code(*a))?,
+            } => self.float4_map(l, "act_forward", out_n, act_code(*a))?,
             Kernel::Act {
                 act: a,
                 backward: true,
                 ..
-            } => self.float4_map(l, "act_bwd", out_n, act_code(*a))?,
+            } => self.float4_map(l, "act_backward", out_n, act_code(*a))?,
             Kernel::Binary { kind: k, a, b, out } => {
                 if a == out && b == out {
                     self.float4_map(l, "binary_same", out_n, binary_code(*k))?
@@ -396,9 +396,9 @@ impl Planner {
                 self.rows(
                     (*rows, *cols),
                     [
-                        "softmax_bwd_warp4",
-                        "softmax_bwd_warp32",
-                        "softmax_bwd_block",
+                        "softmax_backward_warp4",
+                        "softmax_backward_warp32",
+                        "softmax_backward_block",
                     ],
                     vec![r(0), r(1), w(0)],
                     log,
@@ -421,7 +421,7 @@ impl Planner {
                     vec![]
                 } else {
                     vec![Call {
-                        kernel: "ce_backward",
+                        kernel: "cross_entropy_backward",
                         grid: [div_up(b, 8) as u32, 1, 1],
                         args: vec![
                             r(0),
@@ -455,9 +455,9 @@ impl Planner {
                     w(0),
                     Arg::I32(int(out_n)?),
                     Arg::I32(mask),
-                    Arg::Bytes(ew_program(prog)?),
+                    Arg::Bytes(elementwise(prog)?),
                 ]);
-                self.elementwise("ew_program", out_n, args)
+                self.elementwise("elementwise", out_n, args)
             }
             Kernel::Dropout { p, seed, step, .. } => self.elementwise(
                 "dropout",

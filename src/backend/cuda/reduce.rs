@@ -183,7 +183,7 @@ impl Planner {
             }
             let rows = Arg::Ptr(Buf::Work, s.alloc(4 * b));
             let mut calls = vec![Call {
-                kernel: "ce_rows",
+                kernel: "cross_entropy",
                 grid: [div_up(b, 8) as u32, 1, 1],
                 args: vec![
                     r(0),
@@ -220,7 +220,7 @@ impl Planner {
                 return Ok(vec![]);
             }
             let mut calls = vec![Call {
-                kernel: "act_bwd_bias",
+                kernel: "act_backward_bias",
                 grid: [int(c)? as u32, splits as u32, 1],
                 args: vec![
                     r(0),
@@ -271,7 +271,7 @@ impl Planner {
                 let mut args = vec![r(0), r(1), r(2), r(3), r(4), w(0)];
                 args.extend(dims);
                 args.push(Arg::F32(*eps));
-                return Ok(self.elementwise("bn_infer", n * c * hw, args));
+                return Ok(self.elementwise("batchnorm2d_infer", n * c * hw, args));
             }
             let splits = self.splits(c, n * hw, 4096, 64);
             let part = Arg::Ptr(Buf::Work, s.alloc(16 * c * splits));
@@ -279,13 +279,13 @@ impl Planner {
                 return Ok(vec![]);
             }
             let mut calls = vec![channel_partials(
-                "bn_stats",
+                "batchnorm2d_stats",
                 vec![r(0), part.clone()],
                 (n, c, hw),
                 splits,
             )?];
             calls.extend(self.elementwise(
-                "bn_train_finalize",
+                "batchnorm2d_train_finalize",
                 c,
                 vec![
                     part,
@@ -302,7 +302,7 @@ impl Planner {
             ));
             let mut args = vec![r(0), r(1), r(2), w(1), w(2), w(0)];
             args.extend(dims);
-            calls.extend(self.elementwise("bn_normalize", n * c * hw, args));
+            calls.extend(self.elementwise("batchnorm2d_normalize", n * c * hw, args));
             calls
         })
     }
@@ -324,13 +324,13 @@ impl Planner {
             let part = Arg::Ptr(Buf::Work, s.alloc(16 * c * splits));
             let sums = Arg::Ptr(Buf::Work, s.alloc(8 * c));
             let mut calls = vec![channel_partials(
-                "bn_bwd_stats",
+                "batchnorm2d_backward_stats",
                 vec![r(0), r(2), r(3), r(4), part.clone()],
                 (n, c, hw),
                 splits,
             )?];
             calls.extend(self.elementwise(
-                "bn_bwd_finalize",
+                "batchnorm2d_backward_finalize",
                 c,
                 vec![
                     part,
@@ -342,7 +342,7 @@ impl Planner {
                 ],
             ));
             calls.extend(self.elementwise(
-                "bn_bwd_dx",
+                "batchnorm2d_backward_dx",
                 n * c * hw,
                 vec![
                     r(0),

@@ -214,8 +214,8 @@ pub fn encode(
             let (batch, m, k, n, ta, tb) = (g.batch, g.m, g.k, g.n, g.ta, g.tb);
             Gemm {
                 family: Family::Matmul,
-                tiled: "tiled",
-                reduce: "splitk_reduce",
+                tiled: "matmul",
+                reduce: "gemm_splitk_reduce",
                 m,
                 n,
                 k,
@@ -239,8 +239,8 @@ pub fn encode(
         }
         Kernel::Linear { gemm, bias, act } => Gemm {
             family: Family::Matmul,
-            tiled: "tiled",
-            reduce: "splitk_reduce",
+            tiled: "matmul",
+            reduce: "gemm_splitk_reduce",
             m: gemm.m,
             n: gemm.n,
             k: gemm.k,
@@ -256,8 +256,8 @@ pub fn encode(
             let (oh, ow) = g.out_hw().expect("checked by geom");
             Gemm {
                 family: Family::Conv2d,
-                tiled: "forward",
-                reduce: "forward_reduce",
+                tiled: "conv2d_forward",
+                reduce: "conv2d_forward_reduce",
                 m: g.c_out,
                 n: g.n * oh * ow,
                 k: g.c_in * g.kh * g.kw,
@@ -272,8 +272,8 @@ pub fn encode(
         }
         Kernel::Conv2dGradInput(g) => Gemm {
             family: Family::Conv2d,
-            tiled: "grad_input",
-            reduce: "grad_input_reduce",
+            tiled: "conv2d_grad_input",
+            reduce: "conv2d_grad_input_reduce",
             m: g.c_in,
             n: g.n * g.h * g.w,
             k: g.c_out * g.kh * g.kw,
@@ -289,8 +289,8 @@ pub fn encode(
             let (oh, ow) = g.out_hw().expect("checked by geom");
             Gemm {
                 family: Family::Conv2d,
-                tiled: "grad_weight",
-                reduce: "grad_weight_reduce",
+                tiled: "conv2d_grad_weight",
+                reduce: "conv2d_grad_weight_reduce",
                 m: g.c_out,
                 n: g.c_in * g.kh * g.kw,
                 k: g.n * oh * ow,
@@ -306,7 +306,7 @@ pub fn encode(
         Kernel::Conv2dGradBias(s) => {
             let mut p = Params::new(5);
             p.list(0, &[s.n, s.c, s.plane, r(0), w(0)]);
-            one(&p, Family::Conv2d, "grad_bias", s.c)
+            one(&p, Family::Conv2d, "conv2d_grad_bias", s.c)
         }
         Kernel::Pool {
             geom: g,
@@ -320,10 +320,10 @@ pub fn encode(
                 g.n * g.c * oh * ow
             };
             let (entry, extra) = match (kind, backward) {
-                (PoolKind::Max, false) => ("max_forward", w(1)),
-                (PoolKind::Max, true) => ("max_backward", r(1)),
-                (PoolKind::Avg, false) => ("avg_forward", 0),
-                (PoolKind::Avg, true) => ("avg_backward", 0),
+                (PoolKind::Max, false) => ("maxpool2d_forward", w(1)),
+                (PoolKind::Max, true) => ("maxpool2d_backward", r(1)),
+                (PoolKind::Avg, false) => ("avgpool2d_forward", 0),
+                (PoolKind::Avg, true) => ("avgpool2d_backward", 0),
             };
             let p = pool_params(g, count, r(0), w(0), extra);
             one(&p, Family::Pool, entry, groups_for(count))
@@ -340,9 +340,9 @@ pub fn encode(
             let mut p = Params::new(4);
             p.list(0, &[count, s.plane, r(0), w(0)]);
             let entry = if *backward {
-                "global_avg_backward"
+                "global_avgpool_backward"
             } else {
-                "global_avg_forward"
+                "global_avgpool_forward"
             };
             one(&p, Family::Pool, entry, groups_for(count))
         }
@@ -353,7 +353,7 @@ pub fn encode(
         } => {
             let mut p = Params::new(4);
             p.list(0, &[act_code(Some(*act)), *n, r(0), w(0)]);
-            one(&p, Family::Activation, "forward", groups_for(*n))
+            one(&p, Family::Activation, "act_forward", groups_for(*n))
         }
         Kernel::Act {
             act,
@@ -362,7 +362,7 @@ pub fn encode(
         } => {
             let mut p = Params::new(5);
             p.list(0, &[act_code(Some(*act)), *n, r(0), r(1), w(0)]);
-            one(&p, Family::Activation, "backward", groups_for(*n))
+            one(&p, Family::Activation, "act_backward", groups_for(*n))
         }
         Kernel::Binary {
             kind: k,
@@ -423,7 +423,7 @@ pub fn encode(
         } => {
             let mut p = Params::new(5);
             p.list(0, &[*rows, *n, r(0), w(0)]).u(4, *log as usize);
-            one(&p, Family::Softmax, "forward", *rows)
+            one(&p, Family::Softmax, "softmax", *rows)
         }
         Kernel::Softmax {
             rows,
@@ -434,12 +434,12 @@ pub fn encode(
             let mut p = Params::new(6);
             p.list(0, &[*rows, *n, r(0), r(1), w(0)])
                 .u(5, *log as usize);
-            one(&p, Family::Softmax, "backward", *rows)
+            one(&p, Family::Softmax, "softmax_backward", *rows)
         }
         Kernel::CrossEntropy { batch, classes } => {
             let mut p = Params::new(5);
             p.list(0, &[*batch, *classes, r(0), r(1), w(0)]);
-            one(&p, Family::CrossEntropy, "forward", 1)
+            one(&p, Family::CrossEntropy, "cross_entropy", 1)
         }
         Kernel::CrossEntropyBackward {
             batch: b,
@@ -453,7 +453,7 @@ pub fn encode(
                 Some(d) => p.u(5, 0).f(6, *d),
                 None => p.u(5, 1).u(7, r(2)),
             };
-            one(&p, Family::CrossEntropy, "backward", b)
+            one(&p, Family::CrossEntropy, "cross_entropy_backward", b)
         }
         Kernel::ActBackwardBias {
             act,
@@ -506,7 +506,7 @@ pub fn encode(
                 .list(6, &[w(0), w(1), w(2), w(3), w(4)])
                 .f(11, *eps)
                 .f(12, *momentum);
-            one(&p, Family::Batchnorm, "train", s.c)
+            one(&p, Family::Batchnorm, "batchnorm2d_train", s.c)
         }
         Kernel::BatchNorm {
             planes: s,
@@ -519,14 +519,14 @@ pub fn encode(
             p.list(0, &[n, s.c, s.plane, r(0), r(1), r(2), r(3), r(4)])
                 .u(8, w(0))
                 .f(9, *eps);
-            one(&p, Family::Batchnorm, "infer", groups_for(n))
+            one(&p, Family::Batchnorm, "batchnorm2d_infer", groups_for(n))
         }
         Kernel::BatchNormBackward(s) => {
             let mut p = Params::new(11);
             p.list(0, &[s.n, s.c, s.plane])
                 .list(3, &[r(0), r(1), r(2), r(3), r(4)])
                 .list(8, &[w(0), w(1), w(2)]);
-            one(&p, Family::Batchnorm, "backward", s.c)
+            one(&p, Family::Batchnorm, "batchnorm2d_backward", s.c)
         }
         Kernel::Sgd { config: c, .. } => {
             let per = if c.momentum != 0.0 { 2 } else { 1 };
@@ -543,7 +543,7 @@ pub fn encode(
                 .f(4, c.weight_decay)
                 .u(5, c.lr.0 as usize)
                 .u(6, (per == 2) as usize);
-            multi_tensor(p, rows, Family::Sgd, "sgd")
+            multi_tensor(p, rows, Family::Sgd, "sgd_update")
         }
         Kernel::Adam { config: c, .. } => {
             let rows = tensor_table(l, 3, 6, |t, row| {
@@ -556,7 +556,7 @@ pub fn encode(
                 .f(4, c.eps)
                 .f(5, if c.decoupled { 0.0 } else { c.weight_decay })
                 .u(6, rt.slot(Derived::Adam(*c)));
-            multi_tensor(p, rows, Family::Adam, "adam")
+            multi_tensor(p, rows, Family::Adam, "adam_update")
         }
     }
 }
