@@ -22,6 +22,8 @@ pub mod ops;
 pub mod optim;
 pub mod plot;
 pub mod tensor;
+#[cfg(test)]
+pub(crate) mod test_support;
 pub mod testhook;
 pub mod train;
 pub mod weights;

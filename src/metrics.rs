@@ -364,9 +364,9 @@ mod tests {
         assert!(close(report.macro_precision, (2.0 / 3.0 + 0.5) / 3.0));
         assert!(close(report.macro_recall, (2.0 / 3.0 + 0.5) / 3.0));
         let text = report.to_string();
-        assert!(text.contains("precision"), "{text}");
-        assert!(text.contains("0.6667"), "{text}");
-        assert!(text.contains("macro avg"), "{text}");
+        crate::test_support::assert_mentions(&text, &["precision"]);
+        crate::test_support::assert_mentions(&text, &["0.6667"]);
+        crate::test_support::assert_mentions(&text, &["macro avg"]);
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["confusion"][0][1], 1);
         // Confusion rows line up: equal length lines after the title.

@@ -57,7 +57,8 @@ struct PanelSpec {
 }
 
 fn panel_specs(rows: &[EpochMetrics]) -> [PanelSpec; 2] {
-    let series = |color, value: fn(&EpochMetrics) -> Option<f64>| Series {
+    type Value = fn(&EpochMetrics) -> Option<f64>;
+    let series = |color, value: Value| Series {
         points: rows
             .iter()
             .filter_map(|r| value(r).map(|v| (r.epoch as f64, v)))
@@ -65,23 +66,14 @@ fn panel_specs(rows: &[EpochMetrics]) -> [PanelSpec; 2] {
             .collect(),
         color,
     };
+    let panel = |title, percent, train: Value, val: Value| PanelSpec {
+        title,
+        percent,
+        series: [series(TRAIN, train), series(VAL, val)],
+    };
     [
-        PanelSpec {
-            title: "loss",
-            percent: false,
-            series: [
-                series(TRAIN, |r| Some(r.train_loss)),
-                series(VAL, |r| r.val_loss),
-            ],
-        },
-        PanelSpec {
-            title: "accuracy",
-            percent: true,
-            series: [
-                series(TRAIN, |r| Some(r.train_acc)),
-                series(VAL, |r| r.val_acc),
-            ],
-        },
+        panel("loss", false, |r| Some(r.train_loss), |r| r.val_loss),
+        panel("accuracy", true, |r| Some(r.train_acc), |r| r.val_acc),
     ]
 }
 

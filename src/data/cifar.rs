@@ -191,16 +191,16 @@ mod tests {
         let e = load_cifar10(&dir.path().join("absent"), Split::Train)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("absent") && e.contains("not found"), "{e}");
+        crate::test_support::assert_mentions(&e, &["absent", "not found"]);
         let e = load_cifar10(dir.path(), Split::Train)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("data_batch_1.bin"), "{e}");
+        crate::test_support::assert_mentions(&e, &["data_batch_1.bin"]);
         write_batch(&dir.path().join("data_batch_2.bin"), 1, 0);
         let e = load_cifar10(dir.path(), Split::Test)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("test_batch.bin"), "{e}");
+        crate::test_support::assert_mentions(&e, &["test_batch.bin"]);
     }
 
     #[test]
@@ -214,15 +214,12 @@ mod tests {
         let e = load_cifar10(dir.path(), Split::Test)
             .unwrap_err()
             .to_string();
-        assert!(
-            e.contains("test_batch.bin") && e.contains("length 6046"),
-            "{e}"
-        );
+        crate::test_support::assert_mentions(&e, &["test_batch.bin", "length 6046"]);
         std::fs::write(&p, b"").unwrap();
         let e = load_cifar10(dir.path(), Split::Test)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("test_batch.bin") && e.contains("empty"), "{e}");
+        crate::test_support::assert_mentions(&e, &["test_batch.bin", "empty"]);
     }
 
     #[test]
@@ -236,9 +233,6 @@ mod tests {
         let e = load_cifar10(dir.path(), Split::Train)
             .unwrap_err()
             .to_string();
-        assert!(
-            e.contains("data_batch_1.bin") && e.contains("label 10 at index 1"),
-            "{e}"
-        );
+        crate::test_support::assert_mentions(&e, &["data_batch_1.bin", "label 10 at index 1"]);
     }
 }

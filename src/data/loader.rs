@@ -453,9 +453,9 @@ mod tests {
                 .to_string()
         };
         let e = refused(2, 0);
-        assert!(e.contains("batch size"), "{e}");
+        crate::test_support::assert_mentions(&e, &["batch size"]);
         let e = refused(3, 4);
-        assert!(e.contains("3 means") && e.contains("2 channels"), "{e}");
+        crate::test_support::assert_mentions(&e, &["3 means", "2 channels"]);
         let empty = Arc::new(Dataset::new(vec![], vec![], 1, 2, 2).unwrap());
         let mut l = loader(&empty, 4, Some(1), 0);
         assert_eq!(l.num_batches(), 0);

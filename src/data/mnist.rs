@@ -379,18 +379,12 @@ mod tests {
         let p = dir.path().join("labels-as-images");
         std::fs::write(&p, idx_bytes(IDX_LABELS_MAGIC, &[2], &[1, 2])).unwrap();
         let e = err_text(read_idx_images(&p));
-        assert!(e.contains("labels-as-images"), "{e}");
-        assert!(
-            e.contains("0x00000801") && e.contains("0x00000803") && e.contains("label file"),
-            "{e}"
-        );
+        crate::test_support::assert_mentions(&e, &["labels-as-images"]);
+        crate::test_support::assert_mentions(&e, &["0x00000801", "0x00000803", "label file"]);
         let g = dir.path().join("garbage.gz");
         std::fs::write(&g, gzip(b"hello world, not idx")).unwrap();
         let e = err_text(read_idx_labels(&g));
-        assert!(
-            e.contains("garbage.gz") && e.contains("wrong magic number"),
-            "{e}"
-        );
+        crate::test_support::assert_mentions(&e, &["garbage.gz", "wrong magic number"]);
     }
 
     #[test]
@@ -400,40 +394,31 @@ mod tests {
         let p = dir.path().join("short");
         std::fs::write(&p, &full[..30]).unwrap();
         let e = err_text(read_idx_images(&p));
-        assert!(e.contains("short") && e.contains("truncated"), "{e}");
-        assert!(e.contains("expected 52 bytes, got 30"), "{e}");
+        crate::test_support::assert_mentions(&e, &["short", "truncated"]);
+        crate::test_support::assert_mentions(&e, &["expected 52 bytes, got 30"]);
 
         let p = dir.path().join("short.gz");
         std::fs::write(&p, gzip(&full[..30])).unwrap();
         let e = err_text(read_idx_images(&p));
-        assert!(
-            e.contains("short.gz") && e.contains("expected 36 bytes"),
-            "{e}"
-        );
-        assert!(e.contains("got 14"), "{e}");
+        crate::test_support::assert_mentions(&e, &["short.gz", "expected 36 bytes"]);
+        crate::test_support::assert_mentions(&e, &["got 14"]);
 
         // A gzip stream cut in the middle is reported, not silently accepted.
         let z = gzip(&full);
         let p = dir.path().join("cut.gz");
         std::fs::write(&p, &z[..z.len() - 12]).unwrap();
         let e = err_text(read_idx_images(&p));
-        assert!(e.contains("cut.gz"), "{e}");
+        crate::test_support::assert_mentions(&e, &["cut.gz"]);
 
         let p = dir.path().join("header");
         std::fs::write(&p, &full[..10]).unwrap();
         let e = err_text(read_idx_images(&p));
-        assert!(
-            e.contains("truncated header: expected 16 bytes, got 10"),
-            "{e}"
-        );
+        crate::test_support::assert_mentions(&e, &["truncated header: expected 16 bytes, got 10"]);
 
         let p = dir.path().join("empty");
         std::fs::write(&p, b"").unwrap();
         let e = err_text(read_idx_labels(&p));
-        assert!(
-            e.contains("empty") && e.contains("expected 8 bytes, got 0"),
-            "{e}"
-        );
+        crate::test_support::assert_mentions(&e, &["empty", "expected 8 bytes, got 0"]);
     }
 
     #[test]
@@ -444,11 +429,11 @@ mod tests {
         let p = dir.path().join("long");
         std::fs::write(&p, &bytes).unwrap();
         let e = err_text(read_idx_labels(&p));
-        assert!(e.contains("long") && e.contains("1 extra"), "{e}");
+        crate::test_support::assert_mentions(&e, &["long", "1 extra"]);
         let p = dir.path().join("long.gz");
         std::fs::write(&p, gzip(&bytes)).unwrap();
         let e = err_text(read_idx_labels(&p));
-        assert!(e.contains("long.gz") && e.contains("goes on past"), "{e}");
+        crate::test_support::assert_mentions(&e, &["long.gz", "goes on past"]);
     }
 
     #[test]
@@ -459,14 +444,14 @@ mod tests {
         let p = dir.path().join("huge");
         std::fs::write(&p, &huge).unwrap();
         let e = err_text(read_idx_images(&p));
-        assert!(e.contains("huge") && e.contains("over the limit"), "{e}");
+        crate::test_support::assert_mentions(&e, &["huge", "over the limit"]);
         // Under the limit but far more than the file holds: raw files are
         // checked against their length before the buffer is made.
         let big = idx_bytes(IDX_IMAGES_MAGIC, &[1 << 20, 28, 28], &[0; 16]);
         let p = dir.path().join("big");
         std::fs::write(&p, &big).unwrap();
         let e = err_text(read_idx_images(&p));
-        assert!(e.contains("expected 822083600 bytes, got 32"), "{e}");
+        crate::test_support::assert_mentions(&e, &["expected 822083600 bytes, got 32"]);
         // A gzip bomb: header claims 1 GiB and the stream really is that long
         // (highly compressible zeros, written incrementally). The read is
         // capped by the header, so it allocates at most what was declared;
@@ -481,7 +466,7 @@ mod tests {
         }
         enc.finish().unwrap();
         let e = err_text(read_idx_labels(&p));
-        assert!(e.contains("bomb.gz") && e.contains("goes on past"), "{e}");
+        crate::test_support::assert_mentions(&e, &["bomb.gz", "goes on past"]);
     }
 
     #[test]
@@ -489,16 +474,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope");
         let e = err_text(load_mnist(&missing, Split::Train));
-        assert!(e.contains("nope") && e.contains("not found"), "{e}");
+        crate::test_support::assert_mentions(&e, &["nope", "not found"]);
         let e = err_text(load_mnist(dir.path(), Split::Test));
-        assert!(
-            e.contains("t10k-images-idx3-ubyte") && e.contains("t10k-images-idx3-ubyte.gz"),
-            "{e}"
+        crate::test_support::assert_mentions(
+            &e,
+            &["t10k-images-idx3-ubyte", "t10k-images-idx3-ubyte.gz"],
         );
         write_mnist(dir.path(), "t10k", 3, false);
         std::fs::remove_file(dir.path().join("t10k-labels-idx1-ubyte")).unwrap();
         let e = err_text(load_mnist(dir.path(), Split::Test));
-        assert!(e.contains("t10k-labels-idx1-ubyte"), "{e}");
+        crate::test_support::assert_mentions(&e, &["t10k-labels-idx1-ubyte"]);
     }
 
     #[test]
@@ -508,8 +493,8 @@ mod tests {
         let lab = idx_bytes(IDX_LABELS_MAGIC, &[5], &[0, 1, 2, 3, 4]);
         std::fs::write(dir.path().join("train-labels-idx1-ubyte.gz"), gzip(&lab)).unwrap();
         let e = err_text(load_mnist(dir.path(), Split::Train));
-        assert!(e.contains("6 images") && e.contains("5 labels"), "{e}");
-        assert!(e.contains("train-labels-idx1-ubyte.gz"), "{e}");
+        crate::test_support::assert_mentions(&e, &["6 images", "5 labels"]);
+        crate::test_support::assert_mentions(&e, &["train-labels-idx1-ubyte.gz"]);
     }
 
     #[test]
@@ -519,8 +504,8 @@ mod tests {
         let lab = idx_bytes(IDX_LABELS_MAGIC, &[4], &[0, 9, 12, 3]);
         std::fs::write(dir.path().join("train-labels-idx1-ubyte"), lab).unwrap();
         let e = err_text(load_mnist(dir.path(), Split::Train));
-        assert!(e.contains("train-labels-idx1-ubyte"), "{e}");
-        assert!(e.contains("label 12 at index 2"), "{e}");
+        crate::test_support::assert_mentions(&e, &["train-labels-idx1-ubyte"]);
+        crate::test_support::assert_mentions(&e, &["label 12 at index 2"]);
     }
 
     /// Loads the real dataset when the repository has it (data/mnist).

@@ -539,7 +539,7 @@ mod tests {
         );
         for bad in ["mnist", "imagenet:/x", "mnist:", ""] {
             let err = bad.parse::<DataSpec>().unwrap_err().to_string();
-            assert!(err.contains("mnist:DIR or cifar10:DIR"), "{err}");
+            crate::test_support::assert_mentions(&err, &["mnist:DIR or cifar10:DIR"]);
         }
     }
 

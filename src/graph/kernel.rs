@@ -303,19 +303,13 @@ impl Kernel {
                     backward: true,
                 }
             }
-            Op::Act(a) => {
-                need(1, 1)?;
+            Op::Act(a) | Op::ActBackward(a) => {
+                // Backward also reads the saved value.
+                let backward = matches!(l.op, Op::ActBackward(_));
+                need(1 + backward as usize, 1)?;
                 Kernel::Act {
                     act: *a,
-                    backward: false,
-                    len: len(ws),
-                }
-            }
-            Op::ActBackward(a) => {
-                need(2, 1)?;
-                Kernel::Act {
-                    act: *a,
-                    backward: true,
+                    backward,
                     len: len(ws),
                 }
             }

@@ -907,26 +907,24 @@ mod tests {
         let g = geom(64, 32, (32, 32), 64, (3, 3), (1, 1), (1, 1), (1, 1));
         assert_eq!(g.out_hw(), Some((32, 32)));
         assert_eq!(g.flops_forward(), 2 * 64 * 64 * 32 * 32 * 32 * 9);
-        assert_eq!(
-            geom(1, 1, (5, 5), 1, (3, 3), (2, 2), (0, 0), (2, 2)).out_hw(),
-            Some((1, 1))
+        // (input, kernel, stride, pad, dilation) -> (oh, ow) of 1x1 images.
+        type Case = (
+            (usize, usize),
+            (usize, usize),
+            (usize, usize),
+            (usize, usize),
+            (usize, usize),
         );
-        assert_eq!(
-            geom(1, 1, (4, 5), 1, (3, 3), (1, 1), (0, 0), (2, 2)).out_hw(),
-            None
-        );
-        assert_eq!(
-            geom(1, 1, (1, 1), 1, (3, 3), (1, 1), (1, 1), (1, 1)).out_hw(),
-            Some((1, 1))
-        );
-        assert_eq!(
-            geom(1, 1, (6, 6), 1, (2, 2), (0, 1), (0, 0), (1, 1)).out_hw(),
-            None
-        );
-        assert_eq!(
-            geom(1, 1, (6, 6), 1, (0, 2), (1, 1), (0, 0), (1, 1)).out_hw(),
-            None
-        );
+        let cases: [(Case, Option<(usize, usize)>); 5] = [
+            (((5, 5), (3, 3), (2, 2), (0, 0), (2, 2)), Some((1, 1))),
+            (((4, 5), (3, 3), (1, 1), (0, 0), (2, 2)), None),
+            (((1, 1), (3, 3), (1, 1), (1, 1), (1, 1)), Some((1, 1))),
+            (((6, 6), (2, 2), (0, 1), (0, 0), (1, 1)), None),
+            (((6, 6), (0, 2), (1, 1), (0, 0), (1, 1)), None),
+        ];
+        for ((hw, k, s, p, d), want) in cases {
+            assert_eq!(geom(1, 1, hw, 1, k, s, p, d).out_hw(), want, "{hw:?} {k:?}");
+        }
         assert_eq!(
             geom(1, 1, (6, 6), 1, (2, 2), (1, 1), (0, 0), (1, 1)).flops_forward(),
             200

@@ -326,23 +326,11 @@ fn execute(
             momentum,
             training: true,
         } => {
-            let (y, rest) = w.split_at_mut(1);
-            let (mean, rest) = rest.split_at_mut(1);
-            let (invstd, rest) = rest.split_at_mut(1);
-            let (rm, rv) = rest.split_at_mut(1);
-            batchnorm::cpu_train(
-                planes.dims(),
-                *eps,
-                *momentum,
-                r[0],
-                r[1],
-                r[2],
-                y[0],
-                mean[0],
-                invstd[0],
-                rm[0],
-                rv[0],
-            );
+            let [y, mean, invstd, rm, rv, ..] = w else {
+                unreachable!("Module::validate checked the write count")
+            };
+            let x = (r[0], r[1], r[2]);
+            batchnorm::cpu_train(planes.dims(), *eps, *momentum, x, y, mean, invstd, rm, rv);
         }
         Kernel::BatchNorm {
             planes,
@@ -351,19 +339,10 @@ fn execute(
             ..
         } => batchnorm::cpu_infer(planes.dims(), *eps, r[0], r[1], r[2], r[3], r[4], w[0]),
         Kernel::BatchNormBackward(planes) => {
-            let (dx, rest) = w.split_at_mut(1);
-            let (dg, db) = rest.split_at_mut(1);
-            batchnorm::cpu_backward(
-                planes.dims(),
-                r[0],
-                r[1],
-                r[2],
-                r[3],
-                r[4],
-                dx[0],
-                dg[0],
-                db[0],
-            );
+            let [dx, dg, db, ..] = w else {
+                unreachable!("Module::validate checked the write count")
+            };
+            batchnorm::cpu_backward(planes.dims(), r[0], r[1], r[2], r[3], r[4], dx, dg, db);
         }
         // One group: this tensor's gradient, parameter and state.
         Kernel::Sgd { config: c, .. } => {

@@ -3,7 +3,7 @@
 
 use super::args::*;
 use super::layout::*;
-use super::plan::{Gemm, Planner, Scratch, MAX_GRID_YZ};
+use super::plan::{operands, Gemm, Planner, Scratch, MAX_GRID_YZ};
 use crate::error::Result;
 use crate::graph::plan::Launch;
 use crate::ops::conv2d::Conv2dGeom;
@@ -170,8 +170,7 @@ impl Planner {
         g: &Conv2dGeom,
         s: &mut Scratch,
     ) -> Result<Vec<Call>> {
-        let r = |i: usize| Arg::arena(l.reads[i].offset);
-        let w = |i: usize| Arg::arena(l.writes[i].offset);
+        let (r, w) = operands(l);
         Ok({
             let (oh, ow) = g.out_hw().expect("checked by geom");
             let (m, n, k) = (g.c_out, g.c_in * g.kh * g.kw, g.n * oh * ow);

@@ -173,8 +173,7 @@ impl Planner {
         for slot in l.reads.iter().chain(&l.writes) {
             int(slot.len)?;
         }
-        let r = |i: usize| Arg::arena(l.reads[i].offset);
-        let w = |i: usize| Arg::arena(l.writes[i].offset);
+        let (r, w) = operands(l);
         let out_n = l.writes.first().map_or(0, |s| s.len);
         Ok(match kernel {
             Kernel::MatMul(g) => {
@@ -556,4 +555,13 @@ impl Planner {
             args,
         }]
     }
+}
+
+/// Arena arguments of a launch's operands: `r(i)` is its i-th read, `w(i)`
+/// its i-th write.
+pub(super) fn operands(l: &Launch) -> (impl Fn(usize) -> Arg + '_, impl Fn(usize) -> Arg + '_) {
+    (
+        move |i: usize| Arg::arena(l.reads[i].offset),
+        move |i: usize| Arg::arena(l.writes[i].offset),
+    )
 }

@@ -3,7 +3,7 @@
 
 use super::args::*;
 use super::layout::*;
-use super::plan::{Planner, Scratch};
+use super::plan::{operands, Planner, Scratch};
 use crate::error::Result;
 use crate::graph::kernel::Planes;
 use crate::graph::plan::{Launch, Slot};
@@ -175,8 +175,7 @@ impl Planner {
         (b, c): (usize, usize),
         s: &mut Scratch,
     ) -> Result<Vec<Call>> {
-        let r = |i: usize| Arg::arena(l.reads[i].offset);
-        let w = |i: usize| Arg::arena(l.writes[i].offset);
+        let (r, w) = operands(l);
         Ok({
             if b == 0 {
                 return Ok(self.elementwise("fill", 1, vec![w(0), Arg::I32(1), Arg::F32(0.0)]));
@@ -204,8 +203,7 @@ impl Planner {
         (act, d, axis): (&Activation, &[usize], &usize),
         s: &mut Scratch,
     ) -> Result<Vec<Call>> {
-        let r = |i: usize| Arg::arena(l.reads[i].offset);
-        let w = |i: usize| Arg::arena(l.writes[i].offset);
+        let (r, w) = operands(l);
         Ok({
             let c = d[*axis];
             let inner: usize = d[axis + 1..].iter().product();
@@ -258,8 +256,7 @@ impl Planner {
         (planes, eps, momentum, training): (&Planes, &f32, &f32, &bool),
         s: &mut Scratch,
     ) -> Result<Vec<Call>> {
-        let r = |i: usize| Arg::arena(l.reads[i].offset);
-        let w = |i: usize| Arg::arena(l.writes[i].offset);
+        let (r, w) = operands(l);
         Ok({
             let (n, c, hw) = planes.dims();
             let dims = [
@@ -313,8 +310,7 @@ impl Planner {
         planes: &Planes,
         s: &mut Scratch,
     ) -> Result<Vec<Call>> {
-        let r = |i: usize| Arg::arena(l.reads[i].offset);
-        let w = |i: usize| Arg::arena(l.writes[i].offset);
+        let (r, w) = operands(l);
         Ok({
             let (n, c, hw) = planes.dims();
             if c == 0 {
