@@ -466,6 +466,17 @@ mod tests {
         (dir, loaded)
     }
 
+    /// `sample()` saved in f32: the folder, the file, the tensors and the
+    /// file's bytes.
+    fn saved_sample_file() -> (tempfile::TempDir, PathBuf, Vec<(String, Tensor)>, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        let tensors = sample();
+        save(&path, &refs(&tensors), DType::F32, None).unwrap();
+        let before = std::fs::read(&path).unwrap();
+        (dir, path, tensors, before)
+    }
+
     #[test]
     fn f32_round_trip_is_exact() {
         let dir = tempfile::tempdir().unwrap();
@@ -644,11 +655,7 @@ mod tests {
 
     #[test]
     fn failed_save_leaves_old_file_intact() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("model.safetensors");
-        let tensors = sample();
-        save(&path, &refs(&tensors), DType::F32, None).unwrap();
-        let before = std::fs::read(&path).unwrap();
+        let (dir, path, tensors, before) = saved_sample_file();
 
         // A tensor whose data does not match its shape fails to serialise.
         let bad = Tensor {
@@ -682,11 +689,7 @@ mod tests {
     #[test]
     fn read_only_dir_save_fails_and_keeps_old_file() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("model.safetensors");
-        let tensors = sample();
-        save(&path, &refs(&tensors), DType::F32, None).unwrap();
-        let before = std::fs::read(&path).unwrap();
+        let (dir, path, _tensors, before) = saved_sample_file();
         let set_mode = |mode| {
             std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap()
         };

@@ -160,6 +160,11 @@ mod tests {
         (labels, images)
     }
 
+    /// The error loading `split` from `dir`, as text.
+    fn load_err(dir: &Path, split: Split) -> String {
+        load_cifar10(dir, split).unwrap_err().to_string()
+    }
+
     #[test]
     fn train_uses_existing_batches_in_order() {
         let dir = tempfile::tempdir().unwrap();
@@ -192,14 +197,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         crate::test_support::assert_mentions(&e, &["absent", "not found"]);
-        let e = load_cifar10(dir.path(), Split::Train)
-            .unwrap_err()
-            .to_string();
+        let e = load_err(dir.path(), Split::Train);
         crate::test_support::assert_mentions(&e, &["data_batch_1.bin"]);
         write_batch(&dir.path().join("data_batch_2.bin"), 1, 0);
-        let e = load_cifar10(dir.path(), Split::Test)
-            .unwrap_err()
-            .to_string();
+        let e = load_err(dir.path(), Split::Test);
         crate::test_support::assert_mentions(&e, &["test_batch.bin"]);
     }
 
@@ -211,14 +212,10 @@ mod tests {
         let mut bytes = std::fs::read(&p).unwrap();
         bytes.truncate(2 * CIFAR_RECORD_BYTES - 100);
         std::fs::write(&p, &bytes).unwrap();
-        let e = load_cifar10(dir.path(), Split::Test)
-            .unwrap_err()
-            .to_string();
+        let e = load_err(dir.path(), Split::Test);
         crate::test_support::assert_mentions(&e, &["test_batch.bin", "length 6046"]);
         std::fs::write(&p, b"").unwrap();
-        let e = load_cifar10(dir.path(), Split::Test)
-            .unwrap_err()
-            .to_string();
+        let e = load_err(dir.path(), Split::Test);
         crate::test_support::assert_mentions(&e, &["test_batch.bin", "empty"]);
     }
 
@@ -230,9 +227,7 @@ mod tests {
         let mut bytes = std::fs::read(&p).unwrap();
         bytes[CIFAR_RECORD_BYTES] = 10;
         std::fs::write(&p, &bytes).unwrap();
-        let e = load_cifar10(dir.path(), Split::Train)
-            .unwrap_err()
-            .to_string();
+        let e = load_err(dir.path(), Split::Train);
         crate::test_support::assert_mentions(&e, &["data_batch_1.bin", "label 10 at index 1"]);
     }
 }

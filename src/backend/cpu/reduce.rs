@@ -5,45 +5,68 @@ use super::binary::outer_offsets;
 use crate::ops::binary::broadcast_strides;
 use crate::tensor::Shape;
 
+/// The rows (last axis) of a full shape `big`, and where each starts in an
+/// operand of shape `small` that broadcasts to it.
+struct BroadcastRows<'a> {
+    big: &'a Shape,
+    strides: Vec<usize>,
+    zeros: Vec<usize>,
+    /// Row length (at least 1).
+    len: usize,
+    /// The operand's stride along a row (0 when it broadcasts there).
+    step: usize,
+}
+
+impl<'a> BroadcastRows<'a> {
+    /// None for rank 0 (one element, no rows).
+    fn new(big: &'a Shape, small: &Shape) -> Option<Self> {
+        let r = big.rank();
+        let last = r.checked_sub(1)?;
+        let strides = broadcast_strides(small, big);
+        Some(BroadcastRows {
+            big,
+            step: strides[last],
+            strides,
+            zeros: vec![0; r],
+            len: big.0[last].max(1),
+        })
+    }
+
+    /// The operand's offset of the start of row `row`.
+    fn start(&self, row: usize) -> usize {
+        outer_offsets(self.big, &self.strides, &self.zeros, row).0
+    }
+}
+
 /// `y = sum of x over the axes where y's (broadcast) shape is 1`.
 /// Serial and in a fixed order, so results are bitwise reproducible.
 pub fn cpu_sum_to(sx: &Shape, x: &[f32], sy: &Shape, y: &mut [f32]) {
     y.fill(0.0);
-    let r = sx.rank();
-    if r == 0 {
+    let Some(rows) = BroadcastRows::new(sx, sy) else {
         y[0] = x[0];
         return;
-    }
-    let inner = sx.0[r - 1];
-    let stry = broadcast_strides(sy, sx);
-    let iy = stry[r - 1];
-    let zeros = vec![0usize; r];
-    for (row, xr) in x.chunks(inner.max(1)).enumerate() {
-        let (oy, _) = outer_offsets(sx, &stry, &zeros, row);
-        if iy == 0 {
+    };
+    for (row, xr) in x.chunks(rows.len).enumerate() {
+        let oy = rows.start(row);
+        if rows.step == 0 {
             y[oy] += xr.iter().sum::<f32>();
         } else {
             for (j, v) in xr.iter().enumerate() {
-                y[oy + j * iy] += v;
+                y[oy + j * rows.step] += v;
             }
         }
     }
 }
 
 pub fn cpu_broadcast_to(sx: &Shape, x: &[f32], sy: &Shape, y: &mut [f32]) {
-    let r = sy.rank();
-    if r == 0 {
+    let Some(rows) = BroadcastRows::new(sy, sx) else {
         y[0] = x[0];
         return;
-    }
-    let inner = sy.0[r - 1];
-    let strx = broadcast_strides(sx, sy);
-    let ix = strx[r - 1];
-    let zeros = vec![0usize; r];
-    for (row, yr) in y.chunks_mut(inner.max(1)).enumerate() {
-        let (ox, _) = outer_offsets(sy, &strx, &zeros, row);
+    };
+    for (row, yr) in y.chunks_mut(rows.len).enumerate() {
+        let ox = rows.start(row);
         for (j, v) in yr.iter_mut().enumerate() {
-            *v = x[ox + j * ix];
+            *v = x[ox + j * rows.step];
         }
     }
 }

@@ -375,33 +375,25 @@ impl Planner {
                 rows,
                 cols,
                 log,
-                backward: false,
+                backward,
             } => {
-                let log = *log as i32;
-                self.rows(
-                    (*rows, *cols),
-                    ["softmax_warp4", "softmax_warp32", "softmax_block"],
-                    vec![r(0), w(0)],
-                    log,
-                )?
-            }
-            Kernel::Softmax {
-                rows,
-                cols,
-                log,
-                backward: true,
-            } => {
-                let log = *log as i32;
-                self.rows(
-                    (*rows, *cols),
-                    [
-                        "softmax_backward_warp4",
-                        "softmax_backward_warp32",
-                        "softmax_backward_block",
-                    ],
-                    vec![r(0), r(1), w(0)],
-                    log,
-                )?
+                // Backward reads y and dy.
+                let (kernels, args) = if *backward {
+                    (
+                        [
+                            "softmax_backward_warp4",
+                            "softmax_backward_warp32",
+                            "softmax_backward_block",
+                        ],
+                        vec![r(0), r(1), w(0)],
+                    )
+                } else {
+                    (
+                        ["softmax_warp4", "softmax_warp32", "softmax_block"],
+                        vec![r(0), w(0)],
+                    )
+                };
+                self.rows((*rows, *cols), kernels, args, *log as i32)?
             }
             Kernel::CrossEntropy { batch, classes } => {
                 self.cross_entropy(l, (*batch, *classes), s)?
