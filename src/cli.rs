@@ -2,7 +2,7 @@
 
 use crate::backend::DeviceSpec;
 use crate::data::{Augment, DataSpec};
-use crate::optim::{LrSchedule, OptimizerKind};
+use crate::optim::{LrSchedule, OptimizerKind, Plateau};
 use crate::train::TrainOptions;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -52,9 +52,20 @@ pub struct TrainArgs {
     pub optimizer: String,
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f32,
-    /// constant, step (halve every epoch) or cosine.
+    /// constant, step (halve every epoch), cosine, or plateau (multiply by
+    /// --plateau-factor after --plateau-patience epochs without a better
+    /// validation loss, as PyTorch's ReduceLROnPlateau).
     #[arg(long, default_value = "constant")]
     pub lr_schedule: String,
+    /// With --lr-schedule plateau: the factor applied to the rate [default: 0.1].
+    #[arg(long)]
+    pub plateau_factor: Option<f32>,
+    /// With --lr-schedule plateau: epochs without improvement tolerated [default: 10].
+    #[arg(long)]
+    pub plateau_patience: Option<usize>,
+    /// With --lr-schedule plateau: the rate is never reduced below this [default: 0].
+    #[arg(long)]
+    pub min_lr: Option<f32>,
     /// Linear learning-rate warm-up, in steps.
     #[arg(long, default_value_t = 0)]
     pub warmup: usize,
@@ -135,6 +146,28 @@ pub fn default_data() -> String {
 }
 
 impl TrainArgs {
+    /// The schedule, with the plateau settings applied (and refused for
+    /// any other schedule, where they would silently do nothing).
+    fn lr_schedule(&self) -> crate::Result<LrSchedule> {
+        let d = Plateau::default();
+        match self.lr_schedule.parse::<LrSchedule>()? {
+            LrSchedule::Plateau(_) => Ok(LrSchedule::Plateau(Plateau {
+                factor: self.plateau_factor.unwrap_or(d.factor),
+                patience: self.plateau_patience.unwrap_or(d.patience),
+                min_lr: self.min_lr.unwrap_or(d.min_lr),
+            })),
+            _ if self.plateau_factor.is_some()
+                || self.plateau_patience.is_some()
+                || self.min_lr.is_some() =>
+            {
+                Err(crate::Error::Usage(
+                    "--plateau-factor, --plateau-patience and --min-lr apply to --lr-schedule plateau only".into(),
+                ))
+            }
+            other => Ok(other),
+        }
+    }
+
     pub fn options(&self) -> crate::Result<TrainOptions> {
         let data: DataSpec = self.data.clone().unwrap_or_else(default_data).parse()?;
         Ok(TrainOptions {
@@ -144,7 +177,7 @@ impl TrainArgs {
             batch: self.batch,
             optimizer: self.optimizer.parse::<OptimizerKind>()?,
             lr: self.lr,
-            lr_schedule: self.lr_schedule.parse::<LrSchedule>()?,
+            lr_schedule: self.lr_schedule()?,
             warmup: self.warmup,
             weight_decay: self.weight_decay,
             seed: self.seed,

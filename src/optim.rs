@@ -154,6 +154,73 @@ pub enum LrSchedule {
     },
     /// Cosine decay from the base rate to 0 over the run.
     Cosine,
+    /// Reduce when the validation loss stops improving (see [`Plateau`]).
+    Plateau(Plateau),
+}
+
+/// PyTorch's `ReduceLROnPlateau` in its default mode (`min`, relative
+/// threshold 1e-4, no cooldown): after each validated epoch, a loss below
+/// `best·(1 − 1e-4)` is an improvement; more than `patience` epochs in a row
+/// without one multiply the rate by `factor`, never below `min_lr`.
+///
+/// The state is a function of the validation losses so far, so it is
+/// recomputed from the run's metrics and a resumed run continues exactly.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Plateau {
+    pub factor: f32,
+    pub patience: usize,
+    pub min_lr: f32,
+}
+
+impl Default for Plateau {
+    /// PyTorch's defaults.
+    fn default() -> Self {
+        Plateau {
+            factor: 0.1,
+            patience: 10,
+            min_lr: 0.0,
+        }
+    }
+}
+
+impl Plateau {
+    /// Relative improvement that counts (PyTorch's `threshold`).
+    pub const THRESHOLD: f64 = 1e-4;
+
+    /// The rate after the epochs whose validation losses are `losses`,
+    /// starting from `base`.
+    pub fn lr(&self, base: f32, losses: impl IntoIterator<Item = f64>) -> f32 {
+        let (mut lr, mut best, mut bad) = (base, f64::INFINITY, 0usize);
+        for loss in losses {
+            if loss < best * (1.0 - Self::THRESHOLD) {
+                best = loss;
+                bad = 0;
+            } else {
+                bad += 1;
+            }
+            if bad > self.patience {
+                lr = (lr * self.factor).max(self.min_lr);
+                bad = 0;
+            }
+        }
+        lr
+    }
+
+    pub fn check(&self) -> Result<()> {
+        if !(self.factor > 0.0 && self.factor < 1.0) {
+            return Err(Error::Usage(format!(
+                "--plateau-factor must be in (0, 1), got {}",
+                self.factor
+            )));
+        }
+        if !(self.min_lr.is_finite() && self.min_lr >= 0.0) {
+            return Err(Error::Usage(format!(
+                "--min-lr must be a finite number >= 0, got {}",
+                self.min_lr
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl std::str::FromStr for LrSchedule {
@@ -166,15 +233,17 @@ impl std::str::FromStr for LrSchedule {
                 gamma: 0.5,
             }),
             "cosine" => Ok(LrSchedule::Cosine),
+            "plateau" => Ok(LrSchedule::Plateau(Plateau::default())),
             _ => Err(Error::Usage(format!(
-                "unknown lr schedule '{s}' (expected constant, step or cosine)"
+                "unknown lr schedule '{s}' (expected constant, step, cosine or plateau)"
             ))),
         }
     }
 }
 
 /// Learning rate for 0-based `step` of `total` steps with `steps_per_epoch`,
-/// after a linear warm-up of `warmup` steps.
+/// after a linear warm-up of `warmup` steps. For [`LrSchedule::Plateau`],
+/// `base` is the rate [`Plateau::lr`] gives for the epoch.
 pub fn lr_at(
     base: f32,
     schedule: LrSchedule,
@@ -187,7 +256,7 @@ pub fn lr_at(
         return base * (step + 1) as f32 / warmup as f32;
     }
     match schedule {
-        LrSchedule::Constant => base,
+        LrSchedule::Constant | LrSchedule::Plateau(_) => base,
         LrSchedule::Step { every, gamma } => {
             base * gamma.powi((step / steps_per_epoch.max(1) / every.max(1)) as i32)
         }
@@ -196,5 +265,58 @@ pub fn lr_at(
             let t = (step - warmup) as f32 / span;
             base * 0.5 * (1.0 + (std::f32::consts::PI * t.min(1.0)).cos())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// PyTorch's ReduceLROnPlateau(factor=0.5, patience=1) on the same
+    /// losses (stepped by hand from its source: an improvement is a loss
+    /// below best·(1 − 1e-4), so 0.8999 after 0.9 counts and the count of
+    /// bad epochs restarts after each reduction).
+    #[test]
+    fn plateau_follows_pytorch() {
+        let p = Plateau {
+            factor: 0.5,
+            patience: 1,
+            min_lr: 0.0,
+        };
+        let losses = [1.0, 0.9, 0.95, 0.8999, 0.97, 0.98, 0.5, 0.6, 0.7, 0.8, 0.9];
+        let want = [1.0, 1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25, 0.25, 0.125];
+        for (k, w) in want.iter().enumerate() {
+            let got = p.lr(1.0, losses[..=k].iter().copied());
+            assert_eq!(got, *w, "after {} epochs", k + 1);
+        }
+        // The floor holds, and patience 0 reduces on every flat epoch.
+        let floor = Plateau {
+            factor: 0.1,
+            patience: 0,
+            min_lr: 0.05,
+        };
+        assert_eq!(floor.lr(1.0, [1.0, 1.0, 1.0, 1.0]), 0.05);
+        assert_eq!(floor.lr(1.0, [1.0, 1.0]), 0.1);
+        assert!(Plateau {
+            factor: 1.0,
+            ..floor
+        }
+        .check()
+        .is_err());
+        assert!(Plateau {
+            min_lr: -1.0,
+            ..floor
+        }
+        .check()
+        .is_err());
+        assert!(floor.check().is_ok());
+    }
+
+    /// The plateau rate is the base rate handed to `lr_at`, warm-up aside.
+    #[test]
+    fn lr_at_passes_the_plateau_rate_through() {
+        let s = LrSchedule::Plateau(Plateau::default());
+        assert_eq!(lr_at(0.25, s, 50, 100, 10, 0), 0.25);
+        assert_eq!(lr_at(0.25, s, 0, 100, 10, 4), 0.0625);
     }
 }

@@ -85,6 +85,14 @@ fn check_options(o: &TrainOptions) -> Result<()> {
             o.lr
         )));
     }
+    if let LrSchedule::Plateau(p) = o.lr_schedule {
+        p.check()?;
+        if o.val_split <= 0.0 {
+            return Err(Error::Usage(
+                "--lr-schedule plateau watches the validation loss: set --val-split above 0".into(),
+            ));
+        }
+    }
     if let Some(wd) = o.weight_decay {
         if !(wd.is_finite() && wd >= 0.0) {
             return Err(Error::Usage(format!(
@@ -257,12 +265,18 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
         let bar = progress_bar(o.progress, loader.num_batches(), epoch, o.epochs);
         let mut cm = ConfusionMatrix::new(classes);
         let (mut loss_sum, mut seen) = (0.0f64, 0usize);
-        let mut lr = o.lr;
+        // Reduce-on-plateau: the rate this epoch, from the validation
+        // losses so far (a resumed run recomputes the same).
+        let base_lr = match o.lr_schedule {
+            LrSchedule::Plateau(p) => p.lr(o.lr, rows.iter().filter_map(|r| r.val_loss)),
+            _ => o.lr,
+        };
+        let mut lr = base_lr;
         // A resumed epoch replays the same order and skips what was done.
         let skip = std::mem::take(&mut skip_batches);
         for (bi, b) in loader.enumerate().skip(skip) {
             lr = lr_at(
-                o.lr,
+                base_lr,
                 o.lr_schedule,
                 model.step as usize,
                 total_steps,

@@ -499,3 +499,92 @@ fn bench_measures_every_case_on_the_cpu() {
         );
     }
 }
+
+/// `--lr-schedule plateau` (PyTorch's ReduceLROnPlateau): the rate of each
+/// epoch in metrics.csv is the one the validation losses before it give,
+/// and on this overfitting setup it is reduced at least once.
+#[test]
+fn plateau_schedule_follows_the_validation_loss() {
+    let t = tmp();
+    let data = t.path().join("mnist");
+    tiny_mnist(&data, 400, 20);
+    let out = t.path().join("run");
+    let o = gpurt(&[
+        "train",
+        "--data",
+        &data_arg(&data),
+        "--model",
+        "mlp",
+        "--lr",
+        "0.02",
+        "--epochs",
+        "8",
+        "--batch",
+        "32",
+        "--val-split",
+        "0.25",
+        "--lr-schedule",
+        "plateau",
+        "--plateau-patience",
+        "0",
+        "--plateau-factor",
+        "0.5",
+        "--out",
+        path(&out),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let (val, lr) = (col("val_loss"), col("lr"));
+    let rows: Vec<(f64, f64)> = lines
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[val].parse().unwrap(), f[lr].parse().unwrap())
+        })
+        .collect();
+    assert_eq!(rows.len(), 8);
+    let p = gpurt::optim::Plateau {
+        factor: 0.5,
+        patience: 0,
+        min_lr: 0.0,
+    };
+    for (e, &(_, lr)) in rows.iter().enumerate() {
+        let want = p.lr(0.02, rows[..e].iter().map(|r| r.0));
+        assert_eq!(lr, want as f64, "epoch {}: {csv}", e + 1);
+    }
+    assert!(rows.iter().any(|r| r.1 < 0.02), "never reduced: {csv}");
+}
+
+#[test]
+fn plateau_settings_need_the_plateau_schedule_and_validation() {
+    let t = tmp();
+    let data = t.path().join("mnist");
+    tiny_mnist(&data, 64, 8);
+    let run = |extra: &[&str]| {
+        let base = [
+            "train",
+            "--data",
+            &data_arg(&data),
+            "--quiet",
+            "--epochs",
+            "1",
+        ];
+        let out = t.path().join("run");
+        gpurt(&[&base[..], extra, &["--out", path(&out)]].concat())
+    };
+    assert_fails_with(
+        &run(&["--plateau-factor", "0.5"]),
+        &["--lr-schedule plateau"],
+    );
+    assert_fails_with(
+        &run(&["--lr-schedule", "plateau", "--val-split", "0"]),
+        &["--val-split"],
+    );
+    assert_fails_with(
+        &run(&["--lr-schedule", "plateau", "--plateau-factor", "2"]),
+        &["--plateau-factor", "(0, 1)"],
+    );
+}
