@@ -27,6 +27,8 @@ use std::path::{Path, PathBuf};
 pub const CHECKPOINT: &str = "checkpoint.json";
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const OPTIM_FILE: &str = "optim.safetensors";
+/// The best epoch's weights, kept beside the latest under early stopping.
+pub const BEST_FILE: &str = "best.safetensors";
 pub const FORMAT: &str = "gpurt-checkpoint-v1";
 /// The most epochs a run may ask for: far beyond any real run, and small
 /// enough that epoch and step arithmetic cannot wrap.
@@ -68,6 +70,10 @@ pub struct Checkpoint {
     pub std: Vec<f32>,
     pub seed: u64,
     pub data: String,
+    /// Under early stopping: the epoch whose weights are `best.safetensors`,
+    /// the run's model for `eval` and `predict`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_epoch: Option<usize>,
 }
 
 impl Checkpoint {
@@ -140,6 +146,14 @@ impl Checkpoint {
         if self.batch_size == Some(0) {
             return Err("batch_size is 0".into());
         }
+        if let Some(b) = self.best_epoch {
+            if b == 0 || b > self.epoch {
+                return Err(format!(
+                    "best_epoch {b} is not one of the {} epochs run",
+                    self.epoch
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -149,6 +163,14 @@ impl Checkpoint {
     }
     pub fn optim_file(&self, dir: &Path) -> PathBuf {
         dir.join(&self.files).join(OPTIM_FILE)
+    }
+    /// The run's model: the best epoch's weights under early stopping,
+    /// else the latest.
+    pub fn run_model_file(&self, dir: &Path) -> PathBuf {
+        match self.best_epoch {
+            Some(_) => dir.join(&self.files).join(BEST_FILE),
+            None => self.model_file(dir),
+        }
     }
 
     /// The normaliser recorded in this checkpoint.

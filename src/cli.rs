@@ -3,7 +3,7 @@
 use crate::backend::DeviceSpec;
 use crate::data::{Augment, DataSpec};
 use crate::optim::{LrSchedule, OptimizerKind, Plateau};
-use crate::train::TrainOptions;
+use crate::train::{EarlyStop, Monitor, TrainOptions};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Train a model; writes checkpoints, metrics.csv/json and training.png to --out.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Evaluate a trained run on the test split: accuracy, per-class precision/recall/F1, confusion matrix.
     Eval(EvalArgs),
     /// Classify PNG images or an IDX image file with a trained run.
@@ -57,6 +57,14 @@ pub struct TrainArgs {
     /// validation loss, as PyTorch's ReduceLROnPlateau).
     #[arg(long, default_value = "constant")]
     pub lr_schedule: String,
+    /// Stop after this many epochs without a better --monitor value, and
+    /// make the best epoch's weights the run's model (Keras' EarlyStopping
+    /// with restore_best_weights).
+    #[arg(long, value_name = "PATIENCE")]
+    pub early_stop: Option<usize>,
+    /// What --early-stop watches: val_loss or val_acc [default: val_loss].
+    #[arg(long)]
+    pub monitor: Option<String>,
     /// With --lr-schedule plateau: the factor applied to the rate [default: 0.1].
     #[arg(long)]
     pub plateau_factor: Option<f32>,
@@ -178,6 +186,18 @@ impl TrainArgs {
             optimizer: self.optimizer.parse::<OptimizerKind>()?,
             lr: self.lr,
             lr_schedule: self.lr_schedule()?,
+            early_stop: match (self.early_stop, &self.monitor) {
+                (Some(patience), m) => Some(EarlyStop {
+                    patience,
+                    monitor: m.as_deref().unwrap_or("val_loss").parse::<Monitor>()?,
+                }),
+                (None, Some(_)) => {
+                    return Err(crate::Error::Usage(
+                        "--monitor applies to --early-stop only".into(),
+                    ))
+                }
+                (None, None) => None,
+            },
             warmup: self.warmup,
             weight_decay: self.weight_decay,
             seed: self.seed,

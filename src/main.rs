@@ -3,6 +3,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use gpurt::backend::{self, DeviceSpec};
+use gpurt::checkpoint;
 use gpurt::cli::{BenchArgs, Cli, Command, EvalArgs, PlanArgs, PredictArgs};
 use gpurt::data::{self, DataSpec, Split};
 use gpurt::eval::{evaluate, top_k};
@@ -52,8 +53,13 @@ fn run(cli: Cli, start: std::time::Instant) -> Result<()> {
                 // Saved, but not finished: scripts must be able to tell.
                 std::process::exit(130);
             }
+            // Under early stopping the run's model is the best epoch's.
+            let model = match checkpoint::Checkpoint::load(&s.out) {
+                Ok(ck) if ck.best_epoch.is_some() => "current/best.safetensors",
+                _ => "model.safetensors",
+            };
             println!(
-                "saved {}/model.safetensors; `gpurt eval --run {}` reproduces the test accuracy",
+                "saved {}/{model}; `gpurt eval --run {}` reproduces the test accuracy",
                 s.out.display(),
                 s.out.display()
             );

@@ -2,7 +2,9 @@
 //! metrics and a plot out. Everything runs on the compiled executor.
 
 use crate::backend::{self, DeviceSpec};
-use crate::checkpoint::{self, Checkpoint, CHECKPOINT, MAX_EPOCHS, MODEL_FILE, OPTIM_FILE};
+use crate::checkpoint::{
+    self, Checkpoint, BEST_FILE, CHECKPOINT, MAX_EPOCHS, MODEL_FILE, OPTIM_FILE,
+};
 use crate::data::{Augment, BatchLoader, DataSpec, Normalizer, Split};
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, score_logits};
@@ -42,6 +44,69 @@ pub struct TrainOptions {
     pub progress: bool,
     /// Apply fusion passes (`--no-fuse` turns them off).
     pub fuse: bool,
+    /// Stop when the monitored validation metric has not improved for this
+    /// many epochs, and make the best epoch's weights the run's model.
+    pub early_stop: Option<EarlyStop>,
+}
+
+/// Keras' `EarlyStopping(monitor, patience, restore_best_weights=True)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EarlyStop {
+    pub patience: usize,
+    pub monitor: Monitor,
+}
+
+/// The validation metric early stopping watches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Monitor {
+    /// Lower is better.
+    ValLoss,
+    /// Higher is better.
+    ValAcc,
+}
+
+impl std::str::FromStr for Monitor {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "val_loss" => Ok(Monitor::ValLoss),
+            "val_acc" => Ok(Monitor::ValAcc),
+            _ => Err(Error::Usage(format!(
+                "unknown --monitor '{s}' (expected val_loss or val_acc)"
+            ))),
+        }
+    }
+}
+
+impl Monitor {
+    pub fn name(self) -> &'static str {
+        match self {
+            Monitor::ValLoss => "val_loss",
+            Monitor::ValAcc => "val_acc",
+        }
+    }
+}
+
+impl EarlyStop {
+    /// The best epoch (1-based) among `rows` and how many epochs have run
+    /// since it; an epoch is better only if strictly better (Keras'
+    /// `min_delta = 0`), so ties keep the earlier one.
+    pub fn best(&self, rows: &[EpochMetrics]) -> Option<(usize, usize)> {
+        let score = |r: &EpochMetrics| match self.monitor {
+            Monitor::ValLoss => r.val_loss.map(|v| -v),
+            Monitor::ValAcc => r.val_acc,
+        };
+        let mut best: Option<(usize, f64)> = None;
+        for r in rows {
+            if let Some(s) = score(r).filter(|s| !s.is_nan()) {
+                if best.is_none_or(|(_, b)| s > b) {
+                    best = Some((r.epoch, s));
+                }
+            }
+        }
+        let last = rows.last()?.epoch;
+        best.map(|(e, _)| (e, last - e))
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -84,6 +149,11 @@ fn check_options(o: &TrainOptions) -> Result<()> {
             "--lr must be a positive number, got {}",
             o.lr
         )));
+    }
+    if o.early_stop.is_some() && o.val_split <= 0.0 {
+        return Err(Error::Usage(
+            "--early-stop watches a validation metric: set --val-split above 0".into(),
+        ));
     }
     if let LrSchedule::Plateau(p) = o.lr_schedule {
         p.check()?;
@@ -372,6 +442,25 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
         ));
         rows.push(row);
         run.save(&mut model, (epoch, 0), &rows)?;
+        // Keras' EarlyStopping: stop once `patience` epochs in a row (at
+        // least one) brought no improvement.
+        if let Some((es, (best, since))) = o.early_stop.and_then(|es| Some((es, es.best(&rows)?))) {
+            if since >= es.patience.max(1) && epoch < o.epochs {
+                log(&format!(
+                    "early stop after epoch {epoch}: {since} epochs without a better {}; the run's model is epoch {best}'s",
+                    es.monitor.name()
+                ));
+                break;
+            }
+        }
+    }
+    // Under early stopping the best epoch's weights are the run's model.
+    if o.early_stop.is_some() {
+        let ck = Checkpoint::load(&o.out)?;
+        if let Some(best) = ck.best_epoch {
+            model.load_weights(&ck.run_model_file(&o.out))?;
+            log(&format!("restored the best epoch's weights (epoch {best})"));
+        }
     }
 
     let t = evaluate(&mut model, &test, &norm)?;
@@ -482,6 +571,33 @@ impl RunInfo<'_> {
         format!("{keep}; try a lower --lr")
     }
 
+    /// Under early stopping, puts the best epoch's weights in the checkpoint
+    /// folder `dir` being written: the model's own when the epoch just
+    /// completed is the best, else a copy of the previous checkpoint's.
+    /// Returns that epoch, or None when there is no such file to keep.
+    fn save_best(
+        &self,
+        model: &mut Classifier,
+        dir: &Path,
+        batch: usize,
+        rows: &[EpochMetrics],
+    ) -> Result<Option<usize>> {
+        let Some((best, since)) = self.o.early_stop.and_then(|es| es.best(rows)) else {
+            return Ok(None);
+        };
+        let to = dir.join(BEST_FILE);
+        if since == 0 && batch == 0 {
+            model.save_weights(&to, DType::F32)?;
+            return Ok(Some(best));
+        }
+        let previous = match Checkpoint::load(&self.o.out) {
+            Ok(ck) if ck.best_epoch == Some(best) => ck.run_model_file(&self.o.out),
+            _ => return Ok(None),
+        };
+        std::fs::copy(&previous, &to).map_err(|e| Error::io(&previous, e))?;
+        Ok(Some(best))
+    }
+
     /// Publish a checkpoint of the model after `epoch` complete epochs and
     /// `batch` batches of the next, with the metrics rows so far. Nothing
     /// non-finite is ever published.
@@ -509,6 +625,7 @@ impl RunInfo<'_> {
             write_metrics(dir, rows)?;
             crate::plot::plot_training(&dir.join("training.png"), rows)?;
             testhook::point("ckpt-metrics-written");
+            let best_epoch = self.save_best(model, dir, batch, rows)?;
             let ck = Checkpoint {
                 format: checkpoint::FORMAT.into(),
                 epoch,
@@ -523,6 +640,7 @@ impl RunInfo<'_> {
                 std: self.norm.std.clone(),
                 seed: o.seed,
                 data: absolute(&o.data).to_string(),
+                best_epoch,
             };
             let json = serde_json::to_vec_pretty(&ck).map_err(|e| Error::Usage(e.to_string()))?;
             write_atomic(&dir.join(CHECKPOINT), &json)
@@ -574,6 +692,6 @@ pub fn load_run(dir: &Path, device: &DeviceSpec, batch: usize) -> Result<(Classi
         fuse: true,
     };
     let mut model = Classifier::new(cfg, backend.as_ref())?;
-    model.load_weights(&ck.model_file(dir))?;
+    model.load_weights(&ck.run_model_file(dir))?;
     Ok((model, ck))
 }

@@ -588,3 +588,106 @@ fn plateau_settings_need_the_plateau_schedule_and_validation() {
         &["--plateau-factor", "(0, 1)"],
     );
 }
+
+/// `--early-stop` (Keras' EarlyStopping with restore_best_weights): the run
+/// stops once `patience` epochs bring no better validation loss, records
+/// the best epoch, keeps its weights as `best.safetensors`, reports the
+/// test accuracy of those weights, and `gpurt eval --run` reproduces it.
+#[test]
+fn early_stopping_keeps_the_best_epoch_as_the_run_model() {
+    let t = tmp();
+    let data = t.path().join("mnist");
+    tiny_mnist(&data, 400, 60);
+    let out = t.path().join("run");
+    let o = gpurt(&[
+        "train",
+        "--data",
+        &data_arg(&data),
+        "--model",
+        "mlp",
+        "--lr",
+        "0.02",
+        "--epochs",
+        "30",
+        "--batch",
+        "32",
+        "--val-split",
+        "0.25",
+        "--early-stop",
+        "2",
+        "--out",
+        path(&out),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let log = stdout(&o);
+    assert!(log.contains("early stop after epoch"), "{log}");
+    let ck: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("checkpoint.json")).unwrap()).unwrap();
+    let (last, best) = (
+        ck["epoch"].as_u64().unwrap() as usize,
+        ck["best_epoch"].as_u64().unwrap() as usize,
+    );
+    assert!(last < 30, "did not stop early: {log}");
+    // The best epoch is the one with the lowest validation loss, and the
+    // run stopped exactly `patience` epochs after it.
+    let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    let losses: Vec<f64> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(3).unwrap().parse().unwrap())
+        .collect();
+    let argmin = (0..losses.len())
+        .min_by(|&a, &b| losses[a].total_cmp(&losses[b]))
+        .unwrap();
+    assert_eq!(best, argmin + 1, "{csv}");
+    assert_eq!(last, best + 2, "{csv}");
+    let folder = out.join("current");
+    let best_w = std::fs::read(folder.join("best.safetensors")).unwrap();
+    assert_ne!(
+        best_w,
+        std::fs::read(folder.join("model.safetensors")).unwrap()
+    );
+    let acc = log
+        .lines()
+        .find(|l| l.starts_with("test:"))
+        .and_then(|l| l.split("accuracy ").nth(1))
+        .and_then(|a| a.split('%').next())
+        .unwrap()
+        .to_string();
+    let e = gpurt(&["eval", "--run", path(&out)]);
+    assert!(e.status.success(), "{}", stderr(&e));
+    assert!(
+        stdout(&e).contains(&format!("accuracy {acc}%")),
+        "{}\n{log}",
+        stdout(&e)
+    );
+}
+
+#[test]
+fn early_stop_settings_are_checked() {
+    let t = tmp();
+    let data = t.path().join("mnist");
+    tiny_mnist(&data, 64, 8);
+    let run = |extra: &[&str]| {
+        let base = [
+            "train",
+            "--data",
+            &data_arg(&data),
+            "--quiet",
+            "--epochs",
+            "1",
+        ];
+        let out = t.path().join("run");
+        gpurt(&[&base[..], extra, &["--out", path(&out)]].concat())
+    };
+    assert_fails_with(&run(&["--monitor", "val_acc"]), &["--early-stop"]);
+    assert_fails_with(
+        &run(&["--early-stop", "2", "--val-split", "0"]),
+        &["--val-split"],
+    );
+    assert_fails_with(
+        &run(&["--early-stop", "2", "--monitor", "loss"]),
+        &["val_loss or val_acc"],
+    );
+}

@@ -18,6 +18,7 @@ fn options(out: PathBuf, fuse: bool) -> TrainOptions {
         optimizer: OptimizerKind::Adam,
         lr: 1e-3,
         lr_schedule: LrSchedule::Constant,
+        early_stop: None,
         warmup: 0,
         weight_decay: None,
         seed: 42,
