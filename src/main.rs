@@ -99,7 +99,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         );
     }
     let e = evaluate(&mut model, &test, &ck.normalizer())?;
-    let report = e.confusion.report();
+    let report = e.confusion.report().named(spec.class_names());
     if a.json {
         let v = serde_json::json!({ "run": a.run, "data": spec.to_string(), "loss": e.loss, "report": report });
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -125,18 +125,29 @@ fn predict(a: PredictArgs) -> Result<()> {
     let mut x = vec![0.0f32; c * h * w];
     let mut logits = vec![0.0f32; ck.classes];
     let mut out = Vec::new();
+    // Class names where the run's dataset has them (Fashion-MNIST, CIFAR-10).
+    let names = ck
+        .data
+        .parse::<DataSpec>()
+        .ok()
+        .and_then(|d| d.class_names());
+    let label = |k: usize| match names.and_then(|n| n.get(k)) {
+        Some(n) => format!("{k} ({n})"),
+        None => k.to_string(),
+    };
     let mut classify = |name: &dyn std::fmt::Display, px: &[u8]| -> Result<()> {
         norm.normalize_into(px, c, &mut x);
         model.infer(&x, &mut logits)?;
         let top = top_k(&logits, a.top_k.max(1));
         if a.json {
-            out.push(serde_json::json!({ "input": name.to_string(), "class": top[0].0, "top": top.iter().map(|(k, p)| serde_json::json!({"class": k, "probability": p})).collect::<Vec<_>>() }));
+            let name_of = |k: usize| names.and_then(|n| n.get(k)).copied();
+            out.push(serde_json::json!({ "input": name.to_string(), "class": top[0].0, "name": name_of(top[0].0), "top": top.iter().map(|(k, p)| serde_json::json!({"class": k, "name": name_of(*k), "probability": p})).collect::<Vec<_>>() }));
         } else {
             let rest: Vec<String> = top
                 .iter()
-                .map(|(k, p)| format!("{k}: {:.2}%", p * 100.0))
+                .map(|(k, p)| format!("{}: {:.2}%", label(*k), p * 100.0))
                 .collect();
-            println!("{name}: {} ({})", top[0].0, rest.join(", "));
+            println!("{name}: {} ({})", label(top[0].0), rest.join(", "));
         }
         Ok(())
     };

@@ -109,6 +109,7 @@ impl ConfusionMatrix {
         let per_class = (0..self.classes)
             .map(|c| ClassMetrics {
                 class: c,
+                name: None,
                 precision: self.precision(c),
                 recall: self.recall(c),
                 f1: self.f1(c),
@@ -143,6 +144,10 @@ fn ratio(num: u64, den: u64) -> f64 {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ClassMetrics {
     pub class: usize,
+    /// The class's name, where the dataset has names (Fashion-MNIST,
+    /// CIFAR-10).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     pub precision: f64,
     pub recall: f64,
     pub f1: f64,
@@ -173,30 +178,41 @@ impl fmt::Display for ClassificationReport {
 }
 
 impl ClassificationReport {
+    /// Names the classes (label `i` is `names[i]`); no change without names.
+    pub fn named(mut self, names: Option<&[&str]>) -> Self {
+        if let Some(names) = names {
+            for m in &mut self.per_class {
+                m.name = names.get(m.class).map(|n| n.to_string());
+            }
+        }
+        self
+    }
+
     /// Per-class rows, then macro averages and accuracy, sklearn style.
     fn fmt_table(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let w = support_width(self.total).max("support".len());
         writeln!(
             f,
-            "{:>9} {:>9} {:>9} {:>9} {:>w$}",
+            "{:>11} {:>9} {:>9} {:>9} {:>w$}",
             "class", "precision", "recall", "f1", "support"
         )?;
         for m in &self.per_class {
+            let class = m.name.clone().unwrap_or_else(|| m.class.to_string());
             writeln!(
                 f,
-                "{:>9} {:>9.4} {:>9.4} {:>9.4} {:>w$}",
-                m.class, m.precision, m.recall, m.f1, m.support
+                "{:>11} {:>9.4} {:>9.4} {:>9.4} {:>w$}",
+                class, m.precision, m.recall, m.f1, m.support
             )?;
         }
         writeln!(f)?;
         writeln!(
             f,
-            "{:>9} {:>9.4} {:>9.4} {:>9.4} {:>w$}",
+            "{:>11} {:>9.4} {:>9.4} {:>9.4} {:>w$}",
             "macro avg", self.macro_precision, self.macro_recall, self.macro_f1, self.total
         )?;
         writeln!(
             f,
-            "{:>9} {:>9} {:>9} {:>9.4} {:>w$}",
+            "{:>11} {:>9} {:>9} {:>9.4} {:>w$}",
             "accuracy", "", "", self.accuracy, self.total
         )
     }

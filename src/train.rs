@@ -652,10 +652,7 @@ impl RunInfo<'_> {
 /// evaluated from any working directory.
 fn absolute(d: &DataSpec) -> DataSpec {
     let abs = |p: &PathBuf| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
-    match d {
-        DataSpec::Mnist(p) => DataSpec::Mnist(abs(p)),
-        DataSpec::Cifar10(p) => DataSpec::Cifar10(abs(p)),
-    }
+    d.with_dir(abs(&d.dir().to_path_buf()))
 }
 
 fn progress_bar(

@@ -691,3 +691,63 @@ fn early_stop_settings_are_checked() {
         &["val_loss or val_acc"],
     );
 }
+
+/// `--data fashion-mnist` reads Debian's dataset-fashion-mnist files
+/// (tools/ci-setup-data.sh installs them); `eval` and `predict` name the
+/// classes. Skipped where the package is absent, except under CI.
+#[test]
+fn fashion_mnist_trains_and_names_its_classes() {
+    let dir = std::path::Path::new(gpurt::data::FASHION_MNIST_DIR);
+    if !dir.is_dir() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{} is missing under CI: tools/ci-setup-data.sh installs it",
+            dir.display()
+        );
+        println!(
+            "SKIPPED: fashion_mnist_trains_and_names_its_classes: no {}",
+            dir.display()
+        );
+        return;
+    }
+    let t = tmp();
+    let out = t.path().join("run");
+    let o = gpurt(&[
+        "train",
+        "--data",
+        "fashion-mnist",
+        "--model",
+        "mlp",
+        "--epochs",
+        "1",
+        "--limit",
+        "3000",
+        "--out",
+        path(&out),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let acc: f64 = stdout(&o)
+        .lines()
+        .find(|l| l.starts_with("test:"))
+        .and_then(|l| l.split("accuracy ").nth(1))
+        .and_then(|a| a.split('%').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Ten classes: chance is 10%; one epoch on 3,000 images reaches ~70%.
+    assert!(acc > 55.0, "test accuracy {acc}%");
+    let e = gpurt(&["eval", "--run", path(&out)]);
+    assert!(e.status.success(), "{}", stderr(&e));
+    for name in ["T-shirt/top", "Ankle boot", "fashion-mnist:"] {
+        assert!(stdout(&e).contains(name), "{name}: {}", stdout(&e));
+    }
+    let images = dir.join("t10k-images-idx3-ubyte.gz");
+    let p = gpurt(&["predict", "--run", path(&out), path(&images), "--json"]);
+    assert!(p.status.success(), "{}", stderr(&p));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&p)).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 10_000);
+    let names = gpurt::data::FASHION_MNIST_CLASSES;
+    let class = v[0]["class"].as_u64().unwrap() as usize;
+    assert_eq!(v[0]["name"], names[class]);
+}

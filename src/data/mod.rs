@@ -317,32 +317,89 @@ impl Normalizer {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DataSpec {
     Mnist(PathBuf),
+    /// Zalando's Fashion-MNIST: MNIST's format and sizes, ten kinds of
+    /// clothing; harder than the digits.
+    FashionMnist(PathBuf),
     Cifar10(PathBuf),
 }
+
+/// Where Debian's `dataset-fashion-mnist` package installs the files.
+pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
+
+/// Fashion-MNIST's class names, by label.
+pub const FASHION_MNIST_CLASSES: [&str; 10] = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+];
+
+/// CIFAR-10's class names, by label.
+pub const CIFAR10_CLASSES: [&str; 10] = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+];
 
 impl DataSpec {
     /// Loads one split from the named folder.
     pub fn load(&self, split: Split) -> Result<Dataset> {
         match self {
-            DataSpec::Mnist(dir) => load_mnist(dir, split),
+            DataSpec::Mnist(dir) | DataSpec::FashionMnist(dir) => load_mnist(dir, split),
             DataSpec::Cifar10(dir) => load_cifar10(dir, split),
+        }
+    }
+
+    /// The names of the classes, by label, where they are not the labels
+    /// themselves (MNIST's digits).
+    pub fn class_names(&self) -> Option<&'static [&'static str]> {
+        match self {
+            DataSpec::Mnist(_) => None,
+            DataSpec::FashionMnist(_) => Some(&FASHION_MNIST_CLASSES),
+            DataSpec::Cifar10(_) => Some(&CIFAR10_CLASSES),
+        }
+    }
+
+    /// The same kind of dataset in another folder.
+    pub fn with_dir(&self, dir: PathBuf) -> DataSpec {
+        match self {
+            DataSpec::Mnist(_) => DataSpec::Mnist(dir),
+            DataSpec::FashionMnist(_) => DataSpec::FashionMnist(dir),
+            DataSpec::Cifar10(_) => DataSpec::Cifar10(dir),
         }
     }
 
     /// The folder the dataset is read from.
     pub fn dir(&self) -> &Path {
         match self {
-            DataSpec::Mnist(dir) | DataSpec::Cifar10(dir) => dir,
+            DataSpec::Mnist(dir) | DataSpec::FashionMnist(dir) | DataSpec::Cifar10(dir) => dir,
         }
     }
 }
 
-const SPEC_FORMS: &str = "expected mnist:DIR or cifar10:DIR";
+const SPEC_FORMS: &str =
+    "expected mnist:DIR, fashion-mnist[:DIR] (default /usr/share/datasets/fashion-mnist) or cifar10:DIR";
 
 impl FromStr for DataSpec {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<DataSpec> {
+        if s.eq_ignore_ascii_case("fashion-mnist") {
+            return Ok(DataSpec::FashionMnist(PathBuf::from(FASHION_MNIST_DIR)));
+        }
         let Some((kind, dir)) = s.split_once(':') else {
             return Err(Error::Usage(format!(
                 "dataset '{s}' has no kind: {SPEC_FORMS}"
@@ -355,6 +412,7 @@ impl FromStr for DataSpec {
         }
         match kind.to_ascii_lowercase().as_str() {
             "mnist" => Ok(DataSpec::Mnist(PathBuf::from(dir))),
+            "fashion-mnist" => Ok(DataSpec::FashionMnist(PathBuf::from(dir))),
             "cifar10" => Ok(DataSpec::Cifar10(PathBuf::from(dir))),
             _ => Err(Error::Usage(format!(
                 "unknown dataset kind '{kind}' in '{s}': {SPEC_FORMS}"
@@ -367,6 +425,7 @@ impl fmt::Display for DataSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DataSpec::Mnist(dir) => write!(f, "mnist:{}", dir.display()),
+            DataSpec::FashionMnist(dir) => write!(f, "fashion-mnist:{}", dir.display()),
             DataSpec::Cifar10(dir) => write!(f, "cifar10:{}", dir.display()),
         }
     }
@@ -537,9 +596,20 @@ mod tests {
             "cifar10:data/c".parse::<DataSpec>().unwrap().to_string(),
             "cifar10:data/c"
         );
-        for bad in ["mnist", "imagenet:/x", "mnist:", ""] {
+        assert_eq!(
+            "fashion-mnist".parse::<DataSpec>().unwrap(),
+            DataSpec::FashionMnist(FASHION_MNIST_DIR.into())
+        );
+        let f = "fashion-mnist:/d/f".parse::<DataSpec>().unwrap();
+        assert_eq!(f, DataSpec::FashionMnist("/d/f".into()));
+        assert_eq!(f.to_string().parse::<DataSpec>().unwrap(), f);
+        assert_eq!(f.class_names().unwrap()[9], "Ankle boot");
+        for bad in ["mnist", "imagenet:/x", "mnist:", "", "fashion-mnist:"] {
             let err = bad.parse::<DataSpec>().unwrap_err().to_string();
-            crate::test_support::assert_mentions(&err, &["mnist:DIR or cifar10:DIR"]);
+            crate::test_support::assert_mentions(
+                &err,
+                &["mnist:DIR", "fashion-mnist", "cifar10:DIR"],
+            );
         }
     }
 
