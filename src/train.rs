@@ -131,6 +131,47 @@ pub static STOP: AtomicBool = AtomicBool::new(false);
 /// is not a spike of healthy training but divergence.
 const DIVERGED_BATCH: f64 = 100.0;
 
+/// Batch losses the running median is taken over, and how many it needs.
+const WATCH_WINDOW: usize = 200;
+const WATCH_MIN: usize = 50;
+/// A batch loss this many times the running median, and above guessing,
+/// is divergence even though it is finite.
+const DIVERGED_MEDIAN: f64 = 10.0;
+
+/// The recent batch losses, for the running-median divergence guard: a
+/// run that had learned (its median far below guessing) and then jumps
+/// back above guessing is diverging, whatever the absolute numbers.
+struct LossWatch {
+    recent: std::collections::VecDeque<f32>,
+}
+
+impl LossWatch {
+    fn new() -> Self {
+        LossWatch {
+            recent: std::collections::VecDeque::with_capacity(WATCH_WINDOW),
+        }
+    }
+
+    /// The running median if `loss` is over [`DIVERGED_MEDIAN`] times it
+    /// and over `floor`; otherwise records `loss` and returns None.
+    fn diverged(&mut self, loss: f32, floor: f64) -> Option<f64> {
+        if self.recent.len() >= WATCH_MIN {
+            let mut v: Vec<f32> = self.recent.iter().copied().collect();
+            let mid = v.len() / 2;
+            let median = f64::from(*v.select_nth_unstable_by(mid, f32::total_cmp).1);
+            let loss = f64::from(loss);
+            if loss > DIVERGED_MEDIAN * median && loss > floor {
+                return Some(median);
+            }
+        }
+        if self.recent.len() == WATCH_WINDOW {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(loss);
+        None
+    }
+}
+
 /// Options checked before anything is read or written.
 fn check_options(o: &TrainOptions) -> Result<()> {
     if o.batch == 0 || o.epochs == 0 {
@@ -320,6 +361,7 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
     };
     let mut logits = vec![0.0f32; o.batch * classes];
     let chance = (classes.max(2) as f64).ln();
+    let mut watch = LossWatch::new();
 
     for epoch in first_epoch..=o.epochs {
         let t0 = Instant::now();
@@ -376,6 +418,17 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
                     detail: format!(
                         "batch loss {loss:.4e} at epoch {epoch}, batch {} is over {DIVERGED_BATCH:.0} times that of guessing ({chance:.3}); {}",
                         bi + 1,
+                        run.advice()
+                    ),
+                });
+            }
+            if let Some(median) = watch.diverged(loss, chance) {
+                return Err(Error::Diverged {
+                    step: model.step,
+                    detail: format!(
+                        "batch loss {loss:.4e} at epoch {epoch}, batch {} is over {DIVERGED_MEDIAN:.0} times the median ({median:.4}) of the last {} batches and above that of guessing ({chance:.3}); {}",
+                        bi + 1,
+                        watch.recent.len(),
                         run.advice()
                     ),
                 });
@@ -691,4 +744,35 @@ pub fn load_run(dir: &Path, device: &DeviceSpec, batch: usize) -> Result<(Classi
     let mut model = Classifier::new(cfg, backend.as_ref())?;
     model.load_weights(&ck.run_model_file(dir))?;
     Ok((model, ck))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The guard needs WATCH_MIN losses, then stops a loss over ten times
+    /// the median that is also above guessing, and nothing less.
+    #[test]
+    fn loss_watch_stops_a_jump_over_the_running_median() {
+        let chance = 10f64.ln();
+        let mut w = LossWatch::new();
+        // Early on anything passes (the model has not learned yet).
+        assert_eq!(w.diverged(50.0, chance), None);
+        for i in 0..WATCH_MIN {
+            let l = 0.1 + 0.001 * (i % 7) as f32;
+            assert_eq!(w.diverged(l, chance), None);
+        }
+        // 20x the median but below guessing: a noisy batch, not divergence.
+        assert_eq!(w.diverged(2.0, chance), None);
+        // Above guessing and over 10x the median (0.1-ish): stopped.
+        let m = w.diverged(3.0, chance).expect("diverged");
+        assert!((0.1..0.11).contains(&m), "median {m}");
+        // The window slides: after a slow rise to 1 (each loss within ten
+        // times the median), 3 is within ten times the new median.
+        for _ in 0..WATCH_WINDOW {
+            assert_eq!(w.diverged(1.0, chance), None);
+        }
+        assert_eq!(w.diverged(3.0, chance), None);
+        assert_eq!(w.recent.len(), WATCH_WINDOW);
+    }
 }
