@@ -77,6 +77,11 @@ pub struct TrainArgs {
     /// Linear learning-rate warm-up, in steps.
     #[arg(long, default_value_t = 0)]
     pub warmup: usize,
+    /// Label smoothing of the training loss, in [0, 1) (PyTorch's
+    /// CrossEntropyLoss(label_smoothing)); the reported validation and test
+    /// losses stay plain cross-entropy.
+    #[arg(long, default_value_t = 0.0)]
+    pub label_smoothing: f32,
     /// Weight decay [default: 0, or 0.01 for adamw].
     #[arg(long)]
     pub weight_decay: Option<f32>,
@@ -200,6 +205,7 @@ impl TrainArgs {
             },
             warmup: self.warmup,
             weight_decay: self.weight_decay,
+            label_smoothing: self.label_smoothing,
             seed: self.seed,
             device: self.device.parse::<DeviceSpec>()?,
             out: self

@@ -95,7 +95,7 @@ impl Classifier {
         let y = g.input("y", [batch], DType::U32)?;
         let logits = c.spec.build(&mut g, x)?;
         Self::check_classes(&g, logits, c.classes)?;
-        let loss = g.cross_entropy(logits, y)?;
+        let loss = g.cross_entropy_smoothed(logits, y, c.optim.label_smoothing)?;
         optim::append_update(&mut g, loss, &c.optim)?;
         g.set_output("loss", loss);
         g.set_output("logits", logits);

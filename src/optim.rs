@@ -40,6 +40,9 @@ pub struct OptimConfig {
     pub beta1: f32,
     pub beta2: f32,
     pub eps: f32,
+    /// Label smoothing of the training loss, as PyTorch's
+    /// `CrossEntropyLoss(label_smoothing)` (0: none).
+    pub label_smoothing: f32,
 }
 
 impl OptimConfig {
@@ -56,6 +59,7 @@ impl OptimConfig {
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
+            label_smoothing: 0.0,
         }
     }
 

@@ -33,6 +33,9 @@ pub struct TrainOptions {
     pub lr_schedule: LrSchedule,
     pub warmup: usize,
     pub weight_decay: Option<f32>,
+    /// Label smoothing of the training loss (PyTorch's
+    /// `CrossEntropyLoss(label_smoothing)`), in [0, 1).
+    pub label_smoothing: f32,
     pub seed: u64,
     pub device: DeviceSpec,
     pub out: PathBuf,
@@ -204,6 +207,12 @@ fn check_options(o: &TrainOptions) -> Result<()> {
             ));
         }
     }
+    if !(0.0..1.0).contains(&o.label_smoothing) {
+        return Err(Error::Usage(format!(
+            "--label-smoothing must be in [0, 1), got {}",
+            o.label_smoothing
+        )));
+    }
     if let Some(wd) = o.weight_decay {
         if !(wd.is_finite() && wd >= 0.0) {
             return Err(Error::Usage(format!(
@@ -294,6 +303,7 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
     if let Some(wd) = o.weight_decay {
         optim.weight_decay = wd;
     }
+    optim.label_smoothing = o.label_smoothing;
     let cfg = ClassifierConfig {
         spec: spec.clone(),
         input: input.clone(),

@@ -28,6 +28,36 @@ impl Graph {
     }
 }
 
+impl Graph {
+    /// Cross-entropy with label smoothing `eps`, as PyTorch's
+    /// `CrossEntropyLoss(label_smoothing=eps)`: the target is `1 − eps` on
+    /// the label plus `eps/C` on every class, so the loss is
+    /// `(1 − eps)·CE + eps·mean(−log_softmax)`. Composed of existing ops
+    /// (its gradient is theirs); `eps = 0` is plain [`Graph::cross_entropy`].
+    pub fn cross_entropy_smoothed(
+        &mut self,
+        logits: ValueId,
+        labels: ValueId,
+        eps: f32,
+    ) -> Result<ValueId> {
+        if !(0.0..1.0).contains(&eps) {
+            return Err(Error::shape(
+                "cross_entropy",
+                format!("label smoothing must be in [0, 1), got {eps}"),
+            ));
+        }
+        let ce = self.cross_entropy(logits, labels)?;
+        if eps == 0.0 {
+            return Ok(ce);
+        }
+        let log_p = self.log_softmax(logits)?;
+        let mean_log_p = self.mean(log_p, &[0, 1], false)?;
+        let hard = self.scale(ce, 1.0 - eps)?;
+        let smooth = self.scale(mean_log_p, -eps)?;
+        self.add(hard, smooth)
+    }
+}
+
 pub fn backward(
     g: &mut Graph,
     logits: ValueId,

@@ -924,6 +924,23 @@ fn softmax_cases(out: &mut Vec<Prepared>) {
 }
 
 fn cross_entropy_cases(out: &mut Vec<Prepared>) {
+    // Label smoothing: cross-entropy plus a log-softmax mean, fused and not.
+    for (b, c) in [(6, 10), (3, 7), (33, 10)] {
+        let mut g = Graph::new(true);
+        let x = input(&mut g, "x", &[b, c]);
+        let y = g.input("y", [b], DType::U32).unwrap();
+        let loss = g.cross_entropy_smoothed(x, y, 0.1).unwrap();
+        g.set_output("loss", loss);
+        let d = gradients(&mut g, loss, &[x]).unwrap();
+        g.set_output("dx", d[0]);
+        graph_case(
+            out,
+            &format!("cross_entropy {b}x{c} label smoothing 0.1"),
+            g,
+            c as u32,
+            TOL,
+        );
+    }
     for (b, c) in [
         (6, 10),
         (3, 1500),

@@ -19,6 +19,7 @@ fn options(out: PathBuf, fuse: bool) -> TrainOptions {
         lr: 1e-3,
         lr_schedule: LrSchedule::Constant,
         early_stop: None,
+        label_smoothing: 0.0,
         warmup: 0,
         weight_decay: None,
         seed: 42,

@@ -856,6 +856,23 @@ fn cross_entropy_gradients() {
     }
 }
 
+/// Label smoothing's gradient (through log_softmax and the mean) against
+/// finite differences.
+#[test]
+fn cross_entropy_label_smoothing_gradients() {
+    for (i, (b, c)) in [(1, 2), (3, 7), (7, 33)].into_iter().enumerate() {
+        let mut g = Graph::new(false);
+        let x = input(&mut g, "logits", &[b, c]);
+        let l = g.input("labels", [b], DType::U32).unwrap();
+        let loss = g.cross_entropy_smoothed(x, l, 0.2).unwrap();
+        let mut r = rng(290 + i as u64);
+        let mut data = random_data(&g, &mut r, c as u32);
+        data.insert(x, uniform_in(&mut r, b * c, -3.0, 3.0));
+        let what = format!("smoothed cross_entropy logits [{b},{c}]");
+        grad_check(&what, &g, loss, &[x], &data, &Scalars::new());
+    }
+}
+
 /// Dropout's gradient applies the same hash mask (recomputed from seed and
 /// step) and scale as the forward.
 #[test]

@@ -907,6 +907,48 @@ fn cross_entropy_forward() {
     }
 }
 
+/// Label smoothing (PyTorch's `CrossEntropyLoss(label_smoothing=eps)`):
+/// the CPU against the f64 reference, and the graph's f64 value against
+/// the definition, row by row: `(1 − eps)·(lse − z_y) + eps·mean_k(lse − z_k)`.
+#[test]
+fn cross_entropy_label_smoothing() {
+    let mut r = rng(18);
+    for (b, c) in [(1, 2), (3, 7), (33, 3), (7, 33), (5, 10)] {
+        for eps in [0.1f32, 0.35] {
+            let mut g = Graph::new(false);
+            let x = input(&mut g, "logits", &[b, c]);
+            let y = g.input("labels", [b], DType::U32).unwrap();
+            let loss = g.cross_entropy_smoothed(x, y, eps).unwrap();
+            g.set_output("loss", loss);
+            let mut data = random_data(&g, &mut r, c as u32);
+            data.insert(x, uniform_in(&mut r, b * c, -5.0, 5.0));
+            let what = format!("smoothed cross_entropy [{b},{c}] eps {eps}");
+            let got = check(&what, &g, &data, &Scalars::new(), TOL);
+            let (z, labels) = (&data[&x], &data[&y]);
+            let e = eps as f64;
+            let want: f64 = (0..b)
+                .map(|i| {
+                    let row = &z[i * c..(i + 1) * c];
+                    let m = row.iter().cloned().fold(f64::MIN, f64::max);
+                    let lse = m + row.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+                    let nll = lse - row[labels[i] as usize];
+                    let smooth = row.iter().map(|v| lse - v).sum::<f64>() / c as f64;
+                    (1.0 - e) * nll + e * smooth
+                })
+                .sum::<f64>()
+                / b as f64;
+            let v = got[loss.0 as usize][0];
+            assert!(((v - want) / want).abs() < 1e-6, "{what}: {v} vs {want}");
+        }
+    }
+    let mut g = Graph::new(false);
+    let x = input(&mut g, "logits", &[2, 3]);
+    let y = g.input("labels", [2], DType::U32).unwrap();
+    for bad in [1.0, -0.1, f32::NAN] {
+        assert!(g.cross_entropy_smoothed(x, y, bad).is_err(), "{bad}");
+    }
+}
+
 /// An out-of-range label makes the loss NaN (never a silent wrong value).
 #[test]
 fn cross_entropy_bad_label_is_nan() {
