@@ -77,6 +77,10 @@ pub struct TrainArgs {
     /// Linear learning-rate warm-up, in steps.
     #[arg(long, default_value_t = 0)]
     pub warmup: usize,
+    /// Scale the gradients so their global L2 norm is at most this before
+    /// each update (PyTorch's clip_grad_norm_).
+    #[arg(long, value_name = "MAX_NORM")]
+    pub clip_grad_norm: Option<f32>,
     /// Label smoothing of the training loss, in [0, 1) (PyTorch's
     /// CrossEntropyLoss(label_smoothing)); the reported validation and test
     /// losses stay plain cross-entropy.
@@ -206,6 +210,7 @@ impl TrainArgs {
             warmup: self.warmup,
             weight_decay: self.weight_decay,
             label_smoothing: self.label_smoothing,
+            clip_grad_norm: self.clip_grad_norm,
             seed: self.seed,
             device: self.device.parse::<DeviceSpec>()?,
             out: self

@@ -43,6 +43,9 @@ pub struct OptimConfig {
     /// Label smoothing of the training loss, as PyTorch's
     /// `CrossEntropyLoss(label_smoothing)` (0: none).
     pub label_smoothing: f32,
+    /// Clip the gradients to this global L2 norm before the update
+    /// ([`clip_grad_norm`]).
+    pub clip_grad_norm: Option<f32>,
 }
 
 impl OptimConfig {
@@ -60,6 +63,7 @@ impl OptimConfig {
             beta2: 0.999,
             eps: 1e-8,
             label_smoothing: 0.0,
+            clip_grad_norm: None,
         }
     }
 
@@ -86,9 +90,41 @@ pub fn append_update(g: &mut Graph, loss: ValueId, cfg: &OptimConfig) -> Result<
         return Err(Error::Model("the model has no trainable parameters".into()));
     }
     let ids: Vec<ValueId> = params.iter().map(|(_, v)| *v).collect();
-    let grads = gradients(g, loss, &ids)?;
+    let mut grads = gradients(g, loss, &ids)?;
+    if let Some(max_norm) = cfg.clip_grad_norm {
+        grads = clip_grad_norm(g, &grads, max_norm)?;
+    }
     let pairs: Vec<(ValueId, ValueId)> = ids.into_iter().zip(grads).collect();
     apply_gradients(g, &pairs, cfg)
+}
+
+/// The gradients scaled together so that their global L2 norm is at most
+/// `max_norm`, as PyTorch's `clip_grad_norm_`: each is multiplied by
+/// `min(1, max_norm / ‖g‖)`, with `‖g‖ = sqrt(Σ g² + 1e-12)` (PyTorch adds
+/// 1e-6 to the norm instead; the two agree to f32 rounding unless the
+/// norm is near 1e-6). Composed of primitives (sums, `rsqrt`, `relu`), so
+/// every backend runs it; the elementwise steps fuse.
+pub fn clip_grad_norm(g: &mut Graph, grads: &[ValueId], max_norm: f32) -> Result<Vec<ValueId>> {
+    if !(max_norm.is_finite() && max_norm > 0.0) {
+        return Err(Error::Usage(format!(
+            "the gradient-norm limit must be a positive number, got {max_norm}"
+        )));
+    }
+    let mut total = g.fill(crate::tensor::Shape::scalar(), 1e-12)?;
+    for &d in grads {
+        let squares = g.mul(d, d)?;
+        let axes: Vec<usize> = (0..g.shape(d).rank()).collect();
+        let sum = g.sum(squares, &axes, false)?;
+        total = g.add(total, sum)?;
+    }
+    // min(1, c) = 1 − relu(1 − c), with c = max_norm / ‖g‖.
+    let inv_norm = g.act(crate::ops::Activation::Rsqrt, total)?;
+    let coef = g.scale(inv_norm, max_norm)?;
+    let one = g.fill(crate::tensor::Shape::scalar(), 1.0)?;
+    let excess = g.sub(one, coef)?;
+    let cut = g.relu(excess)?;
+    let factor = g.sub(one, cut)?;
+    grads.iter().map(|&d| g.mul(d, factor)).collect()
 }
 
 /// Append one update node per `(parameter, gradient)` pair, with the

@@ -33,6 +33,8 @@ pub struct TrainOptions {
     pub lr_schedule: LrSchedule,
     pub warmup: usize,
     pub weight_decay: Option<f32>,
+    /// Clip the gradients to this global L2 norm before each update.
+    pub clip_grad_norm: Option<f32>,
     /// Label smoothing of the training loss (PyTorch's
     /// `CrossEntropyLoss(label_smoothing)`), in [0, 1).
     pub label_smoothing: f32,
@@ -213,6 +215,13 @@ fn check_options(o: &TrainOptions) -> Result<()> {
             o.label_smoothing
         )));
     }
+    if let Some(c) = o.clip_grad_norm {
+        if !(c.is_finite() && c > 0.0) {
+            return Err(Error::Usage(format!(
+                "--clip-grad-norm must be a positive number, got {c}"
+            )));
+        }
+    }
     if let Some(wd) = o.weight_decay {
         if !(wd.is_finite() && wd >= 0.0) {
             return Err(Error::Usage(format!(
@@ -304,6 +313,7 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
         optim.weight_decay = wd;
     }
     optim.label_smoothing = o.label_smoothing;
+    optim.clip_grad_norm = o.clip_grad_norm;
     let cfg = ClassifierConfig {
         spec: spec.clone(),
         input: input.clone(),

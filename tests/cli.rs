@@ -796,3 +796,31 @@ fn label_smoothing_trains_and_is_checked() {
         assert_fails_with(&o, &["--label-smoothing"]);
     }
 }
+
+/// `--clip-grad-norm` trains and refuses a limit that is not positive.
+#[test]
+fn clip_grad_norm_trains_and_is_checked() {
+    let t = tmp();
+    let data = t.path().join("mnist");
+    tiny_mnist(&data, 128, 20);
+    let run = |limit: &str| {
+        gpurt(&[
+            "train",
+            "--data",
+            &data_arg(&data),
+            "--model",
+            "mlp",
+            "--epochs",
+            "1",
+            "--quiet",
+            &format!("--clip-grad-norm={limit}"),
+            "--out",
+            path(&t.path().join(format!("run{limit}"))),
+        ])
+    };
+    let o = run("0.5");
+    assert!(o.status.success(), "{}", stderr(&o));
+    for bad in ["0", "-1", "inf"] {
+        assert_fails_with(&run(bad), &["--clip-grad-norm"]);
+    }
+}

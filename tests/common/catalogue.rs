@@ -923,6 +923,24 @@ fn softmax_cases(out: &mut Vec<Prepared>) {
     }
 }
 
+fn clip_grad_norm_cases(out: &mut Vec<Prepared>) {
+    // Per-tensor sums of squares, rsqrt, relu and the broadcast scale, at a
+    // limit below the norm (clipped) and above it (unchanged).
+    for max_norm in [0.5f32, 1e3] {
+        let mut g = Graph::new(true);
+        let grads = [
+            input(&mut g, "g0", &[3, 7]),
+            input(&mut g, "g1", &[33]),
+            input(&mut g, "g2", &[2, 1, 5]),
+        ];
+        let clipped = gpurt::optim::clip_grad_norm(&mut g, &grads, max_norm).unwrap();
+        for (i, c) in clipped.into_iter().enumerate() {
+            g.set_output(&format!("c{i}"), c);
+        }
+        graph_case(out, &format!("clip_grad_norm {max_norm}"), g, 0, TOL);
+    }
+}
+
 fn cross_entropy_cases(out: &mut Vec<Prepared>) {
     // Label smoothing: cross-entropy plus a log-softmax mean, fused and not.
     for (b, c) in [(6, 10), (3, 7), (33, 10)] {
@@ -1169,6 +1187,7 @@ pub fn op_cases() -> Vec<Prepared> {
     pool_cases(&mut out);
     activation_cases(&mut out);
     norm_cases(&mut out);
+    clip_grad_norm_cases(&mut out);
     binary_cases(&mut out);
     elementwise_cases(&mut out);
     dropout_cases(&mut out);

@@ -20,6 +20,7 @@ fn options(out: PathBuf, fuse: bool) -> TrainOptions {
         lr_schedule: LrSchedule::Constant,
         early_stop: None,
         label_smoothing: 0.0,
+        clip_grad_norm: None,
         warmup: 0,
         weight_decay: None,
         seed: 42,

@@ -949,6 +949,55 @@ fn cross_entropy_label_smoothing() {
     }
 }
 
+/// Gradient clipping by global norm (PyTorch's `clip_grad_norm_`): above
+/// the limit the clipped gradients' joint norm equals it, below it they
+/// pass unchanged; the CPU matches the f64 reference either way.
+#[test]
+fn clip_grad_norm_scales_to_the_limit() {
+    let mut r = rng(19);
+    let dims: [&[usize]; 3] = [&[3, 7], &[33], &[2, 1, 5]];
+    for max_norm in [0.5f32, 1e3] {
+        let mut g = Graph::new(false);
+        let grads: Vec<ValueId> = dims
+            .iter()
+            .enumerate()
+            .map(|(i, d)| input(&mut g, &format!("g{i}"), d))
+            .collect();
+        let clipped = gpurt::optim::clip_grad_norm(&mut g, &grads, max_norm).unwrap();
+        for (i, c) in clipped.iter().enumerate() {
+            g.set_output(&format!("c{i}"), *c);
+        }
+        let mut data = Data::new();
+        for &v in &grads {
+            data.insert(v, uniform_in(&mut r, g.shape(v).numel(), -1.0, 1.0));
+        }
+        let what = format!("clip_grad_norm to {max_norm}");
+        let got = check(&what, &g, &data, &Scalars::new(), TOL);
+        let norm = |vs: &[ValueId], vals: &dyn Fn(ValueId) -> Vec<f64>| {
+            vs.iter()
+                .flat_map(|&v| vals(v))
+                .map(|x| x * x)
+                .sum::<f64>()
+                .sqrt()
+        };
+        let raw = norm(&grads, &|v| data[&v].clone());
+        let out = norm(&clipped, &|v| got[v.0 as usize].clone());
+        let want = raw.min(max_norm as f64);
+        assert!(
+            ((out - want) / want).abs() < 1e-5,
+            "{what}: norm {out}, want {want} (raw {raw})"
+        );
+    }
+    let mut g = Graph::new(false);
+    let x = input(&mut g, "g", &[2]);
+    for bad in [0.0, -1.0, f32::INFINITY] {
+        assert!(
+            gpurt::optim::clip_grad_norm(&mut g, &[x], bad).is_err(),
+            "{bad}"
+        );
+    }
+}
+
 /// An out-of-range label makes the loss NaN (never a silent wrong value).
 #[test]
 fn cross_entropy_bad_label_is_nan() {
