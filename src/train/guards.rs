@@ -21,12 +21,15 @@ pub(super) const DIVERGED_MEDIAN: f64 = 10.0;
 /// back above guessing is diverging, whatever the absolute numbers.
 pub(super) struct LossWatch {
     pub(super) recent: std::collections::VecDeque<f32>,
+    /// Reused for the median, so a step allocates nothing here.
+    scratch: Vec<f32>,
 }
 
 impl LossWatch {
     pub(super) fn new() -> Self {
         LossWatch {
             recent: std::collections::VecDeque::with_capacity(WATCH_WINDOW),
+            scratch: Vec::with_capacity(WATCH_WINDOW),
         }
     }
 
@@ -34,7 +37,9 @@ impl LossWatch {
     /// and over `floor`; otherwise records `loss` and returns None.
     pub(super) fn diverged(&mut self, loss: f32, floor: f64) -> Option<f64> {
         if self.recent.len() >= WATCH_MIN {
-            let mut v: Vec<f32> = self.recent.iter().copied().collect();
+            let v = &mut self.scratch;
+            v.clear();
+            v.extend(self.recent.iter().copied());
             let mid = v.len() / 2;
             let median = f64::from(*v.select_nth_unstable_by(mid, f32::total_cmp).1);
             let loss = f64::from(loss);
