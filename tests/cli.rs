@@ -67,6 +67,13 @@ fn assert_fails_with(o: &Output, needles: &[&str]) {
     }
 }
 
+/// `gpurt train` on the dataset in `data`, quiet, into `out`, with `extra`.
+fn train_on(data: &Path, out: &Path, extra: &[&str]) -> Output {
+    let d = data_arg(data);
+    let base = ["train", "--data", d.as_str(), "--quiet", "--out", path(out)];
+    gpurt(&[&base[..], extra].concat())
+}
+
 #[test]
 fn help_lists_commands_and_options() {
     let o = gpurt(&["--help"]);
@@ -509,30 +516,28 @@ fn plateau_schedule_follows_the_validation_loss() {
     let data = t.path().join("mnist");
     tiny_mnist(&data, 400, 20);
     let out = t.path().join("run");
-    let o = gpurt(&[
-        "train",
-        "--data",
-        &data_arg(&data),
-        "--model",
-        "mlp",
-        "--lr",
-        "0.02",
-        "--epochs",
-        "8",
-        "--batch",
-        "32",
-        "--val-split",
-        "0.25",
-        "--lr-schedule",
-        "plateau",
-        "--plateau-patience",
-        "0",
-        "--plateau-factor",
-        "0.5",
-        "--out",
-        path(&out),
-        "--quiet",
-    ]);
+    let o = train_on(
+        &data,
+        &out,
+        &[
+            "--model",
+            "mlp",
+            "--lr",
+            "0.02",
+            "--epochs",
+            "8",
+            "--batch",
+            "32",
+            "--val-split",
+            "0.25",
+            "--lr-schedule",
+            "plateau",
+            "--plateau-patience",
+            "0",
+            "--plateau-factor",
+            "0.5",
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
     let mut lines = csv.lines();
@@ -563,18 +568,8 @@ fn plateau_settings_need_the_plateau_schedule_and_validation() {
     let t = tmp();
     let data = t.path().join("mnist");
     tiny_mnist(&data, 64, 8);
-    let run = |extra: &[&str]| {
-        let base = [
-            "train",
-            "--data",
-            &data_arg(&data),
-            "--quiet",
-            "--epochs",
-            "1",
-        ];
-        let out = t.path().join("run");
-        gpurt(&[&base[..], extra, &["--out", path(&out)]].concat())
-    };
+    let out = t.path().join("run");
+    let run = |extra: &[&str]| train_on(&data, &out, &[&["--epochs", "1"][..], extra].concat());
     assert_fails_with(
         &run(&["--plateau-factor", "0.5"]),
         &["--lr-schedule plateau"],
@@ -599,26 +594,24 @@ fn early_stopping_keeps_the_best_epoch_as_the_run_model() {
     let data = t.path().join("mnist");
     tiny_mnist(&data, 400, 60);
     let out = t.path().join("run");
-    let o = gpurt(&[
-        "train",
-        "--data",
-        &data_arg(&data),
-        "--model",
-        "mlp",
-        "--lr",
-        "0.02",
-        "--epochs",
-        "30",
-        "--batch",
-        "32",
-        "--val-split",
-        "0.25",
-        "--early-stop",
-        "2",
-        "--out",
-        path(&out),
-        "--quiet",
-    ]);
+    let o = train_on(
+        &data,
+        &out,
+        &[
+            "--model",
+            "mlp",
+            "--lr",
+            "0.02",
+            "--epochs",
+            "30",
+            "--batch",
+            "32",
+            "--val-split",
+            "0.25",
+            "--early-stop",
+            "2",
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let log = stdout(&o);
     assert!(log.contains("early stop after epoch"), "{log}");
@@ -669,18 +662,8 @@ fn early_stop_settings_are_checked() {
     let t = tmp();
     let data = t.path().join("mnist");
     tiny_mnist(&data, 64, 8);
-    let run = |extra: &[&str]| {
-        let base = [
-            "train",
-            "--data",
-            &data_arg(&data),
-            "--quiet",
-            "--epochs",
-            "1",
-        ];
-        let out = t.path().join("run");
-        gpurt(&[&base[..], extra, &["--out", path(&out)]].concat())
-    };
+    let out = t.path().join("run");
+    let run = |extra: &[&str]| train_on(&data, &out, &[&["--epochs", "1"][..], extra].concat());
     assert_fails_with(&run(&["--monitor", "val_acc"]), &["--early-stop"]);
     assert_fails_with(
         &run(&["--early-stop", "2", "--val-split", "0"]),
