@@ -110,6 +110,14 @@ pub struct TrainArgs {
     /// Random horizontal flips (for natural images, not digits).
     #[arg(long)]
     pub hflip: bool,
+    /// Augmentation: rotate each training image by up to this many degrees
+    /// either way (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    pub rotate: f32,
+    /// Augmentation: zoom each training image by up to this fraction
+    /// either way, e.g. 0.1 for [0.9, 1.1] (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    pub scale: f32,
     /// Use only the first N training images.
     #[arg(long)]
     pub limit: Option<usize>,
@@ -223,6 +231,8 @@ impl TrainArgs {
             augment: Augment {
                 crop_pad: self.crop_pad,
                 hflip: self.hflip,
+                rotate: self.rotate,
+                scale: self.scale,
             },
             limit: self.limit,
             progress: !self.quiet,

@@ -807,3 +807,17 @@ fn clip_grad_norm_trains_and_is_checked() {
         assert_fails_with(&run(bad), &["--clip-grad-norm"]);
     }
 }
+
+/// `--rotate` and `--scale` augment training and refuse absurd values.
+#[test]
+fn rotation_and_zoom_augmentation_train_and_are_checked() {
+    let t = tmp();
+    let data = t.path().join("mnist");
+    tiny_mnist(&data, 128, 20);
+    let out = t.path().join("run");
+    let run = |extra: &[&str]| train_on(&data, &out, &[&["--epochs", "1"][..], extra].concat());
+    let o = run(&["--model", "mlp", "--rotate", "15", "--scale", "0.1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_fails_with(&run(&["--rotate", "200"]), &["--rotate"]);
+    assert_fails_with(&run(&["--scale", "1.5"]), &["--scale"]);
+}

@@ -32,13 +32,20 @@ const AUGMENT_DOMAIN: u64 = 0x6175_676d_0000_0002;
 /// normalisation. Crop padding is therefore a zero (black) pixel, which
 /// after normalisation becomes `-mean/std` of its channel, as in the usual
 /// CIFAR recipe.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Augment {
     /// Pad each side by this many zero pixels and take a random crop of the
     /// original size (offset uniform in `[0, 2*pad]` on each axis); 0 = off.
     pub crop_pad: usize,
     /// Mirror left-right with probability 1/2.
     pub hflip: bool,
+    /// Rotate about the centre by an angle uniform in `[-rotate, rotate]`
+    /// degrees (counter-clockwise positive, as torchvision); 0 = off.
+    pub rotate: f32,
+    /// Zoom about the centre by a factor uniform in `[1 - scale, 1 + scale]`;
+    /// 0 = off. Rotation and zoom sample the nearest source pixel (uncovered
+    /// pixels are 0), before the crop and flip.
+    pub scale: f32,
 }
 
 impl Augment {
@@ -57,12 +64,54 @@ impl Augment {
                 self.crop_pad
             )));
         }
+        if !(self.rotate.is_finite() && (0.0..=180.0).contains(&self.rotate)) {
+            return Err(crate::Error::Usage(format!(
+                "--rotate must be between 0 and 180 degrees, got {}",
+                self.rotate
+            )));
+        }
+        if !(self.scale.is_finite() && (0.0..1.0).contains(&self.scale)) {
+            return Err(crate::Error::Usage(format!(
+                "--scale must be in [0, 1), got {}",
+                self.scale
+            )));
+        }
         Ok(())
     }
 
     /// Whether any augmentation is switched on.
     pub fn is_active(&self) -> bool {
-        self.crop_pad > 0 || self.hflip
+        self.crop_pad > 0 || self.hflip || self.affine()
+    }
+
+    fn affine(&self) -> bool {
+        self.rotate > 0.0 || self.scale > 0.0
+    }
+}
+
+/// `out` = the CHW image `src` (planes of `h x w`) rotated by `angle`
+/// radians counter-clockwise and zoomed by `zoom` about its centre,
+/// sampling the nearest source pixel; pixels with no source are 0.
+pub(crate) fn rotate_zoom(
+    src: &[u8],
+    (h, w): (usize, usize),
+    angle: f32,
+    zoom: f32,
+    out: &mut [u8],
+) {
+    let (sin, cos) = angle.sin_cos();
+    let (cy, cx) = ((h as f32 - 1.0) / 2.0, (w as f32 - 1.0) / 2.0);
+    for (plane_in, plane_out) in src.chunks_exact(h * w).zip(out.chunks_exact_mut(h * w)) {
+        for (i, o) in plane_out.iter_mut().enumerate() {
+            let (dy, dx) = ((i / w) as f32 - cy, (i % w) as f32 - cx);
+            let sx = ((cos * dx - sin * dy) / zoom + cx + 0.5).floor();
+            let sy = ((sin * dx + cos * dy) / zoom + cy + 0.5).floor();
+            *o = if sx >= 0.0 && sy >= 0.0 && (sx as usize) < w && (sy as usize) < h {
+                plane_in[sy as usize * w + sx as usize]
+            } else {
+                0
+            };
+        }
     }
 }
 
@@ -282,6 +331,20 @@ impl Producer {
             (0, 0)
         };
         let flip = self.augment.hflip && rng.next_u32() & 1 == 1;
+        // Rotation and zoom (drawn after crop and flip, so runs without
+        // them keep their old draws), applied to a copy the crop reads.
+        let rotated;
+        let src = if self.augment.affine() {
+            let unit = |rng: &mut ChaCha8Rng| rng.next_u32() as f32 / u32::MAX as f32 * 2.0 - 1.0;
+            let angle = (unit(&mut rng) * self.augment.rotate).to_radians();
+            let zoom = 1.0 + unit(&mut rng) * self.augment.scale;
+            let mut buf = vec![0u8; src.len()];
+            rotate_zoom(src, (h, w), angle, zoom, &mut buf);
+            rotated = buf;
+            &rotated[..]
+        } else {
+            src
+        };
         // Output (y, x) reads padded (y + dy, x' + dx), i.e. source
         // (y + dy - pad, x' + dx - pad), where x' is x mirrored if flipping.
         for (plane_in, plane_out) in src.chunks_exact(h * w).zip(out.chunks_exact_mut(h * w)) {
@@ -468,6 +531,7 @@ mod tests {
         let aug = Augment {
             crop_pad: 1,
             hflip: true,
+            ..Augment::default()
         };
         let run = |seed, epoch| -> Vec<Batch> {
             BatchLoader::new(
@@ -514,6 +578,83 @@ mod tests {
         }
     }
 
+    /// Exact pixels of rotation and zoom on a 3x3 image: +90° turns it
+    /// counter-clockwise (as torchvision), 2x zoom reads the centre, and a
+    /// 45° turn leaves the corners uncovered.
+    #[test]
+    fn rotate_zoom_exact_pixels() {
+        let img = [1u8, 2, 3, 4, 5, 6, 7, 8, 9];
+        let mut out = [0u8; 9];
+        rotate_zoom(&img, (3, 3), 90f32.to_radians(), 1.0, &mut out);
+        assert_eq!(out, [3, 6, 9, 2, 5, 8, 1, 4, 7]);
+        rotate_zoom(&img, (3, 3), 0.0, 1.0, &mut out);
+        assert_eq!(out, img);
+        rotate_zoom(&img, (3, 3), 0.0, 2.0, &mut out);
+        assert_eq!(out, [5, 5, 6, 5, 5, 6, 8, 8, 9]);
+        rotate_zoom(&img, (3, 3), 0.0, 0.5, &mut out);
+        assert_eq!(out, [0, 0, 0, 0, 5, 0, 0, 0, 0]);
+        // Two planes turn alike.
+        let two: Vec<u8> = img.iter().chain(&img).copied().collect();
+        let mut out2 = [0u8; 18];
+        rotate_zoom(&two, (3, 3), (-90f32).to_radians(), 1.0, &mut out2);
+        assert_eq!(out2[..9], [7, 4, 1, 8, 5, 2, 9, 6, 3]);
+        assert_eq!(out2[..9], out2[9..]);
+    }
+
+    /// Rotation and zoom are seeded per (seed, epoch, image) and off by
+    /// default; out-of-range settings are refused.
+    #[test]
+    fn rotation_and_zoom_are_seeded_and_checked() {
+        let pixels: Vec<u8> = (0..25).collect();
+        let d = Arc::new(Dataset::new(pixels, vec![0], 1, 5, 5).unwrap());
+        let job = |epoch| Producer {
+            dataset: d.clone(),
+            normalizer: Normalizer::identity(1),
+            batch: 1,
+            seed: 3,
+            shuffle: true,
+            epoch,
+            augment: Augment {
+                rotate: 30.0,
+                scale: 0.2,
+                ..Augment::default()
+            },
+            num_batches: 1,
+        };
+        let (mut a, mut b) = ([0u8; 25], [0u8; 25]);
+        job(1).augment_into(0, &d.images, &mut a);
+        job(1).augment_into(0, &d.images, &mut b);
+        assert_eq!(a, b, "same seed and epoch, same image");
+        let distinct: std::collections::HashSet<[u8; 25]> = (0..20)
+            .map(|e| {
+                job(e).augment_into(0, &d.images, &mut a);
+                a
+            })
+            .collect();
+        assert!(distinct.len() > 10, "{} distinct of 20", distinct.len());
+        assert!(!Augment::default().is_active());
+        for bad in [
+            Augment {
+                rotate: 181.0,
+                ..Augment::default()
+            },
+            Augment {
+                rotate: f32::NAN,
+                ..Augment::default()
+            },
+            Augment {
+                scale: 1.0,
+                ..Augment::default()
+            },
+            Augment {
+                scale: -0.1,
+                ..Augment::default()
+            },
+        ] {
+            assert!(bad.check(28, 28).is_err(), "{bad:?}");
+        }
+    }
+
     #[test]
     fn augment_geometry() {
         // One 1x2x3 image; pad 0 flip only: the result is either the image or
@@ -526,7 +667,11 @@ mod tests {
             seed: 11,
             shuffle: true,
             epoch,
-            augment: Augment { crop_pad, hflip },
+            augment: Augment {
+                crop_pad,
+                hflip,
+                ..Augment::default()
+            },
             num_batches: 1,
         };
         let mut out = [0u8; 6];
@@ -560,6 +705,7 @@ mod tests {
         let aug = Augment {
             crop_pad: 4,
             hflip: true,
+            ..Augment::default()
         };
         let start = Instant::now();
         let mut l =
