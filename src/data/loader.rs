@@ -298,10 +298,11 @@ impl Producer {
         let mut x = vec![0f32; self.batch * per];
         let mut y = vec![0u32; self.batch];
         let mut scratch = vec![0u8; per];
+        let mut rotated = Vec::new();
         for (r, &idx) in rows.iter().enumerate() {
             let src = d.image(idx);
             let pixels = if self.augment.is_active() {
-                self.augment_into(idx, src, &mut scratch);
+                self.augment_into(idx, src, &mut scratch, &mut rotated);
                 &scratch[..]
             } else {
                 src
@@ -318,7 +319,9 @@ impl Producer {
     }
 
     /// Random crop (zero padded) and flip of one CHW image into `out`.
-    fn augment_into(&self, idx: usize, src: &[u8], out: &mut [u8]) {
+    /// `rotated` holds the rotated copy when rotation or zoom is on (reused
+    /// across the images of a batch).
+    fn augment_into(&self, idx: usize, src: &[u8], out: &mut [u8], rotated: &mut Vec<u8>) {
         let d = &*self.dataset;
         let (h, w) = (d.height, d.width);
         let key = mix64(mix64(self.seed ^ mix64(self.epoch ^ AUGMENT_DOMAIN)) ^ idx as u64);
@@ -333,14 +336,12 @@ impl Producer {
         let flip = self.augment.hflip && rng.next_u32() & 1 == 1;
         // Rotation and zoom (drawn after crop and flip, so runs without
         // them keep their old draws), applied to a copy the crop reads.
-        let rotated;
         let src = if self.augment.affine() {
             let unit = |rng: &mut ChaCha8Rng| rng.next_u32() as f32 / u32::MAX as f32 * 2.0 - 1.0;
             let angle = (unit(&mut rng) * self.augment.rotate).to_radians();
             let zoom = 1.0 + unit(&mut rng) * self.augment.scale;
-            let mut buf = vec![0u8; src.len()];
-            rotate_zoom(src, (h, w), angle, zoom, &mut buf);
-            rotated = buf;
+            rotated.resize(src.len(), 0);
+            rotate_zoom(src, (h, w), angle, zoom, rotated);
             &rotated[..]
         } else {
             src
@@ -622,12 +623,12 @@ mod tests {
             num_batches: 1,
         };
         let (mut a, mut b) = ([0u8; 25], [0u8; 25]);
-        job(1).augment_into(0, &d.images, &mut a);
-        job(1).augment_into(0, &d.images, &mut b);
+        job(1).augment_into(0, &d.images, &mut a, &mut Vec::new());
+        job(1).augment_into(0, &d.images, &mut b, &mut Vec::new());
         assert_eq!(a, b, "same seed and epoch, same image");
         let distinct: std::collections::HashSet<[u8; 25]> = (0..20)
             .map(|e| {
-                job(e).augment_into(0, &d.images, &mut a);
+                job(e).augment_into(0, &d.images, &mut a, &mut Vec::new());
                 a
             })
             .collect();
@@ -677,7 +678,7 @@ mod tests {
         let mut out = [0u8; 6];
         let mut kinds = std::collections::HashSet::new();
         for epoch in 0..40 {
-            job(0, true, epoch).augment_into(0, &d.images, &mut out);
+            job(0, true, epoch).augment_into(0, &d.images, &mut out, &mut Vec::new());
             assert!(
                 out == [1, 2, 3, 4, 5, 6] || out == [3, 2, 1, 6, 5, 4],
                 "{out:?}"
@@ -687,7 +688,7 @@ mod tests {
         assert_eq!(kinds.len(), 2, "flip should happen about half the time");
         kinds.clear();
         for epoch in 0..200 {
-            job(1, false, epoch).augment_into(0, &d.images, &mut out);
+            job(1, false, epoch).augment_into(0, &d.images, &mut out, &mut Vec::new());
             kinds.insert(out);
         }
         // 3x3 offsets, all distinct for this image.
