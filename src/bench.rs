@@ -417,9 +417,9 @@ pub fn run(
         }
     }
 
-    let mlp = ModelSpec {
-        name: "mlp-2048-512-20".into(),
-        layers: vec![
+    let mlp = ModelSpec::sequential(
+        "mlp-2048-512-20",
+        vec![
             Layer::Flatten,
             Layer::Dense {
                 units: 512,
@@ -431,7 +431,7 @@ pub fn run(
                 bias: true,
             },
         ],
-    };
+    );
     let cases = [
         (
             "cnn train step cifar b64",

@@ -36,7 +36,7 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Preset (cnn, mlp) or a path to a TOML model spec [default: cnn, or
+    /// Preset (cnn, mlp, resnet20/32/56) or a path to a TOML model spec [default: cnn, or
     /// the resumed run's model].
     #[arg(long)]
     pub model: Option<String>,
@@ -243,7 +243,7 @@ impl TrainArgs {
 
 #[derive(Args, Debug)]
 pub struct PlanArgs {
-    /// Preset (cnn, mlp) or a path to a TOML model spec.
+    /// Preset (cnn, mlp, resnet20/32/56) or a path to a TOML model spec.
     #[arg(long, default_value = "cnn")]
     pub model: String,
     /// Input shape C,H,W of one example.

@@ -3,6 +3,8 @@
 
 mod common;
 
+#[path = "model/graphs.rs"]
+mod graphs;
 #[path = "model/smoke_cnn.rs"]
 mod smoke_cnn;
 #[path = "model/stress.rs"]

@@ -122,6 +122,10 @@ fn rule(
         Op::BroadcastTo => one(ops::reduce::broadcast_to_backward(g, inputs[0], dy)?),
         Op::Reshape => one(ops::shape::reshape_backward(g, inputs[0], dy)?),
         Op::Transpose { perm } => one(ops::shape::transpose_backward(g, perm, dy)?),
+        Op::Concat { axis } => ops::shape::concat_backward(g, *axis, inputs, dy),
+        Op::Slice { axis, start } => {
+            one(ops::shape::slice_backward(g, *axis, *start, inputs[0], dy)?)
+        }
         Op::Softmax => one(ops::softmax::backward(g, false, outputs[0], dy)?),
         Op::LogSoftmax => one(ops::softmax::backward(g, true, outputs[0], dy)?),
         Op::CrossEntropy => Ok(vec![

@@ -62,6 +62,8 @@ pub fn flops(l: &Launch) -> u64 {
         | Op::BroadcastTo
         | Op::Reshape
         | Op::Transpose { .. }
+        | Op::Concat { .. }
+        | Op::Slice { .. }
         | Op::SoftmaxBackward
         | Op::LogSoftmaxBackward
         | Op::ActBackwardBias { .. }

@@ -21,6 +21,19 @@ use crate::ops::sgd::SgdConfig;
 use crate::ops::{Activation, BinaryKind, Op, PoolParams};
 use crate::tensor::Shape;
 
+/// `y[r·y_stride + y_off + i] = x[r·x_stride + x_off + i]` for `r < rows`,
+/// `i < len`, where `x` is read `read` of the launch and `y` its write.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RowCopy {
+    pub read: usize,
+    pub rows: usize,
+    pub len: usize,
+    pub x_stride: usize,
+    pub x_off: usize,
+    pub y_stride: usize,
+    pub y_off: usize,
+}
+
 /// `C[b] = op(A[b]) · op(B[b])`, `batch` times, each `m×k · k×n`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Gemm {
@@ -121,6 +134,8 @@ pub enum Kernel {
         shape: Shape,
         perm: Vec<usize>,
     },
+    /// Concat and slice: row blocks copied from the reads into the write.
+    CopyRows(Vec<RowCopy>),
     /// Row-wise (log-)softmax over the last axis, or its gradient.
     Softmax {
         rows: usize,
@@ -372,6 +387,51 @@ impl Kernel {
                     perm: perm.clone(),
                 }
             }
+            Op::Concat { axis } => {
+                need(1, 1)?;
+                let (rows, inner) = crate::ops::shape::rows_and_inner(&ws[0], *axis);
+                let y_stride = ws[0].0[*axis] * inner;
+                let mut y_off = 0;
+                let copies = rs
+                    .iter()
+                    .enumerate()
+                    .map(|(read, x)| {
+                        let len = x.0.get(*axis).copied().unwrap_or(0) * inner;
+                        let c = RowCopy {
+                            read,
+                            rows,
+                            len,
+                            x_stride: len,
+                            x_off: 0,
+                            y_stride,
+                            y_off,
+                        };
+                        y_off += len;
+                        c
+                    })
+                    .collect();
+                if y_off != y_stride || rs.iter().any(|x| x.numel() != rows * x.0[*axis] * inner) {
+                    return Err(Error::shape(name, format!("{rs:?} into {}", ws[0])));
+                }
+                Kernel::CopyRows(copies)
+            }
+            Op::Slice { axis, start } => {
+                need(1, 1)?;
+                let (rows, inner) = crate::ops::shape::rows_and_inner(&rs[0], *axis);
+                let len = ws[0].0[*axis] * inner;
+                if ws[0].numel() != rows * len || (start + ws[0].0[*axis]) > rs[0].0[*axis] {
+                    return Err(Error::shape(name, format!("{} from {}", ws[0], rs[0])));
+                }
+                Kernel::CopyRows(vec![RowCopy {
+                    read: 0,
+                    rows,
+                    len,
+                    x_stride: rs[0].0[*axis] * inner,
+                    x_off: start * inner,
+                    y_stride: len,
+                    y_off: 0,
+                }])
+            }
             Op::Softmax | Op::LogSoftmax | Op::SoftmaxBackward | Op::LogSoftmaxBackward => {
                 let backward = matches!(l.op, Op::SoftmaxBackward | Op::LogSoftmaxBackward);
                 need(1 + backward as usize, 1)?;
@@ -471,6 +531,7 @@ impl Kernel {
             | Kernel::BroadcastTo { .. }
             | Kernel::View
             | Kernel::Transpose { .. }
+            | Kernel::CopyRows(_)
             | Kernel::Softmax { .. }
             | Kernel::CrossEntropy { .. }
             | Kernel::CrossEntropyBackward { .. }

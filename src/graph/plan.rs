@@ -273,6 +273,8 @@ fn remap_scalars(op: &Op, local: &[String], global: &[String]) -> Op {
         | Op::BroadcastTo
         | Op::Reshape
         | Op::Transpose { .. }
+        | Op::Concat { .. }
+        | Op::Slice { .. }
         | Op::Softmax
         | Op::LogSoftmax
         | Op::SoftmaxBackward

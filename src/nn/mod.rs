@@ -1,7 +1,13 @@
-//! Models as a list of layers (Keras Sequential in spirit): presets and a
-//! TOML spec, built into a graph with PyTorch parameter names.
+//! Models as layers wired by name (Keras' functional API in spirit; a plain
+//! list is the Sequential case): presets, a TOML spec, and building into a
+//! graph with PyTorch parameter names.
 
+mod build;
 pub mod init;
+pub mod layer;
+mod resnet;
 pub mod spec;
 
-pub use spec::{Layer, ModelSpec};
+pub use build::INPUT;
+pub use layer::{Layer, Node};
+pub use spec::ModelSpec;

@@ -1,76 +1,12 @@
-//! The model spec: layers, presets, TOML parsing, and building into a graph.
+//! The model spec: its layers, the presets and TOML parsing. Building it
+//! into a graph is `build.rs`.
 
+pub use super::layer::{Layer, Node};
 use crate::error::{Error, Result};
 use crate::graph::ir::{Graph, ValueId};
-use crate::ops::batchnorm::BatchNormParams;
-use crate::ops::{Activation, ConvParams, PoolParams};
 use crate::tensor::Shape;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-
-/// One layer. Parameter-free layers adapt to whatever shape arrives.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Layer {
-    Conv2d {
-        filters: usize,
-        kernel: usize,
-        #[serde(default = "one")]
-        stride: usize,
-        #[serde(default)]
-        padding: usize,
-        #[serde(default = "one")]
-        dilation: usize,
-        #[serde(default = "yes")]
-        bias: bool,
-    },
-    MaxPool2d {
-        #[serde(default = "two")]
-        kernel: usize,
-        stride: Option<usize>,
-    },
-    AvgPool2d {
-        #[serde(default = "two")]
-        kernel: usize,
-        stride: Option<usize>,
-    },
-    GlobalAvgPool,
-    Flatten,
-    Dense {
-        units: usize,
-        #[serde(default = "yes")]
-        bias: bool,
-    },
-    Relu,
-    Gelu,
-    Sigmoid,
-    Tanh,
-    Dropout {
-        rate: f32,
-    },
-    BatchNorm2d {
-        #[serde(default = "bn_eps")]
-        eps: f32,
-        #[serde(default = "bn_momentum")]
-        momentum: f32,
-    },
-}
-
-fn one() -> usize {
-    1
-}
-fn two() -> usize {
-    2
-}
-fn yes() -> bool {
-    true
-}
-fn bn_eps() -> f32 {
-    1e-5
-}
-fn bn_momentum() -> f32 {
-    0.1
-}
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -78,7 +14,10 @@ pub struct ModelSpec {
     #[serde(default = "default_name")]
     pub name: String,
     #[serde(rename = "layer")]
-    pub layers: Vec<Layer>,
+    pub layers: Vec<Node>,
+    /// The layer whose output is the model's (the last one when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
 }
 
 fn default_name() -> String {
@@ -102,7 +41,7 @@ fn layer_error(text: &str) -> Option<Error> {
     let raw: toml::Table = toml::from_str(text).ok()?;
     let layers = raw.get("layer")?.as_array()?;
     layers.iter().enumerate().find_map(|(i, l)| {
-        let e = l.clone().try_into::<Layer>().err()?;
+        let e = l.clone().try_into::<Node>().err()?;
         let kind = l.get("type").and_then(|t| t.as_str()).unwrap_or("?");
         Some(Error::Model(format!(
             "layer {} ({kind}): {}",
@@ -128,94 +67,19 @@ fn check_layer_keys(text: &str, spec: &ModelSpec) -> Result<()> {
         let (Some(written), Some(known)) = (written.as_table(), known.as_table()) else {
             continue;
         };
-        if let Some(key) = written.keys().find(|k| !known.contains_key(*k)) {
+        let place = |k: &str| matches!(k, "name" | "inputs");
+        if let Some(key) = written
+            .keys()
+            .find(|k| !known.contains_key(*k) && !place(k))
+        {
             return Err(Error::Model(format!(
                 "layer {} ({}): unknown key `{key}`",
                 i + 1,
-                parsed.kind()
+                parsed.layer.kind()
             )));
         }
     }
     Ok(())
-}
-
-impl Layer {
-    /// The layer's `type` as written in a TOML spec.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Layer::Conv2d { .. } => "conv2d",
-            Layer::MaxPool2d { .. } => "max_pool2d",
-            Layer::AvgPool2d { .. } => "avg_pool2d",
-            Layer::GlobalAvgPool => "global_avg_pool",
-            Layer::Flatten => "flatten",
-            Layer::Dense { .. } => "dense",
-            Layer::Relu => "relu",
-            Layer::Gelu => "gelu",
-            Layer::Sigmoid => "sigmoid",
-            Layer::Tanh => "tanh",
-            Layer::Dropout { .. } => "dropout",
-            Layer::BatchNorm2d { .. } => "batch_norm2d",
-        }
-    }
-
-    /// Checks the layer's own settings (not how they fit the input), so
-    /// absurd values are reported by name instead of overflowing the shape
-    /// arithmetic of the ops.
-    fn check_settings(&self) -> std::result::Result<(), String> {
-        let window = |what: &str, v: usize, min: usize| {
-            if v < min {
-                Err(format!("{what} {v} must be at least {min}"))
-            } else if v > MAX_WINDOW {
-                Err(format!("{what} {v} is over the limit of {MAX_WINDOW}"))
-            } else {
-                Ok(())
-            }
-        };
-        match self {
-            Layer::Conv2d {
-                filters,
-                kernel,
-                stride,
-                padding,
-                dilation,
-                ..
-            } => {
-                if *filters == 0 {
-                    return Err("filters must be at least 1".into());
-                }
-                window("kernel", *kernel, 1)?;
-                window("stride", *stride, 1)?;
-                window("padding", *padding, 0)?;
-                window("dilation", *dilation, 1)
-            }
-            Layer::MaxPool2d { kernel, stride } | Layer::AvgPool2d { kernel, stride } => {
-                window("kernel", *kernel, 1)?;
-                window("stride", stride.unwrap_or(*kernel), 1)
-            }
-            Layer::Dense { units, .. } if *units == 0 => Err("units must be at least 1".into()),
-            Layer::Dropout { rate } if !(0.0..1.0).contains(rate) => {
-                Err(format!("rate {rate} is not in [0, 1)"))
-            }
-            Layer::BatchNorm2d { eps, momentum } => {
-                if !(eps.is_finite() && *eps > 0.0) {
-                    return Err(format!("eps {eps} must be finite and positive"));
-                }
-                if !(0.0..=1.0).contains(momentum) {
-                    return Err(format!("momentum {momentum} is not in [0, 1]"));
-                }
-                Ok(())
-            }
-            _ => Ok(()),
-        }
-    }
-}
-
-/// Elements of `shape`, if at most [`MAX_SPEC_ELEMENTS`].
-fn bounded_numel(shape: &[usize]) -> Option<u64> {
-    shape
-        .iter()
-        .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
-        .filter(|&n| n <= MAX_SPEC_ELEMENTS)
 }
 
 /// How a parameter is initialised (PyTorch's defaults).
@@ -237,6 +101,15 @@ pub struct ParamDecl {
 }
 
 impl ModelSpec {
+    /// A plain stack: each layer takes the one before it.
+    pub fn sequential(name: &str, layers: Vec<Layer>) -> Self {
+        ModelSpec {
+            name: name.into(),
+            layers: layers.into_iter().map(Node::from).collect(),
+            output: None,
+        }
+    }
+
     /// The seed CNN: conv32-pool-conv64-pool-conv64-dense64-dense10, ReLU,
     /// no padding. Adapts to 28×28×1 or 32×32×3 (or any input that fits).
     pub fn cnn(classes: usize) -> Self {
@@ -253,9 +126,9 @@ impl ModelSpec {
             kernel: 2,
             stride: None,
         };
-        ModelSpec {
-            name: "cnn".into(),
-            layers: vec![
+        ModelSpec::sequential(
+            "cnn",
+            vec![
                 conv(32),
                 Relu,
                 pool(),
@@ -275,15 +148,15 @@ impl ModelSpec {
                     bias: true,
                 },
             ],
-        }
+        )
     }
 
     /// A two-hidden-layer MLP classifier.
     pub fn mlp(classes: usize) -> Self {
         use Layer::*;
-        ModelSpec {
-            name: "mlp".into(),
-            layers: vec![
+        ModelSpec::sequential(
+            "mlp",
+            vec![
                 Flatten,
                 Dense {
                     units: 256,
@@ -300,13 +173,16 @@ impl ModelSpec {
                     bias: true,
                 },
             ],
-        }
+        )
     }
 
     pub fn preset(name: &str, classes: usize) -> Option<Self> {
         match name {
             "cnn" => Some(Self::cnn(classes)),
             "mlp" => Some(Self::mlp(classes)),
+            "resnet20" => Some(Self::resnet(20, classes)),
+            "resnet32" => Some(Self::resnet(32, classes)),
+            "resnet56" => Some(Self::resnet(56, classes)),
             _ => None,
         }
     }
@@ -321,7 +197,7 @@ impl ModelSpec {
             return Self::from_toml_file(p);
         }
         Err(Error::Model(format!(
-            "unknown model '{model}' (expected cnn, mlp or a path to a .toml spec)"
+            "unknown model '{model}' (expected cnn, mlp, resnet20, resnet32, resnet56 or a path to a .toml spec)"
         )))
     }
 
@@ -363,237 +239,5 @@ impl ModelSpec {
     /// Build the forward pass on `x [n, c, h, w]`; returns the logits.
     pub fn build(&self, g: &mut Graph, x: ValueId) -> Result<ValueId> {
         self.build_inner(g, x, None)
-    }
-
-    fn build_inner(
-        &self,
-        g: &mut Graph,
-        x: ValueId,
-        mut decls: Option<&mut Vec<ParamDecl>>,
-    ) -> Result<ValueId> {
-        let (mut n_conv, mut n_fc, mut n_bn, mut n_drop) = (0, 0, 0, 0);
-        let input = g.shape(x).clone();
-        if input.0.contains(&0) {
-            return Err(Error::Model(format!("the input {input} is empty")));
-        }
-        let mut activations = bounded_numel(&input.0).ok_or_else(|| {
-            Error::Limit(format!(
-                "model input {input} has more than {MAX_SPEC_ELEMENTS} elements"
-            ))
-        })?;
-        let mut params = 0u64;
-        let mut h = x;
-        for (i, layer) in self.layers.iter().enumerate() {
-            let kind = layer.kind();
-            layer
-                .check_settings()
-                .map_err(|e| Error::Model(format!("layer {} ({kind}): {e}", i + 1)))?;
-            let at = |e: Error| match e {
-                Error::Shape { op, detail } => {
-                    Error::Model(format!("layer {} ({op}): {detail}", i + 1))
-                }
-                other => other,
-            };
-            let mut declare = |g: &mut Graph,
-                               name: String,
-                               shape: Vec<usize>,
-                               init: Init,
-                               state: bool|
-             -> Result<ValueId> {
-                let n = bounded_numel(&shape).ok_or_else(|| {
-                    Error::Limit(format!(
-                        "layer {} ({kind}): {name} of shape {} has more than {MAX_SPEC_ELEMENTS} elements",
-                        i + 1,
-                        Shape(shape.clone())
-                    ))
-                })?;
-                params += n;
-                if params > MAX_SPEC_ELEMENTS {
-                    return Err(Error::Limit(format!(
-                        "layer {} ({kind}): with {name} the model has more than {MAX_SPEC_ELEMENTS} parameter and state elements",
-                        i + 1
-                    )));
-                }
-                if let Some(d) = decls.as_deref_mut() {
-                    d.push(ParamDecl {
-                        name: name.clone(),
-                        shape: Shape(shape.clone()),
-                        init,
-                    });
-                }
-                if state {
-                    g.state(&name, shape)
-                } else {
-                    g.param(&name, shape)
-                }
-            };
-            let s = g.shape(h).clone();
-            h = match layer {
-                Layer::Conv2d {
-                    filters,
-                    kernel,
-                    stride,
-                    padding,
-                    dilation,
-                    bias,
-                } => {
-                    if s.rank() != 4 {
-                        return Err(Error::Model(format!(
-                            "layer {} (conv2d) needs an image [N,C,H,W], got {s}",
-                            i + 1
-                        )));
-                    }
-                    n_conv += 1;
-                    // Bounded: c <= 2^32 and kernel <= 2^16 (checked above).
-                    let fan_in = s.0[1].saturating_mul(kernel * kernel);
-                    let (w, b) = weight_and_bias(
-                        &mut declare,
-                        g,
-                        &format!("conv{n_conv}"),
-                        vec![*filters, s.0[1], *kernel, *kernel],
-                        *bias,
-                        fan_in,
-                    )?;
-                    let p = ConvParams {
-                        stride: (*stride, *stride),
-                        pad: (*padding, *padding),
-                        dilation: (*dilation, *dilation),
-                    };
-                    g.conv2d(h, w, b, p).map_err(at)?
-                }
-                Layer::MaxPool2d { kernel, stride } => g
-                    .max_pool2d(h, square_window(*kernel, *stride))
-                    .map_err(at)?,
-                Layer::AvgPool2d { kernel, stride } => g
-                    .avg_pool2d(h, square_window(*kernel, *stride))
-                    .map_err(at)?,
-                Layer::GlobalAvgPool => g.global_avg_pool(h).map_err(at)?,
-                Layer::Flatten => g.flatten(h).map_err(at)?,
-                Layer::Dense { units, bias } => {
-                    if s.rank() != 2 {
-                        return Err(Error::Model(format!("layer {} (dense) needs [N, features], got {s}: add a flatten layer first", i + 1)));
-                    }
-                    n_fc += 1;
-                    let fan_in = s.0[1];
-                    let (w, b) = weight_and_bias(
-                        &mut declare,
-                        g,
-                        &format!("fc{n_fc}"),
-                        vec![*units, fan_in],
-                        *bias,
-                        fan_in,
-                    )?;
-                    g.linear(h, w, b).map_err(at)?
-                }
-                Layer::Relu => g.act(Activation::Relu, h)?,
-                Layer::Gelu => g.act(Activation::Gelu, h)?,
-                Layer::Sigmoid => g.act(Activation::Sigmoid, h)?,
-                Layer::Tanh => g.act(Activation::Tanh, h)?,
-                Layer::Dropout { rate } => {
-                    n_drop += 1;
-                    g.dropout(h, *rate, 0x9E37_79B9u32.wrapping_mul(n_drop))
-                        .map_err(at)?
-                }
-                Layer::BatchNorm2d { eps, momentum } => {
-                    if s.rank() != 4 {
-                        return Err(Error::Model(format!(
-                            "layer {} (batch_norm2d) needs [N,C,H,W], got {s}",
-                            i + 1
-                        )));
-                    }
-                    n_bn += 1;
-                    let c = vec![s.0[1]];
-                    let p = BatchNormParams {
-                        gamma: declare(
-                            g,
-                            format!("bn{n_bn}.weight"),
-                            c.clone(),
-                            Init::Ones,
-                            false,
-                        )?,
-                        beta: declare(g, format!("bn{n_bn}.bias"), c.clone(), Init::Zeros, false)?,
-                        running_mean: declare(
-                            g,
-                            format!("bn{n_bn}.running_mean"),
-                            c.clone(),
-                            Init::Zeros,
-                            true,
-                        )?,
-                        running_var: declare(
-                            g,
-                            format!("bn{n_bn}.running_var"),
-                            c,
-                            Init::Ones,
-                            true,
-                        )?,
-                    };
-                    g.batch_norm2d(h, &p, *eps, *momentum).map_err(at)?
-                }
-            };
-            let out = g.shape(h);
-            if out.0.contains(&0) {
-                return Err(Error::Model(format!(
-                    "layer {} ({kind}) gives an empty output {out}",
-                    i + 1
-                )));
-            }
-            activations = bounded_numel(&out.0)
-                .and_then(|n| activations.checked_add(n))
-                .filter(|&n| n <= MAX_SPEC_ELEMENTS)
-                .ok_or_else(|| {
-                    Error::Limit(format!(
-                        "layer {} ({kind}): with its output {out} the model's activations have more than {MAX_SPEC_ELEMENTS} elements",
-                        i + 1
-                    ))
-                })?;
-        }
-        let s = g.shape(h);
-        if s.rank() != 2 {
-            return Err(Error::Model(format!(
-                "the last layer must give [N, classes], got {s}: add flatten and dense layers"
-            )));
-        }
-        Ok(h)
-    }
-}
-/// `<prefix>.weight` of `shape` and, with `bias`, `<prefix>.bias` of
-/// `[shape[0]]`, both initialised from the layer's fan-in (PyTorch's
-/// default for conv and linear layers).
-fn weight_and_bias(
-    declare: &mut impl FnMut(&mut Graph, String, Vec<usize>, Init, bool) -> Result<ValueId>,
-    g: &mut Graph,
-    prefix: &str,
-    shape: Vec<usize>,
-    bias: bool,
-    fan_in: usize,
-) -> Result<(ValueId, Option<ValueId>)> {
-    let out = shape[0];
-    let w = declare(
-        g,
-        format!("{prefix}.weight"),
-        shape,
-        Init::FanIn(fan_in),
-        false,
-    )?;
-    let b = match bias {
-        true => Some(declare(
-            g,
-            format!("{prefix}.bias"),
-            vec![out],
-            Init::FanIn(fan_in),
-            false,
-        )?),
-        false => None,
-    };
-    Ok((w, b))
-}
-
-/// A square, unpadded pooling window; the stride defaults to the window.
-fn square_window(kernel: usize, stride: Option<usize>) -> PoolParams {
-    let stride = stride.unwrap_or(kernel);
-    PoolParams {
-        kernel: (kernel, kernel),
-        stride: (stride, stride),
-        pad: (0, 0),
     }
 }

@@ -89,6 +89,15 @@ pub enum Op {
     Transpose {
         perm: Vec<usize>,
     },
+    /// Join the inputs along `axis`.
+    Concat {
+        axis: usize,
+    },
+    /// A block of `axis` from `start`, as long as the output's.
+    Slice {
+        axis: usize,
+        start: usize,
+    },
     Softmax,
     LogSoftmax,
     /// Inputs (y, dy).
@@ -218,7 +227,9 @@ impl Op {
             Op::Act(_) | Op::ActBackward(_) => KernelFile::Activation,
             Op::Binary(_) | Op::Scale(_) | Op::Fill(_) => KernelFile::Binary,
             Op::SumTo | Op::BroadcastTo => KernelFile::Reduce,
-            Op::Reshape | Op::Transpose { .. } => KernelFile::Shape,
+            Op::Reshape | Op::Transpose { .. } | Op::Concat { .. } | Op::Slice { .. } => {
+                KernelFile::Shape
+            }
             Op::Softmax | Op::LogSoftmax | Op::SoftmaxBackward | Op::LogSoftmaxBackward => {
                 KernelFile::Softmax
             }
@@ -257,6 +268,8 @@ impl Op {
             Op::BroadcastTo => "broadcast_to",
             Op::Reshape => "reshape",
             Op::Transpose { .. } => "transpose",
+            Op::Concat { .. } => "concat",
+            Op::Slice { .. } => "slice",
             Op::Softmax => "softmax",
             Op::LogSoftmax => "log_softmax",
             Op::SoftmaxBackward => "softmax_backward",
@@ -302,6 +315,8 @@ impl Op {
             | Op::BroadcastTo
             | Op::Reshape
             | Op::Transpose { .. }
+            | Op::Concat { .. }
+            | Op::Slice { .. }
             | Op::Softmax
             | Op::LogSoftmax
             | Op::SoftmaxBackward

@@ -1,5 +1,6 @@
 //! Shape movers: reshape and flatten are views (no launch, no copy);
-//! transpose is a permuting copy.
+//! transpose is a permuting copy; concat and slice copy row blocks (each
+//! the other's gradient).
 
 use crate::error::{Error, Result};
 use crate::graph::ir::{Graph, ValueId};
@@ -65,6 +66,106 @@ impl Graph {
             out,
         )
     }
+}
+
+/// How a tensor splits around `axis`: rows (the axes before it) and the
+/// contiguous run from `axis` on (`shape[axis] × inner`).
+pub fn rows_and_inner(shape: &Shape, axis: usize) -> (usize, usize) {
+    let rows = shape.0[..axis].iter().product();
+    let inner = shape.0[axis + 1..].iter().product();
+    (rows, inner)
+}
+
+impl Graph {
+    /// Join `xs` along `axis`; every other axis must agree.
+    pub fn concat(&mut self, xs: &[ValueId], axis: usize) -> Result<ValueId> {
+        let Some(&first) = xs.first() else {
+            return Err(Error::shape("concat", "no inputs".to_string()));
+        };
+        let s0 = self.shape(first).clone();
+        if axis >= s0.rank() {
+            return Err(Error::shape(
+                "concat",
+                format!("axis {axis} of a rank-{} tensor {s0}", s0.rank()),
+            ));
+        }
+        let mut out = s0.clone();
+        out.0[axis] = 0;
+        for &x in xs {
+            let s = self.shape(x);
+            let agree =
+                s.rank() == s0.rank() && (0..s.rank()).all(|d| d == axis || s.0[d] == s0.0[d]);
+            if !agree {
+                return Err(Error::shape(
+                    "concat",
+                    format!("{s} does not fit {s0} on every axis but {axis}"),
+                ));
+            }
+            out.0[axis] += s.0[axis];
+        }
+        if xs.len() == 1 {
+            return Ok(first);
+        }
+        self.push1(Op::Concat { axis }, xs.to_vec(), out)
+    }
+
+    /// `x[.., start..start + len, ..]` on `axis`.
+    pub fn slice(&mut self, x: ValueId, axis: usize, start: usize, len: usize) -> Result<ValueId> {
+        let s = self.shape(x).clone();
+        if axis >= s.rank() || len == 0 || start.checked_add(len).is_none_or(|e| e > s.0[axis]) {
+            return Err(Error::shape(
+                "slice",
+                format!("{start}..{start}+{len} on axis {axis} of {s}"),
+            ));
+        }
+        if len == s.0[axis] {
+            return Ok(x);
+        }
+        let mut out = s;
+        out.0[axis] = len;
+        self.push1(Op::Slice { axis, start }, vec![x], out)
+    }
+}
+
+/// Each input's gradient is its slice of `dy`.
+pub fn concat_backward(
+    g: &mut Graph,
+    axis: usize,
+    xs: &[ValueId],
+    dy: ValueId,
+) -> Result<Vec<Option<ValueId>>> {
+    let mut start = 0;
+    xs.iter()
+        .map(|&x| {
+            let len = g.shape(x).0[axis];
+            let d = g.slice(dy, axis, start, len)?;
+            start += len;
+            Ok(Some(d))
+        })
+        .collect()
+}
+
+/// `dy` placed between zero blocks.
+pub fn slice_backward(
+    g: &mut Graph,
+    axis: usize,
+    start: usize,
+    x: ValueId,
+    dy: ValueId,
+) -> Result<ValueId> {
+    let sx = g.shape(x).clone();
+    let len = g.shape(dy).0[axis];
+    let mut parts = Vec::new();
+    for (from, to) in [(0, start), (start + len, sx.0[axis])] {
+        if to > from {
+            let mut zs = sx.clone();
+            zs.0[axis] = to - from;
+            parts.push(g.fill(zs, 0.0)?);
+        }
+    }
+    let before = usize::from(start > 0);
+    parts.insert(before, dy);
+    g.concat(&parts, axis)
 }
 
 pub fn reshape_backward(g: &mut Graph, x: ValueId, dy: ValueId) -> Result<ValueId> {

@@ -893,6 +893,28 @@ fn shape_cases(out: &mut Vec<Prepared>) {
         with_grads(&mut g, y, &[("x", x)]);
         graph_case(out, &format!("transpose {sx:?} {perm:?}"), g, 0, TOL);
     }
+    // concat on each axis (odd sizes, three inputs) and its gradient,
+    // which is slice; the weights make each input's slice distinct.
+    let joins: [(&[&[usize]], usize); 5] = [
+        (&[&[2, 3, 5, 7], &[2, 1, 5, 7], &[2, 4, 5, 7]], 1),
+        (&[&[3, 5], &[3, 2]], 1),
+        (&[&[1, 3], &[4, 3], &[2, 3]], 0),
+        (&[&[2, 3, 5, 7], &[2, 3, 2, 7]], 2),
+        (&[&[5, 2, 3, 9], &[5, 2, 3, 1]], 3),
+    ];
+    for (shapes, axis) in joins {
+        let mut g = Graph::new(true);
+        let xs: Vec<ValueId> = shapes
+            .iter()
+            .enumerate()
+            .map(|(k, s)| input(&mut g, &format!("x{k}"), s))
+            .collect();
+        let y = g.concat(&xs, axis).unwrap();
+        let names: Vec<String> = (0..xs.len()).map(|k| format!("x{k}")).collect();
+        let wrt: Vec<(&str, ValueId)> = names.iter().map(String::as_str).zip(xs).collect();
+        with_grads(&mut g, y, &wrt);
+        graph_case(out, &format!("concat {shapes:?} axis {axis}"), g, 0, TOL);
+    }
 }
 
 fn softmax_cases(out: &mut Vec<Prepared>) {
@@ -1239,6 +1261,15 @@ pub fn model_cases() -> Vec<Prepared> {
         classifier_case(
             ModelSpec::mlp(10),
             vec![1, 8, 8],
+            3,
+            OptimizerKind::Sgd,
+            2,
+            TOL,
+        ),
+        // Residual blocks: batch norm, identity and projection shortcuts.
+        classifier_case(
+            ModelSpec::resnet(8, 10),
+            vec![1, 9, 11],
             3,
             OptimizerKind::Sgd,
             2,

@@ -137,6 +137,8 @@ pub fn eval_f64(
             Op::BroadcastTo => (vec![broadcast_to(xs[0], x[0], ys[0])], mutated),
             Op::Reshape => (vec![x[0].to_vec()], mutated),
             Op::Transpose { perm } => (vec![transpose(xs[0], perm, x[0])], mutated),
+            Op::Concat { axis } => (vec![concat(&xs, *axis, &x, ys[0])], mutated),
+            Op::Slice { axis, start } => (vec![slice(xs[0], *axis, *start, x[0], ys[0])], mutated),
             Op::Softmax => (vec![softmax(xs[0].last(), x[0], false)], mutated),
             Op::LogSoftmax => (vec![softmax(xs[0].last(), x[0], true)], mutated),
             Op::SoftmaxBackward => (
@@ -940,4 +942,30 @@ fn adam_update(
         }
     }
     st
+}
+
+/// Element by element: each output index finds the input whose range of
+/// `axis` holds it.
+fn concat(xs: &[&Shape], axis: usize, x: &[&[f64]], sy: &Shape) -> Vec<f64> {
+    (0..sy.numel())
+        .map(|i| {
+            let mut idx = unravel(i, &sy.0);
+            let mut k = 0;
+            while idx[axis] >= xs[k].0[axis] {
+                idx[axis] -= xs[k].0[axis];
+                k += 1;
+            }
+            x[k][ravel(&idx, &xs[k].0)]
+        })
+        .collect()
+}
+
+fn slice(sx: &Shape, axis: usize, start: usize, x: &[f64], sy: &Shape) -> Vec<f64> {
+    (0..sy.numel())
+        .map(|i| {
+            let mut idx = unravel(i, &sy.0);
+            idx[axis] += start;
+            x[ravel(&idx, &sx.0)]
+        })
+        .collect()
 }

@@ -782,6 +782,38 @@ fn transpose_reshape_flatten_gradients() {
     }
 }
 
+/// concat's gradient is slices of dy, and slice's is dy between zeros.
+#[test]
+fn concat_and_slice_gradients() {
+    let cases: [(&[&[usize]], usize, usize, usize); 4] = [
+        (&[&[2, 3, 2, 3], &[2, 1, 2, 3]], 1, 1, 2),
+        (&[&[3, 2], &[3, 5], &[3, 1]], 1, 2, 5),
+        (&[&[1, 4], &[2, 4]], 0, 0, 1),
+        (&[&[2, 2, 3], &[2, 2, 4]], 2, 3, 4),
+    ];
+    for (i, (shapes, axis, start, len)) in cases.into_iter().enumerate() {
+        check_op(
+            &format!("concat {shapes:?} axis {axis}, then slice {start}+{len}"),
+            290 + i as u64,
+            false,
+            |g| {
+                let xs: Vec<_> = shapes
+                    .iter()
+                    .enumerate()
+                    .map(|(k, s)| input(g, &format!("x{k}"), s))
+                    .collect();
+                let y = g.concat(&xs, axis).unwrap();
+                let sq = g.mul(y, y).unwrap();
+                let both = g.add(sq, y).unwrap();
+                let part = g.slice(both, axis, start, len).unwrap();
+                g.mul(part, part).unwrap()
+            },
+            no_adjust,
+            &Scalars::new(),
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Softmax family, cross-entropy, dropout, batch-norm.
 

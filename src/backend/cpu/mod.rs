@@ -287,6 +287,11 @@ fn execute(
         Kernel::BroadcastTo { from, to } => reduce::cpu_broadcast_to(from, r[0], to, w[0]),
         Kernel::View => {}
         Kernel::Transpose { shape, perm } => shape::cpu_transpose(shape, perm, r[0], w[0]),
+        Kernel::CopyRows(copies) => {
+            for c in copies {
+                shape::cpu_copy_rows(c, r[c.read], w[0]);
+            }
+        }
         Kernel::Softmax {
             cols,
             log,

@@ -1,5 +1,6 @@
 //! CPU kernels of `ops::shape`.
 
+use crate::graph::kernel::RowCopy;
 use crate::tensor::Shape;
 
 /// `y[i_perm] = x[i]`: walk y in order and gather from x.
@@ -21,5 +22,13 @@ pub fn cpu_transpose(sx: &Shape, perm: &[usize], x: &[f32], y: &mut [f32]) {
             off -= src_stride[ax] * ys[ax];
             idx[ax] = 0;
         }
+    }
+}
+
+/// One row-block copy of concat or slice.
+pub fn cpu_copy_rows(c: &RowCopy, x: &[f32], y: &mut [f32]) {
+    for r in 0..c.rows {
+        let src = &x[r * c.x_stride + c.x_off..][..c.len];
+        y[r * c.y_stride + c.y_off..][..c.len].copy_from_slice(src);
     }
 }

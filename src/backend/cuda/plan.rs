@@ -371,6 +371,23 @@ impl Planner {
                     vec![r(0), w(0), Arg::I32(int(out_n)?), Arg::Bytes(g)],
                 )
             }
+            Kernel::CopyRows(copies) => copies
+                .iter()
+                .flat_map(|c| {
+                    self.elementwise(
+                        "copy_rows",
+                        c.rows * c.len,
+                        vec![
+                            Arg::arena(l.reads[c.read].offset + c.x_off),
+                            Arg::arena(l.writes[0].offset + c.y_off),
+                            Arg::I32(c.rows as i32),
+                            Arg::I32(c.len as i32),
+                            Arg::I32(c.x_stride as i32),
+                            Arg::I32(c.y_stride as i32),
+                        ],
+                    )
+                })
+                .collect(),
             Kernel::Softmax {
                 rows,
                 cols,

@@ -415,6 +415,30 @@ pub fn encode(
                 .list(16, &strides);
             one(&p, Family::Shape, "transpose", groups_for(n))
         }
+        Kernel::CopyRows(copies) => {
+            let mut out = Vec::new();
+            for c in copies {
+                let mut p = Params::new(6);
+                p.list(
+                    0,
+                    &[
+                        c.rows * c.len,
+                        r(c.read) + c.x_off,
+                        w(0) + c.y_off,
+                        c.len,
+                        c.x_stride,
+                        c.y_stride,
+                    ],
+                );
+                out.extend(one(
+                    &p,
+                    Family::Shape,
+                    "copy_rows",
+                    groups_for(c.rows * c.len),
+                )?);
+            }
+            Ok(out)
+        }
         Kernel::Softmax {
             rows,
             cols: n,
