@@ -142,9 +142,9 @@ fn train_step(c: &mut Criterion) {
         ("cnn_mnist_b64", ModelSpec::cnn(10), vec![1, 28, 28], 64),
         (
             "mlp_2048_512_20_b256",
-            ModelSpec {
-                name: "mlp".into(),
-                layers: vec![
+            ModelSpec::sequential(
+                "mlp",
+                vec![
                     gpurt::nn::Layer::Flatten,
                     gpurt::nn::Layer::Dense {
                         units: 512,
@@ -156,7 +156,7 @@ fn train_step(c: &mut Criterion) {
                         bias: true,
                     },
                 ],
-            },
+            ),
             vec![2048, 1, 1],
             256,
         ),

@@ -806,7 +806,9 @@ fn concat_and_slice_gradients() {
                 let sq = g.mul(y, y).unwrap();
                 let both = g.add(sq, y).unwrap();
                 let part = g.slice(both, axis, start, len).unwrap();
-                g.mul(part, part).unwrap()
+                let sq = g.mul(part, part).unwrap();
+                // y joins too, so every input has a gradient.
+                g.concat(&[sq, y], axis).unwrap()
             },
             no_adjust,
             &Scalars::new(),

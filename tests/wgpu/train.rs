@@ -106,9 +106,9 @@ fn batchnorm_dropout_model_matches_cpu() {
     let Some(g) = gpu("batchnorm_dropout_model_matches_cpu") else {
         return;
     };
-    let spec = ModelSpec {
-        name: "bn".into(),
-        layers: vec![
+    let spec = ModelSpec::sequential(
+        "bn",
+        vec![
             Conv2d {
                 filters: 8,
                 kernel: 3,
@@ -147,7 +147,7 @@ fn batchnorm_dropout_model_matches_cpu() {
                 bias: true,
             },
         ],
-    };
+    );
     let mut optim = OptimConfig::new(OptimizerKind::Sgd);
     optim.nesterov = true;
     optim.weight_decay = 1e-4;

@@ -1,8 +1,46 @@
 //! CPU kernels of `ops::elementwise`.
 
+use crate::ops::activation::relu;
 use crate::ops::elementwise::*;
+use crate::ops::{Activation, BinaryKind};
 
-const BLOCK: usize = 256;
+const BLOCK: usize = 1024;
+
+// Each helper matches once, outside its loop, so the loops vectorise.
+
+fn act(a: Activation, v: &mut [f32]) {
+    match a {
+        Activation::Relu => v.iter_mut().for_each(|x| *x = relu(*x)),
+        _ => v.iter_mut().for_each(|x| *x = a.forward(*x)),
+    }
+}
+
+/// `s = act'(s) · d` (s holds the saved value).
+fn act_backward(a: Activation, s: &mut [f32], d: &[f32]) {
+    let each = |f: &dyn Fn(f32, f32) -> f32, s: &mut [f32]| {
+        for (s, d) in s.iter_mut().zip(d) {
+            *s = f(*s, *d);
+        }
+    };
+    match a {
+        Activation::Relu => {
+            for (s, d) in s.iter_mut().zip(d) {
+                *s = Activation::Relu.backward(*s, *d);
+            }
+        }
+        _ => each(&|s, d| a.backward(s, d), s),
+    }
+}
+
+fn binary(k: BinaryKind, a: &mut [f32], b: &[f32]) {
+    let zip = a.iter_mut().zip(b);
+    match k {
+        BinaryKind::Add => zip.for_each(|(a, b)| *a += b),
+        BinaryKind::Sub => zip.for_each(|(a, b)| *a -= b),
+        BinaryKind::Mul => zip.for_each(|(a, b)| *a *= b),
+        BinaryKind::Div => zip.for_each(|(a, b)| *a /= b),
+    }
+}
 
 /// Evaluate the program block by block: each instruction sweeps a block of
 /// registers, so the inner loops vectorise.
@@ -31,22 +69,16 @@ pub fn cpu_elementwise(prog: &[EwInstr], inputs: &[&[f32]], inplace: Option<usiz
                     }
                     sp += 1;
                 }
-                EwInstr::Act(a) => stack[sp - 1][..len]
-                    .iter_mut()
-                    .for_each(|v| *v = a.forward(*v)),
+                EwInstr::Act(a) => act(a, &mut stack[sp - 1][..len]),
                 EwInstr::Scale(s) => stack[sp - 1][..len].iter_mut().for_each(|v| *v *= s),
                 EwInstr::ActBackward(a) => {
                     let (lo, hi) = stack.split_at_mut(sp - 1);
-                    for (s, d) in lo[sp - 2][..len].iter_mut().zip(&hi[0][..len]) {
-                        *s = a.backward(*s, *d);
-                    }
+                    act_backward(a, &mut lo[sp - 2][..len], &hi[0][..len]);
                     sp -= 1;
                 }
                 EwInstr::Binary(k) => {
                     let (lo, hi) = stack.split_at_mut(sp - 1);
-                    for (a, b) in lo[sp - 2][..len].iter_mut().zip(&hi[0][..len]) {
-                        *a = k.apply(*a, *b);
-                    }
+                    binary(k, &mut lo[sp - 2][..len], &hi[0][..len]);
                     sp -= 1;
                 }
             }

@@ -66,7 +66,7 @@ pub fn entry_points(f: Family) -> &'static [&'static str] {
         Family::Reduce => &["sum_to", "sum_to_serial", "broadcast_to"],
         Family::Sgd => &["sgd_update"],
         Family::Softmax => &["softmax", "softmax_backward"],
-        Family::Shape => &["transpose"],
+        Family::Shape => &["transpose", "copy_rows"],
     }
 }
 
