@@ -19,6 +19,7 @@ use crate::checkpoint::Checkpoint;
 use crate::data::Normalizer;
 use crate::error::{Error, Result};
 use crate::model::{Classifier, ClassifierConfig};
+use crate::nn::fold::fold_batch_norm;
 use crate::nn::ModelSpec;
 use crate::optim::{OptimConfig, OptimizerKind};
 use crate::tensor::{Shape, Tensor};
@@ -105,8 +106,10 @@ impl Predictor {
         if batch == 0 {
             return Err(Error::Usage("batch size must be at least 1".into()));
         }
+        // Batch norm folds into the convolutions: no batch-norm launches.
+        let (spec, tensors, _) = fold_batch_norm(&weights.spec, &weights.tensors)?;
         let cfg = ClassifierConfig {
-            spec: weights.spec.clone(),
+            spec,
             input: weights.input.clone(),
             classes: weights.classes,
             train_batch: None,
@@ -116,7 +119,7 @@ impl Predictor {
             fuse: true,
         };
         let mut model = Classifier::new(cfg, backend)?;
-        for (name, t) in weights.tensors.iter() {
+        for (name, t) in &tensors {
             model.session_mut().write_persistent(name, &t.data)?;
         }
         let program = model.session().program(crate::model::INFER)?;

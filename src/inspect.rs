@@ -5,13 +5,32 @@ use crate::error::Result;
 use crate::graph::cost;
 use crate::graph::fuse::{fuse, Fusion};
 use crate::graph::plan::{self, Module, Program};
-use crate::model::{Classifier, ClassifierConfig, TRAIN};
+use crate::model::{Classifier, ClassifierConfig, INFER, TRAIN};
+use crate::nn::fold::fold_batch_norm;
 use std::fmt::Write;
 
 pub struct PlanReport {
     pub unfused: Module,
     pub fused: Module,
     pub fusions: Vec<Fusion>,
+    /// The inference program's kernels (fused), as trained and with batch
+    /// norm folded into the convolutions, and how many batch norms folded.
+    pub infer: Vec<&'static str>,
+    pub infer_folded: Vec<&'static str>,
+    pub folded: usize,
+}
+
+/// The kernel names of a config's fused inference program at batch 1.
+fn infer_kernels(config: &ClassifierConfig) -> Result<Vec<&'static str>> {
+    let mut g = Classifier::infer_graph(config, 1)?;
+    fuse(&mut g);
+    let m = plan::compile(&[(INFER, &g)])?;
+    Ok(m.programs[0]
+        .launches
+        .iter()
+        .filter(|l| !l.op.is_view())
+        .map(|l| l.op.kernel_name())
+        .collect())
 }
 
 impl PlanReport {
@@ -22,10 +41,22 @@ impl PlanReport {
         let mut gf = g.clone();
         let fusions = fuse(&mut gf);
         let fused = plan::compile(&[(TRAIN, &gf)])?;
+        // Folding needs values only for its arithmetic; the plan is the same
+        // for any weights.
+        let decls = config.spec.declare(&config.input)?;
+        let init = crate::nn::init::init_params(&decls, 0);
+        let (spec, _, folded) = fold_batch_norm(&config.spec, &init)?;
+        let folded_cfg = ClassifierConfig {
+            spec,
+            ..config.clone()
+        };
         Ok(PlanReport {
             unfused,
             fused,
             fusions,
+            infer: infer_kernels(config)?,
+            infer_folded: infer_kernels(&folded_cfg)?,
+            folded,
         })
     }
 
@@ -127,6 +158,16 @@ impl PlanReport {
             s,
             "total arena: {:.3} MiB, known before the first launch",
             mib(self.fused.arena_words)
+        );
+        let count = |ks: &[&str], name: &str| ks.iter().filter(|k| k.starts_with(name)).count();
+        let _ = writeln!(
+            s,
+            "inference: {} launches ({} batchnorm2d_infer); with batch norm folded into {} convolutions: {} launches ({} batchnorm2d_infer)",
+            self.infer.len(),
+            count(&self.infer, "batchnorm2d"),
+            self.folded,
+            self.infer_folded.len(),
+            count(&self.infer_folded, "batchnorm2d"),
         );
         s
     }

@@ -17,14 +17,14 @@ pub const INPUT: &str = "input";
 
 /// Where a layer's input comes from.
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Source {
+pub(super) enum Source {
     Input,
     Layer(usize),
 }
 
 /// `layer 3 (conv2d)` or, for a named layer, `layer 3 'stem' (conv2d)`:
 /// how every message refers to a layer.
-fn label(i: usize, node: &Node) -> String {
+pub(super) fn label(i: usize, node: &Node) -> String {
     match &node.name {
         Some(n) => format!("layer {} '{n}' ({})", i + 1, node.layer.kind()),
         None => format!("layer {} ({})", i + 1, node.layer.kind()),
@@ -41,7 +41,7 @@ fn valid_name(name: &str) -> bool {
 
 /// Each layer's inputs, from its `inputs` names or, without them, the
 /// layer before it.
-fn wire(layers: &[Node]) -> Result<Vec<Vec<Source>>> {
+pub(super) fn wire(layers: &[Node]) -> Result<Vec<Vec<Source>>> {
     let mut by_name = HashMap::new();
     for (i, node) in layers.iter().enumerate() {
         let Some(name) = &node.name else { continue };
@@ -169,7 +169,7 @@ fn order(layers: &[Node], wires: &[Vec<Source>], output: usize) -> Result<Vec<us
 /// The parameter prefix of each layer that has parameters: its name, or
 /// `conv<k>` / `fc<k>` / `bn<k>` counted in file order as before names
 /// existed, so Sequential specs keep their weight names.
-fn prefixes(layers: &[Node]) -> Result<Vec<Option<String>>> {
+pub(super) fn prefixes(layers: &[Node]) -> Result<Vec<Option<String>>> {
     let (mut conv, mut fc, mut bn) = (0, 0, 0);
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut out = Vec::with_capacity(layers.len());

@@ -3,6 +3,7 @@
 //! graph with PyTorch parameter names.
 
 mod build;
+pub mod fold;
 pub mod init;
 pub mod layer;
 mod resnet;

@@ -30,7 +30,10 @@ fn bn() -> Layer {
 impl ModelSpec {
     /// ResNet-`depth` (20, 32, 56, ...: `depth = 6n + 2`).
     pub fn resnet(depth: usize, classes: usize) -> Self {
-        assert!(depth >= 8 && (depth - 2).is_multiple_of(6), "ResNet depth is 6n + 2");
+        assert!(
+            depth >= 8 && (depth - 2).is_multiple_of(6),
+            "ResNet depth is 6n + 2"
+        );
         let blocks = (depth - 2) / 6;
         let mut layers = vec![
             Node::named("conv1", &["input"], conv(16, 3, 1)),

@@ -399,3 +399,109 @@ fn resnet_presets_have_torchvision_names_and_sizes() {
     }
     assert!(ModelSpec::preset("resnet21", 10).is_none());
 }
+
+/// Batch norm folded into the convolutions (the embedding API's
+/// predictor) gives the unfolded model's logits, with no batch-norm
+/// launches left; batch norms that do not read a convolution stay.
+#[test]
+fn batch_norm_folding_matches_the_unfolded_model() {
+    use gpurt::embed::{Predictor, SharedWeights};
+    use gpurt::inspect::PlanReport;
+    let cases = [
+        (ModelSpec::resnet(8, 10), vec![1, 9, 11], 0),
+        (
+            ModelSpec::from_toml(
+                r#"
+[[layer]]
+type = "conv2d"
+name = "c"
+filters = 3
+kernel = 3
+[[layer]]
+type = "batch_norm2d"
+name = "after_conv"
+[[layer]]
+type = "relu"
+[[layer]]
+type = "batch_norm2d"
+name = "after_relu"
+[[layer]]
+type = "conv2d"
+name = "shared"
+filters = 3
+kernel = 1
+[[layer]]
+type = "batch_norm2d"
+name = "b"
+[[layer]]
+type = "add"
+inputs = ["b", "shared"]
+[[layer]]
+type = "flatten"
+[[layer]]
+type = "dense"
+units = 10
+"#,
+            )
+            .unwrap(),
+            vec![2, 6, 5],
+            2,
+        ),
+    ];
+    for (spec, input, kept) in cases {
+        let batch = 3;
+        let mut model = classifier(spec.clone(), input.clone(), batch);
+        // Running statistics and affine parameters far from 0/1, so a
+        // wrong fold shows.
+        let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        for (name, t) in model.model_tensors().unwrap() {
+            let v: Vec<f32> = (0..t.data.len())
+                .map(|_| match name.rsplit('.').next().unwrap() {
+                    "running_var" => r.random_range(0.2..3.0),
+                    "running_mean" | "bias" => r.random_range(-1.0..1.0),
+                    "weight" if t.shape.rank() == 1 => r.random_range(0.5..2.0),
+                    _ => t.data[0] * 0.0 + r.random_range(-0.5..0.5),
+                })
+                .collect();
+            model.session_mut().write_persistent(&name, &v).unwrap();
+        }
+        let n: usize = input.iter().product();
+        let x = random(batch * n, 4);
+        let want = logits(&mut model, &x, batch);
+        let weights = SharedWeights::from_model(&mut model).unwrap();
+        let mut p = Predictor::new(&weights, batch, &CpuBackend::new()).unwrap();
+        let got = p.run(&x).unwrap().to_vec();
+        assert!(want.iter().any(|v| v.abs() > 1e-2), "{}", spec.name);
+        assert_close(&format!("{} folded", spec.name), &got, &want, 1e-5);
+
+        let cfg = ClassifierConfig {
+            spec: spec.clone(),
+            input,
+            classes: 10,
+            train_batch: Some(2),
+            infer_batch: 1,
+            optim: OptimConfig::new(OptimizerKind::Sgd),
+            seed: 0,
+            fuse: true,
+        };
+        let plan = PlanReport::new(&cfg).unwrap();
+        let bn = |ks: &[&str]| ks.iter().filter(|k| k.starts_with("batchnorm2d")).count();
+        let total_bn = spec
+            .layers
+            .iter()
+            .filter(|l| l.layer.kind() == "batch_norm2d")
+            .count();
+        assert_eq!(bn(&plan.infer), total_bn, "{}", spec.name);
+        assert_eq!(bn(&plan.infer_folded), kept, "{}", spec.name);
+        assert_eq!(plan.folded, total_bn - kept);
+        // A folded batch norm's launch goes, and a relu after it can then
+        // fuse into the convolution's epilogue.
+        assert!(
+            plan.infer.len() - plan.infer_folded.len() >= total_bn - kept,
+            "{}: {:?} folded to {:?}",
+            spec.name,
+            plan.infer,
+            plan.infer_folded
+        );
+    }
+}
