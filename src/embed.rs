@@ -107,9 +107,9 @@ impl Predictor {
             return Err(Error::Usage("batch size must be at least 1".into()));
         }
         // Batch norm folds into the convolutions: no batch-norm launches.
-        let (spec, tensors, _) = fold_batch_norm(&weights.spec, &weights.tensors)?;
+        let folded = fold_batch_norm(&weights.spec, &weights.tensors)?;
         let cfg = ClassifierConfig {
-            spec,
+            spec: folded.spec,
             input: weights.input.clone(),
             classes: weights.classes,
             train_batch: None,
@@ -119,7 +119,7 @@ impl Predictor {
             fuse: true,
         };
         let mut model = Classifier::new(cfg, backend)?;
-        for (name, t) in &tensors {
+        for (name, t) in &folded.tensors {
             model.session_mut().write_persistent(name, &t.data)?;
         }
         let program = model.session().program(crate::model::INFER)?;

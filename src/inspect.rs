@@ -45,9 +45,10 @@ impl PlanReport {
         // for any weights.
         let decls = config.spec.declare(&config.input)?;
         let init = crate::nn::init::init_params(&decls, 0);
-        let (spec, _, folded) = fold_batch_norm(&config.spec, &init)?;
+        let f = fold_batch_norm(&config.spec, &init)?;
+        let folded = f.count;
         let folded_cfg = ClassifierConfig {
-            spec,
+            spec: f.spec,
             ..config.clone()
         };
         Ok(PlanReport {

@@ -17,13 +17,24 @@ use crate::error::{Error, Result};
 use crate::tensor::{Shape, Tensor};
 use std::collections::{HashMap, HashSet};
 
-/// A spec and its weights with every foldable batch norm folded, and how
-/// many were. With none foldable, the inputs come back unchanged.
-pub fn fold_batch_norm(
-    spec: &ModelSpec,
-    tensors: &[(String, Tensor)],
-) -> Result<(ModelSpec, Vec<(String, Tensor)>, usize)> {
-    let unchanged = || Ok((spec.clone(), tensors.to_vec(), 0));
+/// A model with its batch norms folded.
+pub struct Folded {
+    pub spec: ModelSpec,
+    pub tensors: Vec<(String, Tensor)>,
+    /// How many batch norms folded.
+    pub count: usize,
+}
+
+/// A spec and its weights with every foldable batch norm folded. With
+/// none foldable, the inputs come back unchanged.
+pub fn fold_batch_norm(spec: &ModelSpec, tensors: &[(String, Tensor)]) -> Result<Folded> {
+    let unchanged = || {
+        Ok(Folded {
+            spec: spec.clone(),
+            tensors: tensors.to_vec(),
+            count: 0,
+        })
+    };
     let layers = &spec.layers;
     let wires = wire(layers)?;
     let prefix = prefixes(layers)?;
@@ -165,5 +176,9 @@ pub fn fold_batch_norm(
         layers: out_layers,
         output: Some(names[resolve(output)].clone()),
     };
-    Ok((spec, out_tensors, into.len()))
+    Ok(Folded {
+        spec,
+        tensors: out_tensors,
+        count: into.len(),
+    })
 }
