@@ -1,7 +1,8 @@
 //! Whole train steps on wgpu against the CPU backend: the same loss and the
 //! same updated weights and optimiser state (relative error below 1e-4 per
-//! tensor), for the small CNN preset and for a model that uses batch norm,
-//! dropout, average pooling, GELU and SGD with Nesterov momentum.
+//! tensor), for the small CNN preset, ResNet-20, and a model that uses
+//! batch norm, dropout, average pooling, GELU and SGD with Nesterov
+//! momentum.
 //!
 //! With no adapter every test prints `SKIPPED: <test>: no wgpu adapter
 //! (<reason>)` and passes, unless GPURT_REQUIRE_WGPU=1.
@@ -22,7 +23,11 @@ use rand::{Rng, SeedableRng};
 const TOL: f64 = 1e-4;
 
 fn batch(n: usize, len: usize) -> (Vec<f32>, Vec<u32>) {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    batch_seeded(n, len, 7)
+}
+
+fn batch_seeded(n: usize, len: usize, seed: u64) -> (Vec<f32>, Vec<u32>) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let x = (0..n * len)
         .map(|_| rng.random_range(-1.0f32..1.0))
         .collect();
@@ -37,9 +42,18 @@ fn train(
     b: &dyn Backend,
     steps: usize,
 ) -> (Vec<f32>, Vec<(String, Vec<f32>)>) {
+    train_on(cfg, b, steps, 7)
+}
+
+fn train_on(
+    cfg: &ClassifierConfig,
+    b: &dyn Backend,
+    steps: usize,
+    data_seed: u64,
+) -> (Vec<f32>, Vec<(String, Vec<f32>)>) {
     let mut c = Classifier::new(cfg.clone(), b).unwrap();
     let n = cfg.train_batch.unwrap();
-    let (x, y) = batch(n, cfg.input.iter().product());
+    let (x, y) = batch_seeded(n, cfg.input.iter().product(), data_seed);
     let losses = (0..steps)
         .map(|_| c.train_step(&x, &y, 1e-3).unwrap())
         .collect();
@@ -59,8 +73,12 @@ fn train(
 }
 
 fn compare(test: &str, g: &WgpuBackend, cfg: &ClassifierConfig, steps: usize) {
-    let (l_cpu, w_cpu) = train(cfg, &CpuBackend::new(), steps);
-    let (l_gpu, w_gpu) = train(cfg, g, steps);
+    compare_on(test, g, cfg, steps, 7)
+}
+
+fn compare_on(test: &str, g: &WgpuBackend, cfg: &ClassifierConfig, steps: usize, seed: u64) {
+    let (l_cpu, w_cpu) = train_on(cfg, &CpuBackend::new(), steps, seed);
+    let (l_gpu, w_gpu) = train_on(cfg, g, steps, seed);
     let e = rel_err(&l_gpu, &l_cpu);
     assert!(e < TOL, "{test}: losses {l_gpu:?} vs cpu {l_cpu:?}");
     assert_eq!(w_cpu.len(), w_gpu.len());
@@ -162,6 +180,78 @@ fn batchnorm_dropout_model_matches_cpu() {
         fuse: true,
     };
     compare("batchnorm_dropout_model_matches_cpu", g, &cfg, 3);
+}
+
+/// The smallest |input| of any relu in one forward pass of the train
+/// step on the CPU, for the batch drawn from `seed`.
+fn relu_margin(cfg: &ClassifierConfig, seed: u64) -> f32 {
+    use gpurt::graph::exec::Session;
+    use gpurt::graph::ir::Role;
+    use gpurt::ops::{Activation, Op};
+    let n = cfg.train_batch.unwrap();
+    let mut graph = Classifier::train_graph(cfg, n).unwrap();
+    let relu_inputs: Vec<_> = graph
+        .nodes
+        .iter()
+        .filter(|node| node.op == Op::Act(Activation::Relu))
+        .map(|node| node.inputs[0])
+        .collect();
+    for (k, v) in relu_inputs.iter().enumerate() {
+        graph.set_output(&format!("relu_in{k}"), *v);
+    }
+    let module = gpurt::graph::plan::compile(&[("train", &graph)]).unwrap();
+    let mut s = Session::new(&CpuBackend::new(), module).unwrap();
+    let decls = cfg.spec.declare(&cfg.input).unwrap();
+    for (name, t) in gpurt::nn::init::init_params(&decls, cfg.seed) {
+        s.write_persistent(&name, &t.data).unwrap();
+    }
+    let p = s.program("train").unwrap();
+    s.set_scalar("lr", 1e-3).unwrap();
+    let (x, y) = batch_seeded(n, cfg.input.iter().product(), seed);
+    s.write_input(p, "x", &x).unwrap();
+    s.write_input_u32(p, "y", &y).unwrap();
+    s.run(p).unwrap();
+    let mut margin = f32::INFINITY;
+    for (k, v) in relu_inputs.iter().enumerate() {
+        assert!(matches!(graph.values[v.0 as usize].role, Role::Computed));
+        let mut out = vec![0.0; graph.shape(*v).numel()];
+        s.read_output(p, &format!("relu_in{k}"), &mut out).unwrap();
+        margin = out.iter().fold(margin, |m, z| m.min(z.abs()));
+    }
+    margin
+}
+
+/// The #14 acceptance: a ResNet-20 train step on Fashion-MNIST-shaped
+/// input (SGD with momentum and weight decay, as `gpurt train` runs it)
+/// gives the CPU's loss and every weight, running statistic and momentum
+/// buffer to 1e-4.
+///
+/// A relu input within rounding of 0 can fall on different sides of the
+/// kink on the two backends, and then the gradients differ by that
+/// element's whole value: batch norm makes relu inputs dense around 0, so
+/// with 19 relus over 25k values each one usually is. As in the gradient
+/// checks, the batch is drawn again until every relu input on the CPU is
+/// at least 2e-6 from 0 (forward values agree to about 1e-7 here).
+#[test]
+fn resnet20_train_step_matches_cpu() {
+    let test = "resnet20_train_step_matches_cpu";
+    let Some(g) = gpu(test) else { return };
+    let mut optim = OptimConfig::new(OptimizerKind::Sgd);
+    optim.weight_decay = 5e-4;
+    let cfg = ClassifierConfig {
+        spec: ModelSpec::resnet(20, 10),
+        input: vec![1, 28, 28],
+        classes: 10,
+        train_batch: Some(8),
+        infer_batch: 2,
+        optim,
+        seed: 20,
+        fuse: true,
+    };
+    let seed = (1..40)
+        .find(|&s| relu_margin(&cfg, s) > 2e-6)
+        .expect("a batch with every relu input 2e-6 from its kink");
+    compare_on(test, g, &cfg, 1, seed);
 }
 
 /// Fixed-order reductions: the same steps on the same adapter give
