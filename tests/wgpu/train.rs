@@ -22,10 +22,6 @@ use rand::{Rng, SeedableRng};
 
 const TOL: f64 = 1e-4;
 
-fn batch(n: usize, len: usize) -> (Vec<f32>, Vec<u32>) {
-    batch_seeded(n, len, 7)
-}
-
 fn batch_seeded(n: usize, len: usize, seed: u64) -> (Vec<f32>, Vec<u32>) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let x = (0..n * len)
