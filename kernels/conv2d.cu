@@ -264,9 +264,30 @@ __device__ __forceinline__ void store_image_major(float* out, const float (&acc)
   }
 }
 
+// Add an image-major residual [n][M][P] (same indexing as the store) to
+// the tile: a fused skip connection, before the activation.
+template <int BM, int BN>
+__device__ __forceinline__ void tile_residual(float (&acc)[BM / 16][BN / 16], const float* res,
+                                              int m0, int n0, int M, int NP, int P) {
+  if (!res) return;
+#pragma unroll
+  for (int j = 0; j < BN / 16; j++) {
+    int c = tile_col<BN>(n0, j);
+    if (c >= NP) continue;
+    int n = c / P, p = c % P;
+    const float* r = res + n * M * P + p;
+#pragma unroll
+    for (int i = 0; i < BM / 16; i++) {
+      int m = tile_row<BM>(m0, i);
+      if (m < M) acc[i][j] += r[m * P];
+    }
+  }
+}
+
 template <int BM, int BN>
 __device__ __forceinline__ void conv_fwd(const float* x, const float* w, const float* bias,
-                                         float* y, const ConvGeom& g, int act, int vec_w) {
+                                         const float* res, float* y, const ConvGeom& g, int act,
+                                         int vec_w) {
   int K = g.ci * g.kh * g.kw, P = g.oh * g.ow;
   int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
   StridedLoader<BM, true> la;
@@ -276,6 +297,7 @@ __device__ __forceinline__ void conv_fwd(const float* x, const float* w, const f
   float acc[BM / 16][BN / 16];
   gemm_mainloop<BM, BN>(la, lb, 0, K, acc);
   tile_bias<BM, BN>(acc, bias, nullptr, m0, n0, g.co, g.n * P);
+  tile_residual<BM, BN>(acc, res, m0, n0, g.co, g.n * P, P);
   tile_activate(acc, act);
   store_image_major<BM, BN>(y, acc, m0, n0, g.co, g.n * P, P);
 }
@@ -321,9 +343,9 @@ __device__ __forceinline__ void conv_wgrad(const float* x, const float* dy, floa
 
 #define CONV_ENTRIES(t, BM, BN)                                                                  \
   extern "C" __global__ void __launch_bounds__(BLOCK, BN == 128 ? 2 : 4)                      \
-      conv2d_fwd_##t(const float* x, const float* w, const float* bias, float* y, ConvGeom g,   \
-                     int act, int vec_w) {                                                      \
-    conv_fwd<BM, BN>(x, w, bias, y, g, act, vec_w);                                             \
+      conv2d_fwd_##t(const float* x, const float* w, const float* bias, const float* res,       \
+                     float* y, ConvGeom g, int act, int vec_w) {                                \
+    conv_fwd<BM, BN>(x, w, bias, res, y, g, act, vec_w);                                        \
   }                                                                                             \
   extern "C" __global__ void __launch_bounds__(BLOCK, BN == 128 ? 2 : 4)                      \
       conv2d_dgrad_##t(const float* dy, const float* w, float* dx, ConvGeom g) {                \

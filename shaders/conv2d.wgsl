@@ -8,7 +8,9 @@
 //
 // Own params: [16] N, [17] C in, [18] H, [19] W, [20] C out, [21] KH,
 // [22] KW, [23] stride h, [24] stride w, [25] pad h, [26] pad w,
-// [27] dilation h, [28] dilation w, [29] OH, [30] OW.
+// [27] dilation h, [28] dilation w, [29] OH, [30] OW; forward only:
+// [31] 1 with a residual, [32] its offset, [33] the activation applied
+// after adding it (the GEMM epilogue then applies none).
 
 const FORWARD: u32 = 0u;
 const GRAD_INPUT: u32 = 1u;
@@ -158,7 +160,12 @@ fn load_b(mode: u32, b: u32, kc: vec4<u32>, col: vec4<i32>) -> f32 {
 /// Every mode's row and column contexts carry their share of the output
 /// offset in `w`.
 fn store_c(mode: u32, b: u32, row: vec4<i32>, col: vec4<i32>, v: f32) {
-    st(pu(11u) + u32(row.w) + u32(col.w), v);
+    let o = u32(row.w) + u32(col.w);
+    var r = v;
+    if mode == FORWARD && pu(31u) == 1u {
+        r = act_fwd(pu(33u), r + ld(pu(32u) + o));
+    }
+    st(pu(11u) + o, r);
 }
 
 @compute @workgroup_size(256)

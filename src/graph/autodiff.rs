@@ -110,7 +110,16 @@ fn rule(
             Ok(ops::matmul::backward(g, *ta, *tb, inputs[0], inputs[1], dy)?.to_vec())
         }
         Op::Linear { act, .. } => ops::linear::backward(g, *act, inputs, outputs[0], dy),
-        Op::Conv2d { p, act } => ops::conv2d::backward(g, *p, *act, inputs, outputs[0], dy),
+        Op::Conv2d {
+            p,
+            act,
+            residual: false,
+        } => ops::conv2d::backward(g, *p, *act, inputs, outputs[0], dy),
+        Op::Conv2d { residual: true, .. } => Err(Error::shape(
+            "gradients",
+            "a fused conv2d residual epilogue has no gradient rule: differentiate before fusing"
+                .to_string(),
+        )),
         Op::MaxPool2d { .. } | Op::AvgPool2d { .. } | Op::GlobalAvgPool => {
             one(ops::pool::backward(g, op, inputs[0], outputs, dy)?)
         }

@@ -3,16 +3,20 @@
 //!
 //! 1. `constant_loss_grad`: the loss gradient seed (a filled 1.0) folds into
 //!    the cross-entropy backward kernel.
-//! 2. `epilogue`: conv2d / linear (+ bias) followed by relu, sigmoid or tanh
-//!    becomes one kernel (the activation runs on the GEMM's output tile).
-//!    Only activations whose gradient reads the output are fused, so the
-//!    pre-activation never needs to exist.
-//! 3. `act_backward_bias`: the activation's gradient mask and the bias
+//! 2. `residual_epilogue`: conv2d (+ bias) whose only reader adds a tensor
+//!    of the output's shape (a skip connection) adds it in its epilogue.
+//!    The convolution's own output is never read by a gradient, so this
+//!    applies to training steps as well as inference.
+//! 3. `epilogue`: conv2d / linear (+ bias, + residual) followed by relu,
+//!    sigmoid or tanh becomes one kernel (the activation runs on the
+//!    GEMM's output tile). Only activations whose gradient reads the
+//!    output are fused, so the pre-activation never needs to exist.
+//! 4. `act_backward_bias`: the activation's gradient mask and the bias
 //!    gradient of the layer below in one pass over dy.
-//! 4. `elementwise_chain`: trees of elementwise ops (activations, their
+//! 5. `elementwise_chain`: trees of elementwise ops (activations, their
 //!    gradients, same-shape or scalar binary ops, scale) become one
 //!    stack-program kernel.
-//! 5. `multi_tensor_update`: every parameter's optimiser update becomes one
+//! 6. `multi_tensor_update`: every parameter's optimiser update becomes one
 //!    launch.
 //!
 //! Every rule only absorbs a value that has exactly one consumer and is not
@@ -23,7 +27,7 @@
 use crate::graph::ir::{Graph, NodeId, ValueId};
 use crate::graph::plan::live_nodes;
 use crate::ops::elementwise::{max_depth, EwInstr, MAX_INPUTS, MAX_STACK};
-use crate::ops::Op;
+use crate::ops::{BinaryKind, Op};
 
 /// One application of a rule.
 #[derive(Clone, Debug, PartialEq)]
@@ -41,6 +45,7 @@ pub fn fuse(g: &mut Graph) -> Vec<Fusion> {
     clear_dead(g);
     let mut out = Vec::new();
     constant_loss_grad(g, &mut out);
+    residual_epilogue(g, &mut out);
     epilogue(g, &mut out);
     act_backward_bias(g, &mut out);
     elementwise_chain(g, &mut out);
@@ -151,6 +156,58 @@ fn constant_loss_grad(g: &mut Graph, out: &mut Vec<Fusion>) {
     }
 }
 
+fn residual_epilogue(g: &mut Graph, out: &mut Vec<Fusion>) {
+    let cons = consumers(g);
+    for i in 0..g.nodes.len() {
+        let Some(n) = live(g, i) else { continue };
+        if g.nodes[i].op != Op::Binary(BinaryKind::Add) {
+            continue;
+        }
+        let ins = g.nodes[i].inputs.clone();
+        if g.shape(ins[0]) != g.shape(ins[1]) || ins[0] == ins[1] {
+            continue;
+        }
+        // The first input a plain convolution writes for this add alone.
+        let Some((conv, v, other)) =
+            [(ins[0], ins[1]), (ins[1], ins[0])]
+                .into_iter()
+                .find_map(|(v, other)| {
+                    let p = producer(g, v)?;
+                    let plain = matches!(
+                        g.nodes[p.0 as usize].op,
+                        Op::Conv2d {
+                            act: None,
+                            residual: false,
+                            ..
+                        }
+                    );
+                    (plain && private_to(g, &cons, v, n)).then_some((p, v, other))
+                })
+        else {
+            continue;
+        };
+        let Op::Conv2d { p, .. } = g.nodes[conv.0 as usize].op else {
+            continue;
+        };
+        let mut inputs = g.nodes[conv.0 as usize].inputs.clone();
+        inputs.push(other);
+        let detail = format!("conv2d_forward + add {}", g.shape(v));
+        g.nodes[i].op = Op::Conv2d {
+            p,
+            act: None,
+            residual: true,
+        };
+        g.nodes[i].inputs = inputs;
+        clear(g, conv);
+        out.push(Fusion {
+            rule: "residual_epilogue",
+            launches_saved: 1,
+            bytes_saved: 2 * bytes(g, v),
+            detail,
+        });
+    }
+}
+
 fn epilogue(g: &mut Graph, out: &mut Vec<Fusion>) {
     let cons = consumers(g);
     for i in 0..g.nodes.len() {
@@ -165,9 +222,14 @@ fn epilogue(g: &mut Graph, out: &mut Vec<Fusion>) {
             continue;
         }
         let fused = match &g.nodes[p.0 as usize].op {
-            Op::Conv2d { p: cp, act: None } => Op::Conv2d {
+            Op::Conv2d {
+                p: cp,
+                act: None,
+                residual,
+            } => Op::Conv2d {
                 p: *cp,
                 act: Some(a),
+                residual: *residual,
             },
             Op::Linear { bias, act: None } => Op::Linear {
                 bias: *bias,

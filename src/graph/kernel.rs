@@ -77,10 +77,12 @@ pub enum Kernel {
         bias: bool,
         act: Option<Activation>,
     },
+    /// Reads (x, w, [bias], [residual]).
     Conv2d {
         geom: Conv2dGeom,
         bias: bool,
         act: Option<Activation>,
+        residual: bool,
     },
     Conv2dGradInput(Conv2dGeom),
     Conv2dGradWeight(Conv2dGeom),
@@ -280,12 +282,20 @@ impl Kernel {
                     act: *act,
                 }
             }
-            Op::Conv2d { p, act } => {
-                need(2, 1)?;
+            Op::Conv2d { p, act, residual } => {
+                need(2 + *residual as usize, 1)?;
+                let geom = p.geom(&rs[0], &rs[1])?;
+                if *residual && rs.last() != Some(&ws[0]) {
+                    return Err(Error::shape(
+                        name,
+                        format!("residual {:?} for output {}", rs.last(), ws[0]),
+                    ));
+                }
                 Kernel::Conv2d {
-                    geom: p.geom(&rs[0], &rs[1])?,
-                    bias: rs.len() == 3,
+                    geom,
+                    bias: rs.len() == 3 + *residual as usize,
                     act: *act,
+                    residual: *residual,
                 }
             }
             Op::Conv2dGradInput { p } => {

@@ -187,7 +187,11 @@ impl Graph {
         }
         let (oh, ow) = g.out_hw().expect("checked by geom");
         self.push1(
-            Op::Conv2d { p, act },
+            Op::Conv2d {
+                p,
+                act,
+                residual: false,
+            },
             inputs,
             Shape(vec![g.n, g.c_out, oh, ow]),
         )

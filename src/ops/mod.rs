@@ -42,10 +42,13 @@ pub enum Op {
         bias: bool,
         act: Option<Activation>,
     },
-    /// NCHW convolution (+ bias), then an optional activation.
+    /// NCHW convolution (+ bias) (+ a residual of the output's shape, the
+    /// last input), then an optional activation. The residual is only
+    /// fused in (`graph::fuse`), never built directly.
     Conv2d {
         p: ConvParams,
         act: Option<Activation>,
+        residual: bool,
     },
     Conv2dGradInput {
         p: ConvParams,

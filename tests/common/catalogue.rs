@@ -464,7 +464,23 @@ enum ConvAct {
     None,
     Epilogue(Activation),
     Node(Activation),
+    /// `act(conv + r)` (or `r + conv` with `swap`) as separate nodes: the
+    /// residual epilogue fuses them.
+    Residual {
+        act: Option<Activation>,
+        swap: bool,
+    },
 }
+
+/// (x, w, bias, geometry, activation after the add, residual first).
+type ResidualCase = (
+    &'static [usize],
+    &'static [usize],
+    bool,
+    ConvParams,
+    Option<Activation>,
+    bool,
+);
 
 fn conv_case(
     out: &mut Vec<Prepared>,
@@ -484,6 +500,19 @@ fn conv_case(
         ConvAct::Node(a) => {
             let y = g.conv2d(x, w, b, p).unwrap();
             g.act(a, y).unwrap()
+        }
+        ConvAct::Residual { act, swap } => {
+            let y = g.conv2d(x, w, b, p).unwrap();
+            let ys = g.shape(y).0.clone();
+            let r = input(&mut g, "skip", &ys);
+            let s = match swap {
+                false => g.add(y, r).unwrap(),
+                true => g.add(r, y).unwrap(),
+            };
+            match act {
+                Some(a) => g.act(a, s).unwrap(),
+                None => s,
+            }
         }
     };
     let mut wrt = vec![("x", x), ("w", w)];
@@ -545,6 +574,47 @@ fn conv_cases(out: &mut Vec<Prepared>) {
     ];
     for (xs, ws, bias, p) in node {
         conv_case(out, xs, ws, bias, p, ConvAct::Node(Activation::Relu));
+    }
+    // Residual epilogues: relu, none and tanh after the add, either
+    // operand order; odd sizes, stride 2, a 1x1 projection, the split-K
+    // forward (K = 128*9, one tile: the residual is added in the reduce).
+    let residual: [ResidualCase; 5] = [
+        (
+            &[2, 5, 7, 9],
+            &[5, 5, 3, 3],
+            false,
+            sq(1, 1, 1),
+            Some(Activation::Relu),
+            false,
+        ),
+        (&[3, 4, 9, 9], &[6, 4, 3, 3], true, sq(2, 1, 1), None, true),
+        (
+            &[2, 3, 6, 5],
+            &[8, 3, 1, 1],
+            true,
+            sq(2, 0, 1),
+            Some(Activation::Relu),
+            true,
+        ),
+        (
+            &[1, 128, 3, 3],
+            &[2, 128, 3, 3],
+            true,
+            sq(1, 1, 1),
+            Some(Activation::Relu),
+            false,
+        ),
+        (
+            &[2, 16, 6, 6],
+            &[16, 16, 3, 3],
+            true,
+            sq(1, 1, 1),
+            Some(Activation::Tanh),
+            false,
+        ),
+    ];
+    for (xs, ws, bias, p, act, swap) in residual {
+        conv_case(out, xs, ws, bias, p, ConvAct::Residual { act, swap });
     }
 
     // Each conv kernel launched directly (not through autodiff), with a

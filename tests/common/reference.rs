@@ -91,8 +91,12 @@ pub fn eval_f64(
                 }
                 (vec![y], mutated)
             }
-            Op::Conv2d { p, act } => {
-                let mut y = conv2d(xs[0], xs[1], p, x[0], x[1], x.get(2).copied());
+            Op::Conv2d { p, act, residual } => {
+                let bias = (x.len() == 3 + *residual as usize).then(|| x[2]);
+                let mut y = conv2d(xs[0], xs[1], p, x[0], x[1], bias);
+                if *residual {
+                    y.iter_mut().zip(x[x.len() - 1]).for_each(|(v, r)| *v += r);
+                }
                 if let Some(a) = act {
                     y.iter_mut().for_each(|v| *v = act_forward(*a, *v));
                 }

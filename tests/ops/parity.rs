@@ -1443,6 +1443,44 @@ fn add_gradients(g: &mut Graph, loss: ValueId, wrt: &[ValueId]) {
     }
 }
 
+/// Residual epilogue: conv2d (+ bias) + a tensor of its shape (+ relu or
+/// nothing) runs as one kernel, equal to the f64 reference.
+#[test]
+fn fused_residual_epilogue_matches_reference() {
+    let mut r = rng(41);
+    for case in CONV_CASES {
+        for (bias, act) in [(true, Some(Activation::Relu)), (false, None)] {
+            let (mut g, y) = build_conv(&case, bias, None).unwrap();
+            let ys = g.shape(y).0.clone();
+            let skip = input(&mut g, "skip", &ys);
+            let s = g.add(skip, y).unwrap();
+            let z = match act {
+                Some(a) => g.act(a, s).unwrap(),
+                None => s,
+            };
+            g.set_output("y", z);
+            let f = fused(&g);
+            assert!(
+                has_op(&f, |op| matches!(
+                    op,
+                    Op::Conv2d { residual: true, act: a, .. } if *a == act
+                )),
+                "conv2d + add {act:?} {case:?}: no fused residual epilogue"
+            );
+            let launches = f.nodes.iter().filter(|n| !n.outputs.is_empty()).count();
+            assert_eq!(launches, 1, "{case:?}: one launch");
+            let data = random_data(&g, &mut r, 1);
+            check(
+                &format!("conv2d + residual + {act:?} {case:?}"),
+                &g,
+                &data,
+                &Scalars::new(),
+                TOL,
+            );
+        }
+    }
+}
+
 /// Epilogue fusion: conv2d / linear (+ bias) followed by a separate relu,
 /// sigmoid or tanh node runs as one kernel with the activation fused.
 #[test]

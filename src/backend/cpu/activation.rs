@@ -29,6 +29,15 @@ pub fn cpu_backward(a: Activation, saved: &[f32], dy: &[f32], dx: &mut [f32]) {
     }
 }
 
+/// `y = act(y + r)`: a fused residual add.
+pub fn cpu_add_act_inplace(a: Option<Activation>, y: &mut [f32], r: &[f32]) {
+    match a {
+        None => map2_inplace(y, r, |y, r| y + r),
+        Some(Activation::Relu) => map2_inplace(y, r, |y, r| relu(y + r)),
+        Some(a) => map2_inplace(y, r, |y, r| a.forward(y + r)),
+    }
+}
+
 /// In place over dy.
 pub fn cpu_backward_inplace(a: Activation, saved: &[f32], dy_dx: &mut [f32]) {
     match a {

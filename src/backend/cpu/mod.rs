@@ -201,8 +201,24 @@ fn execute(
         Kernel::Linear { gemm: g, bias, act } => {
             linear::cpu_forward(g.m, g.k, g.n, r[0], r[1], bias.then(|| r[2]), *act, w[0]);
         }
-        Kernel::Conv2d { geom, bias, act } => {
+        Kernel::Conv2d {
+            geom,
+            bias,
+            act,
+            residual: false,
+        } => {
             conv2d::conv2d_forward_act(geom, r[0], r[1], bias.then(|| r[2]), *act, w[0]);
+        }
+        Kernel::Conv2d {
+            geom,
+            bias,
+            act,
+            residual: true,
+        } => {
+            // The residual and activation run as a second pass over y in
+            // the same launch.
+            conv2d::conv2d_forward_act(geom, r[0], r[1], bias.then(|| r[2]), None, w[0]);
+            activation::cpu_add_act_inplace(*act, w[0], r[2 + *bias as usize]);
         }
         Kernel::Conv2dGradInput(g) => conv2d::conv2d_grad_input(g, r[0], r[1], w[0]),
         Kernel::Conv2dGradWeight(g) => conv2d::conv2d_grad_weight(g, r[0], r[1], w[0]),

@@ -222,10 +222,19 @@ impl Planner {
                     },
                 )?
             }
-            Kernel::Conv2d { geom: g, bias, act } => {
+            Kernel::Conv2d {
+                geom: g,
+                bias,
+                act,
+                residual,
+            } => {
                 let (oh, ow) = g.out_hw().expect("checked by geom");
                 let (cols, k) = (g.n * oh * ow, g.c_in * g.kh * g.kw);
                 let t = self.tile(g.c_out, cols, 1);
+                let res = match residual {
+                    true => r(2 + *bias as usize),
+                    false => Arg::Null,
+                };
                 let bias = if *bias { r(2) } else { Arg::Null };
                 self.conv_call(
                     t.pick(["conv2d_fwd_l", "conv2d_fwd_m", "conv2d_fwd_s"]),
@@ -237,6 +246,7 @@ impl Planner {
                         r(0),
                         r(1),
                         bias,
+                        res,
                         w(0),
                         Arg::Bytes(conv_geom(g)?),
                         Arg::I32(act.map_or(ACT_NONE, act_code)),

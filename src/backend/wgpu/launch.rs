@@ -252,8 +252,20 @@ pub fn encode(
             c: w(0),
         }
         .dispatch(&[(16, 0), (17, 1)], scratch),
-        Kernel::Conv2d { geom: g, bias, act } => {
+        Kernel::Conv2d {
+            geom: g,
+            bias,
+            act,
+            residual,
+        } => {
             let (oh, ow) = g.out_hw().expect("checked by geom");
+            // With a residual the GEMM epilogue adds only the bias; the
+            // store adds the residual, then applies the activation.
+            let mut own = conv_params(g);
+            own.push((31, *residual as usize));
+            if *residual {
+                own.extend([(32, r(2 + *bias as usize)), (33, act_code(*act))]);
+            }
             Gemm {
                 family: Family::Conv2d,
                 tiled: "conv2d_forward",
@@ -262,13 +274,13 @@ pub fn encode(
                 n: g.n * oh * ow,
                 k: g.c_in * g.kh * g.kw,
                 batch: 1,
-                act: act_code(*act),
+                act: if *residual { 0 } else { act_code(*act) },
                 bias: bias.then(|| (1, r(2))),
                 a: r(1),
                 b: r(0),
                 c: w(0),
             }
-            .dispatch(&conv_params(g), scratch)
+            .dispatch(&own, scratch)
         }
         Kernel::Conv2dGradInput(g) => Gemm {
             family: Family::Conv2d,
