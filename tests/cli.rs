@@ -349,6 +349,39 @@ fn spec_error(toml: &str, needles: &[&str]) {
     assert_fails_with(&o, needles);
 }
 
+/// Model graphs: a cycle, an input naming no layer, and an add of two
+/// shapes each fail with one error line naming the layers, exit 1.
+#[test]
+fn bad_model_graphs_name_the_layers() {
+    spec_error(
+        "[[layer]]\ntype = \"conv2d\"\nname = \"a\"\ninputs = [\"b\"]\nfilters = 2\nkernel = 1\n\
+         [[layer]]\ntype = \"relu\"\nname = \"b\"\n",
+        &[
+            "model.toml",
+            "cycle",
+            "layer 2 'b' (relu) -> layer 1 'a' (conv2d) -> layer 2 'b' (relu)",
+        ],
+    );
+    spec_error(
+        "[[layer]]\ntype = \"add\"\nname = \"sum\"\ninputs = [\"input\", \"stem\"]\n",
+        &[
+            "model.toml",
+            "layer 1 'sum' (add)",
+            "input 'stem' names no layer",
+        ],
+    );
+    spec_error(
+        "[[layer]]\ntype = \"max_pool2d\"\nname = \"half\"\n\
+         [[layer]]\ntype = \"add\"\nname = \"skip\"\ninputs = [\"half\", \"input\"]\n\
+         [[layer]]\ntype = \"flatten\"\n[[layer]]\ntype = \"dense\"\nunits = 10\n",
+        &[
+            "layer 2 'skip' (add)",
+            "layer 1 'half' (max_pool2d) gives",
+            "'input' gives",
+        ],
+    );
+}
+
 #[test]
 fn unknown_model_layer() {
     spec_error(

@@ -205,6 +205,27 @@ pub(super) fn prefixes(layers: &[Node]) -> Result<Vec<Option<String>>> {
     Ok(out)
 }
 
+/// The wiring rules that need no shapes (names, input counts, unknown
+/// inputs, cycles, unused layers), checked when a spec is parsed so the
+/// error can name its file.
+pub(super) fn check_wiring(spec: &ModelSpec) -> Result<()> {
+    let wires = wire(&spec.layers)?;
+    let output = output_index(spec)?;
+    order(&spec.layers, &wires, output)?;
+    prefixes(&spec.layers).map(|_| ())
+}
+
+fn output_index(spec: &ModelSpec) -> Result<usize> {
+    match &spec.output {
+        None => Ok(spec.layers.len().saturating_sub(1)),
+        Some(name) => spec
+            .layers
+            .iter()
+            .position(|n| n.name.as_deref() == Some(name))
+            .ok_or_else(|| Error::Model(format!("output '{name}' names no layer"))),
+    }
+}
+
 /// Running totals that keep a spec inside [`MAX_SPEC_ELEMENTS`].
 struct Budget {
     params: u64,
@@ -237,14 +258,10 @@ impl ModelSpec {
                 .map_err(|e| Error::Model(format!("{}: {e}", label(i, node))))?;
         }
         let wires = wire(&self.layers)?;
-        let output = match &self.output {
-            None => self.layers.len() - 1,
-            Some(name) => self
-                .layers
-                .iter()
-                .position(|n| n.name.as_deref() == Some(name))
-                .ok_or_else(|| Error::Model(format!("output '{name}' names no layer")))?,
-        };
+        if self.layers.is_empty() {
+            return Err(Error::Model("the model has no layers".into()));
+        }
+        let output = output_index(self)?;
         let sorted = order(&self.layers, &wires, output)?;
         let prefixes = prefixes(&self.layers)?;
         let mut dropouts = 0u32;

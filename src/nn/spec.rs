@@ -220,6 +220,7 @@ impl ModelSpec {
             return Err(Error::Model("the model has no layers".into()));
         }
         check_layer_keys(text, &spec)?;
+        super::build::check_wiring(&spec)?;
         Ok(spec)
     }
 
