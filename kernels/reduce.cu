@@ -6,6 +6,7 @@
 //
 // Kept axes k and reduced axes r of x: out[o] = (Σ_r x[off_k(o) + off_r(r)]) / div.
 #include "common.cuh"
+#include "multi_tensor.cuh"
 
 struct ReduceGeom {
   int kept_rank;
@@ -66,5 +67,26 @@ extern "C" __global__ void __launch_bounds__(BLOCK)
     float s = 0.0f;
     for (int k = 0; k < splits; k++) s += part[o * splits + k];
     y[o] = s / div;
+  }
+}
+
+// Clipping by global norm over every gradient in one launch of ONE block
+// (so no grid-wide sync is needed): the block sums all squares (in double,
+// per-thread strided then a fixed tree), then writes each tensor scaled by
+// min(1, max_norm / sqrt(sum + 1e-12)). Entry e reads e.g and writes e.p.
+extern "C" __global__ void __launch_bounds__(BLOCK)
+    clip_grad_norm(float* base, const MtEntry* tab, int count, float max_norm) {
+  __shared__ double sh[WARPS];
+  double s = 0.0;
+  for (int t = 0; t < count; t++) {
+    const float* g = base + tab[t].g;
+    for (int i = threadIdx.x; i < tab[t].n; i += BLOCK) s += (double)g[i] * g[i];
+  }
+  double total = block_sum_d(s, sh);
+  float factor = (float)fmin(1.0, (double)max_norm / sqrt(total + 1e-12));
+  for (int t = 0; t < count; t++) {
+    const float* g = base + tab[t].g;
+    float* y = base + tab[t].p;
+    for (int i = threadIdx.x; i < tab[t].n; i += BLOCK) y[i] = g[i] * factor;
   }
 }

@@ -52,3 +52,34 @@ fn broadcast_to(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     }
     st(pu(2u) + i, ld(pu(1u) + strided_offset(i, pu(3u), 8u, 16u)));
 }
+
+// Clipping by global norm over every gradient in one dispatch of ONE
+// workgroup (no cross-workgroup sync exists): sum all squares (per-lane
+// strided partials, then the fixed tree), then write each tensor scaled by
+// min(1, max_norm / sqrt(sum + 1e-12)).
+//
+// params: [0] tensors, [1] max_norm (f32 bits); [8..] per tensor 3 words:
+// length, gradient, output.
+@compute @workgroup_size(256)
+fn clip_grad_norm(@builtin(local_invocation_index) lid: u32) {
+    let count = pu(0u);
+    var s = 0.0;
+    for (var t = 0u; t < count; t++) {
+        let n = pu(8u + 3u * t);
+        let g = pu(9u + 3u * t);
+        for (var i = lid; i < n; i += WG) {
+            let v = ld(g + i);
+            s += v * v;
+        }
+    }
+    let total = wg_sum(lid, s);
+    let factor = min(1.0, pf(1u) / sqrt(total + 1e-12));
+    for (var t = 0u; t < count; t++) {
+        let n = pu(8u + 3u * t);
+        let g = pu(9u + 3u * t);
+        let y = pu(10u + 3u * t);
+        for (var i = lid; i < n; i += WG) {
+            st(y + i, ld(g + i) * factor);
+        }
+    }
+}

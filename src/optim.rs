@@ -105,26 +105,7 @@ pub fn append_update(g: &mut Graph, loss: ValueId, cfg: &OptimConfig) -> Result<
 /// norm is near 1e-6). Composed of primitives (sums, `rsqrt`, `relu`), so
 /// every backend runs it; the elementwise steps fuse.
 pub fn clip_grad_norm(g: &mut Graph, grads: &[ValueId], max_norm: f32) -> Result<Vec<ValueId>> {
-    if !(max_norm.is_finite() && max_norm > 0.0) {
-        return Err(Error::Usage(format!(
-            "the gradient-norm limit must be a positive number, got {max_norm}"
-        )));
-    }
-    let mut total = g.fill(crate::tensor::Shape::scalar(), 1e-12)?;
-    for &d in grads {
-        let squares = g.mul(d, d)?;
-        let axes: Vec<usize> = (0..g.shape(d).rank()).collect();
-        let sum = g.sum(squares, &axes, false)?;
-        total = g.add(total, sum)?;
-    }
-    // min(1, c) = 1 − relu(1 − c), with c = max_norm / ‖g‖.
-    let inv_norm = g.act(crate::ops::Activation::Rsqrt, total)?;
-    let coef = g.scale(inv_norm, max_norm)?;
-    let one = g.fill(crate::tensor::Shape::scalar(), 1.0)?;
-    let excess = g.sub(one, coef)?;
-    let cut = g.relu(excess)?;
-    let factor = g.sub(one, cut)?;
-    grads.iter().map(|&d| g.mul(d, factor)).collect()
+    g.clip_grad_norm(grads, max_norm)
 }
 
 /// Append one update node per `(parameter, gradient)` pair, with the

@@ -115,6 +115,10 @@ fn rule(
             act,
             residual: false,
         } => ops::conv2d::backward(g, *p, *act, inputs, outputs[0], dy),
+        Op::ClipGradNorm { .. } => Err(Error::shape(
+            "gradients",
+            "clip_grad_norm is an optimiser step and has no gradient rule".to_string(),
+        )),
         Op::Conv2d { residual: true, .. } => Err(Error::shape(
             "gradients",
             "a fused conv2d residual epilogue has no gradient rule: differentiate before fusing"

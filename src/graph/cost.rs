@@ -64,6 +64,7 @@ pub fn flops(l: &Launch) -> u64 {
         | Op::Transpose { .. }
         | Op::Concat { .. }
         | Op::Slice { .. }
+        | Op::ClipGradNorm { .. }
         | Op::SoftmaxBackward
         | Op::LogSoftmaxBackward
         | Op::ActBackwardBias { .. }

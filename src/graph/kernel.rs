@@ -174,6 +174,11 @@ pub enum Kernel {
     BatchNormBackward(Planes),
     /// One launch over `tensors` parameters (gradient reads, then per
     /// tensor the parameter and its state among the writes).
+    /// Read k scaled into write k, by the global norm of all reads.
+    ClipGradNorm {
+        max_norm: f32,
+        tensors: usize,
+    },
     Sgd {
         config: SgdConfig,
         tensors: usize,
@@ -504,6 +509,15 @@ impl Kernel {
                 need(5, 3)?;
                 Kernel::BatchNormBackward(planes(name, &rs[0])?)
             }
+            Op::ClipGradNorm { max_norm } => {
+                if rs.len() != ws.len() || rs.iter().zip(ws).any(|(r, w)| r.numel() != w.numel()) {
+                    return Err(Error::shape(name, format!("{rs:?} clipped into {ws:?}")));
+                }
+                Kernel::ClipGradNorm {
+                    max_norm: *max_norm,
+                    tensors: rs.len(),
+                }
+            }
             Op::SgdUpdate(c) => {
                 let per = if c.momentum != 0.0 { 2 } else { 1 };
                 Kernel::Sgd {
@@ -542,6 +556,7 @@ impl Kernel {
             | Kernel::View
             | Kernel::Transpose { .. }
             | Kernel::CopyRows(_)
+            | Kernel::ClipGradNorm { .. }
             | Kernel::Softmax { .. }
             | Kernel::CrossEntropy { .. }
             | Kernel::CrossEntropyBackward { .. }

@@ -275,6 +275,7 @@ fn remap_scalars(op: &Op, local: &[String], global: &[String]) -> Op {
         | Op::Transpose { .. }
         | Op::Concat { .. }
         | Op::Slice { .. }
+        | Op::ClipGradNorm { .. }
         | Op::Softmax
         | Op::LogSoftmax
         | Op::SoftmaxBackward

@@ -140,6 +140,12 @@ pub enum Op {
     },
     /// Inputs (x, gamma, mean, invstd, dy) -> (dx, dgamma, dbeta).
     BatchNorm2dBackward,
+    /// Inputs (grad...) -> (clipped grad...): every gradient scaled by
+    /// `min(1, max_norm / ‖all gradients‖)` in one launch (PyTorch's
+    /// `clip_grad_norm_`).
+    ClipGradNorm {
+        max_norm: f32,
+    },
     /// Inputs (grad...), mutates (param, velocity) per tensor.
     SgdUpdate(sgd::SgdConfig),
     /// Inputs (grad...), mutates (param, m, v) per tensor.
@@ -229,7 +235,7 @@ impl Op {
             | Op::GlobalAvgPoolBackward => KernelFile::Pool,
             Op::Act(_) | Op::ActBackward(_) => KernelFile::Activation,
             Op::Binary(_) | Op::Scale(_) | Op::Fill(_) => KernelFile::Binary,
-            Op::SumTo | Op::BroadcastTo => KernelFile::Reduce,
+            Op::SumTo | Op::BroadcastTo | Op::ClipGradNorm { .. } => KernelFile::Reduce,
             Op::Reshape | Op::Transpose { .. } | Op::Concat { .. } | Op::Slice { .. } => {
                 KernelFile::Shape
             }
@@ -287,6 +293,7 @@ impl Op {
                 training: false, ..
             } => "batchnorm2d_infer",
             Op::BatchNorm2dBackward => "batchnorm2d_backward",
+            Op::ClipGradNorm { .. } => "clip_grad_norm",
             Op::SgdUpdate(_) => "sgd_update",
             Op::AdamUpdate(c) if c.decoupled => "adamw_update",
             Op::AdamUpdate(_) => "adam_update",
@@ -328,6 +335,7 @@ impl Op {
             | Op::CrossEntropyBackward { .. }
             | Op::BatchNorm2d { .. }
             | Op::BatchNorm2dBackward
+            | Op::ClipGradNorm { .. }
             | Op::SgdUpdate(_)
             | Op::AdamUpdate(_) => &[],
         }

@@ -1,8 +1,11 @@
 //! Sum and mean over axes. Both lower to `sum_to` (a reduction to the
 //! keep-dims shape) plus a reshape view, so there is one reduction kernel.
+//! Clipping by global norm is the reduction over many tensors, then their
+//! scaling, in one launch.
 
 use crate::error::{Error, Result};
 use crate::graph::ir::{Graph, ValueId};
+use crate::ops::Op;
 use crate::tensor::Shape;
 
 impl Graph {
@@ -37,6 +40,24 @@ impl Graph {
                 .map(|(_, &d)| d)
                 .collect();
         self.reshape(y, out)
+    }
+
+    /// Every tensor scaled by `min(1, max_norm / √(Σ all squares + 1e-12))`:
+    /// PyTorch's `clip_grad_norm_` as one multi-tensor launch.
+    pub fn clip_grad_norm(&mut self, xs: &[ValueId], max_norm: f32) -> Result<Vec<ValueId>> {
+        if !(max_norm.is_finite() && max_norm > 0.0) {
+            return Err(Error::Usage(format!(
+                "the gradient-norm limit must be a positive number, got {max_norm}"
+            )));
+        }
+        if xs.is_empty() {
+            return Ok(vec![]);
+        }
+        let outs = xs
+            .iter()
+            .map(|&x| (self.shape(x).clone(), self.dtype(x)))
+            .collect();
+        self.push_node(Op::ClipGradNorm { max_norm }, xs.to_vec(), outs, vec![])
     }
 
     pub fn mean(&mut self, x: ValueId, axes: &[usize], keepdim: bool) -> Result<ValueId> {

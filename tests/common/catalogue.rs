@@ -1016,20 +1016,41 @@ fn softmax_cases(out: &mut Vec<Prepared>) {
 }
 
 fn clip_grad_norm_cases(out: &mut Vec<Prepared>) {
-    // Per-tensor sums of squares, rsqrt, relu and the broadcast scale, at a
-    // limit below the norm (clipped) and above it (unchanged).
-    for max_norm in [0.5f32, 1e3] {
+    // One launch over every tensor, at a limit below the norm (clipped) and
+    // above it (unchanged); then 12 tensors (more than a CPU launch's fixed
+    // operand arrays hold), one of 40,000 values (one workgroup walks it).
+    let sizes: [&[usize]; 12] = [
+        &[3, 7],
+        &[33],
+        &[2, 1, 5],
+        &[1],
+        &[40_000],
+        &[16, 1, 3, 3],
+        &[16],
+        &[5, 5],
+        &[7],
+        &[64, 10],
+        &[10],
+        &[2, 2, 2],
+    ];
+    for (max_norm, count) in [(0.5f32, 3), (1e3, 3), (2.0, 12)] {
         let mut g = Graph::new(true);
-        let grads = [
-            input(&mut g, "g0", &[3, 7]),
-            input(&mut g, "g1", &[33]),
-            input(&mut g, "g2", &[2, 1, 5]),
-        ];
+        let grads: Vec<ValueId> = sizes[..count]
+            .iter()
+            .enumerate()
+            .map(|(i, s)| input(&mut g, &format!("g{i}"), s))
+            .collect();
         let clipped = gpurt::optim::clip_grad_norm(&mut g, &grads, max_norm).unwrap();
         for (i, c) in clipped.into_iter().enumerate() {
             g.set_output(&format!("c{i}"), c);
         }
-        graph_case(out, &format!("clip_grad_norm {max_norm}"), g, 0, TOL);
+        graph_case(
+            out,
+            &format!("clip_grad_norm {max_norm} x{count}"),
+            g,
+            0,
+            TOL,
+        );
     }
 }
 

@@ -141,6 +141,15 @@ pub fn eval_f64(
             Op::BroadcastTo => (vec![broadcast_to(xs[0], x[0], ys[0])], mutated),
             Op::Reshape => (vec![x[0].to_vec()], mutated),
             Op::Transpose { perm } => (vec![transpose(xs[0], perm, x[0])], mutated),
+            Op::ClipGradNorm { max_norm } => {
+                let total: f64 = x.iter().flat_map(|t| t.iter()).map(|v| v * v).sum();
+                let factor = (*max_norm as f64 / (total + 1e-12).sqrt()).min(1.0);
+                let outs = x
+                    .iter()
+                    .map(|t| t.iter().map(|v| v * factor).collect())
+                    .collect();
+                (outs, mutated)
+            }
             Op::Concat { axis } => (vec![concat(&xs, *axis, &x, ys[0])], mutated),
             Op::Slice { axis, start } => (vec![slice(xs[0], *axis, *start, x[0], ys[0])], mutated),
             Op::Softmax => (vec![softmax(xs[0].last(), x[0], false)], mutated),

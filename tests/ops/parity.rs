@@ -972,6 +972,10 @@ fn clip_grad_norm_scales_to_the_limit() {
             data.insert(v, uniform_in(&mut r, g.shape(v).numel(), -1.0, 1.0));
         }
         let what = format!("clip_grad_norm to {max_norm}");
+        let launches = gpurt::graph::plan::compile(&[("p", &g)]).unwrap().programs[0]
+            .launches
+            .len();
+        assert_eq!(launches, 1, "{what}: one fused launch");
         let got = check(&what, &g, &data, &Scalars::new(), TOL);
         let norm = |vs: &[ValueId], vals: &dyn Fn(ValueId) -> Vec<f64>| {
             vs.iter()

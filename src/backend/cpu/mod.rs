@@ -48,6 +48,12 @@ fn group_count(k: &Kernel) -> usize {
     }
 }
 
+/// Launches that read every tensor together (a global norm) take their
+/// operands as vectors instead of the fixed arrays.
+fn all_at_once(k: &Kernel) -> bool {
+    matches!(k, Kernel::ClipGradNorm { .. })
+}
+
 impl CpuBackend {
     pub fn new() -> Self {
         CpuBackend
@@ -72,7 +78,9 @@ impl Backend for CpuBackend {
         for (p, ks) in module.programs.iter().zip(&kernels) {
             for (l, k) in p.launches.iter().zip(ks) {
                 let groups = group_count(k);
-                if l.reads.len() / groups > MAX_OPERANDS || l.writes.len() / groups > MAX_OPERANDS {
+                let many =
+                    l.reads.len() / groups > MAX_OPERANDS || l.writes.len() / groups > MAX_OPERANDS;
+                if many && !all_at_once(k) {
                     return Err(Error::Device {
                         device: "cpu".into(),
                         detail: format!(
@@ -152,6 +160,24 @@ impl Executable for CpuExecutable {
         let base = self.words_mut().as_mut_ptr();
         let kernels = &self.kernels[program];
         for (l, k) in p.launches.iter().zip(kernels) {
+            if all_at_once(k) {
+                // SAFETY: as below: `compile` checked every slot lies in the
+                // arena and that no write overlaps any other operand (these
+                // kernels write nothing in place).
+                let reads: Vec<&[f32]> = l
+                    .reads
+                    .iter()
+                    .map(|s| unsafe { std::slice::from_raw_parts(base.add(s.offset), s.len) })
+                    .collect();
+                // SAFETY: as above; write slots are pairwise disjoint.
+                let mut writes: Vec<&mut [f32]> = l
+                    .writes
+                    .iter()
+                    .map(|s| unsafe { std::slice::from_raw_parts_mut(base.add(s.offset), s.len) })
+                    .collect();
+                execute(k, None, &reads, &mut writes, scalars);
+                continue;
+            }
             let groups = group_count(k);
             let (per_r, per_w) = (l.reads.len() / groups, l.writes.len() / groups);
             for gi in 0..groups {
@@ -303,6 +329,7 @@ fn execute(
         Kernel::BroadcastTo { from, to } => reduce::cpu_broadcast_to(from, r[0], to, w[0]),
         Kernel::View => {}
         Kernel::Transpose { shape, perm } => shape::cpu_transpose(shape, perm, r[0], w[0]),
+        Kernel::ClipGradNorm { max_norm, .. } => reduce::cpu_clip_grad_norm(*max_norm, r, w),
         Kernel::CopyRows(copies) => {
             for c in copies {
                 shape::cpu_copy_rows(c, r[c.read], w[0]);

@@ -70,3 +70,22 @@ pub fn cpu_broadcast_to(sx: &Shape, x: &[f32], sy: &Shape, y: &mut [f32]) {
         }
     }
 }
+
+/// `w[k] = r[k] · min(1, max_norm / √(Σ r² + 1e-12))` over all tensors; the
+/// sum in f64 (tensors in parallel).
+pub fn cpu_clip_grad_norm(max_norm: f32, r: &[&[f32]], w: &mut [&mut [f32]]) {
+    use rayon::prelude::*;
+    let total: f64 = r
+        .par_iter()
+        .with_min_len(super::par::min_len(1))
+        .map(|x| {
+            x.chunks(256)
+                .map(|c| c.iter().map(|&v| v * v).sum::<f32>() as f64)
+                .sum::<f64>()
+        })
+        .sum();
+    let factor = (max_norm as f64 / (total + 1e-12).sqrt()).min(1.0) as f32;
+    for (x, y) in r.iter().zip(w.iter_mut()) {
+        super::par::map1(y, x, |v| v * factor);
+    }
+}

@@ -381,6 +381,17 @@ impl Planner {
                     vec![r(0), w(0), Arg::I32(int(out_n)?), Arg::Bytes(g)],
                 )
             }
+            Kernel::ClipGradNorm { max_norm, .. } => {
+                let groups = self.groups(l, 1);
+                match self.multi_tensor(&groups) {
+                    None => vec![],
+                    Some((tab, count, _)) => vec![Call {
+                        kernel: "clip_grad_norm",
+                        grid: [1, 1, 1],
+                        args: vec![Arg::arena(0), tab, Arg::I32(count), Arg::F32(*max_norm)],
+                    }],
+                }
+            }
             Kernel::CopyRows(copies) => copies
                 .iter()
                 .flat_map(|c| {

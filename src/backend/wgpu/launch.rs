@@ -427,6 +427,14 @@ pub fn encode(
                 .list(16, &strides);
             one(&p, Family::Shape, "transpose", groups_for(n))
         }
+        Kernel::ClipGradNorm { max_norm, .. } => {
+            let mut p = Params::new(8);
+            p.u(0, l.reads.len()).f(1, *max_norm);
+            for (t, (g, y)) in l.reads.iter().zip(&l.writes).enumerate() {
+                p.list(8 + 3 * t, &[g.len, g.offset, y.offset]);
+            }
+            one(&p, Family::Reduce, "clip_grad_norm", 1)
+        }
         Kernel::CopyRows(copies) => {
             let mut out = Vec::new();
             for c in copies {

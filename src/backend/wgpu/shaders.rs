@@ -63,7 +63,7 @@ pub fn entry_points(f: Family) -> &'static [&'static str] {
             "global_avgpool_forward",
             "global_avgpool_backward",
         ],
-        Family::Reduce => &["sum_to", "sum_to_serial", "broadcast_to"],
+        Family::Reduce => &["sum_to", "sum_to_serial", "broadcast_to", "clip_grad_norm"],
         Family::Sgd => &["sgd_update"],
         Family::Softmax => &["softmax", "softmax_backward"],
         Family::Shape => &["transpose", "copy_rows"],
