@@ -406,23 +406,8 @@ impl LayerCtx<'_> {
                 need_image("")?;
                 // Bounded: c <= 2^32 and kernel <= 2^16 (checked before).
                 let fan_in = s.0[1].saturating_mul(kernel * kernel);
-                let w = declare(
-                    g,
-                    "weight",
-                    vec![*filters, s.0[1], *kernel, *kernel],
-                    Init::FanIn(fan_in),
-                    false,
-                )?;
-                let b = match bias {
-                    true => Some(declare(
-                        g,
-                        "bias",
-                        vec![*filters],
-                        Init::FanIn(fan_in),
-                        false,
-                    )?),
-                    false => None,
-                };
+                let shape = vec![*filters, s.0[1], *kernel, *kernel];
+                let (w, b) = weight_and_bias(&mut declare, g, shape, *bias, fan_in)?;
                 let p = ConvParams {
                     stride: (*stride, *stride),
                     pad: (*padding, *padding),
@@ -445,23 +430,7 @@ impl LayerCtx<'_> {
                     )));
                 }
                 let fan_in = s.0[1];
-                let w = declare(
-                    g,
-                    "weight",
-                    vec![*units, fan_in],
-                    Init::FanIn(fan_in),
-                    false,
-                )?;
-                let b = match bias {
-                    true => Some(declare(
-                        g,
-                        "bias",
-                        vec![*units],
-                        Init::FanIn(fan_in),
-                        false,
-                    )?),
-                    false => None,
-                };
+                let (w, b) = weight_and_bias(&mut declare, g, vec![*units, fan_in], *bias, fan_in)?;
                 g.linear(h, w, b).map_err(at)?
             }
             Layer::Relu => g.act(Activation::Relu, h)?,
@@ -523,6 +492,25 @@ impl LayerCtx<'_> {
             }
         })
     }
+}
+
+/// `weight` of `shape` and, with `bias`, `bias` of `[shape[0]]`, both
+/// initialised from the layer's fan-in (PyTorch's default for conv and
+/// linear layers).
+fn weight_and_bias(
+    declare: &mut impl FnMut(&mut Graph, &str, Vec<usize>, Init, bool) -> Result<ValueId>,
+    g: &mut Graph,
+    shape: Vec<usize>,
+    bias: bool,
+    fan_in: usize,
+) -> Result<(ValueId, Option<ValueId>)> {
+    let out = shape[0];
+    let w = declare(g, "weight", shape, Init::FanIn(fan_in), false)?;
+    let b = match bias {
+        true => Some(declare(g, "bias", vec![out], Init::FanIn(fan_in), false)?),
+        false => None,
+    };
+    Ok((w, b))
 }
 
 /// Elements of `shape`, if at most [`MAX_SPEC_ELEMENTS`].
