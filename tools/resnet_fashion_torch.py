@@ -15,9 +15,13 @@ Run with the peers venv (../shared/peers/setup.sh):
     /tmp/peers-venv/bin/python tools/resnet_fashion_torch.py --epochs 12
     /tmp/peers-venv/bin/python tools/resnet_fashion_torch.py --epochs 1 --max-batches 60
         (a timing sample: images per second over 60 batches)
-    /tmp/peers-venv/bin/python tools/resnet_fashion_torch.py --load RUN/model.safetensors
-        (evaluate gpurt's trained weights in PyTorch: the names and layouts
-        must load into this model with strict=True)
+    /tmp/peers-venv/bin/python tools/resnet_fashion_torch.py --load RUN
+        (evaluate a gpurt run's weights in PyTorch, with the run's input
+        normalisation: every tensor must load by its name and shape, and
+        the accuracy must be the one `gpurt eval --run RUN` prints)
+    /tmp/peers-venv/bin/python tools/resnet_fashion_torch.py --epochs 1 --save W.safetensors
+        (write the trained state_dict as safetensors, num_batches_tracked
+        included, to load into gpurt)
 
 Prints one line per epoch and a JSON summary as the last line.
 """
@@ -112,6 +116,9 @@ def read_safetensors(path):
             continue
         a, b = meta["data_offsets"]
         raw = data[8 + n + a : 8 + n + b]
+        if meta["dtype"] == "I64":
+            out[name] = torch.from_numpy(np.frombuffer(raw, np.int64).reshape(meta["shape"]).copy())
+            continue
         if meta["dtype"] == "BF16":
             u = np.frombuffer(raw, np.uint16).astype(np.uint32) << 16
             arr = u.view(np.float32)
@@ -119,6 +126,21 @@ def read_safetensors(path):
             arr = np.frombuffer(raw, kinds[meta["dtype"]]).astype(np.float32)
         out[name] = torch.from_numpy(arr.reshape(meta["shape"]).copy())
     return out
+
+
+def write_safetensors(path, state):
+    header, blobs, off = {}, [], 0
+    for name, t in state.items():
+        t = t.detach().contiguous()
+        kind = {torch.float32: "F32", torch.int64: "I64"}[t.dtype]
+        raw = t.numpy().tobytes()
+        header[name] = {"dtype": kind, "shape": list(t.shape), "data_offsets": [off, off + len(raw)]}
+        blobs.append(raw)
+        off += len(raw)
+    head = json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(head)) + head + b"".join(blobs))
 
 
 def augment(x, pad, flip, gen):
@@ -161,7 +183,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--max-batches", type=int, default=0, help="stop each epoch after this many batches (timing)")
-    ap.add_argument("--load", help="evaluate these gpurt weights instead of training")
+    ap.add_argument("--load", help="evaluate a gpurt run folder's weights instead of training")
+    ap.add_argument("--save", help="write the trained state_dict here (safetensors)")
     a = ap.parse_args()
 
     torch.set_num_threads(a.threads)
@@ -177,7 +200,12 @@ def main():
     model = ResNet(a.depth).to(memory_format=torch.contiguous_format)
 
     if a.load:
-        state = read_safetensors(a.load)
+        ck = json.load(open(os.path.join(a.load, "checkpoint.json")))
+        xt, _ = load_split(a.data, "t10k")
+        xt = (xt / 255.0 - ck["mean"][0]) / ck["std"][0]
+        files = os.path.join(a.load, ck["files"])
+        best = os.path.join(files, "best.safetensors")
+        state = read_safetensors(best if os.path.exists(best) else os.path.join(a.load, "model.safetensors"))
         missing = model.load_state_dict(state, strict=False)
         extra = [k for k in missing.unexpected_keys if not k.endswith("num_batches_tracked")]
         if missing.missing_keys and any(not k.endswith("num_batches_tracked") for k in missing.missing_keys) or extra:
@@ -221,6 +249,8 @@ def main():
               f"val loss {vloss:.4f} acc {vacc:.2f}% | {train_s:.1f} s, {seen / train_s:.0f} img/s", flush=True)
     tloss, tacc = evaluate(model, xt, yt)
     print(f"test: loss {tloss:.4f} accuracy {tacc:.2f}%")
+    if a.save:
+        write_safetensors(a.save, model.state_dict())
     print(json.dumps({"model": f"resnet{a.depth}", "threads": a.threads, "epochs": epochs,
                       "test_loss": round(tloss, 4), "test_acc": round(tacc, 2)}))
 
