@@ -73,13 +73,7 @@ impl SharedWeights {
         classes: usize,
         path: &Path,
     ) -> Result<Self> {
-        let decls = spec.declare(&input)?;
-        let mut lw = crate::weights::load(path)?;
-        let tensors = decls
-            .iter()
-            .map(|d| Ok((d.name.clone(), lw.take(&d.name, &d.shape)?)))
-            .collect::<Result<Vec<_>>>()?;
-        lw.check_no_extra()?;
+        let tensors = crate::model::read_weights(&spec.declare(&input)?, path)?;
         Ok(SharedWeights {
             spec,
             input,

@@ -40,6 +40,27 @@ pub struct Classifier {
     pub step: u64,
 }
 
+/// The declared tensors from a weights file saved by gpurt or PyTorch
+/// (`state_dict` names): each present with its shape, running variances
+/// non-negative, and nothing else in the file (PyTorch's batch-norm
+/// counter aside).
+pub fn read_weights(decls: &[ParamDecl], path: &Path) -> Result<Vec<(String, Tensor)>> {
+    let mut lw = weights::load(path)?;
+    let mut loaded = Vec::new();
+    for d in decls {
+        let t = if d.name.ends_with("running_var") {
+            lw.take_non_negative(&d.name, &d.shape)?
+        } else {
+            lw.take(&d.name, &d.shape)?
+        };
+        loaded.push((d.name.clone(), t));
+    }
+    lw.tensors
+        .retain(|k, _| !k.ends_with(".num_batches_tracked"));
+    lw.check_no_extra()?;
+    Ok(loaded)
+}
+
 pub const TRAIN: &str = "train";
 pub const INFER: &str = "infer";
 
@@ -214,21 +235,7 @@ impl Classifier {
     /// declared tensor must be present with its shape; nothing is written
     /// to the device unless all of them are.
     pub fn load_weights(&mut self, path: &Path) -> Result<()> {
-        let mut lw = weights::load(path)?;
-        let mut loaded = Vec::new();
-        for d in &self.decls {
-            let t = if d.name.ends_with("running_var") {
-                lw.take_non_negative(&d.name, &d.shape)?
-            } else {
-                lw.take(&d.name, &d.shape)?
-            };
-            loaded.push((d.name.clone(), t));
-        }
-        // PyTorch's batch-norm counter has no role here.
-        lw.tensors
-            .retain(|k, _| !k.ends_with(".num_batches_tracked"));
-        lw.check_no_extra()?;
-        for (n, t) in loaded {
+        for (n, t) in read_weights(&self.decls, path)? {
             self.session.write_persistent(&n, &t.data)?;
         }
         Ok(())

@@ -420,8 +420,12 @@ fn progress_bar(
 pub fn load_run(dir: &Path, device: &DeviceSpec, batch: usize) -> Result<(Classifier, Checkpoint)> {
     let ck = Checkpoint::load(dir)?;
     let backend = backend::select(device)?;
+    // Inference only: batch norm folds into the convolutions.
+    let decls = ck.spec.declare(&ck.input)?;
+    let tensors = crate::model::read_weights(&decls, &ck.run_model_file(dir))?;
+    let folded = crate::nn::fold::fold_batch_norm(&ck.spec, &tensors)?;
     let cfg = ClassifierConfig {
-        spec: ck.spec.clone(),
+        spec: folded.spec,
         input: ck.input.clone(),
         classes: ck.classes,
         train_batch: None,
@@ -431,6 +435,8 @@ pub fn load_run(dir: &Path, device: &DeviceSpec, batch: usize) -> Result<(Classi
         fuse: true,
     };
     let mut model = Classifier::new(cfg, backend.as_ref())?;
-    model.load_weights(&ck.run_model_file(dir))?;
+    for (name, t) in &folded.tensors {
+        model.session_mut().write_persistent(name, &t.data)?;
+    }
     Ok((model, ck))
 }
