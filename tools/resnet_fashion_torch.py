@@ -143,10 +143,13 @@ def write_safetensors(path, state):
         f.write(struct.pack("<Q", len(head)) + head + b"".join(blobs))
 
 
-def augment(x, pad, flip, gen):
+def augment(x, pad, flip, gen, fill):
+    """Random crops from the image padded with `fill` (a black pixel after
+    normalisation, as gpurt and torchvision pad before normalising), then
+    horizontal flips."""
     if pad:
         n, _, h, w = x.shape
-        padded = F.pad(x, (pad, pad, pad, pad))
+        padded = F.pad(x, (pad, pad, pad, pad), value=fill)
         dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
         dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
         rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None]
@@ -230,7 +233,7 @@ def main():
         t0, seen, run_loss, run_ok = time.perf_counter(), 0, 0.0, 0
         for step in range(steps_per_epoch):
             idx = perm[step * a.batch : (step + 1) * a.batch]
-            xb = augment(xtr[idx], a.crop_pad, not a.no_flip, gen)
+            xb = augment(xtr[idx], a.crop_pad, not a.no_flip, gen, float(norm(torch.tensor(0.0))))
             yb = ytr[idx]
             out = model(xb)
             loss = F.cross_entropy(out, yb)
