@@ -146,7 +146,7 @@ fn normalize(
     y: &mut [f32],
 ) {
     y.par_chunks_mut(hw.max(1))
-        .with_min_len(super::par::min_len(1))
+        .with_min_len(super::par::min_len(super::par::planes_per_task(hw)))
         .enumerate()
         .for_each(|(plane, yp)| {
             let ch = plane % c;
@@ -182,7 +182,7 @@ pub fn cpu_backward(
         dgamma[ch] = (sdyxm * invstd[ch] as f64) as f32;
     }
     dx.par_chunks_mut(hw.max(1))
-        .with_min_len(super::par::min_len(1))
+        .with_min_len(super::par::min_len(super::par::planes_per_task(hw)))
         .enumerate()
         .for_each(|(plane, dxp)| {
             let ch = plane % c;

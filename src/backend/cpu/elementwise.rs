@@ -88,7 +88,7 @@ pub fn cpu_elementwise(prog: &[EwInstr], inputs: &[&[f32]], inplace: Option<usiz
     if y.len() >= 1 << 15 {
         y.par_chunks_mut(BLOCK)
             .enumerate()
-            .with_min_len(super::par::min_len(1))
+            .with_min_len(super::par::min_len(32))
             .for_each(run);
     } else {
         y.chunks_mut(BLOCK).enumerate().for_each(run);

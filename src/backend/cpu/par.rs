@@ -47,6 +47,13 @@ pub fn min_len(want: usize) -> usize {
     }
 }
 
+/// Planes of `plane_len` elements per rayon task of a plane-parallel loop:
+/// about 32K elements each, so the pool's per-task cost stays small (a
+/// task per 784-element plane cost the batch-norm kernels 30%).
+pub fn planes_per_task(plane_len: usize) -> usize {
+    (32 * 1024 / plane_len.max(1)).max(1)
+}
+
 /// Elements from which an elementwise loop is split across threads.
 pub const ELEMENTWISE_PAR_MIN: usize = 1 << 15;
 

@@ -188,11 +188,6 @@ fn spread_tap(ds: &[f32], scale: f32, dx: &mut [f32], first: usize, stride: usiz
     }
 }
 
-/// Planes per rayon task: enough that each task touches ~32K floats.
-fn planes_per_task(plane_work: usize) -> usize {
-    (32 * 1024 / plane_work.max(1)).max(1)
-}
-
 /// Max pooling. `x` is `[n, c, h, w]`, `y` and `argmax` `[n, c, oh, ow]`
 /// (overwritten). `argmax` receives the flat index within the `h·w` plane of
 /// each window's maximum: the first maximum in row-major window order on
@@ -212,7 +207,9 @@ pub fn maxpool2d_forward(g: &Pool2dGeom, x: &[f32], y: &mut [f32], argmax: &mut 
     y.par_chunks_mut(out)
         .zip(argmax.par_chunks_mut(out))
         .zip(x.par_chunks(plane))
-        .with_min_len(super::par::min_len(planes_per_task(g.kh * g.kw * out)))
+        .with_min_len(super::par::min_len(super::par::planes_per_task(
+            g.kh * g.kw * out,
+        )))
         .for_each(|((y, am), x)| {
             if (g.kh, g.kw, g.stride, g.pad) == (2, 2, (2, 2), (0, 0)) {
                 maxpool_2x2(g.w, ow, x, y, am);
@@ -261,7 +258,9 @@ pub fn maxpool2d_backward(g: &Pool2dGeom, dy: &[f32], argmax: &[u32], dx: &mut [
     }
     dx.par_chunks_mut(plane)
         .zip(dy.par_chunks(out).zip(argmax.par_chunks(out)))
-        .with_min_len(super::par::min_len(planes_per_task(plane + out)))
+        .with_min_len(super::par::min_len(super::par::planes_per_task(
+            plane + out,
+        )))
         .for_each(|(dx, (dy, am))| {
             dx.fill(0.0);
             for (&d, &i) in dy.iter().zip(am) {
@@ -297,7 +296,9 @@ pub fn avgpool2d_forward(g: &Pool2dGeom, x: &[f32], y: &mut [f32]) {
     let scale = 1.0 / (g.kh * g.kw) as f32;
     y.par_chunks_mut(out)
         .zip(x.par_chunks(plane))
-        .with_min_len(super::par::min_len(planes_per_task(g.kh * g.kw * out)))
+        .with_min_len(super::par::min_len(super::par::planes_per_task(
+            g.kh * g.kw * out,
+        )))
         .for_each(|(y, x)| {
             y.fill(0.0);
             for_each_row_tap(g, (oh, ow), |first, sw, outs| {
@@ -329,7 +330,9 @@ pub fn avgpool2d_backward(g: &Pool2dGeom, dy: &[f32], dx: &mut [f32]) {
     let scale = 1.0 / (g.kh * g.kw) as f32;
     dx.par_chunks_mut(plane)
         .zip(dy.par_chunks(out))
-        .with_min_len(super::par::min_len(planes_per_task(g.kh * g.kw * out)))
+        .with_min_len(super::par::min_len(super::par::planes_per_task(
+            g.kh * g.kw * out,
+        )))
         .for_each(|(dx, dy)| {
             dx.fill(0.0);
             for_each_row_tap(g, (oh, ow), |first, sw, outs| {
@@ -355,7 +358,7 @@ pub fn global_avgpool_forward(n: usize, c: usize, hw: usize, x: &[f32], y: &mut 
     }
     y.par_iter_mut()
         .zip(x.par_chunks(hw))
-        .with_min_len(super::par::min_len(planes_per_task(hw)))
+        .with_min_len(super::par::min_len(super::par::planes_per_task(hw)))
         .for_each(|(y, x)| {
             let sum: f64 = x.iter().map(|&v| f64::from(v)).sum();
             *y = (sum / hw as f64) as f32;
@@ -373,7 +376,7 @@ pub fn global_avgpool_backward(n: usize, c: usize, hw: usize, dy: &[f32], dx: &m
     let scale = 1.0 / hw as f32;
     dx.par_chunks_mut(hw)
         .zip(dy.par_iter())
-        .with_min_len(super::par::min_len(planes_per_task(hw)))
+        .with_min_len(super::par::min_len(super::par::planes_per_task(hw)))
         .for_each(|(dx, &d)| dx.fill(d * scale));
 }
 
