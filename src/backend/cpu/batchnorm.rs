@@ -4,71 +4,105 @@ use rayon::prelude::*;
 
 const LANES: usize = 16;
 
-/// `(Σ f(v), Σ f(v)²)` over `xs` where `f(v) = v - shift`, in 16 f32 lanes
-/// (a plane is at most a few thousand values, so each lane sums a few
-/// hundred) widened to f64 at the end. Sixteen independent lanes vectorise,
-/// where one running f64 sum is a chain of dependent adds.
-fn shifted_sums(xs: &[f32], shift: f32) -> (f64, f64) {
-    let (mut s, mut s2) = ([0.0f32; LANES], [0.0f32; LANES]);
-    let chunks = xs.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for l in 0..LANES {
-            let v = c[l] - shift;
-            s[l] += v;
-            s2[l] += v * v;
-        }
-    }
-    let (mut a, mut b) = (0.0f64, 0.0f64);
-    for l in 0..LANES {
-        a += s[l] as f64;
-        b += s2[l] as f64;
-    }
-    for &v in tail {
-        let v = (v - shift) as f64;
-        a += v;
-        b += v * v;
-    }
-    (a, b)
+/// Elements summed in the f32 lanes before they are added into the f64
+/// totals: each lane then sums at most 256 values.
+const FLUSH: usize = 4096;
+
+/// Two sums over many planes: 16 independent f32 lanes (they vectorise,
+/// where one running f64 sum is a chain of dependent adds), flushed into
+/// f64 every [`FLUSH`] elements, so a lane never sums more than a few
+/// hundred values whatever the plane size.
+struct Sums {
+    s: [f32; LANES],
+    s2: [f32; LANES],
+    since: usize,
+    a: f64,
+    b: f64,
 }
 
-/// `(Σ dy, Σ dy·(x − mean))` over one plane, in lanes as [`shifted_sums`].
-fn grad_sums(x: &[f32], dy: &[f32], mean: f32) -> (f64, f64) {
-    let (mut s, mut s2) = ([0.0f32; LANES], [0.0f32; LANES]);
-    let (xc, dc) = (x.chunks_exact(LANES), dy.chunks_exact(LANES));
-    let (xt, dt) = (xc.remainder(), dc.remainder());
-    for (xv, dv) in xc.zip(dc) {
-        for l in 0..LANES {
-            s[l] += dv[l];
-            s2[l] += dv[l] * (xv[l] - mean);
+impl Sums {
+    fn new() -> Self {
+        Sums {
+            s: [0.0; LANES],
+            s2: [0.0; LANES],
+            since: 0,
+            a: 0.0,
+            b: 0.0,
         }
     }
-    let (mut a, mut b) = (0.0f64, 0.0f64);
-    for l in 0..LANES {
-        a += s[l] as f64;
-        b += s2[l] as f64;
+
+    fn counted(&mut self, n: usize) {
+        self.since += n;
+        if self.since >= FLUSH {
+            self.flush();
+        }
     }
-    for (&x, &d) in xt.iter().zip(dt) {
-        a += d as f64;
-        b += d as f64 * (x - mean) as f64;
+
+    fn flush(&mut self) {
+        for l in 0..LANES {
+            self.a += self.s[l] as f64;
+            self.b += self.s2[l] as f64;
+        }
+        self.s = [0.0; LANES];
+        self.s2 = [0.0; LANES];
+        self.since = 0;
     }
-    (a, b)
+
+    /// `(Σ v − shift, Σ (v − shift)²)`.
+    fn add_shifted(&mut self, xs: &[f32], shift: f32) {
+        let chunks = xs.chunks_exact(LANES);
+        for &v in chunks.remainder() {
+            let v = (v - shift) as f64;
+            self.a += v;
+            self.b += v * v;
+        }
+        for c in chunks {
+            for l in 0..LANES {
+                let v = c[l] - shift;
+                self.s[l] += v;
+                self.s2[l] += v * v;
+            }
+        }
+        self.counted(xs.len());
+    }
+
+    /// `(Σ dy, Σ dy·(x − mean))`.
+    fn add_grad(&mut self, x: &[f32], dy: &[f32], mean: f32) {
+        let (xc, dc) = (x.chunks_exact(LANES), dy.chunks_exact(LANES));
+        for (&x, &d) in xc.remainder().iter().zip(dc.remainder()) {
+            self.a += d as f64;
+            self.b += d as f64 * (x - mean) as f64;
+        }
+        for (xv, dv) in xc.zip(dc) {
+            for l in 0..LANES {
+                self.s[l] += dv[l];
+                self.s2[l] += dv[l] * (xv[l] - mean);
+            }
+        }
+        self.counted(x.len());
+    }
+
+    fn total(mut self) -> (f64, f64) {
+        self.flush();
+        (self.a, self.b)
+    }
 }
 
-/// Per-channel sums of `f(plane)` over the batch, channels in parallel.
+/// Per-channel sums over the batch's planes, channels in parallel.
 fn per_channel(
     (n, c, hw): (usize, usize, usize),
-    f: impl Fn(usize, std::ops::Range<usize>) -> (f64, f64) + Sync,
+    f: impl Fn(usize, std::ops::Range<usize>, &mut Sums) + Sync,
 ) -> Vec<(f64, f64)> {
     (0..c)
         .into_par_iter()
         .with_min_len(super::par::min_len(1))
         .map(|ch| {
-            (0..n).fold((0.0, 0.0), |(a, b), i| {
+            let mut sums = Sums::new();
+            for i in 0..n {
                 let o = (i * c + ch) * hw;
-                let (da, db) = f(ch, o..o + hw);
-                (a + da, b + db)
-            })
+                f(ch, o..o + hw, &mut sums);
+            }
+            sums.total()
         })
         .collect()
 }
@@ -79,7 +113,7 @@ fn per_channel(
 fn channel_stats(dims: (usize, usize, usize), x: &[f32]) -> Vec<(f64, f64)> {
     let (n, c, hw) = dims;
     let cnt = (n * hw) as f64;
-    per_channel(dims, |ch, r| shifted_sums(&x[r], x[ch * hw]))
+    per_channel(dims, |ch, r, sums| sums.add_shifted(&x[r], x[ch * hw]))
         .into_iter()
         .enumerate()
         .map(|(ch, (s, s2))| {
@@ -174,8 +208,8 @@ pub fn cpu_backward(
     dbeta: &mut [f32],
 ) {
     let m = (n * hw) as f32;
-    let sums = per_channel((n, c, hw), |ch, r| {
-        grad_sums(&x[r.clone()], &dy[r], mean[ch])
+    let sums = per_channel((n, c, hw), |ch, r, sums| {
+        sums.add_grad(&x[r.clone()], &dy[r], mean[ch])
     });
     for (ch, (sdy, sdyxm)) in sums.into_iter().enumerate() {
         dbeta[ch] = sdy as f32;
