@@ -57,10 +57,10 @@ impl Sums {
             self.b += v * v;
         }
         for c in chunks {
-            for l in 0..LANES {
-                let v = c[l] - shift;
-                self.s[l] += v;
-                self.s2[l] += v * v;
+            for ((s, s2), &v) in self.s.iter_mut().zip(&mut self.s2).zip(c) {
+                let v = v - shift;
+                *s += v;
+                *s2 += v * v;
             }
         }
         self.counted(xs.len());
