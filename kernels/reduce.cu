@@ -73,7 +73,8 @@ extern "C" __global__ void __launch_bounds__(BLOCK)
 // Clipping by global norm over every gradient in one launch of ONE block
 // (so no grid-wide sync is needed): the block sums all squares (in double,
 // per-thread strided then a fixed tree), then writes each tensor scaled by
-// min(1, max_norm / sqrt(sum + 1e-12)). Entry e reads e.g and writes e.p.
+// min(1, max_norm / sqrt(sum + 1e-12)); a NaN gradient makes every output
+// NaN, as in PyTorch. Entry e reads e.g and writes e.p.
 extern "C" __global__ void __launch_bounds__(BLOCK)
     clip_grad_norm(float* base, const MtEntry* tab, int count, float max_norm) {
   __shared__ double sh[WARPS];
@@ -83,7 +84,9 @@ extern "C" __global__ void __launch_bounds__(BLOCK)
     for (int i = threadIdx.x; i < tab[t].n; i += BLOCK) s += (double)g[i] * g[i];
   }
   double total = block_sum_d(s, sh);
-  float factor = (float)fmin(1.0, (double)max_norm / sqrt(total + 1e-12));
+  double coef = (double)max_norm / sqrt(total + 1e-12);
+  // Not fmin, which would turn a NaN coefficient (a NaN gradient) into 1.
+  float factor = (float)(coef < 1.0 || coef != coef ? coef : 1.0);
   for (int t = 0; t < count; t++) {
     const float* g = base + tab[t].g;
     float* y = base + tab[t].p;

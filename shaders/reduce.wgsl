@@ -55,8 +55,9 @@ fn broadcast_to(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
 
 // Clipping by global norm over every gradient in one dispatch of ONE
 // workgroup (no cross-workgroup sync exists): sum all squares (per-lane
-// strided partials, then the fixed tree), then write each tensor scaled by
-// min(1, max_norm / sqrt(sum + 1e-12)).
+// strided partials, then the fixed tree; f32, where CPU and CUDA sum in
+// f64), then write each tensor scaled by min(1, max_norm / sqrt(sum +
+// 1e-12)).
 //
 // params: [0] tensors, [1] max_norm (f32 bits); [8..] per tensor 3 words:
 // length, gradient, output.
@@ -73,7 +74,11 @@ fn clip_grad_norm(@builtin(local_invocation_index) lid: u32) {
         }
     }
     let total = wg_sum(lid, s);
-    let factor = min(1.0, pf(1u) / sqrt(total + 1e-12));
+    let coef = pf(1u) / sqrt(total + 1e-12);
+    // select, not min: min with a NaN (a NaN gradient) may give either
+    // operand. WGSL does not promise NaN arithmetic; the trainer stops on a
+    // non-finite loss before clipping matters.
+    let factor = select(1.0, coef, coef < 1.0 || coef != coef);
     for (var t = 0u; t < count; t++) {
         let n = pu(8u + 3u * t);
         let g = pu(9u + 3u * t);

@@ -189,6 +189,9 @@ fn residual_epilogue(g: &mut Graph, out: &mut Vec<Fusion>) {
         let Op::Conv2d { p, .. } = g.nodes[conv.0 as usize].op else {
             continue;
         };
+        // The convolution now runs where the add was. Its reads (x, w, b)
+        // are unchanged in between: nothing mutates a value between a
+        // forward op and its consumers (optimiser updates come last).
         let mut inputs = g.nodes[conv.0 as usize].inputs.clone();
         inputs.push(other);
         let detail = format!("conv2d_forward + add {}", g.shape(v));

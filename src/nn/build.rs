@@ -215,7 +215,7 @@ pub(super) fn check_wiring(spec: &ModelSpec) -> Result<()> {
     prefixes(&spec.layers).map(|_| ())
 }
 
-fn output_index(spec: &ModelSpec) -> Result<usize> {
+pub(super) fn output_index(spec: &ModelSpec) -> Result<usize> {
     match &spec.output {
         None => Ok(spec.layers.len().saturating_sub(1)),
         Some(name) => spec
@@ -321,7 +321,7 @@ impl ModelSpec {
         let s = g.shape(h);
         if s.rank() != 2 {
             return Err(Error::Model(format!(
-                "the last layer must give [N, classes], got {s}: add flatten and dense layers"
+                "the output layer must give [N, classes], got {s}: add flatten and dense layers"
             )));
         }
         Ok(h)

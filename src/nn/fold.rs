@@ -10,7 +10,7 @@
 //! dropping the batch-norm layers cannot change any other layer's
 //! parameter names or inputs.
 
-use super::build::{prefixes, wire, Source, INPUT};
+use super::build::{output_index, prefixes, wire, Source, INPUT};
 use super::layer::{Layer, Node};
 use super::spec::ModelSpec;
 use crate::error::{Error, Result};
@@ -38,13 +38,7 @@ pub fn fold_batch_norm(spec: &ModelSpec, tensors: &[(String, Tensor)]) -> Result
     let layers = &spec.layers;
     let wires = wire(layers)?;
     let prefix = prefixes(layers)?;
-    let output = match &spec.output {
-        None => layers.len().saturating_sub(1),
-        Some(name) => match layers.iter().position(|n| n.name.as_deref() == Some(name)) {
-            Some(i) => i,
-            None => return unchanged(),
-        },
-    };
+    let output = output_index(spec)?;
     let mut readers = vec![0usize; layers.len()];
     for w in &wires {
         for s in w {
@@ -105,7 +99,7 @@ pub fn fold_batch_norm(spec: &ModelSpec, tensors: &[(String, Tensor)]) -> Result
             prefix[j].clone().expect("batch norms have a prefix"),
         );
         let w = get(format!("{cp}.weight"))?;
-        let out = w.shape.0[0];
+        let out = w.shape.0.first().copied().unwrap_or(0);
         let per = w.data.len() / out.max(1);
         let bias = match layers[i].layer {
             Layer::Conv2d { bias: true, .. } => get(format!("{cp}.bias"))?.data.clone(),
@@ -114,6 +108,19 @@ pub fn fold_batch_norm(spec: &ModelSpec, tensors: &[(String, Tensor)]) -> Result
         let [gamma, beta, mean, var] =
             ["weight", "bias", "running_mean", "running_var"].map(|t| get(format!("{bp}.{t}")));
         let (gamma, beta, mean, var) = (gamma?, beta?, mean?, var?);
+        let lens = [
+            bias.len(),
+            gamma.data.len(),
+            beta.data.len(),
+            mean.data.len(),
+        ];
+        if w.data.len() != out * per || lens.iter().chain([&var.data.len()]).any(|&l| l != out) {
+            return Err(Error::Model(format!(
+                "batch-norm folding: {cp}.weight {} does not fit {bp}'s {} channels",
+                w.shape,
+                gamma.data.len()
+            )));
+        }
         let mut wf = w.data.clone();
         let mut bf = vec![0.0f32; out];
         for o in 0..out {

@@ -75,7 +75,7 @@ fn bn_momentum() -> f32 {
 /// spirit). `name` lets later layers use this one's output and, when
 /// given, prefixes its parameters (`<name>.weight`), so a spec can carry
 /// torchvision's names. `inputs` are layer names (or `input`, the model's
-/// input); left out, a layer takes the layer written before it.
+/// input); left out (or empty), a layer takes the layer written before it.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 pub struct Node {
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -29,6 +29,10 @@ fn bn() -> Layer {
 
 impl ModelSpec {
     /// ResNet-`depth` (20, 32, 56, ...: `depth = 6n + 2`).
+    ///
+    /// # Panics
+    /// When `depth` is not `6n + 2` with `n >= 1` (the presets are 20, 32
+    /// and 56).
     pub fn resnet(depth: usize, classes: usize) -> Self {
         assert!(
             depth >= 8 && (depth - 2).is_multiple_of(6),

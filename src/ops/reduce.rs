@@ -42,8 +42,10 @@ impl Graph {
         self.reshape(y, out)
     }
 
-    /// Every tensor scaled by `min(1, max_norm / √(Σ all squares + 1e-12))`:
-    /// PyTorch's `clip_grad_norm_` as one multi-tensor launch.
+    /// Every tensor scaled by `min(1, max_norm / √(Σ all squares + 1e-12))`
+    /// in one multi-tensor launch: PyTorch's `clip_grad_norm_`, which
+    /// divides by `‖g‖ + 1e-6` instead (the two agree to about 1e-6 /
+    /// ‖g‖). A NaN gradient makes every output NaN, as in PyTorch.
     pub fn clip_grad_norm(&mut self, xs: &[ValueId], max_norm: f32) -> Result<Vec<ValueId>> {
         if !(max_norm.is_finite() && max_norm > 0.0) {
             return Err(Error::Usage(format!(

@@ -138,6 +138,9 @@ pub fn concat_backward(
     xs.iter()
         .map(|&x| {
             let len = g.shape(x).0[axis];
+            if len == 0 {
+                return Ok(None); // an empty input has no gradient to take
+            }
             let d = g.slice(dy, axis, start, len)?;
             start += len;
             Ok(Some(d))

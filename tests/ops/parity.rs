@@ -992,6 +992,22 @@ fn clip_grad_norm_scales_to_the_limit() {
             "{what}: norm {out}, want {want} (raw {raw})"
         );
     }
+    // A NaN gradient makes every clipped gradient NaN (PyTorch's
+    // behaviour), not an unclipped pass-through.
+    let mut g = Graph::new(false);
+    let a = input(&mut g, "a", &[3]);
+    let b = input(&mut g, "b", &[2]);
+    let clipped = gpurt::optim::clip_grad_norm(&mut g, &[a, b], 1.0).unwrap();
+    g.set_output("ca", clipped[0]);
+    g.set_output("cb", clipped[1]);
+    let mut data = Data::new();
+    data.insert(a, vec![0.5, f64::NAN, 0.25]);
+    data.insert(b, vec![0.1, 0.2]);
+    let got = run_cpu(&g, &data, &Scalars::new());
+    assert!(
+        got["ca"].iter().chain(&got["cb"]).all(|v| v.is_nan()),
+        "NaN gradient: {got:?}"
+    );
     let mut g = Graph::new(false);
     let x = input(&mut g, "g", &[2]);
     for bad in [0.0, -1.0, f32::INFINITY] {

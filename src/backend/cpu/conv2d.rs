@@ -572,12 +572,11 @@ fn forward_group(
     });
 }
 
-/// `dx = ∂L/∂x` from `dy = ∂L/∂y` (overwritten). Shapes as in
-/// [`conv2d_forward`].
 /// For a stride-1, undilated convolution padded by at most `k − 1`, the
 /// geometry of the convolution that computes its input gradient from dy.
+/// Not for 1×1 convolutions, whose gradient is one plain GEMM below.
 fn transposed_geom(g: &Conv2dGeom, (oh, ow): (usize, usize)) -> Option<Conv2dGeom> {
-    let plain = g.stride == (1, 1) && g.dilation == (1, 1);
+    let plain = g.stride == (1, 1) && g.dilation == (1, 1) && !g.is_pointwise();
     (plain && g.pad.0 < g.kh && g.pad.1 < g.kw).then_some(Conv2dGeom {
         n: g.n,
         c_in: g.c_out,
@@ -592,6 +591,8 @@ fn transposed_geom(g: &Conv2dGeom, (oh, ow): (usize, usize)) -> Option<Conv2dGeo
     })
 }
 
+/// `dx = ∂L/∂x` from `dy = ∂L/∂y` (overwritten). Shapes as in
+/// [`conv2d_forward`].
 pub fn conv2d_grad_input(g: &Conv2dGeom, dy: &[f32], w: &[f32], dx: &mut [f32]) {
     let (oh, ow) = g.check("conv2d_grad_input", dx.len(), w.len(), dy.len());
     if dx.is_empty() {

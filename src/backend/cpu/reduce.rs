@@ -72,10 +72,12 @@ pub fn cpu_broadcast_to(sx: &Shape, x: &[f32], sy: &Shape, y: &mut [f32]) {
 }
 
 /// `w[k] = r[k] · min(1, max_norm / √(Σ r² + 1e-12))` over all tensors; the
-/// sum in f64 (tensors in parallel).
+/// sum in f64, per tensor in parallel, then added in tensor order (the
+/// same bits on every run). A NaN anywhere makes every output NaN, as in
+/// PyTorch.
 pub fn cpu_clip_grad_norm(max_norm: f32, r: &[&[f32]], w: &mut [&mut [f32]]) {
     use rayon::prelude::*;
-    let total: f64 = r
+    let per_tensor: Vec<f64> = r
         .par_iter()
         .with_min_len(super::par::min_len(1))
         .map(|x| {
@@ -83,8 +85,15 @@ pub fn cpu_clip_grad_norm(max_norm: f32, r: &[&[f32]], w: &mut [&mut [f32]]) {
                 .map(|c| c.iter().map(|&v| v * v).sum::<f32>() as f64)
                 .sum::<f64>()
         })
-        .sum();
-    let factor = (max_norm as f64 / (total + 1e-12).sqrt()).min(1.0) as f32;
+        .collect();
+    let total: f64 = per_tensor.iter().sum();
+    let coef = max_norm as f64 / (total + 1e-12).sqrt();
+    // Not `f64::min`, which would turn a NaN coefficient into 1.
+    let factor = if coef < 1.0 || coef.is_nan() {
+        coef
+    } else {
+        1.0
+    } as f32;
     for (x, y) in r.iter().zip(w.iter_mut()) {
         super::par::map1(y, x, |v| v * factor);
     }

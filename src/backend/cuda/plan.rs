@@ -392,23 +392,24 @@ impl Planner {
                     }],
                 }
             }
-            Kernel::CopyRows(copies) => copies
-                .iter()
-                .flat_map(|c| {
-                    self.elementwise(
+            Kernel::CopyRows(copies) => {
+                let mut calls = Vec::new();
+                for c in copies {
+                    calls.extend(self.elementwise(
                         "copy_rows",
                         c.rows * c.len,
                         vec![
                             Arg::arena(l.reads[c.read].offset + c.x_off),
                             Arg::arena(l.writes[0].offset + c.y_off),
-                            Arg::I32(c.rows as i32),
-                            Arg::I32(c.len as i32),
-                            Arg::I32(c.x_stride as i32),
-                            Arg::I32(c.y_stride as i32),
+                            Arg::I32(int(c.rows)?),
+                            Arg::I32(int(c.len)?),
+                            Arg::I32(int(c.x_stride)?),
+                            Arg::I32(int(c.y_stride)?),
                         ],
-                    )
-                })
-                .collect(),
+                    ));
+                }
+                calls
+            }
             Kernel::Softmax {
                 rows,
                 cols,
