@@ -85,31 +85,24 @@ name = "head"
 units = 10
 "#;
 
+/// The one-convolution model the branch models equal: conv `name`
+/// (3x3, padding 1), relu, flatten, dense `head`.
+fn one_conv(name: &str, filters: usize, bias: bool) -> ModelSpec {
+    ModelSpec::from_toml(&format!(
+        "[[layer]]\ntype = \"conv2d\"\nname = \"{name}\"\nfilters = {filters}\nkernel = 3\n\
+         padding = 1\nbias = {bias}\n[[layer]]\ntype = \"relu\"\n[[layer]]\ntype = \"flatten\"\n\
+         [[layer]]\ntype = \"dense\"\nname = \"head\"\nunits = 10\n"
+    ))
+    .unwrap()
+}
+
 /// `conv_a(x) + conv_b(x)` is one convolution with the summed weights.
 #[test]
 fn add_of_two_branches_equals_one_conv_with_summed_weights() {
     let spec = ModelSpec::from_toml(&BRANCHES.replace("JOIN", "add")).unwrap();
     let (batch, input) = (3, vec![2, 7, 5]);
     let mut graph = classifier(spec, input.clone(), batch);
-    let seq = ModelSpec::from_toml(
-        r#"
-[[layer]]
-type = "conv2d"
-name = "a"
-filters = 4
-kernel = 3
-padding = 1
-[[layer]]
-type = "relu"
-[[layer]]
-type = "flatten"
-[[layer]]
-type = "dense"
-name = "head"
-units = 10
-"#,
-    )
-    .unwrap();
+    let seq = one_conv("a", 4, true);
     let mut one = classifier(seq, input, batch);
     let wa = tensor(&mut graph, "a.weight");
     let wb = tensor(&mut graph, "b.weight");
@@ -133,26 +126,7 @@ fn concat_of_two_branches_equals_one_conv_with_stacked_filters() {
     let spec = ModelSpec::from_toml(&BRANCHES.replace("JOIN", "concat")).unwrap();
     let (batch, input) = (2, vec![3, 6, 9]);
     let mut graph = classifier(spec, input.clone(), batch);
-    let seq = ModelSpec::from_toml(
-        r#"
-[[layer]]
-type = "conv2d"
-name = "ab"
-filters = 8
-kernel = 3
-padding = 1
-bias = false
-[[layer]]
-type = "relu"
-[[layer]]
-type = "flatten"
-[[layer]]
-type = "dense"
-name = "head"
-units = 10
-"#,
-    )
-    .unwrap();
+    let seq = one_conv("ab", 8, false);
     let mut one = classifier(seq, input, batch);
     // Branch b has no bias: a's bias goes in by zeroing it (the stacked
     // conv has none).
@@ -504,4 +478,25 @@ units = 10
             plan.infer_folded
         );
     }
+}
+
+/// Folding refuses weights that do not fit the spec (a public function:
+/// `SharedWeights` fields are public) instead of indexing out of bounds.
+#[test]
+fn batch_norm_folding_refuses_tensors_that_do_not_fit() {
+    use gpurt::nn::fold::fold_batch_norm;
+    let spec = ModelSpec::resnet(8, 10);
+    let decls = spec.declare(&[1, 8, 8]).unwrap();
+    let mut tensors = gpurt::nn::init::init_params(&decls, 1);
+    let bad = tensors
+        .iter_mut()
+        .find(|(n, _)| n == "bn1.running_var")
+        .unwrap();
+    bad.1.data.pop();
+    let e = fold_batch_norm(&spec, &tensors).err().expect("refused");
+    let text = e.to_string();
+    assert!(
+        text.contains("conv1.weight") && text.contains("bn1"),
+        "{text}"
+    );
 }
