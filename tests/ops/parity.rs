@@ -1008,6 +1008,16 @@ fn clip_grad_norm_scales_to_the_limit() {
         got["ca"].iter().chain(&got["cb"]).all(|v| v.is_nan()),
         "NaN gradient: {got:?}"
     );
+    // Clipping is an optimiser step: differentiating through it is refused
+    // with a message, not a wrong gradient.
+    let mut g = Graph::new(true);
+    let a = input(&mut g, "a", &[3]);
+    let c = gpurt::optim::clip_grad_norm(&mut g, &[a], 1.0).unwrap()[0];
+    let loss = g.sum(c, &[0], false).unwrap();
+    let e = gpurt::graph::autodiff::gradients(&mut g, loss, &[a])
+        .err()
+        .expect("no gradient rule");
+    assert!(e.to_string().contains("clip_grad_norm"), "{e}");
     let mut g = Graph::new(false);
     let x = input(&mut g, "g", &[2]);
     for bad in [0.0, -1.0, f32::INFINITY] {
