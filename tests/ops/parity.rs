@@ -1014,9 +1014,7 @@ fn clip_grad_norm_scales_to_the_limit() {
     let a = input(&mut g, "a", &[3]);
     let c = gpurt::optim::clip_grad_norm(&mut g, &[a], 1.0).unwrap()[0];
     let loss = g.sum(c, &[0], false).unwrap();
-    let e = gpurt::graph::autodiff::gradients(&mut g, loss, &[a])
-        .err()
-        .expect("no gradient rule");
+    let e = gpurt::graph::autodiff::gradients(&mut g, loss, &[a]).expect_err("no gradient rule");
     assert!(e.to_string().contains("clip_grad_norm"), "{e}");
     let mut g = Graph::new(false);
     let x = input(&mut g, "g", &[2]);
