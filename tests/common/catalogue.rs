@@ -18,7 +18,7 @@
 //! Adam's second moment) is in [0.1, 1.1), labels are below the case's
 //! class count, everything else is uniform in [-1, 1).
 
-use super::{input, rel_err_f32, weighted_sum};
+use super::{bn_params, input, rel_err_f32, weighted_sum};
 use gpurt::backend::Executable;
 use gpurt::graph::autodiff::gradients;
 use gpurt::graph::fuse::fuse;
@@ -26,7 +26,6 @@ use gpurt::graph::ir::{Graph, Role, ValueId};
 use gpurt::graph::plan::{compile, Module, Slot};
 use gpurt::model::{Classifier, ClassifierConfig};
 use gpurt::nn::ModelSpec;
-use gpurt::ops::batchnorm::BatchNormParams;
 use gpurt::ops::{Activation, BinaryKind, ConvParams, Op, PoolParams};
 use gpurt::optim::{append_update, OptimConfig, OptimizerKind};
 use gpurt::tensor::{DType, Shape};
@@ -1175,12 +1174,7 @@ fn batchnorm_cases(out: &mut Vec<Prepared>) {
             let mut g = Graph::new(training);
             let x = input(&mut g, "x", &dims);
             let c = dims[1];
-            let p = BatchNormParams {
-                gamma: g.param("bn.weight", [c]).unwrap(),
-                beta: g.param("bn.bias", [c]).unwrap(),
-                running_mean: g.state("bn.running_mean", [c]).unwrap(),
-                running_var: g.state("bn.running_var", [c]).unwrap(),
-            };
+            let p = bn_params(&mut g, c);
             let y = g.batch_norm2d(x, &p, 1e-5, 0.1).unwrap();
             if training {
                 with_grads(&mut g, y, &[("x", x), ("gamma", p.gamma), ("beta", p.beta)]);

@@ -138,6 +138,17 @@ pub fn declared(g: &Graph, kv: &[(&str, f64)]) -> Scalars {
 }
 
 /// A new f32 input of `g`.
+/// Batch-norm parameters and running statistics for `c` channels, named as
+/// PyTorch's `bn` module.
+pub fn bn_params(g: &mut Graph, c: usize) -> gpurt::ops::batchnorm::BatchNormParams {
+    gpurt::ops::batchnorm::BatchNormParams {
+        gamma: g.param("bn.weight", [c]).unwrap(),
+        beta: g.param("bn.bias", [c]).unwrap(),
+        running_mean: g.state("bn.running_mean", [c]).unwrap(),
+        running_var: g.state("bn.running_var", [c]).unwrap(),
+    }
+}
+
 pub fn input(g: &mut Graph, name: &str, dims: &[usize]) -> ValueId {
     g.input(name, dims.to_vec(), DType::F32).unwrap()
 }

@@ -22,7 +22,6 @@ use crate::common::reference::eval_f64;
 use crate::common::*;
 use gpurt::graph::autodiff::gradients;
 use gpurt::graph::ir::{Graph, ValueId};
-use gpurt::ops::batchnorm::BatchNormParams;
 use gpurt::ops::{Activation, ConvParams, PoolParams};
 use gpurt::tensor::{DType, Shape};
 use std::collections::HashMap;
@@ -958,12 +957,7 @@ fn batch_norm_gradients() {
             |g| {
                 let x = input(g, "x", xd);
                 let c = xd[1];
-                let p = BatchNormParams {
-                    gamma: g.param("bn.weight", [c]).unwrap(),
-                    beta: g.param("bn.bias", [c]).unwrap(),
-                    running_mean: g.state("bn.running_mean", [c]).unwrap(),
-                    running_var: g.state("bn.running_var", [c]).unwrap(),
-                };
+                let p = bn_params(g, c);
                 let y = g.batch_norm2d(x, &p, 1e-5, 0.1).unwrap();
                 // Squared, so the loss is not invariant to x's scale.
                 g.mul(y, y).unwrap()
@@ -1085,12 +1079,7 @@ fn batch_norm_composition_gradients() {
         let labels = g.input("labels", [n], DType::U32).unwrap();
         let cw = g.param("conv.weight", [o, c, 3, 3]).unwrap();
         let z = g.conv2d(x, cw, None, cp((1, 1), (1, 1), (1, 1))).unwrap();
-        let p = BatchNormParams {
-            gamma: g.param("bn.weight", [o]).unwrap(),
-            beta: g.param("bn.bias", [o]).unwrap(),
-            running_mean: g.state("bn.running_mean", [o]).unwrap(),
-            running_var: g.state("bn.running_var", [o]).unwrap(),
-        };
+        let p = bn_params(&mut g, o);
         let bn = g.batch_norm2d(z, &p, 1e-5, 0.1).unwrap();
         let a = g.relu(bn).unwrap();
         let gap = g.global_avg_pool(a).unwrap();

@@ -1106,12 +1106,7 @@ fn bn_graph(
     let mut g = Graph::new(training);
     let x = input(&mut g, "x", xd);
     let c = xd[1];
-    let p = BatchNormParams {
-        gamma: g.param("bn.weight", [c]).unwrap(),
-        beta: g.param("bn.bias", [c]).unwrap(),
-        running_mean: g.state("bn.running_mean", [c]).unwrap(),
-        running_var: g.state("bn.running_var", [c]).unwrap(),
-    };
+    let p = bn_params(&mut g, c);
     let y = g.batch_norm2d(x, &p, eps, momentum).unwrap();
     (g, p, y)
 }
@@ -1281,12 +1276,7 @@ fn backward_kernels_match_reference() {
         }),
         ("batch_norm2d train", |g| {
             let x = input(g, "x", &[2, 3, 5, 4]);
-            let p = BatchNormParams {
-                gamma: g.param("bn.weight", [3]).unwrap(),
-                beta: g.param("bn.bias", [3]).unwrap(),
-                running_mean: g.state("bn.running_mean", [3]).unwrap(),
-                running_var: g.state("bn.running_var", [3]).unwrap(),
-            };
+            let p = bn_params(g, 3);
             g.batch_norm2d(x, &p, 1e-5, 0.1).unwrap()
         }),
     ];
@@ -1411,12 +1401,7 @@ fn large_tensors_take_parallel_paths() {
         }),
         ("batch_norm2d train [8,16,32,32]", true, |g| {
             let x = input(g, "x", &[8, 16, 32, 32]);
-            let p = BatchNormParams {
-                gamma: g.param("bn.weight", [16]).unwrap(),
-                beta: g.param("bn.bias", [16]).unwrap(),
-                running_mean: g.state("bn.running_mean", [16]).unwrap(),
-                running_var: g.state("bn.running_var", [16]).unwrap(),
-            };
+            let p = bn_params(g, 16);
             g.batch_norm2d(x, &p, 1e-5, 0.1).unwrap()
         }),
         ("dropout p=0.3 [200,200]", true, |g| {
