@@ -1,5 +1,6 @@
 //! CPU kernels of `ops::batchnorm`.
 
+use multiversion::multiversion;
 use rayon::prelude::*;
 
 const LANES: usize = 16;
@@ -48,44 +49,81 @@ impl Sums {
         self.since = 0;
     }
 
-    /// `(Σ v − shift, Σ (v − shift)²)`.
-    fn add_shifted(&mut self, xs: &[f32], shift: f32) {
-        let chunks = xs.chunks_exact(LANES);
-        for &v in chunks.remainder() {
-            let v = (v - shift) as f64;
-            self.a += v;
-            self.b += v * v;
+    /// Adds one plane's lane sums into the running lanes.
+    fn add_lanes(&mut self, (s, s2): Lanes, n: usize) {
+        for l in 0..LANES {
+            self.s[l] += s[l];
+            self.s2[l] += s2[l];
         }
-        for c in chunks {
-            for ((s, s2), &v) in self.s.iter_mut().zip(&mut self.s2).zip(c) {
-                let v = v - shift;
-                *s += v;
-                *s2 += v * v;
-            }
-        }
-        self.counted(xs.len());
+        self.counted(n);
     }
 
-    /// `(Σ dy, Σ dy·(x − mean))`.
-    fn add_grad(&mut self, x: &[f32], dy: &[f32], mean: f32) {
-        let (xc, dc) = (x.chunks_exact(LANES), dy.chunks_exact(LANES));
-        for (&x, &d) in xc.remainder().iter().zip(dc.remainder()) {
-            self.a += d as f64;
-            self.b += d as f64 * (x - mean) as f64;
-        }
-        for (xv, dv) in xc.zip(dc) {
-            for l in 0..LANES {
-                self.s[l] += dv[l];
-                self.s2[l] += dv[l] * (xv[l] - mean);
+    /// `(Σ v − shift, Σ (v − shift)²)`. Pieces of [`FLUSH`] elements (a
+    /// multiple of [`LANES`]), so only the last has a remainder.
+    fn add_shifted(&mut self, xs: &[f32], shift: f32) {
+        for xs in xs.chunks(FLUSH) {
+            for &v in xs.chunks_exact(LANES).remainder() {
+                let v = (v - shift) as f64;
+                self.a += v;
+                self.b += v * v;
             }
+            self.add_lanes(shifted_lanes(xs, shift), xs.len());
         }
-        self.counted(x.len());
+    }
+
+    /// `(Σ dy, Σ dy·(x − mean))`, in pieces as above.
+    fn add_grad(&mut self, x: &[f32], dy: &[f32], mean: f32) {
+        for (x, dy) in x.chunks(FLUSH).zip(dy.chunks(FLUSH)) {
+            let (xr, dr) = (
+                x.chunks_exact(LANES).remainder(),
+                dy.chunks_exact(LANES).remainder(),
+            );
+            for (&x, &d) in xr.iter().zip(dr) {
+                self.a += d as f64;
+                self.b += d as f64 * (x - mean) as f64;
+            }
+            self.add_lanes(grad_lanes(x, dy, mean), x.len());
+        }
     }
 
     fn total(mut self) -> (f64, f64) {
         self.flush();
         (self.a, self.b)
     }
+}
+
+type Lanes = ([f32; LANES], [f32; LANES]);
+
+/// Lane sums of `(v − shift, (v − shift)²)` over the whole chunks of `xs`.
+/// Fixed-size lanes in locals, compiled per instruction set, so they
+/// become vector registers (through `&mut self` they stayed scalar).
+#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma", "aarch64+neon"))]
+fn shifted_lanes(xs: &[f32], shift: f32) -> Lanes {
+    let (mut s, mut s2) = ([0.0f32; LANES], [0.0f32; LANES]);
+    for c in xs.chunks_exact(LANES) {
+        let c: &[f32; LANES] = c.try_into().expect("exact chunk");
+        for l in 0..LANES {
+            let v = c[l] - shift;
+            s[l] += v;
+            s2[l] += v * v;
+        }
+    }
+    (s, s2)
+}
+
+/// Lane sums of `(dy, dy·(x − mean))` over the whole chunks.
+#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma", "aarch64+neon"))]
+fn grad_lanes(x: &[f32], dy: &[f32], mean: f32) -> Lanes {
+    let (mut s, mut s2) = ([0.0f32; LANES], [0.0f32; LANES]);
+    for (xc, dc) in x.chunks_exact(LANES).zip(dy.chunks_exact(LANES)) {
+        let xc: &[f32; LANES] = xc.try_into().expect("exact chunk");
+        let dc: &[f32; LANES] = dc.try_into().expect("exact chunk");
+        for l in 0..LANES {
+            s[l] += dc[l];
+            s2[l] += dc[l] * (xc[l] - mean);
+        }
+    }
+    (s, s2)
 }
 
 /// Per-channel sums over the batch's planes, channels in parallel.
@@ -167,6 +205,22 @@ pub fn cpu_infer(
     normalize(n, c, hw, x, gamma, beta, rmean, &invstd, y);
 }
 
+/// `y = a·x + b`.
+#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma", "aarch64+neon"))]
+fn affine(y: &mut [f32], x: &[f32], a: f32, b: f32) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y = x * a + b;
+    }
+}
+
+/// `dx = a·dy + b·(x − mean) + d`.
+#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma", "aarch64+neon"))]
+fn grad_plane(dx: &mut [f32], x: &[f32], dy: &[f32], (a, b, d, mean): (f32, f32, f32, f32)) {
+    for ((g, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+        *g = a * dy + b * (x - mean) + d;
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn normalize(
     n: usize,
@@ -186,10 +240,7 @@ fn normalize(
             let ch = plane % c;
             let xp = &x[plane * hw..(plane + 1) * hw];
             let a = gamma[ch] * invstd[ch];
-            let b = beta[ch] - mean[ch] * a;
-            for (y, &x) in yp.iter_mut().zip(xp) {
-                *y = x * a + b;
-            }
+            affine(yp, xp, a, beta[ch] - mean[ch] * a);
         });
     let _ = n;
 }
@@ -227,9 +278,6 @@ pub fn cpu_backward(
             let a = k * m;
             let b = -k * invstd[ch] * dgamma[ch];
             let d = -k * dbeta[ch];
-            let mu = mean[ch];
-            for ((g, &x), &dy) in dxp.iter_mut().zip(&x[o..o + hw]).zip(&dy[o..o + hw]) {
-                *g = a * dy + b * (x - mu) + d;
-            }
+            grad_plane(dxp, &x[o..o + hw], &dy[o..o + hw], (a, b, d, mean[ch]));
         });
 }

@@ -693,6 +693,9 @@ pub fn conv2d_grad_weight(g: &Conv2dGeom, x: &[f32], dy: &[f32], dw: &mut [f32])
         dw.fill(0.0);
         return;
     }
+    if super::conv2d_wgrad::applies(g, (oh, ow)) {
+        return super::conv2d_wgrad::grad_weight(g, (oh, ow), x, dy, dw);
+    }
     // The plan and chunking depend on the geometry only (fixed thread hint):
     // they fix the summation order.
     with_plan(g, (oh, ow), WGRAD_THREAD_HINT, |p| {
@@ -938,6 +941,8 @@ mod tests {
             geom(2, 3, (6, 10), 2, (1, 2), (1, 1), (1, 2), (1, 1)),
             geom(2, 3, (45, 45), 2, (3, 3), (2, 2), (1, 1), (1, 1)),
             geom(1, 2, (40, 30), 3, (2, 3), (2, 1), (0, 1), (1, 2)),
+            // Windowed grad-weight with several passes per chunk.
+            geom(20, 8, (64, 64), 5, (3, 3), (1, 1), (1, 1), (1, 1)),
         ]
     }
 
@@ -973,6 +978,14 @@ mod tests {
     #[test]
     fn matches_reference() {
         let mut rng = StdRng::seed_from_u64(7);
+        let windowed = shapes()
+            .iter()
+            .filter(|g| super::super::conv2d_wgrad::applies(g, g.out_hw().unwrap()))
+            .count();
+        assert!(
+            windowed >= 3,
+            "only {windowed} shapes take the windowed grad-weight"
+        );
         for g in shapes() {
             let x = rand_vec(&mut rng, g.x_len());
             let w = rand_vec(&mut rng, g.w_len());

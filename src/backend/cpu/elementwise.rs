@@ -48,10 +48,12 @@ fn binary(k: BinaryKind, a: &mut [f32], b: &[f32]) {
 /// before it is overwritten).
 pub fn cpu_elementwise(prog: &[EwInstr], inputs: &[&[f32]], inplace: Option<usize>, y: &mut [f32]) {
     use rayon::prelude::*;
-    let run = |(bi, yb): (usize, &mut [f32])| {
+    // The register stack is made once per task, not per block: zeroing it
+    // cost more than the block's own work.
+    let new_stack = || vec![[0.0f32; BLOCK]; MAX_STACK];
+    let run = |stack: &mut Vec<[f32; BLOCK]>, (bi, yb): (usize, &mut [f32])| {
         let start = bi * BLOCK;
         let len = yb.len();
-        let mut stack = [[0.0f32; BLOCK]; MAX_STACK];
         let mut sp = 0usize;
         for ins in prog {
             match *ins {
@@ -89,8 +91,11 @@ pub fn cpu_elementwise(prog: &[EwInstr], inputs: &[&[f32]], inplace: Option<usiz
         y.par_chunks_mut(BLOCK)
             .enumerate()
             .with_min_len(super::par::min_len(32))
-            .for_each(run);
+            .for_each_init(new_stack, run);
     } else {
-        y.chunks_mut(BLOCK).enumerate().for_each(run);
+        let mut stack = new_stack();
+        y.chunks_mut(BLOCK)
+            .enumerate()
+            .for_each(|b| run(&mut stack, b));
     }
 }

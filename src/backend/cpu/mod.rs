@@ -10,6 +10,7 @@ pub mod binary;
 pub mod conv2d;
 mod conv2d_layout;
 pub mod conv2d_small;
+mod conv2d_wgrad;
 pub mod cross_entropy;
 pub mod dropout;
 pub mod elementwise;
