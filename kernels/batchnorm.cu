@@ -46,16 +46,25 @@ extern "C" __global__ void __launch_bounds__(BLOCK)
   }
 }
 
-// y = x · (γ·invstd) + (β − mean·γ·invstd).
+// y = act(x · (γ·invstd) + (β − mean·γ·invstd) [+ res]); res may be null
+// and act ACT_NONE (a fused epilogue otherwise).
 extern "C" __global__ void __launch_bounds__(BLOCK)
     batchnorm2d_normalize(const float* x, const float* gamma, const float* beta, const float* mean,
-                 const float* invstd, float* y, int C, int hw, int total) {
+                 const float* invstd, const float* res, float* y, int C, int hw, int total, int act) {
   GRID_LOOP(i, total) {
     int c = (i / hw) % C;
     float a = gamma[c] * invstd[c];
     float b = beta[c] - mean[c] * a;
-    y[i] = x[i] * a + b;
+    float v = x[i] * a + b;
+    if (res) v += res[i];
+    y[i] = act_epilogue(act, v);
   }
+}
+
+// The gradient reaching the batch norm: dy, or act'(saved)·dy when the
+// activation's backward is fused in (saved non-null).
+__device__ __forceinline__ float bn_incoming(const float* dy, const float* saved, int act, int i) {
+  return saved ? act_backward(act, saved[i], dy[i]) : dy[i];
 }
 
 // Inference: the running statistics.
@@ -74,7 +83,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK)
 // part[(c * splits + s) * 2 + {0, 1}] = (Σ dy, Σ dy·x̂) with x̂ = (x − mean)·invstd.
 extern "C" __global__ void __launch_bounds__(BLOCK)
     batchnorm2d_backward_stats(const float* x, const float* mean, const float* invstd, const float* dy,
-                 double* part, int n, int C, int hw, int splits) {
+                 const float* saved, int act, double* part, int n, int C, int hw, int splits) {
   __shared__ double sh[WARPS];
   int c = blockIdx.x, total = n * hw;
   int per = (total + splits - 1) / splits;
@@ -83,7 +92,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK)
   double s = 0.0, sx = 0.0;
   for (int e = beg + threadIdx.x; e < end; e += BLOCK) {
     int idx = ((e / hw) * C + c) * hw + e % hw;
-    float d = dy[idx];
+    float d = bn_incoming(dy, saved, act, idx);
     float xh = (x[idx] - mu) * is;
     s += (double)d;
     sx += (double)(d * xh);
@@ -116,12 +125,13 @@ extern "C" __global__ void __launch_bounds__(BLOCK)
 // dx = γ·invstd/M · (M·dy − Σdy − x̂·Σ(dy·x̂)).
 extern "C" __global__ void __launch_bounds__(BLOCK)
     batchnorm2d_backward_dx(const float* x, const float* gamma, const float* mean, const float* invstd,
-              const float* dy, const float* sums, float* dx, int C, int hw, int total, float m) {
+              const float* dy, const float* saved, int act, const float* sums, float* dx, int C, int hw,
+              int total, float m) {
   GRID_LOOP(i, total) {
     int c = (i / hw) % C;
     float is = invstd[c];
     float k = gamma[c] * is / m;
     float xh = (x[i] - mean[c]) * is;
-    dx[i] = k * (m * dy[i] - sums[2 * c] - xh * sums[2 * c + 1]);
+    dx[i] = k * (m * bn_incoming(dy, saved, act, i) - sums[2 * c] - xh * sums[2 * c + 1]);
   }
 }

@@ -8,8 +8,10 @@ fn chan_index(e: u32, c: u32, hw: u32, ch: u32) -> u32 {
 
 // train params: [0] N, [1] C, [2] HW, [3] x, [4] gamma, [5] beta, [6] y,
 // [7] mean, [8] invstd, [9] running mean, [10] running var, [11] eps,
-// [12] momentum (f32 bits). Variance in two passes (mean first) for
-// accuracy; the running variance is unbiased, as PyTorch keeps it.
+// [12] momentum (f32 bits), [13] 1 with a residual, [14] its offset,
+// [15] the activation code: y = act(bn(x) [+ residual]), a fused epilogue.
+// Variance in two passes (mean first) for accuracy; the running variance
+// is unbiased, as PyTorch keeps it.
 @compute @workgroup_size(256)
 fn batchnorm2d_train(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
          @builtin(local_invocation_index) lid: u32) {
@@ -46,9 +48,15 @@ fn batchnorm2d_train(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     }
     let a = ld(pu(4u) + ch) * invstd;
     let b = ld(pu(5u) + ch) - mean * a;
+    let has_res = pu(13u) != 0u;
+    let act = pu(15u);
     for (var e = lid; e < cnt; e += WG) {
         let i = chan_index(e, c, hw, ch);
-        st(pu(6u) + i, ld(x + i) * a + b);
+        var v = ld(x + i) * a + b;
+        if has_res {
+            v += ld(pu(14u) + i);
+        }
+        st(pu(6u) + i, act_fwd(act, v));
     }
 }
 
@@ -69,8 +77,19 @@ fn batchnorm2d_infer(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
 }
 
 // backward params: [0] N, [1] C, [2] HW, [3] x, [4] gamma, [5] mean,
-// [6] invstd, [7] dy, [8] dx, [9] dgamma, [10] dbeta.
-// dx = gamma invstd / M (M dy - sum dy - xhat sum dy xhat).
+// [6] invstd, [7] dy, [8] dx, [9] dgamma, [10] dbeta, [11] the fused
+// activation's code (0: none), [12] its saved value's offset.
+// dx = gamma invstd / M (M g - sum g - xhat sum g xhat), with the incoming
+// gradient g = dy, or act'(saved) dy when the activation is fused in.
+fn bn_incoming(i: u32) -> f32 {
+    let act = pu(11u);
+    let d = ld(pu(7u) + i);
+    if act == 0u {
+        return d;
+    }
+    return act_bwd(act, ld(pu(12u) + i), d);
+}
+
 @compute @workgroup_size(256)
 fn batchnorm2d_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
@@ -87,7 +106,7 @@ fn batchnorm2d_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
     var sdyx = 0.0;
     for (var e = lid; e < cnt; e += WG) {
         let i = chan_index(e, c, hw, ch);
-        let d = ld(pu(7u) + i);
+        let d = bn_incoming(i);
         sdy += d;
         sdyx += d * (ld(pu(3u) + i) - mean) * invstd;
     }
@@ -102,6 +121,6 @@ fn batchnorm2d_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
     for (var e = lid; e < cnt; e += WG) {
         let i = chan_index(e, c, hw, ch);
         let xh = (ld(pu(3u) + i) - mean) * invstd;
-        st(pu(8u) + i, k * (m * ld(pu(7u) + i) - sdy - xh * sdyx));
+        st(pu(8u) + i, k * (m * bn_incoming(i) - sdy - xh * sdyx));
     }
 }

@@ -157,7 +157,12 @@ fn rule(
                 s,
             )?)
         }
-        Op::BatchNorm2d { training: true, .. } => ops::batchnorm::backward(g, inputs, outputs, dy),
+        Op::BatchNorm2d {
+            training: true,
+            act: None,
+            residual: false,
+            ..
+        } => ops::batchnorm::backward(g, inputs, outputs, dy),
         Op::Conv2dGradInput { .. }
         | Op::Conv2dGradWeight { .. }
         | Op::Conv2dGradBias
@@ -170,12 +175,10 @@ fn rule(
         | Op::CrossEntropyBackward { .. }
         | Op::ActBackwardBias { .. }
         | Op::Elementwise(_)
-        | Op::BatchNorm2dBackward
+        | Op::BatchNorm2dBackward { .. }
         | Op::SgdUpdate(_)
         | Op::AdamUpdate(_)
-        | Op::BatchNorm2d {
-            training: false, ..
-        } => Err(Error::Usage(format!(
+        | Op::BatchNorm2d { .. } => Err(Error::Usage(format!(
             "no gradient rule for {} (input {:?})",
             op.kernel_name(),
             x.map(|v| g.shape(v).clone())

@@ -70,6 +70,6 @@ pub fn flops(l: &Launch) -> u64 {
         | Op::ActBackwardBias { .. }
         | Op::Dropout { .. }
         | Op::BatchNorm2d { .. }
-        | Op::BatchNorm2dBackward => rs.first().map_or(out, |s| (s.numel() as u64).max(out)),
+        | Op::BatchNorm2dBackward { .. } => rs.first().map_or(out, |s| (s.numel() as u64).max(out)),
     }
 }

@@ -3,20 +3,23 @@
 //!
 //! 1. `constant_loss_grad`: the loss gradient seed (a filled 1.0) folds into
 //!    the cross-entropy backward kernel.
-//! 2. `residual_epilogue`: conv2d (+ bias) whose only reader adds a tensor
-//!    of the output's shape (a skip connection) adds it in its epilogue.
-//!    The convolution's own output is never read by a gradient, so this
-//!    applies to training steps as well as inference.
-//! 3. `epilogue`: conv2d / linear (+ bias, + residual) followed by relu,
-//!    sigmoid or tanh becomes one kernel (the activation runs on the
-//!    GEMM's output tile). Only activations whose gradient reads the
-//!    output are fused, so the pre-activation never needs to exist.
-//! 4. `act_backward_bias`: the activation's gradient mask and the bias
+//! 2. `residual_epilogue`: conv2d (+ bias), or a training batch norm, whose
+//!    only reader adds a tensor of the output's shape (a skip connection)
+//!    adds it in its epilogue. Neither output is read by a gradient, so
+//!    this applies to training steps as well as inference.
+//! 3. `epilogue`: conv2d / linear / training batch norm (with or without
+//!    bias and residual) followed by relu, sigmoid or tanh becomes one
+//!    kernel (the activation runs on the GEMM's output tile, or on the
+//!    normalised plane). Only activations whose gradient reads the output
+//!    are fused, so the pre-activation never needs to exist.
+//! 4. `act_backward_bn`: an activation's gradient whose only reader is a
+//!    batch norm's backward is computed inside it, on the fly.
+//! 5. `act_backward_bias`: the activation's gradient mask and the bias
 //!    gradient of the layer below in one pass over dy.
-//! 5. `elementwise_chain`: trees of elementwise ops (activations, their
+//! 6. `elementwise_chain`: trees of elementwise ops (activations, their
 //!    gradients, same-shape or scalar binary ops, scale) become one
 //!    stack-program kernel.
-//! 6. `multi_tensor_update`: every parameter's optimiser update becomes one
+//! 7. `multi_tensor_update`: every parameter's optimiser update becomes one
 //!    launch.
 //!
 //! Every rule only absorbs a value that has exactly one consumer and is not
@@ -47,6 +50,7 @@ pub fn fuse(g: &mut Graph) -> Vec<Fusion> {
     constant_loss_grad(g, &mut out);
     residual_epilogue(g, &mut out);
     epilogue(g, &mut out);
+    act_backward_bn(g, &mut out);
     act_backward_bias(g, &mut out);
     elementwise_chain(g, &mut out);
     multi_tensor_update(g, &mut out);
@@ -74,6 +78,24 @@ fn drop_cleared(g: &mut Graph) {
     for v in &mut g.values {
         v.producer = v.producer.and_then(|n| new_id[n.0 as usize]);
     }
+}
+
+/// Moves producer `p` into node `i`, the sole reader of p's output 0: node
+/// `i` becomes `op` over `inputs`, keeps its own output 0 and takes over
+/// p's other outputs and mutations (a batch norm's statistics).
+fn absorb(g: &mut Graph, i: usize, p: NodeId, op: Op, inputs: Vec<ValueId>) {
+    let pn = &g.nodes[p.0 as usize];
+    let (extra, mutates) = (pn.outputs[1..].to_vec(), pn.mutates.clone());
+    for &v in &extra {
+        g.values[v.0 as usize].producer = Some(NodeId(i as u32));
+    }
+    let node = &mut g.nodes[i];
+    node.op = op;
+    node.inputs = inputs;
+    node.outputs.truncate(1);
+    node.outputs.extend(extra);
+    node.mutates.extend(mutates);
+    clear(g, p);
 }
 
 fn clear(g: &mut Graph, n: NodeId) {
@@ -167,41 +189,54 @@ fn residual_epilogue(g: &mut Graph, out: &mut Vec<Fusion>) {
         if g.shape(ins[0]) != g.shape(ins[1]) || ins[0] == ins[1] {
             continue;
         }
-        // The first input a plain convolution writes for this add alone.
-        let Some((conv, v, other)) =
-            [(ins[0], ins[1]), (ins[1], ins[0])]
-                .into_iter()
-                .find_map(|(v, other)| {
-                    let p = producer(g, v)?;
-                    let plain = matches!(
-                        g.nodes[p.0 as usize].op,
-                        Op::Conv2d {
-                            act: None,
-                            residual: false,
-                            ..
-                        }
-                    );
-                    (plain && private_to(g, &cons, v, n)).then_some((p, v, other))
-                })
+        // The first input a plain convolution or training batch norm
+        // writes for this add alone.
+        let with_residual = |op: &Op| match *op {
+            Op::Conv2d {
+                p,
+                act: None,
+                residual: false,
+            } => Some(Op::Conv2d {
+                p,
+                act: None,
+                residual: true,
+            }),
+            Op::BatchNorm2d {
+                eps,
+                momentum,
+                training: true,
+                act: None,
+                residual: false,
+            } => Some(Op::BatchNorm2d {
+                eps,
+                momentum,
+                training: true,
+                act: None,
+                residual: true,
+            }),
+            _ => None,
+        };
+        let Some((prod, fused, v, other)) = [(ins[0], ins[1]), (ins[1], ins[0])]
+            .into_iter()
+            .find_map(|(v, other)| {
+                let p = producer(g, v)?;
+                let fused = with_residual(&g.nodes[p.0 as usize].op)?;
+                private_to(g, &cons, v, n).then_some((p, fused, v, other))
+            })
         else {
             continue;
         };
-        let Op::Conv2d { p, .. } = g.nodes[conv.0 as usize].op else {
-            continue;
-        };
-        // The convolution now runs where the add was. Its reads (x, w, b)
-        // are unchanged in between: nothing mutates a value between a
-        // forward op and its consumers (optimiser updates come last).
-        let mut inputs = g.nodes[conv.0 as usize].inputs.clone();
+        // The producer now runs where the add was. Its reads are unchanged
+        // in between: nothing mutates a value between a forward op and its
+        // consumers (optimiser updates come last).
+        let mut inputs = g.nodes[prod.0 as usize].inputs.clone();
         inputs.push(other);
-        let detail = format!("conv2d_forward + add {}", g.shape(v));
-        g.nodes[i].op = Op::Conv2d {
-            p,
-            act: None,
-            residual: true,
-        };
-        g.nodes[i].inputs = inputs;
-        clear(g, conv);
+        let detail = format!(
+            "{} + add {}",
+            g.nodes[prod.0 as usize].op.kernel_name(),
+            g.shape(v)
+        );
+        absorb(g, i, prod, fused, inputs);
         out.push(Fusion {
             rule: "residual_epilogue",
             launches_saved: 1,
@@ -238,6 +273,19 @@ fn epilogue(g: &mut Graph, out: &mut Vec<Fusion>) {
                 bias: *bias,
                 act: Some(a),
             },
+            Op::BatchNorm2d {
+                eps,
+                momentum,
+                training: true,
+                act: None,
+                residual,
+            } => Op::BatchNorm2d {
+                eps: *eps,
+                momentum: *momentum,
+                training: true,
+                act: Some(a),
+                residual: *residual,
+            },
             _ => continue,
         };
         let detail = format!(
@@ -246,14 +294,51 @@ fn epilogue(g: &mut Graph, out: &mut Vec<Fusion>) {
             a.name(),
             g.shape(v)
         );
-        g.nodes[i].op = fused;
-        g.nodes[i].inputs = g.nodes[p.0 as usize].inputs.clone();
-        clear(g, p);
+        let inputs = g.nodes[p.0 as usize].inputs.clone();
+        absorb(g, i, p, fused, inputs);
         out.push(Fusion {
             rule: "epilogue",
             launches_saved: 1,
             bytes_saved: 2 * bytes(g, v),
             detail,
+        });
+    }
+}
+
+fn act_backward_bn(g: &mut Graph, out: &mut Vec<Fusion>) {
+    let cons = consumers(g);
+    for i in 0..g.nodes.len() {
+        let Some(n) = live(g, i) else { continue };
+        if g.nodes[i].op != (Op::BatchNorm2dBackward { act: None }) {
+            continue;
+        }
+        let d = g.nodes[i].inputs[4];
+        let Some(p) = producer(g, d) else { continue };
+        let Op::ActBackward(a) = g.nodes[p.0 as usize].op else {
+            continue;
+        };
+        if !private_to(g, &cons, d, n) {
+            continue;
+        }
+        // ActBackward reads (saved, dy).
+        let (saved, dy) = (
+            g.nodes[p.0 as usize].inputs[0],
+            g.nodes[p.0 as usize].inputs[1],
+        );
+        let node = &mut g.nodes[i];
+        node.op = Op::BatchNorm2dBackward { act: Some(a) };
+        node.inputs[4] = dy;
+        node.inputs.push(saved);
+        clear(g, p);
+        out.push(Fusion {
+            rule: "act_backward_bn",
+            launches_saved: 1,
+            bytes_saved: 2 * bytes(g, d),
+            detail: format!(
+                "{} -> batchnorm2d_backward {}",
+                a.backward_name(),
+                g.shape(d)
+            ),
         });
     }
 }

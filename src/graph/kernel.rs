@@ -165,13 +165,20 @@ pub enum Kernel {
         step: ScalarId,
         len: usize,
     },
+    /// Training: `y = act(bn(x) [+ residual])`, the residual read last.
     BatchNorm {
         planes: Planes,
         eps: f32,
         momentum: f32,
         training: bool,
+        act: Option<Activation>,
+        residual: bool,
     },
-    BatchNormBackward(Planes),
+    /// With `act`, the gradient is `act'(saved)·dy`, `saved` read last.
+    BatchNormBackward {
+        planes: Planes,
+        act: Option<Activation>,
+    },
     /// One launch over `tensors` parameters (gradient reads, then per
     /// tensor the parameter and its state among the writes).
     /// Read k scaled into write k, by the global norm of all reads.
@@ -492,9 +499,13 @@ impl Kernel {
                 eps,
                 momentum,
                 training,
+                act,
+                residual,
             } => {
                 if *training {
-                    need(3, 5)?;
+                    need(3 + usize::from(*residual), 5)?;
+                } else if act.is_some() || *residual {
+                    return Err(Error::shape(name, "inference has no epilogue"));
                 } else {
                     need(5, 1)?;
                 }
@@ -503,11 +514,16 @@ impl Kernel {
                     eps: *eps,
                     momentum: *momentum,
                     training: *training,
+                    act: *act,
+                    residual: *residual,
                 }
             }
-            Op::BatchNorm2dBackward => {
-                need(5, 3)?;
-                Kernel::BatchNormBackward(planes(name, &rs[0])?)
+            Op::BatchNorm2dBackward { act } => {
+                need(5 + usize::from(act.is_some()), 3)?;
+                Kernel::BatchNormBackward {
+                    planes: planes(name, &rs[0])?,
+                    act: *act,
+                }
             }
             Op::ClipGradNorm { max_norm } => {
                 if rs.len() != ws.len() || rs.iter().zip(ws).any(|(r, w)| r.numel() != w.numel()) {
@@ -562,7 +578,7 @@ impl Kernel {
             | Kernel::CrossEntropyBackward { .. }
             | Kernel::Elementwise { .. }
             | Kernel::BatchNorm { .. }
-            | Kernel::BatchNormBackward(_) => vec![],
+            | Kernel::BatchNormBackward { .. } => vec![],
         }
     }
 }

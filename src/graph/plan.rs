@@ -285,7 +285,7 @@ fn remap_scalars(op: &Op, local: &[String], global: &[String]) -> Op {
         | Op::ActBackwardBias { .. }
         | Op::Elementwise(_)
         | Op::BatchNorm2d { .. }
-        | Op::BatchNorm2dBackward => op.clone(),
+        | Op::BatchNorm2dBackward { .. } => op.clone(),
     }
 }
 

@@ -49,6 +49,8 @@ impl Graph {
             eps,
             momentum,
             training,
+            act: None,
+            residual: false,
         };
         if training {
             let outs = self.push_node(
@@ -77,7 +79,7 @@ pub fn backward(
     let (x, gamma) = (inputs[0], inputs[1]);
     let (sx, sc) = (g.shape(x).clone(), g.shape(gamma).clone());
     let outs = g.push_node(
-        Op::BatchNorm2dBackward,
+        Op::BatchNorm2dBackward { act: None },
         vec![x, gamma, outputs[1], outputs[2], dy],
         vec![(sx, DType::F32), (sc.clone(), DType::F32), (sc, DType::F32)],
         vec![],

@@ -130,16 +130,24 @@ pub enum Op {
         seed: u32,
         step: ScalarId,
     },
-    /// Training: inputs (x, gamma, beta), outputs (y, mean, invstd),
-    /// mutates (running_mean, running_var). Inference: inputs
-    /// (x, gamma, beta, running_mean, running_var), output y.
+    /// Training: inputs (x, gamma, beta [, residual]), outputs (y, mean,
+    /// invstd), mutates (running_mean, running_var), with
+    /// `y = act(bn(x) [+ residual])`: the epilogue is only ever set by
+    /// fusion. Inference: inputs (x, gamma, beta, running_mean,
+    /// running_var), output y, no epilogue.
     BatchNorm2d {
         eps: f32,
         momentum: f32,
         training: bool,
+        act: Option<Activation>,
+        residual: bool,
     },
-    /// Inputs (x, gamma, mean, invstd, dy) -> (dx, dgamma, dbeta).
-    BatchNorm2dBackward,
+    /// Inputs (x, gamma, mean, invstd, dy [, saved]) -> (dx, dgamma, dbeta).
+    /// With `act` (set by fusion) the incoming gradient is `act'(saved)·dy`:
+    /// the activation's backward runs inside this kernel.
+    BatchNorm2dBackward {
+        act: Option<Activation>,
+    },
     /// Inputs (grad...) -> (clipped grad...): every gradient scaled by
     /// `min(1, max_norm / ‖all gradients‖)` in one launch (PyTorch's
     /// `clip_grad_norm_`).
@@ -246,7 +254,7 @@ impl Op {
             Op::ActBackwardBias { .. } => KernelFile::BiasGrad,
             Op::Elementwise(_) => KernelFile::Elementwise,
             Op::Dropout { .. } => KernelFile::Dropout,
-            Op::BatchNorm2d { .. } | Op::BatchNorm2dBackward => KernelFile::Batchnorm,
+            Op::BatchNorm2d { .. } | Op::BatchNorm2dBackward { .. } => KernelFile::Batchnorm,
             Op::SgdUpdate(_) => KernelFile::Sgd,
             Op::AdamUpdate(_) => KernelFile::Adam,
         }
@@ -292,7 +300,7 @@ impl Op {
             Op::BatchNorm2d {
                 training: false, ..
             } => "batchnorm2d_infer",
-            Op::BatchNorm2dBackward => "batchnorm2d_backward",
+            Op::BatchNorm2dBackward { .. } => "batchnorm2d_backward",
             Op::ClipGradNorm { .. } => "clip_grad_norm",
             Op::SgdUpdate(_) => "sgd_update",
             Op::AdamUpdate(c) if c.decoupled => "adamw_update",
@@ -334,7 +342,7 @@ impl Op {
             | Op::CrossEntropy
             | Op::CrossEntropyBackward { .. }
             | Op::BatchNorm2d { .. }
-            | Op::BatchNorm2dBackward
+            | Op::BatchNorm2dBackward { .. }
             | Op::ClipGradNorm { .. }
             | Op::SgdUpdate(_)
             | Op::AdamUpdate(_) => &[],

@@ -1190,6 +1190,48 @@ fn batchnorm_cases(out: &mut Vec<Prepared>) {
             );
         }
     }
+    // The fused epilogues of a residual block (bn -> act, bn + skip -> act)
+    // and the activation's backward inside batchnorm2d_backward.
+    for (dims, a) in [
+        ([4, 3, 5, 6], Activation::Relu),
+        ([16, 2, 33, 33], Activation::Relu),
+        ([2, 3, 7, 7], Activation::Tanh),
+        ([3, 4, 5, 1], Activation::Sigmoid),
+    ] {
+        for residual in [false, true] {
+            let mut g = Graph::new(true);
+            let x = input(&mut g, "x", &dims);
+            let p = bn_params(&mut g, dims[1]);
+            let mut y = g.batch_norm2d(x, &p, 1e-5, 0.1).unwrap();
+            let mut wrt = vec![("x", x), ("gamma", p.gamma), ("beta", p.beta)];
+            if residual {
+                let skip = input(&mut g, "skip", &dims);
+                y = g.add(y, skip).unwrap();
+                wrt.push(("skip", skip));
+            }
+            let y = g.act(a, y).unwrap();
+            with_grads(&mut g, y, &wrt);
+            let kernels = fused_kernels(&g);
+            assert!(
+                !kernels.contains(&a.name()) && !kernels.contains(&"add"),
+                "batch-norm epilogue not fused: {kernels:?}"
+            );
+            // Without a skip the activation's gradient has one reader, the
+            // batch norm's backward, which computes it.
+            assert!(
+                residual || !kernels.contains(&a.backward_name()),
+                "{kernels:?}"
+            );
+            let skip = if residual { " + skip" } else { "" };
+            graph_case(
+                out,
+                &format!("batch_norm2d{skip} -> {} {dims:?}", a.name()),
+                g,
+                0,
+                tol_for(dims[0] * dims[2] * dims[3]),
+            );
+        }
+    }
 }
 
 /// A two-layer classifier's train step with optimiser `c`: input

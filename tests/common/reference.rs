@@ -188,8 +188,10 @@ pub fn eval_f64(
                 eps,
                 momentum,
                 training: true,
+                act,
+                residual,
             } => {
-                let (y, mean, invstd, rm, rv) = batch_norm_train(
+                let (mut y, mean, invstd, rm, rv) = batch_norm_train(
                     xs[0],
                     *eps as f64,
                     *momentum as f64,
@@ -199,6 +201,13 @@ pub fn eval_f64(
                     &mutated[0],
                     &mutated[1],
                 );
+                // The fused epilogue: act(bn(x) + residual).
+                if *residual {
+                    y.iter_mut().zip(x[3]).for_each(|(y, r)| *y += r);
+                }
+                if let Some(a) = act {
+                    y.iter_mut().for_each(|y| *y = act_forward(*a, *y));
+                }
                 (vec![y, mean, invstd], vec![rm, rv])
             }
             Op::BatchNorm2d {
@@ -217,8 +226,17 @@ pub fn eval_f64(
                 )],
                 mutated,
             ),
-            Op::BatchNorm2dBackward => {
-                let (dx, dg, db) = batch_norm_backward(xs[0], x[0], x[1], x[2], x[3], x[4]);
+            Op::BatchNorm2dBackward { act } => {
+                // The fused activation's gradient first: act'(saved)·dy.
+                let dy: Vec<f64> = match act {
+                    Some(a) => x[5]
+                        .iter()
+                        .zip(x[4])
+                        .map(|(&s, &d)| act_backward(*a, s, d))
+                        .collect(),
+                    None => x[4].to_vec(),
+                };
+                let (dx, dg, db) = batch_norm_backward(xs[0], x[0], x[1], x[2], x[3], &dy);
                 (vec![dx, dg, db], mutated)
             }
             Op::SgdUpdate(c) => (vec![], sgd_update(c, scalar(c.lr), &x, mutated)),

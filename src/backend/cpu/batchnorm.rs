@@ -1,7 +1,41 @@
 //! CPU kernels of `ops::batchnorm`.
 
+use crate::ops::Activation;
 use multiversion::multiversion;
 use rayon::prelude::*;
+
+/// What a fused training forward does after normalising:
+/// `y = act(bn(x) [+ residual])`.
+#[derive(Clone, Copy, Default)]
+pub struct Epilogue<'a> {
+    pub residual: Option<&'a [f32]>,
+    pub act: Option<Activation>,
+}
+
+/// The gradient reaching the batch norm: `dy`, or `act'(saved)·dy` when
+/// the activation's backward is fused in.
+#[derive(Clone, Copy)]
+pub struct Incoming<'a> {
+    pub dy: &'a [f32],
+    pub act: Option<(Activation, &'a [f32])>,
+}
+
+impl Incoming<'_> {
+    /// Elements `r` of the gradient, computed into `buf` when fused.
+    fn get<'b>(&'b self, r: std::ops::Range<usize>, buf: &'b mut Vec<f32>) -> &'b [f32] {
+        let Some((a, saved)) = self.act else {
+            return &self.dy[r];
+        };
+        buf.clear();
+        let pairs = saved[r.clone()].iter().zip(&self.dy[r]);
+        // Matched outside the loop so that relu's loop vectorises.
+        match a {
+            Activation::Relu => buf.extend(pairs.map(|(&s, &d)| Activation::Relu.backward(s, d))),
+            _ => buf.extend(pairs.map(|(&s, &d)| a.backward(s, d))),
+        }
+        buf
+    }
+}
 
 const LANES: usize = 16;
 
@@ -129,16 +163,16 @@ fn grad_lanes(x: &[f32], dy: &[f32], mean: f32) -> Lanes {
 /// Per-channel sums over the batch's planes, channels in parallel.
 fn per_channel(
     (n, c, hw): (usize, usize, usize),
-    f: impl Fn(usize, std::ops::Range<usize>, &mut Sums) + Sync,
+    f: impl Fn(usize, std::ops::Range<usize>, &mut Sums, &mut Vec<f32>) + Sync,
 ) -> Vec<(f64, f64)> {
     (0..c)
         .into_par_iter()
         .with_min_len(super::par::min_len(1))
         .map(|ch| {
-            let mut sums = Sums::new();
+            let (mut sums, mut buf) = (Sums::new(), Vec::new());
             for i in 0..n {
                 let o = (i * c + ch) * hw;
-                f(ch, o..o + hw, &mut sums);
+                f(ch, o..o + hw, &mut sums, &mut buf);
             }
             sums.total()
         })
@@ -151,7 +185,7 @@ fn per_channel(
 fn channel_stats(dims: (usize, usize, usize), x: &[f32]) -> Vec<(f64, f64)> {
     let (n, c, hw) = dims;
     let cnt = (n * hw) as f64;
-    per_channel(dims, |ch, r, sums| sums.add_shifted(&x[r], x[ch * hw]))
+    per_channel(dims, |ch, r, sums, _| sums.add_shifted(&x[r], x[ch * hw]))
         .into_iter()
         .enumerate()
         .map(|(ch, (s, s2))| {
@@ -169,6 +203,7 @@ pub fn cpu_train(
     eps: f32,
     momentum: f32,
     (x, gamma, beta): (&[f32], &[f32], &[f32]),
+    epilogue: Epilogue,
     y: &mut [f32],
     mean: &mut [f32],
     invstd: &mut [f32],
@@ -187,7 +222,7 @@ pub fn cpu_train(
         rmean[ch] = (1.0 - momentum) * rmean[ch] + momentum * m as f32;
         rvar[ch] = (1.0 - momentum) * rvar[ch] + momentum * unbiased as f32;
     }
-    normalize(n, c, hw, x, gamma, beta, mean, invstd, y);
+    normalize((n, c, hw), x, gamma, beta, mean, invstd, epilogue, y);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -202,7 +237,16 @@ pub fn cpu_infer(
     y: &mut [f32],
 ) {
     let invstd: Vec<f32> = rvar.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
-    normalize(n, c, hw, x, gamma, beta, rmean, &invstd, y);
+    normalize(
+        (n, c, hw),
+        x,
+        gamma,
+        beta,
+        rmean,
+        &invstd,
+        Epilogue::default(),
+        y,
+    );
 }
 
 /// `y = a·x + b`.
@@ -210,6 +254,14 @@ pub fn cpu_infer(
 fn affine(y: &mut [f32], x: &[f32], a: f32, b: f32) {
     for (y, &x) in y.iter_mut().zip(x) {
         *y = x * a + b;
+    }
+}
+
+/// `y = a·x + b + r`.
+#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma", "aarch64+neon"))]
+fn affine_residual(y: &mut [f32], x: &[f32], r: &[f32], a: f32, b: f32) {
+    for ((y, &x), &r) in y.iter_mut().zip(x).zip(r) {
+        *y = x * a + b + r;
     }
 }
 
@@ -223,14 +275,13 @@ fn grad_plane(dx: &mut [f32], x: &[f32], dy: &[f32], (a, b, d, mean): (f32, f32,
 
 #[allow(clippy::too_many_arguments)]
 fn normalize(
-    n: usize,
-    c: usize,
-    hw: usize,
+    (_, c, hw): (usize, usize, usize),
     x: &[f32],
     gamma: &[f32],
     beta: &[f32],
     mean: &[f32],
     invstd: &[f32],
+    epilogue: Epilogue,
     y: &mut [f32],
 ) {
     y.par_chunks_mut(hw.max(1))
@@ -240,9 +291,16 @@ fn normalize(
             let ch = plane % c;
             let xp = &x[plane * hw..(plane + 1) * hw];
             let a = gamma[ch] * invstd[ch];
-            affine(yp, xp, a, beta[ch] - mean[ch] * a);
+            let b = beta[ch] - mean[ch] * a;
+            match epilogue.residual {
+                Some(r) => affine_residual(yp, xp, &r[plane * hw..(plane + 1) * hw], a, b),
+                None => affine(yp, xp, a, b),
+            }
+            // The plane is still in L1.
+            if let Some(act) = epilogue.act {
+                super::activation::cpu_forward_inplace(act, yp);
+            }
         });
-    let _ = n;
 }
 
 /// dx = γ·invstd/M · (M·dy − Σdy − x̂·Σ(dy·x̂)), dγ = Σ dy·x̂, dβ = Σ dy.
@@ -253,14 +311,14 @@ pub fn cpu_backward(
     gamma: &[f32],
     mean: &[f32],
     invstd: &[f32],
-    dy: &[f32],
+    dy: Incoming,
     dx: &mut [f32],
     dgamma: &mut [f32],
     dbeta: &mut [f32],
 ) {
     let m = (n * hw) as f32;
-    let sums = per_channel((n, c, hw), |ch, r, sums| {
-        sums.add_grad(&x[r.clone()], &dy[r], mean[ch])
+    let sums = per_channel((n, c, hw), |ch, r, sums, buf| {
+        sums.add_grad(&x[r.clone()], dy.get(r, buf), mean[ch])
     });
     for (ch, (sdy, sdyxm)) in sums.into_iter().enumerate() {
         dbeta[ch] = sdy as f32;
@@ -269,7 +327,7 @@ pub fn cpu_backward(
     dx.par_chunks_mut(hw.max(1))
         .with_min_len(super::par::min_len(super::par::planes_per_task(hw)))
         .enumerate()
-        .for_each(|(plane, dxp)| {
+        .for_each_init(Vec::new, |buf, (plane, dxp)| {
             let ch = plane % c;
             let o = plane * hw;
             // dx = k·(M·dy − Σdy − (x − mean)·invstd·Σdy·x̂)
@@ -278,6 +336,11 @@ pub fn cpu_backward(
             let a = k * m;
             let b = -k * invstd[ch] * dgamma[ch];
             let d = -k * dbeta[ch];
-            grad_plane(dxp, &x[o..o + hw], &dy[o..o + hw], (a, b, d, mean[ch]));
+            grad_plane(
+                dxp,
+                &x[o..o + hw],
+                dy.get(o..o + hw, buf),
+                (a, b, d, mean[ch]),
+            );
         });
 }

@@ -22,7 +22,7 @@ pub mod reduce;
 pub mod sgd;
 pub mod shape;
 pub mod simd_math;
-pub mod small_gemm;
+mod small_gemm;
 pub mod softmax;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -374,12 +374,29 @@ fn execute(
             eps,
             momentum,
             training: true,
+            act,
+            residual,
         } => {
             let [y, mean, invstd, rm, rv, ..] = w else {
                 unreachable!("Module::validate checked the write count")
             };
             let x = (r[0], r[1], r[2]);
-            batchnorm::cpu_train(planes.dims(), *eps, *momentum, x, y, mean, invstd, rm, rv);
+            let epilogue = batchnorm::Epilogue {
+                residual: residual.then(|| r[3]),
+                act: *act,
+            };
+            batchnorm::cpu_train(
+                planes.dims(),
+                *eps,
+                *momentum,
+                x,
+                epilogue,
+                y,
+                mean,
+                invstd,
+                rm,
+                rv,
+            );
         }
         Kernel::BatchNorm {
             planes,
@@ -387,11 +404,15 @@ fn execute(
             training: false,
             ..
         } => batchnorm::cpu_infer(planes.dims(), *eps, r[0], r[1], r[2], r[3], r[4], w[0]),
-        Kernel::BatchNormBackward(planes) => {
+        Kernel::BatchNormBackward { planes, act } => {
             let [dx, dg, db, ..] = w else {
                 unreachable!("Module::validate checked the write count")
             };
-            batchnorm::cpu_backward(planes.dims(), r[0], r[1], r[2], r[3], r[4], dx, dg, db);
+            let dy = batchnorm::Incoming {
+                dy: r[4],
+                act: act.map(|a| (a, r[5])),
+            };
+            batchnorm::cpu_backward(planes.dims(), r[0], r[1], r[2], r[3], dy, dx, dg, db);
         }
         // One group: this tensor's gradient, parameter and state.
         Kernel::Sgd { config: c, .. } => {

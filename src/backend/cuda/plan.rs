@@ -508,8 +508,12 @@ impl Planner {
                 eps,
                 momentum,
                 training,
-            } => self.batch_norm(l, (planes, eps, momentum, training), s)?,
-            Kernel::BatchNormBackward(planes) => self.batch_norm_backward(l, planes, s)?,
+                act,
+                residual,
+            } => self.batch_norm(l, (planes, eps, momentum, training), (*act, *residual), s)?,
+            Kernel::BatchNormBackward { planes, act } => {
+                self.batch_norm_backward(l, planes, *act, s)?
+            }
             Kernel::Sgd { config: c, .. } => {
                 let per = if c.momentum != 0.0 { 2 } else { 1 };
                 let settings = vec![

@@ -254,6 +254,7 @@ impl Planner {
         &mut self,
         l: &Launch,
         (planes, eps, momentum, training): (&Planes, &f32, &f32, &bool),
+        (act, residual): (Option<Activation>, bool),
         s: &mut Scratch,
     ) -> Result<Vec<Call>> {
         let (r, w) = operands(l);
@@ -297,8 +298,10 @@ impl Planner {
                     Arg::F32(*momentum),
                 ],
             ));
-            let mut args = vec![r(0), r(1), r(2), w(1), w(2), w(0)];
+            let res = if residual { r(3) } else { Arg::Null };
+            let mut args = vec![r(0), r(1), r(2), w(1), w(2), res, w(0)];
             args.extend(dims);
+            args.push(Arg::I32(Activation::code_of(act) as i32));
             calls.extend(self.elementwise("batchnorm2d_normalize", n * c * hw, args));
             calls
         })
@@ -308,6 +311,7 @@ impl Planner {
         &mut self,
         l: &Launch,
         planes: &Planes,
+        act: Option<Activation>,
         s: &mut Scratch,
     ) -> Result<Vec<Call>> {
         let (r, w) = operands(l);
@@ -319,9 +323,20 @@ impl Planner {
             let splits = self.splits(c, n * hw, 4096, 64);
             let part = Arg::Ptr(Buf::Work, s.alloc(16 * c * splits));
             let sums = Arg::Ptr(Buf::Work, s.alloc(8 * c));
+            // The fused activation's saved value, read last.
+            let saved = if act.is_some() { r(5) } else { Arg::Null };
+            let code = Arg::I32(Activation::code_of(act) as i32);
             let mut calls = vec![channel_partials(
                 "batchnorm2d_backward_stats",
-                vec![r(0), r(2), r(3), r(4), part.clone()],
+                vec![
+                    r(0),
+                    r(2),
+                    r(3),
+                    r(4),
+                    saved.clone(),
+                    code.clone(),
+                    part.clone(),
+                ],
                 (n, c, hw),
                 splits,
             )?];
@@ -346,6 +361,8 @@ impl Planner {
                     r(2),
                     r(3),
                     r(4),
+                    saved,
+                    code,
                     sums,
                     w(0),
                     Arg::I32(int(c)?),

@@ -544,12 +544,17 @@ pub fn encode(
             eps,
             momentum,
             training: true,
+            act,
+            residual,
         } => {
-            let mut p = Params::new(13);
+            let mut p = Params::new(16);
             p.list(0, &[s.n, s.c, s.plane, r(0), r(1), r(2)])
                 .list(6, &[w(0), w(1), w(2), w(3), w(4)])
                 .f(11, *eps)
-                .f(12, *momentum);
+                .f(12, *momentum)
+                .u(13, *residual as usize)
+                .u(14, if *residual { r(3) } else { 0 })
+                .u(15, act_code(*act));
             one(&p, Family::Batchnorm, "batchnorm2d_train", s.c)
         }
         Kernel::BatchNorm {
@@ -565,11 +570,13 @@ pub fn encode(
                 .f(9, *eps);
             one(&p, Family::Batchnorm, "batchnorm2d_infer", groups_for(n))
         }
-        Kernel::BatchNormBackward(s) => {
-            let mut p = Params::new(11);
+        Kernel::BatchNormBackward { planes: s, act } => {
+            let mut p = Params::new(13);
             p.list(0, &[s.n, s.c, s.plane])
                 .list(3, &[r(0), r(1), r(2), r(3), r(4)])
-                .list(8, &[w(0), w(1), w(2)]);
+                .list(8, &[w(0), w(1), w(2)])
+                .u(11, act_code(*act))
+                .u(12, if act.is_some() { r(5) } else { 0 });
             one(&p, Family::Batchnorm, "batchnorm2d_backward", s.c)
         }
         Kernel::Sgd { config: c, .. } => {
