@@ -14,6 +14,8 @@ pub mod cifar;
 pub mod image;
 pub mod loader;
 pub mod mnist;
+pub mod text;
+pub mod tokenize;
 
 pub use cifar::load_cifar10;
 pub use image::{load_png, save_png_gray};
