@@ -28,8 +28,9 @@ use rayon::prelude::*;
 use std::cell::Cell;
 
 thread_local! {
-    /// One pass's padded images and spread `dy`, per worker thread.
-    static PASS: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    /// One pass's padded images and spread `dy`, per worker thread, with
+    /// the layout they were zeroed for.
+    static PASS: Cell<(Vec<f32>, LayoutKey)> = const { Cell::new((Vec::new(), [0; 9])) };
     /// The chunk partials of one call, on the calling thread.
     static PARTIALS: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
@@ -93,6 +94,10 @@ pub fn grad_weight(
     PARTIALS.set(parts);
 }
 
+/// What fixes where a pass buffer's pixels and zeros are (padding, tail,
+/// junk columns): `c_in, h, w, ph, pw, c_out, oh, ow` and images per pass.
+type LayoutKey = [usize; 9];
+
 /// The padded layout of one geometry.
 struct Layout {
     hp: usize,
@@ -152,12 +157,27 @@ impl Layout {
         let (ph, pw) = g.pad;
         let (x_img, y_img) = (g.c_in * g.h * g.w, g.c_out * self.oh * self.ow);
         let dy_img = g.c_out * self.np;
-        let mut buf = PASS.take();
+        let (mut buf, mut key) = PASS.take();
         let len = self.per_pass * (self.src_img + dy_img);
-        buf.clear();
         // Zeros stay in the padding, the tail and the junk columns: only
-        // pixels are written below.
-        buf.resize(len, 0.0);
+        // pixels are written below, so a buffer last zeroed for this same
+        // layout is reused as it is.
+        let want = [
+            g.c_in,
+            g.h,
+            g.w,
+            ph,
+            pw,
+            g.c_out,
+            self.oh,
+            self.ow,
+            self.per_pass,
+        ];
+        if key != want || buf.len() != len {
+            buf.clear();
+            buf.resize(len, 0.0);
+            key = want;
+        }
         let (src, dyw) = buf.split_at_mut(self.per_pass * self.src_img);
         let mut i = imgs.start;
         while i < imgs.end {
@@ -195,7 +215,7 @@ impl Layout {
             );
             i += n;
         }
-        PASS.set(buf);
+        PASS.set((buf, key));
     }
 }
 
