@@ -190,24 +190,21 @@ impl TextTokenizer {
 
     /// The ids of `text`, at most `max_len` of them (truncated at the end).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let seg = segment(self.jieba.as_ref(), text);
-        let enc = self
-            .inner
-            .encode(seg.as_str(), false)
-            .map_err(|e| tok_error("tokenize", e))?;
-        let mut ids = enc.get_ids().to_vec();
+        let mut ids = self.encoding(text)?.get_ids().to_vec();
         ids.truncate(self.settings.max_len);
         Ok(ids)
     }
 
     /// The tokens of `text` as strings (for inspection and tests).
     pub fn tokens(&self, text: &str) -> Result<Vec<String>> {
+        Ok(self.encoding(text)?.get_tokens().to_vec())
+    }
+
+    fn encoding(&self, text: &str) -> Result<tokenizers::Encoding> {
         let seg = segment(self.jieba.as_ref(), text);
-        let enc = self
-            .inner
+        self.inner
             .encode(seg.as_str(), false)
-            .map_err(|e| tok_error("tokenize", e))?;
-        Ok(enc.get_tokens().to_vec())
+            .map_err(|e| tok_error("tokenize", e))
     }
 }
 
