@@ -4,15 +4,17 @@
 # (tools/resnet_fashion_torch.py is the PyTorch side), same settings (SGD
 # momentum 0.9, lr 0.1 cosine, weight decay 5e-4, batch 128, crop pad 2,
 # horizontal flips, 10% held out), same thread count. Prints each epoch's
-# training seconds, the medians and the ratio gpurt / PyTorch.
+# training seconds, each round's ratio, the medians and the ratio
+# gpurt / PyTorch. This machine's speed drifts by ~15% over minutes, so
+# only rounds of one run compare, and 5 are the default.
 #
-#   tools/resnet-compare.sh [ROUNDS] [THREADS]     (defaults: 2, 2)
+#   tools/resnet-compare.sh [ROUNDS] [THREADS]     (defaults: 5, 2)
 #
 # Needs the peer venv (../shared/peers/setup.sh makes /tmp/peers-venv) and
 # Fashion-MNIST (tools/ci-setup-data.sh, or FASHION_DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rounds=${1:-2}
+rounds=${1:-5}
 threads=${2:-2}
 py=${PEERS_PYTHON:-/tmp/peers-venv/bin/python}
 data=${FASHION_DIR:-/usr/share/datasets/fashion-mnist}
@@ -42,5 +44,6 @@ mg, mt = statistics.median(g), statistics.median(t)
 print(f"ResNet-20 Fashion-MNIST, {sys.argv[3]} threads, one epoch of 54,000 images")
 print(f"  gpurt   {' '.join(f'{v:.1f}' for v in g)} s, median {mg:.1f} s")
 print(f"  PyTorch {' '.join(f'{v:.1f}' for v in t)} s, median {mt:.1f} s")
+print(f"  per round {' '.join(f'{a / b:.3f}' for a, b in zip(g, t))}")
 print(f"  gpurt / PyTorch = {mg / mt:.3f}")
 PY
