@@ -110,3 +110,27 @@ extern "C" __global__ void __launch_bounds__(BLOCK)
   float d = (float)hw;
   GRID_LOOP(i, planes * hw) dx[i] = dy[i / hw] / d;
 }
+
+// y[b, c] = mean of x[b, t, c] over t < min(lengths[b], len); 0 when empty.
+extern "C" __global__ void __launch_bounds__(BLOCK)
+    masked_mean_pool_forward(const float* x, const u32* lengths, float* y, int batch, int len,
+                             int dim) {
+  GRID_LOOP(e, batch * dim) {
+    int b = e / dim, c = e % dim;
+    int l = lengths[b] < (u32)len ? (int)lengths[b] : len;
+    const float* xb = x + b * len * dim + c;
+    float s = 0.0f;
+    for (int t = 0; t < l; t++) s += xb[t * dim];
+    y[e] = l > 0 ? s / (float)l : 0.0f;
+  }
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK)
+    masked_mean_pool_backward(const float* dy, const u32* lengths, float* dx, int batch, int len,
+                              int dim) {
+  GRID_LOOP(e, batch * len * dim) {
+    int b = e / (len * dim), t = (e / dim) % len;
+    int l = lengths[b] < (u32)len ? (int)lengths[b] : len;
+    dx[e] = t < l ? dy[b * dim + e % dim] / (float)l : 0.0f;
+  }
+}

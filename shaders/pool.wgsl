@@ -178,3 +178,43 @@ fn global_avgpool_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_w
     let hw = pu(1u);
     st(pu(3u) + e, ld(pu(2u) + e / hw) / f32(hw));
 }
+
+// params: [batch·dim, len, dim, x, lengths, y]
+@compute @workgroup_size(256)
+fn masked_mean_pool_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                            @builtin(local_invocation_index) lid: u32) {
+    let e = thread_id(wid, nwg, lid);
+    if e >= pu(0u) {
+        return;
+    }
+    let len = pu(1u);
+    let dim = pu(2u);
+    let b = e / dim;
+    let l = min(arena[pu(4u) + b], len);
+    let xb = pu(3u) + b * len * dim + e % dim;
+    var s = 0.0;
+    for (var t = 0u; t < l; t++) {
+        s += ld(xb + t * dim);
+    }
+    st(pu(5u) + e, select(0.0, s / f32(l), l > 0u));
+}
+
+// params: [batch·len·dim, len, dim, dy, lengths, dx]
+@compute @workgroup_size(256)
+fn masked_mean_pool_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                             @builtin(local_invocation_index) lid: u32) {
+    let e = thread_id(wid, nwg, lid);
+    if e >= pu(0u) {
+        return;
+    }
+    let len = pu(1u);
+    let dim = pu(2u);
+    let b = e / (len * dim);
+    let t = (e / dim) % len;
+    let l = min(arena[pu(4u) + b], len);
+    var v = 0.0;
+    if t < l {
+        v = ld(pu(3u) + b * dim + e % dim) / f32(l);
+    }
+    st(pu(5u) + e, v);
+}

@@ -125,8 +125,27 @@ fn rule(
                 .to_string(),
         )),
         Op::MaxPool2d { .. } | Op::AvgPool2d { .. } | Op::GlobalAvgPool => {
-            one(ops::pool::backward(g, op, inputs[0], outputs, dy)?)
+            one(ops::pool::backward(g, op, inputs[0], None, outputs, dy)?)
         }
+        Op::MaskedMeanPool => Ok(vec![
+            Some(ops::pool::backward(
+                g,
+                op,
+                inputs[0],
+                Some(inputs[1]),
+                outputs,
+                dy,
+            )?),
+            None,
+        ]),
+        Op::Embedding => Ok(vec![
+            Some(ops::embedding::backward(g, inputs[0], inputs[1], dy)?),
+            None,
+        ]),
+        Op::Attention { heads } => Ok(vec![
+            Some(ops::attention::backward(g, *heads, inputs, outputs, dy)?),
+            None,
+        ]),
         Op::Act(a) => one(ops::activation::backward(g, *a, inputs[0], outputs[0], dy)?),
         Op::Binary(k) => Ok(ops::binary::backward(g, *k, inputs[0], inputs[1], dy)?.to_vec()),
         Op::Scale(a) => one(g.scale(dy, *a)?),
@@ -169,6 +188,9 @@ fn rule(
         | Op::MaxPool2dBackward { .. }
         | Op::AvgPool2dBackward { .. }
         | Op::GlobalAvgPoolBackward
+        | Op::MaskedMeanPoolBackward
+        | Op::EmbeddingBackward { .. }
+        | Op::AttentionBackward { .. }
         | Op::ActBackward(_)
         | Op::SoftmaxBackward
         | Op::LogSoftmaxBackward

@@ -42,6 +42,12 @@ pub fn flops(l: &Launch) -> u64 {
             out.saturating_mul(product(&[p.kernel.0, p.kernel.1]))
         }
         Op::Elementwise(prog) => out.saturating_mul(prog.len() as u64),
+        // QKᵀ and PV: 4·B·H·T²·d (the mask halves nothing here); backward
+        // recomputes QKᵀ and runs four products: 2.5x.
+        Op::Attention { .. } => product(&[4, rs[0].0[0], rs[0].0[1], rs[0].0[1], rs[0].0[2] / 3]),
+        Op::AttentionBackward { .. } => {
+            product(&[10, rs[0].0[0], rs[0].0[1], rs[0].0[1], rs[0].0[2] / 3])
+        }
         Op::SgdUpdate(_) | Op::AdamUpdate(_) => {
             10 * (l.writes.iter().map(|s| s.len as u64).sum::<u64>() / 3)
         }
@@ -53,6 +59,10 @@ pub fn flops(l: &Launch) -> u64 {
         | Op::AvgPool2dBackward { .. }
         | Op::GlobalAvgPool
         | Op::GlobalAvgPoolBackward
+        | Op::MaskedMeanPool
+        | Op::MaskedMeanPoolBackward
+        | Op::Embedding
+        | Op::EmbeddingBackward { .. }
         | Op::Act(_)
         | Op::ActBackward(_)
         | Op::Binary(_)

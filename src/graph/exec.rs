@@ -28,6 +28,18 @@ impl Session {
         })
     }
 
+    /// A session over an executable compiled elsewhere (a backend outside
+    /// this crate, a test harness) from `module`.
+    pub fn from_executable(module: Arc<Module>, exe: Box<dyn Executable>, device: String) -> Self {
+        let scalars = vec![0.0; module.scalars.len()];
+        Session {
+            module,
+            exe,
+            scalars,
+            device,
+        }
+    }
+
     pub fn module(&self) -> &Module {
         &self.module
     }

@@ -60,6 +60,16 @@ impl Planes {
     }
 }
 
+/// A padded batch of sequences: `batch` sequences of `len` rows of
+/// `dim` values (the lengths are read at run time). For attention `dim`
+/// is the head size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sequences {
+    pub batch: usize,
+    pub len: usize,
+    pub dim: usize,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PoolKind {
     Max,
@@ -95,6 +105,26 @@ pub enum Kernel {
     },
     GlobalAvgPool {
         planes: Planes,
+        backward: bool,
+    },
+    /// Forward reads (x, lengths), backward (dy, lengths).
+    MaskedMeanPool {
+        seq: Sequences,
+        backward: bool,
+    },
+    /// Forward reads (weight, ids); backward reads (ids, dy) and writes
+    /// the weight's gradient. `ids` ids of `dim`-wide rows.
+    Embedding {
+        ids: usize,
+        vocab: usize,
+        dim: usize,
+        backward: bool,
+    },
+    /// Forward reads (qkv, lengths), writes (out, lse); backward reads
+    /// (qkv, lengths, out, lse, dout), writes dqkv.
+    Attention {
+        seq: Sequences,
+        heads: usize,
         backward: bool,
     },
     Act {
@@ -340,6 +370,77 @@ impl Kernel {
                     backward: true,
                 }
             }
+            Op::MaskedMeanPool | Op::MaskedMeanPoolBackward => {
+                need(2, 1)?;
+                let backward = matches!(l.op, Op::MaskedMeanPoolBackward);
+                let x = if backward { &ws[0] } else { &rs[0] };
+                let y = if backward { &rs[0] } else { &ws[0] };
+                let seq = match x.0[..] {
+                    [batch, len, dim] if y.0 == [batch, dim] && rs[1].0 == [batch] => {
+                        Sequences { batch, len, dim }
+                    }
+                    _ => {
+                        return Err(Error::shape(
+                            name,
+                            format!("{x} pooled to {y} with lengths {}", rs[1]),
+                        ))
+                    }
+                };
+                Kernel::MaskedMeanPool { seq, backward }
+            }
+            Op::Embedding | Op::EmbeddingBackward { .. } => {
+                need(2, 1)?;
+                let backward = matches!(l.op, Op::EmbeddingBackward { .. });
+                let (table, ids, rows) = if backward {
+                    (&ws[0], &rs[0], &rs[1])
+                } else {
+                    (&rs[0], &rs[1], &ws[0])
+                };
+                let [vocab, dim] = table.0[..] else {
+                    return Err(Error::shape(name, format!("weight {table} is not 2-D")));
+                };
+                if rows.numel() != ids.numel() * dim {
+                    return Err(Error::shape(
+                        name,
+                        format!("rows {rows} for ids {ids} of a [{vocab}, {dim}] table"),
+                    ));
+                }
+                Kernel::Embedding {
+                    ids: ids.numel(),
+                    vocab,
+                    dim,
+                    backward,
+                }
+            }
+            Op::Attention { heads } | Op::AttentionBackward { heads } => {
+                let backward = matches!(l.op, Op::AttentionBackward { .. });
+                if backward {
+                    need(5, 1)?;
+                } else {
+                    need(2, 2)?;
+                }
+                let [batch, len, h, dim] =
+                    crate::ops::attention::attention_dims(name, &rs[0], *heads)?;
+                let out = Shape(vec![batch, len, h * dim]);
+                let lse = Shape(vec![batch, h, len]);
+                let ok = rs[1].0 == [batch]
+                    && if backward {
+                        rs[2] == out && rs[3] == lse && rs[4] == out && ws[0] == rs[0]
+                    } else {
+                        ws[0] == out && ws[1] == lse
+                    };
+                if !ok {
+                    return Err(Error::shape(
+                        name,
+                        format!("reads {rs:?} and writes {ws:?} for qkv {}", rs[0]),
+                    ));
+                }
+                Kernel::Attention {
+                    seq: Sequences { batch, len, dim },
+                    heads: *heads,
+                    backward,
+                }
+            }
             Op::Act(a) | Op::ActBackward(a) => {
                 // Backward also reads the saved value.
                 let backward = matches!(l.op, Op::ActBackward(_));
@@ -562,6 +663,9 @@ impl Kernel {
             | Kernel::Conv2dGradBias(_)
             | Kernel::Pool { .. }
             | Kernel::GlobalAvgPool { .. }
+            | Kernel::MaskedMeanPool { .. }
+            | Kernel::Embedding { .. }
+            | Kernel::Attention { .. }
             | Kernel::Act { .. }
             | Kernel::ActBackwardBias { .. }
             | Kernel::Binary { .. }

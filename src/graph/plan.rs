@@ -260,6 +260,12 @@ fn remap_scalars(op: &Op, local: &[String], global: &[String]) -> Op {
         | Op::Conv2dGradBias
         | Op::MaxPool2d { .. }
         | Op::MaxPool2dBackward { .. }
+        | Op::MaskedMeanPool
+        | Op::MaskedMeanPoolBackward
+        | Op::Embedding
+        | Op::EmbeddingBackward { .. }
+        | Op::Attention { .. }
+        | Op::AttentionBackward { .. }
         | Op::AvgPool2d { .. }
         | Op::AvgPool2dBackward { .. }
         | Op::GlobalAvgPool

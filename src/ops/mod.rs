@@ -8,12 +8,14 @@
 
 pub mod activation;
 pub mod adam;
+pub mod attention;
 pub mod batchnorm;
 pub mod binary;
 pub mod conv2d;
 pub mod cross_entropy;
 pub mod dropout;
 pub mod elementwise;
+pub mod embedding;
 pub mod layer_norm;
 pub mod linear;
 pub mod matmul;
@@ -72,6 +74,26 @@ pub enum Op {
     },
     GlobalAvgPool,
     GlobalAvgPoolBackward,
+    /// Inputs (x [B,T,D], lengths u32 [B]) -> the mean of each sequence's
+    /// first `lengths[b]` rows, `[B,D]`.
+    MaskedMeanPool,
+    /// Inputs (dy [B,D], lengths) -> dx [B,T,D].
+    MaskedMeanPoolBackward,
+    /// Inputs (weight [V,D], ids u32) -> the rows of `ids`.
+    Embedding,
+    /// Inputs (ids, dy) -> dweight [vocab, D], a deterministic scatter-add.
+    EmbeddingBackward {
+        vocab: usize,
+    },
+    /// Inputs (qkv [B,T,3D], lengths u32 [B]) -> (out [B,T,D], lse [B,H,T]):
+    /// fused multi-head attention with a padding mask (`ops/attention.rs`).
+    Attention {
+        heads: usize,
+    },
+    /// Inputs (qkv, lengths, out, lse, dout) -> dqkv.
+    AttentionBackward {
+        heads: usize,
+    },
     /// Elementwise activation.
     Act(Activation),
     /// Inputs (saved, dy): saved is y for relu/sigmoid/tanh, x for gelu.
@@ -169,6 +191,7 @@ pub enum Op {
 pub enum KernelFile {
     Activation,
     Adam,
+    Attention,
     Batchnorm,
     BiasGrad,
     Binary,
@@ -176,6 +199,7 @@ pub enum KernelFile {
     CrossEntropy,
     Dropout,
     Elementwise,
+    Embedding,
     Matmul,
     Pool,
     Reduce,
@@ -185,9 +209,10 @@ pub enum KernelFile {
 }
 
 impl KernelFile {
-    pub const ALL: [KernelFile; 15] = [
+    pub const ALL: [KernelFile; 17] = [
         KernelFile::Activation,
         KernelFile::Adam,
+        KernelFile::Attention,
         KernelFile::Batchnorm,
         KernelFile::BiasGrad,
         KernelFile::Binary,
@@ -195,6 +220,7 @@ impl KernelFile {
         KernelFile::CrossEntropy,
         KernelFile::Dropout,
         KernelFile::Elementwise,
+        KernelFile::Embedding,
         KernelFile::Matmul,
         KernelFile::Pool,
         KernelFile::Reduce,
@@ -208,6 +234,7 @@ impl KernelFile {
         match self {
             KernelFile::Activation => "activation",
             KernelFile::Adam => "adam",
+            KernelFile::Attention => "attention",
             KernelFile::Batchnorm => "batchnorm",
             KernelFile::BiasGrad => "bias_grad",
             KernelFile::Binary => "binary",
@@ -215,6 +242,7 @@ impl KernelFile {
             KernelFile::CrossEntropy => "cross_entropy",
             KernelFile::Dropout => "dropout",
             KernelFile::Elementwise => "elementwise",
+            KernelFile::Embedding => "embedding",
             KernelFile::Matmul => "matmul",
             KernelFile::Pool => "pool",
             KernelFile::Reduce => "reduce",
@@ -240,7 +268,11 @@ impl Op {
             | Op::AvgPool2d { .. }
             | Op::AvgPool2dBackward { .. }
             | Op::GlobalAvgPool
-            | Op::GlobalAvgPoolBackward => KernelFile::Pool,
+            | Op::GlobalAvgPoolBackward
+            | Op::MaskedMeanPool
+            | Op::MaskedMeanPoolBackward => KernelFile::Pool,
+            Op::Embedding | Op::EmbeddingBackward { .. } => KernelFile::Embedding,
+            Op::Attention { .. } | Op::AttentionBackward { .. } => KernelFile::Attention,
             Op::Act(_) | Op::ActBackward(_) => KernelFile::Activation,
             Op::Binary(_) | Op::Scale(_) | Op::Fill(_) => KernelFile::Binary,
             Op::SumTo | Op::BroadcastTo | Op::ClipGradNorm { .. } => KernelFile::Reduce,
@@ -276,6 +308,12 @@ impl Op {
             Op::AvgPool2dBackward { .. } => "avgpool2d_backward",
             Op::GlobalAvgPool => "global_avgpool_forward",
             Op::GlobalAvgPoolBackward => "global_avgpool_backward",
+            Op::MaskedMeanPool => "masked_mean_pool_forward",
+            Op::MaskedMeanPoolBackward => "masked_mean_pool_backward",
+            Op::Embedding => "embedding_forward",
+            Op::EmbeddingBackward { .. } => "embedding_backward",
+            Op::Attention { .. } => "attention_forward",
+            Op::AttentionBackward { .. } => "attention_backward",
             Op::Act(a) => a.name(),
             Op::ActBackward(a) => a.backward_name(),
             Op::Binary(b) => b.name(),
@@ -328,6 +366,12 @@ impl Op {
             | Op::AvgPool2dBackward { .. }
             | Op::GlobalAvgPool
             | Op::GlobalAvgPoolBackward
+            | Op::MaskedMeanPool
+            | Op::MaskedMeanPoolBackward
+            | Op::Embedding
+            | Op::EmbeddingBackward { .. }
+            | Op::Attention { .. }
+            | Op::AttentionBackward { .. }
             | Op::Fill(_)
             | Op::SumTo
             | Op::BroadcastTo

@@ -164,6 +164,22 @@ impl Graph {
         }
         self.push1(Op::GlobalAvgPool, vec![x], Shape(vec![s.0[0], s.0[1]]))
     }
+
+    /// `[B, T, D]` -> `[B, D]`: the mean of each sequence's first
+    /// `lengths[b]` rows (u32 `[B]`, clamped to `T`); an empty sequence
+    /// pools to zeros. The sequence classifier's pooling, padding skipped.
+    pub fn masked_mean_pool(&mut self, x: ValueId, lengths: ValueId) -> Result<ValueId> {
+        self.expect_f32("masked_mean_pool", x)?;
+        let s = self.shape(x).clone();
+        let [b, _, d] = s.0[..] else {
+            return Err(Error::shape(
+                "masked_mean_pool",
+                format!("input {s} is not [batch, seq, dim]"),
+            ));
+        };
+        self.expect_lengths("masked_mean_pool", lengths, b)?;
+        self.push1(Op::MaskedMeanPool, vec![x, lengths], Shape(vec![b, d]))
+    }
 }
 
 /// Gradient rules. Max pooling scatters through the saved argmax (the
@@ -172,6 +188,7 @@ pub fn backward(
     g: &mut Graph,
     op: &Op,
     x: ValueId,
+    lengths: Option<ValueId>,
     outputs: &[ValueId],
     dy: ValueId,
 ) -> Result<ValueId> {
@@ -180,6 +197,11 @@ pub fn backward(
         Op::MaxPool2d { p } => g.push1(Op::MaxPool2dBackward { p: *p }, vec![dy, outputs[1]], sx),
         Op::AvgPool2d { p } => g.push1(Op::AvgPool2dBackward { p: *p }, vec![dy], sx),
         Op::GlobalAvgPool => g.push1(Op::GlobalAvgPoolBackward, vec![dy], sx),
+        Op::MaskedMeanPool => g.push1(
+            Op::MaskedMeanPoolBackward,
+            vec![dy, lengths.expect("masked_mean_pool reads lengths")],
+            sx,
+        ),
         _ => unreachable!("pool::backward called for {op:?}"),
     }
 }

@@ -174,7 +174,8 @@ pub fn check_all(what: &str, cases: &[Prepared], targets: &[(&str, Compile)]) {
 
 /// Data for a value, by name prefix: `pos_` in [0.5, 1.5), `away_` with
 /// |x| in [0.5, 1) (divisors), state in [0.1, 1.1) (variances, Adam's v),
-/// u32 values as labels below `classes`, else uniform in [-1, 1).
+/// u32 values as labels below `classes` (`len*`: lengths in 0..=classes),
+/// else uniform in [-1, 1).
 fn data_for(
     name: &str,
     role: &Role,
@@ -183,6 +184,12 @@ fn data_for(
     classes: u32,
     r: &mut ChaCha8Rng,
 ) -> Vec<f32> {
+    if dtype == DType::U32 && name.starts_with("len") {
+        // Sequence lengths: 0 (a fully padded sequence) to `classes`.
+        return (0..n)
+            .map(|_| f32::from_bits(r.random_range(0..=classes)))
+            .collect();
+    }
     if dtype == DType::U32 {
         return (0..n)
             .map(|_| f32::from_bits(r.random_range(0..classes.max(1))))
@@ -1116,6 +1123,49 @@ fn cross_entropy_cases(out: &mut Vec<Prepared>) {
     }
 }
 
+fn sequence_cases(out: &mut Vec<Prepared>) {
+    // Embedding: ids up to 12 into 11 rows (ids past the vocabulary read
+    // zeros and add nothing), and a table past one workgroup.
+    for (vocab, dim, ids) in [(11, 7, [3, 5]), (50, 33, [4, 64])] {
+        let mut g = Graph::new(true);
+        let w = g.param("embedding.weight", [vocab, dim]).unwrap();
+        let ids = g.input("ids", ids.to_vec(), DType::U32).unwrap();
+        let y = g.embedding(w, ids).unwrap();
+        with_grads(&mut g, y, &[("w", w)]);
+        graph_case(out, &format!("embedding [{vocab}, {dim}]"), g, 13, TOL);
+    }
+    // Masked mean pooling; lengths 0..=9 over 7 rows (clamped).
+    for (b, t, d) in [(4, 7, 5), (3, 1, 33), (2, 9, 300)] {
+        let mut g = Graph::new(true);
+        let x = input(&mut g, "x", &[b, t, d]);
+        let len = g.input("lengths", [b], DType::U32).unwrap();
+        let y = g.masked_mean_pool(x, len).unwrap();
+        with_grads(&mut g, y, &[("x", x)]);
+        graph_case(out, &format!("masked_mean_pool [{b}, {t}, {d}]"), g, 9, TOL);
+    }
+    // fastText's bag: embedding then pooling.
+    let mut g = Graph::new(true);
+    let w = g.param("embedding.weight", [20, 16]).unwrap();
+    let ids = g.input("ids", [5, 12], DType::U32).unwrap();
+    let len = g.input("lengths", [5], DType::U32).unwrap();
+    let y = g.embedding_bag(w, ids, len).unwrap();
+    with_grads(&mut g, y, &[("w", w)]);
+    graph_case(out, "embedding_bag [20, 16]", g, 12, TOL);
+    // Attention: sequence lengths 1, 7, 64, 257 (past one workgroup/block
+    // of rows), head sizes 16, 32, 64, random lengths 0..=T.
+    for t in [1, 7, 64, 257] {
+        for d in [16, 32, 64] {
+            let (b, h) = (2, 2);
+            let mut g = Graph::new(true);
+            let qkv = input(&mut g, "qkv", &[b, t, 3 * h * d]);
+            let len = g.input("lengths", [b], DType::U32).unwrap();
+            let y = g.attention(qkv, len, h).unwrap();
+            with_grads(&mut g, y, &[("qkv", qkv)]);
+            graph_case(out, &format!("attention T={t} d={d}"), g, t as u32, TOL);
+        }
+    }
+}
+
 fn act_backward_bias_cases(out: &mut Vec<Prepared>) {
     // Fused activation backward + bias gradient: dense (axis 1 of
     // [rows, n]) and conv (axis 1 of NCHW).
@@ -1345,6 +1395,7 @@ pub fn op_cases() -> Vec<Prepared> {
     cross_entropy_cases(&mut out);
     act_backward_bias_cases(&mut out);
     batchnorm_cases(&mut out);
+    sequence_cases(&mut out);
     optimizer_cases(&mut out);
     out
 }

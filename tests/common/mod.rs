@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod attention;
 pub mod catalogue;
 pub mod mnist;
 pub mod reference;

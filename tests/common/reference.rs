@@ -122,6 +122,20 @@ pub fn eval_f64(
             Op::AvgPool2dBackward { p } => (vec![avg_pool2d_backward(ys[0], p, x[0])], mutated),
             Op::GlobalAvgPool => (vec![global_avg_pool(xs[0], x[0])], mutated),
             Op::GlobalAvgPoolBackward => (vec![global_avg_pool_backward(ys[0], x[0])], mutated),
+            Op::MaskedMeanPool => (vec![masked_mean_pool(xs[0], x[0], x[1])], mutated),
+            Op::MaskedMeanPoolBackward => {
+                (vec![masked_mean_pool_backward(ys[0], x[0], x[1])], mutated)
+            }
+            Op::Embedding => (vec![embedding(xs[0], x[0], x[1])], mutated),
+            Op::EmbeddingBackward { .. } => (vec![embedding_backward(ys[0], x[0], x[1])], mutated),
+            Op::Attention { heads } => {
+                let (y, lse) = attention(xs[0], *heads, x[0], x[1]);
+                (vec![y, lse], mutated)
+            }
+            Op::AttentionBackward { heads } => (
+                vec![attention_backward(xs[0], *heads, x[0], x[1], x[4])],
+                mutated,
+            ),
             Op::Act(a) => (
                 vec![x[0].iter().map(|&v| act_forward(*a, v)).collect()],
                 mutated,
@@ -999,4 +1013,154 @@ fn slice(sx: &Shape, axis: usize, start: usize, x: &[f64], sy: &Shape) -> Vec<f6
             x[ravel(&idx, &sx.0)]
         })
         .collect()
+}
+
+fn masked_len(lengths: &[f64], b: usize, t: usize) -> usize {
+    (lengths[b] as usize).min(t)
+}
+
+/// `[B, T, D]` -> `[B, D]`: the mean of the first `lengths[b]` rows.
+fn masked_mean_pool(xs: &Shape, x: &[f64], lengths: &[f64]) -> Vec<f64> {
+    let [b, t, d] = xs.0[..] else { panic!("{xs}") };
+    let mut y = vec![0.0; b * d];
+    for bi in 0..b {
+        let l = masked_len(lengths, bi, t);
+        for ti in 0..l {
+            for c in 0..d {
+                y[bi * d + c] += x[(bi * t + ti) * d + c] / l as f64;
+            }
+        }
+    }
+    y
+}
+
+fn masked_mean_pool_backward(xs: &Shape, dy: &[f64], lengths: &[f64]) -> Vec<f64> {
+    let [b, t, d] = xs.0[..] else { panic!("{xs}") };
+    let mut dx = vec![0.0; b * t * d];
+    for bi in 0..b {
+        let l = masked_len(lengths, bi, t);
+        for ti in 0..l {
+            for c in 0..d {
+                dx[(bi * t + ti) * d + c] = dy[bi * d + c] / l as f64;
+            }
+        }
+    }
+    dx
+}
+
+fn embedding(ws: &Shape, w: &[f64], ids: &[f64]) -> Vec<f64> {
+    let (v, d) = (ws.0[0], ws.0[1]);
+    ids.iter()
+        .flat_map(|&id| {
+            let id = id as usize;
+            (0..d).map(move |c| if id < v { w[id * d + c] } else { 0.0 })
+        })
+        .collect()
+}
+
+fn embedding_backward(ws: &Shape, ids: &[f64], dy: &[f64]) -> Vec<f64> {
+    let (v, d) = (ws.0[0], ws.0[1]);
+    let mut dw = vec![0.0; v * d];
+    for (i, &id) in ids.iter().enumerate() {
+        let id = id as usize;
+        if id < v {
+            for c in 0..d {
+                dw[id * d + c] += dy[i * d + c];
+            }
+        }
+    }
+    dw
+}
+
+/// The probabilities of head `h`, sequence `b`: `p[i][j]` for `i, j < l`.
+fn attention_probs(qkv: &[f64], dims: [usize; 4], b: usize, h: usize, l: usize) -> Vec<Vec<f64>> {
+    let [_, t, heads, d] = dims;
+    let dm = heads * d;
+    let at = |j: usize, part: usize, k: usize| qkv[(b * t + j) * 3 * dm + part * dm + h * d + k];
+    (0..l)
+        .map(|i| {
+            let s: Vec<f64> = (0..l)
+                .map(|j| (0..d).map(|k| at(i, 0, k) * at(j, 1, k)).sum::<f64>() / (d as f64).sqrt())
+                .collect();
+            let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let z: f64 = s.iter().map(|v| (v - m).exp()).sum();
+            s.iter().map(|v| (v - m).exp() / z).collect()
+        })
+        .collect()
+}
+
+/// `(out [B,T,H·d], lse [B,H,T])`; rows past the length are zero.
+fn attention(qs: &Shape, heads: usize, qkv: &[f64], lengths: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let [b, t, c] = qs.0[..] else { panic!("{qs}") };
+    let d = c / 3 / heads;
+    let dm = heads * d;
+    let dims = [b, t, heads, d];
+    let mut out = vec![0.0; b * t * dm];
+    let mut lse = vec![0.0; b * heads * t];
+    for bi in 0..b {
+        let l = masked_len(lengths, bi, t);
+        for h in 0..heads {
+            let p = attention_probs(qkv, dims, bi, h, l);
+            for i in 0..l {
+                let q = |k: usize| qkv[(bi * t + i) * 3 * dm + h * d + k];
+                let s: Vec<f64> = (0..l)
+                    .map(|j| {
+                        (0..d)
+                            .map(|k| q(k) * qkv[(bi * t + j) * 3 * dm + dm + h * d + k])
+                            .sum::<f64>()
+                            / (d as f64).sqrt()
+                    })
+                    .collect();
+                let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                lse[(bi * heads + h) * t + i] =
+                    m + s.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+                for k in 0..d {
+                    out[(bi * t + i) * dm + h * d + k] = (0..l)
+                        .map(|j| p[i][j] * qkv[(bi * t + j) * 3 * dm + 2 * dm + h * d + k])
+                        .sum();
+                }
+            }
+        }
+    }
+    (out, lse)
+}
+
+/// dqkv from dout, by the textbook formulas on the stored probabilities.
+fn attention_backward(
+    qs: &Shape,
+    heads: usize,
+    qkv: &[f64],
+    lengths: &[f64],
+    dout: &[f64],
+) -> Vec<f64> {
+    let [b, t, c] = qs.0[..] else { panic!("{qs}") };
+    let d = c / 3 / heads;
+    let dm = heads * d;
+    let scale = 1.0 / (d as f64).sqrt();
+    let mut dx = vec![0.0; b * t * 3 * dm];
+    for bi in 0..b {
+        let l = masked_len(lengths, bi, t);
+        let at = |j: usize, part: usize, k: usize, h: usize| {
+            qkv[(bi * t + j) * 3 * dm + part * dm + h * d + k]
+        };
+        for h in 0..heads {
+            let p = attention_probs(qkv, [b, t, heads, d], bi, h, l);
+            let go = |i: usize, k: usize| dout[(bi * t + i) * dm + h * d + k];
+            for i in 0..l {
+                let dp: Vec<f64> = (0..l)
+                    .map(|j| (0..d).map(|k| go(i, k) * at(j, 2, k, h)).sum())
+                    .collect();
+                let dot: f64 = (0..l).map(|j| p[i][j] * dp[j]).sum();
+                for j in 0..l {
+                    let ds = p[i][j] * (dp[j] - dot) * scale;
+                    for k in 0..d {
+                        dx[(bi * t + i) * 3 * dm + h * d + k] += ds * at(j, 1, k, h);
+                        dx[(bi * t + j) * 3 * dm + dm + h * d + k] += ds * at(i, 0, k, h);
+                        dx[(bi * t + j) * 3 * dm + 2 * dm + h * d + k] += p[i][j] * go(i, k);
+                    }
+                }
+            }
+        }
+    }
+    dx
 }

@@ -477,3 +477,23 @@ fn emulated_kernels_match_cpu_on_every_op() {
 fn emulated_kernels_match_cpu_on_train_steps() {
     check_all(catalogue::model_cases(), "emulated train steps");
 }
+
+/// Fused attention against matmul, mask, softmax, matmul, both through
+/// the emulated CUDA kernels (132 SMs): T in 1, 7, 64, 257, head sizes 16,
+/// 32, 64, a fully padded sequence in every batch.
+#[test]
+fn emulated_fused_attention_matches_the_composition() {
+    let what = "emulated fused attention";
+    let emu = match emu() {
+        Ok(e) => e,
+        Err(why) if !ci() => {
+            println!("SKIPPED: {what}: kernels not emulated ({why})");
+            return;
+        }
+        Err(why) => panic!("{what}: {why} (CI needs a C++ compiler)"),
+    };
+    crate::common::attention::check_backend(
+        &|m| EmuExe::new(emu, m, Target { sms: 132 }).map(|e| Box::new(e) as Box<dyn Executable>),
+        1e-4,
+    );
+}

@@ -1303,3 +1303,74 @@ fn layer_norm_gradients() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Sequences.
+
+/// Embedding (repeated ids: the scatter-add sums them), masked mean
+/// pooling and fused attention with a padded and an empty sequence.
+#[test]
+fn sequence_gradients() {
+    check_op(
+        "embedding",
+        300,
+        true,
+        |g| {
+            let w = g.param("w", [6, 5]).unwrap();
+            let ids = g.input("ids", [2, 7], DType::U32).unwrap();
+            g.embedding(w, ids).unwrap()
+        },
+        |g, d, _| {
+            let ids = g.inputs().into_iter().find(|(n, _)| n == "ids").unwrap().1;
+            d.insert(
+                ids,
+                [0, 3, 3, 5, 1, 0, 3, 2, 2, 4, 7, 1, 0, 5]
+                    .map(f64::from)
+                    .to_vec(),
+            );
+        },
+        &Scalars::new(),
+    );
+    check_op(
+        "masked_mean_pool",
+        301,
+        true,
+        |g| {
+            let x = input(g, "x", &[3, 4, 5]);
+            let len = g.input("lengths", [3], DType::U32).unwrap();
+            g.masked_mean_pool(x, len).unwrap()
+        },
+        |g, d, _| {
+            let len = g
+                .inputs()
+                .into_iter()
+                .find(|(n, _)| n == "lengths")
+                .unwrap()
+                .1;
+            d.insert(len, vec![4.0, 0.0, 2.0]);
+        },
+        &Scalars::new(),
+    );
+    for (i, (t, h, dh)) in [(1, 1, 2), (5, 2, 3), (9, 1, 4)].into_iter().enumerate() {
+        check_op(
+            &format!("attention t={t} h={h} d={dh}"),
+            302 + i as u64,
+            true,
+            |g| {
+                let qkv = input(g, "qkv", &[3, t, 3 * h * dh]);
+                let len = g.input("lengths", [3], DType::U32).unwrap();
+                g.attention(qkv, len, h).unwrap()
+            },
+            |g, d, _| {
+                let len = g
+                    .inputs()
+                    .into_iter()
+                    .find(|(n, _)| n == "lengths")
+                    .unwrap()
+                    .1;
+                d.insert(len, vec![t as f64, 0.0, (t as f64 / 2.0).ceil()]);
+            },
+            &Scalars::new(),
+        );
+    }
+}

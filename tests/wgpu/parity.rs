@@ -50,6 +50,16 @@ fn wgpu_matches_cpu_on_train_steps() {
     check_all(t, gpu, &catalogue::model_cases());
 }
 
+/// Fused attention against matmul, mask, softmax, matmul, both on wgpu:
+/// T in 1, 7, 64, 257, head sizes 16, 32, 64, a fully padded sequence in
+/// every batch.
+#[test]
+fn wgpu_fused_attention_matches_the_composition() {
+    let t = "wgpu_fused_attention_matches_the_composition";
+    let Some(gpu) = gpu(t) else { return };
+    crate::common::attention::check_backend(&|m| gpu.compile(m), 1e-4);
+}
+
 /// A NaN reaching relu stays NaN (as in PyTorch), on the elementwise
 /// kernel and in the linear and conv epilogues, on both backends alike.
 #[test]

@@ -4,6 +4,7 @@
 
 pub mod activation;
 pub mod adam;
+pub mod attention;
 pub mod batchnorm;
 pub mod bias_grad;
 pub mod binary;
@@ -14,6 +15,7 @@ mod conv2d_wgrad;
 pub mod cross_entropy;
 pub mod dropout;
 pub mod elementwise;
+pub mod embedding;
 pub mod linear;
 pub mod matmul;
 pub mod par;
@@ -296,6 +298,45 @@ fn execute(
             planes: p,
             backward: true,
         } => pool::global_avgpool_backward(p.n, p.c, p.plane, r[0], w[0]),
+        Kernel::MaskedMeanPool {
+            seq,
+            backward: false,
+        } => pool::cpu_masked_mean_pool(*seq, r[0], u32s(r[1]), w[0]),
+        Kernel::MaskedMeanPool {
+            seq,
+            backward: true,
+        } => pool::cpu_masked_mean_pool_backward(*seq, r[0], u32s(r[1]), w[0]),
+        Kernel::Embedding {
+            dim,
+            backward: false,
+            ..
+        } => embedding::cpu_embedding_forward(*dim, r[0], u32s(r[1]), w[0]),
+        Kernel::Embedding {
+            dim,
+            backward: true,
+            ..
+        } => embedding::cpu_embedding_backward(*dim, u32s(r[0]), r[1], w[0]),
+        Kernel::Attention {
+            seq,
+            heads,
+            backward: false,
+        } => {
+            let [out, lse] = w else {
+                unreachable!("validated: attention writes out and lse")
+            };
+            attention::cpu_attention_forward(*seq, *heads, r[0], u32s(r[1]), out, lse)
+        }
+        Kernel::Attention {
+            seq,
+            heads,
+            backward: true,
+        } => attention::cpu_attention_backward(
+            *seq,
+            *heads,
+            [r[0], r[2], r[3], r[4]],
+            u32s(r[1]),
+            w[0],
+        ),
         Kernel::Act {
             act,
             backward: false,

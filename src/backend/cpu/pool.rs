@@ -9,6 +9,7 @@
 //! planes, parallel with rayon over runs of planes long enough to amortise
 //! the task overhead. They allocate nothing.
 
+use crate::graph::kernel::Sequences;
 use multiversion::multiversion;
 use rayon::prelude::*;
 use std::ops::Range;
@@ -378,6 +379,54 @@ pub fn global_avgpool_backward(n: usize, c: usize, hw: usize, dy: &[f32], dx: &m
         .zip(dy.par_iter())
         .with_min_len(super::par::min_len(super::par::planes_per_task(hw)))
         .for_each(|(dx, &d)| dx.fill(d * scale));
+}
+
+/// `y[b] = mean(x[b, ..min(lengths[b], t)])`, zeros for an empty sequence.
+pub fn cpu_masked_mean_pool(s: Sequences, x: &[f32], lengths: &[u32], y: &mut [f32]) {
+    if s.dim == 0 {
+        return;
+    }
+    y.par_chunks_mut(s.dim)
+        .enumerate()
+        .with_min_len(super::par::min_len(8))
+        .for_each(|(b, yb)| {
+            yb.fill(0.0);
+            let l = (lengths[b] as usize).min(s.len);
+            let xb = &x[b * s.len * s.dim..];
+            for row in xb[..l * s.dim].chunks_exact(s.dim) {
+                for (a, &v) in yb.iter_mut().zip(row) {
+                    *a += v;
+                }
+            }
+            if l > 0 {
+                let inv = 1.0 / l as f32;
+                yb.iter_mut().for_each(|a| *a *= inv);
+            }
+        });
+}
+
+/// `dx[b, t] = dy[b] / l` for `t < l = min(lengths[b], len)`, else 0.
+pub fn cpu_masked_mean_pool_backward(s: Sequences, dy: &[f32], lengths: &[u32], dx: &mut [f32]) {
+    if s.dim == 0 || s.len == 0 {
+        return;
+    }
+    dx.par_chunks_mut(s.len * s.dim)
+        .enumerate()
+        .with_min_len(super::par::min_len(1))
+        .for_each(|(b, xb)| {
+            let l = (lengths[b] as usize).min(s.len);
+            let g = &dy[b * s.dim..(b + 1) * s.dim];
+            let inv = if l > 0 { 1.0 / l as f32 } else { 0.0 };
+            for (t, row) in xb.chunks_exact_mut(s.dim).enumerate() {
+                if t < l {
+                    for (o, &v) in row.iter_mut().zip(g) {
+                        *o = v * inv;
+                    }
+                } else {
+                    row.fill(0.0);
+                }
+            }
+        });
 }
 
 #[cfg(test)]

@@ -105,6 +105,9 @@ pub fn plan(module: &Module, target: Target) -> Result<Plan> {
 /// one after another on one stream, so every launch starts at offset 0.
 pub(super) struct Scratch(usize);
 
+/// Largest head size of the attention kernels (`AD` in kernels/attention.cu).
+const ATTENTION_MAX_HEAD: usize = 64;
+
 impl Scratch {
     pub(super) fn alloc(&mut self, bytes: usize) -> usize {
         let off = self.0.next_multiple_of(16);
@@ -288,6 +291,104 @@ impl Planner {
                     (PoolKind::Avg, true) => ("avgpool2d_backward", vec![r(0), w(0), geom]),
                 };
                 self.elementwise(kernel, out_n, args)
+            }
+            Kernel::MaskedMeanPool { seq, backward } => {
+                let kernel = if *backward {
+                    "masked_mean_pool_backward"
+                } else {
+                    "masked_mean_pool_forward"
+                };
+                let dims = [seq.batch, seq.len, seq.dim].map(|v| int(v).map(Arg::I32));
+                let [b, t, d] = dims;
+                self.elementwise(kernel, out_n, vec![r(0), r(1), w(0), b?, t?, d?])
+            }
+            Kernel::Embedding {
+                ids,
+                vocab,
+                dim,
+                backward: false,
+            } => self.elementwise(
+                "embedding_forward",
+                out_n,
+                vec![
+                    r(0),
+                    r(1),
+                    w(0),
+                    Arg::I32(int(ids * dim)?),
+                    Arg::I32(int(*dim)?),
+                    Arg::I32(int(*vocab)?),
+                ],
+            ),
+            Kernel::Embedding {
+                ids,
+                vocab,
+                dim,
+                backward: true,
+            } => {
+                // Threads own (column, vocabulary bucket) pairs: enough
+                // for every SM, each scanning every id once.
+                let buckets = (self.sms * 512 / (*dim).max(1)).clamp(1, (*vocab).max(1));
+                self.elementwise(
+                    "embedding_backward",
+                    dim * buckets,
+                    vec![
+                        r(0),
+                        r(1),
+                        w(0),
+                        Arg::I32(int(*dim)?),
+                        Arg::I32(int(*vocab)?),
+                        Arg::I32(int(*ids)?),
+                        Arg::I32(int(buckets)?),
+                    ],
+                )
+            }
+            Kernel::Attention {
+                seq,
+                heads,
+                backward,
+            } => {
+                if seq.dim > ATTENTION_MAX_HEAD {
+                    return Err(Error::Limit(format!(
+                        "attention: head size {} exceeds the CUDA kernel's {ATTENTION_MAX_HEAD}",
+                        seq.dim
+                    )));
+                }
+                // Rows per block: one per thread, two threads per key row
+                // in the dK/dV kernel (kernels/attention.cu).
+                let call = |kernel: &'static str, rows: usize, args: Vec<Arg>| -> Result<Call> {
+                    let blocks = seq.len.div_ceil(rows);
+                    let groups = seq.batch * heads * blocks;
+                    let geom = CStruct::default()
+                        .i32(int(seq.batch)?)
+                        .i32(int(seq.len)?)
+                        .i32(int(*heads)?)
+                        .i32(int(seq.dim)?)
+                        .i32(int(blocks)?)
+                        .arg();
+                    let mut args = args;
+                    args.push(geom);
+                    Ok(Call {
+                        kernel,
+                        grid: [int(groups)? as u32, 1, 1],
+                        args,
+                    })
+                };
+                let rows = BLOCK as usize;
+                if seq.batch * heads * seq.len == 0 {
+                    vec![]
+                } else if *backward {
+                    let args = vec![r(0), r(1), r(2), r(3), r(4), w(0)];
+                    vec![
+                        call("attention_backward_q", rows, args.clone())?,
+                        call("attention_backward_kv", rows / 2, args)?,
+                    ]
+                } else {
+                    vec![call(
+                        "attention_forward",
+                        rows,
+                        vec![r(0), r(1), w(0), w(1)],
+                    )?]
+                }
             }
             Kernel::GlobalAvgPool {
                 planes: d,

@@ -25,6 +25,7 @@ macro_rules! embed {
 pub const FILES: &[PtxFile] = embed![
     "activation",
     "adam",
+    "attention",
     "batchnorm",
     "bias_grad",
     "binary",
@@ -32,6 +33,7 @@ pub const FILES: &[PtxFile] = embed![
     "cross_entropy",
     "dropout",
     "elementwise",
+    "embedding",
     "matmul",
     "pool",
     "reduce",

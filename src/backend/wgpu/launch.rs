@@ -26,6 +26,10 @@ pub const MAX_RANK: usize = 8;
 /// GEMM output tile edge (gemm.wgsl's TM and TN) and K slice (TK).
 pub(super) const TILE: usize = 64;
 pub(super) const TK: usize = 16;
+/// Query rows per attention workgroup (AQ in attention.wgsl) and the
+/// largest head size its per-thread rows hold (AD).
+pub(super) const ATTENTION_ROWS: usize = 64;
+pub(super) const ATTENTION_MAX_HEAD: usize = 64;
 /// Capacity of the runtime-scalar uniform (`rt` in common.wgsl).
 pub const RUNTIME_SLOTS: usize = 256;
 
@@ -357,6 +361,83 @@ pub fn encode(
                 "global_avgpool_forward"
             };
             one(&p, Family::Pool, entry, groups_for(count))
+        }
+        Kernel::MaskedMeanPool { seq, backward } => {
+            let (count, entry) = if *backward {
+                (seq.batch * seq.len * seq.dim, "masked_mean_pool_backward")
+            } else {
+                (seq.batch * seq.dim, "masked_mean_pool_forward")
+            };
+            let mut p = Params::new(6);
+            p.list(0, &[count, seq.len, seq.dim, r(0), r(1), w(0)]);
+            one(&p, Family::Pool, entry, groups_for(count))
+        }
+        Kernel::Embedding {
+            ids,
+            vocab,
+            dim,
+            backward: false,
+        } => {
+            let mut p = Params::new(6);
+            p.list(0, &[ids * dim, *dim, *vocab, r(0), r(1), w(0)]);
+            one(
+                &p,
+                Family::Embedding,
+                "embedding_forward",
+                groups_for(ids * dim),
+            )
+        }
+        Kernel::Embedding {
+            ids,
+            vocab,
+            dim,
+            backward: true,
+        } => {
+            // Threads own (column, vocabulary bucket) pairs: ~4K threads,
+            // each scanning every id once.
+            let buckets = (4096 / (*dim).max(1)).clamp(1, (*vocab).max(1));
+            let mut p = Params::new(7);
+            p.list(0, &[*dim, *vocab, *ids, buckets, r(0), r(1), w(0)]);
+            one(
+                &p,
+                Family::Embedding,
+                "embedding_backward",
+                groups_for(dim * buckets),
+            )
+        }
+        Kernel::Attention {
+            seq,
+            heads,
+            backward,
+        } => {
+            if seq.dim > ATTENTION_MAX_HEAD {
+                return Err(Error::Device {
+                    device: "wgpu".into(),
+                    detail: format!(
+                        "attention: head size {} exceeds the kernel's {ATTENTION_MAX_HEAD}",
+                        seq.dim
+                    ),
+                });
+            }
+            let blocks = seq.len.div_ceil(ATTENTION_ROWS);
+            let groups = seq.batch * heads * blocks;
+            let mut p = Params::new(11);
+            p.list(0, &[seq.batch, seq.len, *heads, seq.dim, r(0), r(1)])
+                .u(8, blocks);
+            if *backward {
+                p.list(6, &[r(2), r(3)]).list(9, &[r(4), w(0)]);
+                Ok(if groups == 0 {
+                    vec![]
+                } else {
+                    vec![
+                        p.dispatch(Family::Attention, "attention_backward_q", groups)?,
+                        p.dispatch(Family::Attention, "attention_backward_kv", groups)?,
+                    ]
+                })
+            } else {
+                p.list(6, &[w(0), w(1)]);
+                one(&p, Family::Attention, "attention_forward", groups)
+            }
         }
         Kernel::Act {
             act,

@@ -14,6 +14,7 @@ fn body(f: Family) -> &'static str {
     match f {
         Family::Activation => include_str!("../../../shaders/activation.wgsl"),
         Family::Adam => include_str!("../../../shaders/adam.wgsl"),
+        Family::Attention => include_str!("../../../shaders/attention.wgsl"),
         Family::Batchnorm => include_str!("../../../shaders/batchnorm.wgsl"),
         Family::BiasGrad => include_str!("../../../shaders/bias_grad.wgsl"),
         Family::Binary => include_str!("../../../shaders/binary.wgsl"),
@@ -21,6 +22,7 @@ fn body(f: Family) -> &'static str {
         Family::CrossEntropy => include_str!("../../../shaders/cross_entropy.wgsl"),
         Family::Dropout => include_str!("../../../shaders/dropout.wgsl"),
         Family::Elementwise => include_str!("../../../shaders/elementwise.wgsl"),
+        Family::Embedding => include_str!("../../../shaders/embedding.wgsl"),
         Family::Matmul => include_str!("../../../shaders/matmul.wgsl"),
         Family::Pool => include_str!("../../../shaders/pool.wgsl"),
         Family::Reduce => include_str!("../../../shaders/reduce.wgsl"),
@@ -35,6 +37,11 @@ pub fn entry_points(f: Family) -> &'static [&'static str] {
     match f {
         Family::Activation => &["act_forward", "act_backward"],
         Family::Adam => &["adam_update"],
+        Family::Attention => &[
+            "attention_forward",
+            "attention_backward_q",
+            "attention_backward_kv",
+        ],
         Family::Batchnorm => &[
             "batchnorm2d_train",
             "batchnorm2d_infer",
@@ -54,6 +61,7 @@ pub fn entry_points(f: Family) -> &'static [&'static str] {
         Family::CrossEntropy => &["cross_entropy", "cross_entropy_backward"],
         Family::Dropout => &["dropout"],
         Family::Elementwise => &["elementwise"],
+        Family::Embedding => &["embedding_forward", "embedding_backward"],
         Family::Matmul => &["matmul", "gemm_splitk_reduce"],
         Family::Pool => &[
             "maxpool2d_forward",
@@ -62,6 +70,8 @@ pub fn entry_points(f: Family) -> &'static [&'static str] {
             "avgpool2d_backward",
             "global_avgpool_forward",
             "global_avgpool_backward",
+            "masked_mean_pool_forward",
+            "masked_mean_pool_backward",
         ],
         Family::Reduce => &["sum_to", "sum_to_serial", "broadcast_to", "clip_grad_norm"],
         Family::Sgd => &["sgd_update"],
