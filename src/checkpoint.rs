@@ -15,6 +15,7 @@
 //!   ckpt/step-000000056/              weights, optimiser state, metrics, plot
 //! ```
 
+use crate::data::tokenize::TokenizerSettings;
 use crate::data::Normalizer;
 use crate::error::{Error, Result};
 use crate::metrics::EpochMetrics;
@@ -74,7 +75,27 @@ pub struct Checkpoint {
     /// the run's model for `eval` and `predict`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub best_epoch: Option<usize>,
+    /// A text run's class names and tokenizer settings; its vocabulary is
+    /// [`TOKENIZER`] at the top of the run folder. `input` is then `[T]`
+    /// and the normaliser is empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<TextRun>,
 }
+
+/// What a text run adds to its checkpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TextRun {
+    /// Class names, by label.
+    pub classes: Vec<String>,
+    pub tokenizer: TokenizerSettings,
+}
+
+/// A text run's vocabulary (Hugging Face `tokenizer.json`), written once
+/// when the run starts.
+pub const TOKENIZER: &str = "tokenizer.json";
+/// A text run's documents: which trained, validated and tested (the
+/// test texts themselves, so `eval` needs no source data).
+pub const SPLIT: &str = "split.json";
 
 impl Checkpoint {
     /// Read and check `dir/checkpoint.json`.
@@ -111,6 +132,12 @@ impl Checkpoint {
                 self.files
             ));
         }
+        if !(1..=1 << 16).contains(&self.classes) {
+            return Err(format!("classes {} is not in 1..=65536", self.classes));
+        }
+        if let Some(t) = &self.text {
+            return self.validate_text(t).and_then(|_| self.validate_progress());
+        }
         let [c, h, w] = self.input[..] else {
             return Err(format!("input {:?} is not [C, H, W]", self.input));
         };
@@ -119,9 +146,6 @@ impl Checkpoint {
             .try_fold(1usize, |a, &d| a.checked_mul(d).filter(|_| d > 0));
         if !matches!(numel, Some(n) if n <= 1 << 26) {
             return Err(format!("input {:?} is empty or too large", self.input));
-        }
-        if !(1..=1 << 16).contains(&self.classes) {
-            return Err(format!("classes {} is not in 1..=65536", self.classes));
         }
         if self.mean.len() != c || self.std.len() != c {
             return Err(format!(
@@ -140,6 +164,35 @@ impl Checkpoint {
         if let Some(s) = self.std.iter().find(|s| !(1e-6..=1.0).contains(*s)) {
             return Err(format!("std {s} is outside [1e-6, 1]"));
         }
+        self.validate_progress()
+    }
+
+    /// A text run's input, classes and tokenizer settings.
+    fn validate_text(&self, t: &TextRun) -> std::result::Result<(), String> {
+        let [len] = self.input[..] else {
+            return Err(format!("text input {:?} is not [T]", self.input));
+        };
+        if !(1..=1 << 16).contains(&len) || len != t.tokenizer.max_len {
+            return Err(format!(
+                "text input [{len}] does not match the tokenizer's max_len {} (1..=65536)",
+                t.tokenizer.max_len
+            ));
+        }
+        if !self.mean.is_empty() || !self.std.is_empty() {
+            return Err("a text run has no normaliser".into());
+        }
+        if t.classes.len() != self.classes || t.classes.iter().any(String::is_empty) {
+            return Err(format!(
+                "{} class names for {} classes",
+                t.classes.len(),
+                self.classes
+            ));
+        }
+        Ok(())
+    }
+
+    /// Epoch, batch and best-epoch counters.
+    fn validate_progress(&self) -> std::result::Result<(), String> {
         if self.epoch > MAX_EPOCHS {
             return Err(format!("epoch {} is more than {MAX_EPOCHS}", self.epoch));
         }

@@ -3,7 +3,8 @@
 use crate::backend::DeviceSpec;
 use crate::data::{Augment, DataSpec};
 use crate::optim::{LrSchedule, OptimizerKind, Plateau};
-use crate::train::{EarlyStop, Monitor, TrainOptions};
+use crate::data::tokenize::{Segmentation, TokenizerSettings};
+use crate::train::{EarlyStop, Monitor, TextOptions, TrainOptions};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -36,13 +37,48 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Preset (cnn, mlp, resnet20/32/56) or a path to a TOML model spec [default: cnn, or
+    /// Preset (cnn, mlp, resnet20/32/56; for text fasttext, transformer) or
+    /// a path to a TOML model spec [default: cnn (fasttext for text), or
     /// the resumed run's model].
     #[arg(long)]
     pub model: Option<String>,
-    /// Dataset: mnist:DIR or cifar10:DIR [default: the bundled MNIST in data/mnist]
+    /// Dataset: mnist:DIR, fashion-mnist[:DIR], cifar10:DIR, or text:DIR (a
+    /// folder per class of .txt files) or text:FILE.csv|.tsv [default: the
+    /// bundled MNIST in data/mnist]
     #[arg(long)]
     pub data: Option<String>,
+    /// Text: a separate labelled test set (same layout as --data) instead
+    /// of a split.
+    #[arg(long, value_name = "PATH")]
+    pub test_data: Option<PathBuf>,
+    /// Text: fraction of each class held out for testing (seeded,
+    /// stratified, after removing duplicates).
+    #[arg(long, default_value_t = 0.2)]
+    pub test_split: f64,
+    /// Text CSV/TSV: the label column, by header name or 0-based index
+    /// [default: label, or 0 with --no-header].
+    #[arg(long)]
+    pub label_column: Option<String>,
+    /// Text CSV/TSV: the text column [default: text, or 1 with --no-header].
+    #[arg(long)]
+    pub text_column: Option<String>,
+    /// Text CSV/TSV: the first row is data, not column names.
+    #[arg(long)]
+    pub no_header: bool,
+    /// Text: the tokenizer's vocabulary size (WordPiece, learned on the
+    /// training split).
+    #[arg(long, default_value_t = 16_000)]
+    pub vocab_size: usize,
+    /// Text: tokens kept per document (longer ones are truncated).
+    #[arg(long, default_value_t = 256)]
+    pub max_len: usize,
+    /// Text: how Chinese is cut before the subword model: chars (every
+    /// ideograph a token) or jieba (words).
+    #[arg(long, default_value = "chars")]
+    pub segment: String,
+    /// Text: keep case (the default lower-cases and strips accents).
+    #[arg(long)]
+    pub cased: bool,
     #[arg(long, default_value_t = 3)]
     pub epochs: usize,
     #[arg(long, default_value_t = 64)]
@@ -237,18 +273,45 @@ impl TrainArgs {
             limit: self.limit,
             progress: !self.quiet,
             fuse: !self.no_fuse,
+            text: TextOptions {
+                test_data: self.test_data.clone(),
+                test_split: self.test_split,
+                label_column: self.label_column.clone(),
+                text_column: self.text_column.clone(),
+                no_header: self.no_header,
+                tokenizer: TokenizerSettings {
+                    vocab_size: self.vocab_size,
+                    max_len: self.max_len,
+                    lowercase: !self.cased,
+                    segmentation: match self.segment.as_str() {
+                        "chars" => Segmentation::Characters,
+                        "jieba" => Segmentation::Jieba,
+                        s => {
+                            return Err(crate::Error::Usage(format!(
+                                "unknown --segment '{s}' (expected chars or jieba)"
+                            )))
+                        }
+                    },
+                    ..TokenizerSettings::default()
+                },
+            },
         })
     }
 }
 
 #[derive(Args, Debug)]
 pub struct PlanArgs {
-    /// Preset (cnn, mlp, resnet20/32/56) or a path to a TOML model spec.
+    /// Preset (cnn, mlp, resnet20/32/56, fasttext, transformer) or a path
+    /// to a TOML model spec.
     #[arg(long, default_value = "cnn")]
     pub model: String,
-    /// Input shape C,H,W of one example.
-    #[arg(long, default_value = "1,28,28", value_delimiter = ',')]
-    pub input: Vec<usize>,
+    /// Input of one example: C,H,W for images, or text:T for token
+    /// sequences of T tokens.
+    #[arg(long, default_value = "1,28,28")]
+    pub input: String,
+    /// Vocabulary size of a text model's embeddings.
+    #[arg(long, default_value_t = 16_000)]
+    pub vocab: usize,
     #[arg(long, default_value_t = 10)]
     pub classes: usize,
     #[arg(long, default_value_t = 64)]

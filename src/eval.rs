@@ -1,6 +1,6 @@
 //! Evaluation and prediction over a dataset with a compiled classifier.
 
-use crate::data::{Augment, BatchLoader, Dataset, Normalizer};
+use crate::data::{Augment, Dataset, Examples, Normalizer};
 use crate::error::Result;
 use crate::metrics::ConfusionMatrix;
 use crate::model::Classifier;
@@ -43,27 +43,32 @@ pub fn argmax(row: &[f32]) -> usize {
     best
 }
 
+/// Loss, accuracy and confusion matrix of `model` over an image set.
 pub fn evaluate(
     model: &mut Classifier,
     data: &Arc<Dataset>,
     norm: &Normalizer,
 ) -> Result<Evaluation> {
+    evaluate_examples(
+        model,
+        &Examples::Images {
+            set: Arc::clone(data),
+            norm: norm.clone(),
+            augment: Augment::none(),
+        },
+    )
+}
+
+/// Loss, accuracy and confusion matrix of `model` over any examples, in
+/// order, with the inference program's batch.
+pub fn evaluate_examples(model: &mut Classifier, data: &Examples) -> Result<Evaluation> {
     let classes = model.config.classes;
     let batch = model.config.infer_batch;
     let mut cm = ConfusionMatrix::new(classes);
     let mut logits = vec![0.0; batch * classes];
     let mut loss = 0.0;
-    let loader = BatchLoader::new(
-        Arc::clone(data),
-        norm.clone(),
-        batch,
-        None,
-        0,
-        Augment::none(),
-        false,
-    )?;
-    for b in loader {
-        model.infer(&b.x, &mut logits)?;
+    for b in data.batches(batch, None, 0, false)? {
+        model.infer_input(&b.input(), &mut logits)?;
         loss += score_logits(&logits, &b.y, classes, b.len, &mut cm)?;
     }
     let n = data.len().max(1) as f64;

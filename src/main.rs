@@ -186,12 +186,33 @@ fn is_png(p: &Path) -> Result<bool> {
 }
 
 fn plan(a: PlanArgs) -> Result<()> {
-    if a.input.len() != 3 {
-        bail!("--input must be C,H,W (three numbers), got {:?}", a.input);
-    }
+    let spec = gpurt::nn::ModelSpec::resolve(&a.model, a.classes)?;
+    let (spec, input) = match a.input.strip_prefix("text:") {
+        Some(t) => {
+            let t: usize = t
+                .parse()
+                .ok()
+                .filter(|&t| t > 0)
+                .with_context(|| format!("--input text:T needs a token count, got '{}'", a.input))?;
+            (spec.with_vocab(a.vocab), vec![t])
+        }
+        None => {
+            let dims: Vec<usize> = a
+                .input
+                .split(',')
+                .map(|d| d.trim().parse::<usize>())
+                .collect::<std::result::Result<_, _>>()
+                .ok()
+                .filter(|d: &Vec<usize>| d.len() == 3)
+                .with_context(|| {
+                    format!("--input must be C,H,W (three numbers) or text:T, got '{}'", a.input)
+                })?;
+            (spec, dims)
+        }
+    };
     let cfg = gpurt::model::ClassifierConfig {
-        spec: gpurt::nn::ModelSpec::resolve(&a.model, a.classes)?,
-        input: a.input.clone(),
+        spec,
+        input,
         classes: a.classes,
         train_batch: Some(a.batch),
         infer_batch: 1,

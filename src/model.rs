@@ -7,18 +7,21 @@ use crate::graph::exec::Session;
 use crate::graph::ir::Graph;
 use crate::graph::{fuse, plan};
 use crate::nn::init::init_params;
-use crate::nn::spec::{ModelSpec, ParamDecl};
+use crate::nn::spec::{InputKind, ModelSpec, ParamDecl};
 use crate::optim::{self, OptimConfig};
 use crate::tensor::{DType, Shape, Tensor};
 use crate::weights;
 use std::collections::HashMap;
 use std::path::Path;
 
+pub use crate::data::Input;
+
 /// What to compile.
 #[derive(Clone, Debug)]
 pub struct ClassifierConfig {
     pub spec: ModelSpec,
-    /// `[c, h, w]` of one example.
+    /// `[c, h, w]` of one example (`[T]`, the padded sequence length, for
+    /// a text model).
     pub input: Vec<usize>,
     pub classes: usize,
     /// Batch of the training program; None builds inference only.
@@ -109,12 +112,27 @@ impl Classifier {
         Shape(s)
     }
 
+    /// The model's inputs and forward pass: `x` (images), or `ids` and
+    /// `lengths` (text, `input` = `[T]`). Returns the logits.
+    fn forward(g: &mut Graph, c: &ClassifierConfig, batch: usize) -> Result<crate::graph::ValueId> {
+        match c.spec.input_kind() {
+            InputKind::Image => {
+                let x = g.input("x", Self::input_shape(c, batch), DType::F32)?;
+                c.spec.build(g, x)
+            }
+            InputKind::Tokens => {
+                let ids = g.input("ids", Self::input_shape(c, batch), DType::U32)?;
+                let lengths = g.input("lengths", [batch], DType::U32)?;
+                c.spec.build_tokens(g, ids, lengths)
+            }
+        }
+    }
+
     /// Forward, cross-entropy, backward and the optimiser update as one graph.
     pub fn train_graph(c: &ClassifierConfig, batch: usize) -> Result<Graph> {
         let mut g = Graph::new(true);
-        let x = g.input("x", Self::input_shape(c, batch), DType::F32)?;
+        let logits = Self::forward(&mut g, c, batch)?;
         let y = g.input("y", [batch], DType::U32)?;
-        let logits = c.spec.build(&mut g, x)?;
         Self::check_classes(&g, logits, c.classes)?;
         let loss = g.cross_entropy_smoothed(logits, y, c.optim.label_smoothing)?;
         optim::append_update(&mut g, loss, &c.optim)?;
@@ -125,8 +143,7 @@ impl Classifier {
 
     pub fn infer_graph(c: &ClassifierConfig, batch: usize) -> Result<Graph> {
         let mut g = Graph::new(false);
-        let x = g.input("x", Self::input_shape(c, batch), DType::F32)?;
-        let logits = c.spec.build(&mut g, x)?;
+        let logits = Self::forward(&mut g, c, batch)?;
         Self::check_classes(&g, logits, c.classes)?;
         g.set_output("logits", logits);
         Ok(g)
@@ -156,6 +173,11 @@ impl Classifier {
     /// One optimiser step on a full batch. Returns the mean loss; the batch's
     /// logits can then be read with [`Classifier::train_logits`].
     pub fn train_step(&mut self, x: &[f32], y: &[u32], lr: f32) -> Result<f32> {
+        self.train_step_input(&Input::Pixels(x), y, lr)
+    }
+
+    /// [`Classifier::train_step`] for any input kind.
+    pub fn train_step_input(&mut self, x: &Input, y: &[u32], lr: f32) -> Result<f32> {
         let p = self
             .train
             .ok_or_else(|| Error::Usage("this classifier was built for inference only".into()))?;
@@ -169,7 +191,7 @@ impl Classifier {
                 self.config.classes
             )));
         }
-        self.session.write_input(p, "x", x)?;
+        self.write_input(p, x)?;
         self.session.write_input_u32(p, "y", y)?;
         self.session.set_scalar("lr", lr)?;
         if self.session.has_scalar("step") {
@@ -191,9 +213,39 @@ impl Classifier {
 
     /// Logits `[infer_batch, classes]` for a full inference batch.
     pub fn infer(&mut self, x: &[f32], out: &mut [f32]) -> Result<()> {
-        self.session.write_input(self.infer, "x", x)?;
+        self.infer_input(&Input::Pixels(x), out)
+    }
+
+    /// [`Classifier::infer`] for any input kind.
+    pub fn infer_input(&mut self, x: &Input, out: &mut [f32]) -> Result<()> {
+        self.write_input(self.infer, x)?;
         self.session.run(self.infer)?;
         self.session.read_output(self.infer, "logits", out)
+    }
+
+    /// Writes a batch into program `p`'s inputs. Token ids must lie in
+    /// the vocabulary: a bad id is refused here rather than read as a
+    /// zero vector by the kernels.
+    fn write_input(&mut self, p: usize, x: &Input) -> Result<()> {
+        match (x, self.config.spec.input_kind()) {
+            (Input::Pixels(x), InputKind::Image) => self.session.write_input(p, "x", x),
+            (Input::Tokens { ids, lengths }, InputKind::Tokens) => {
+                let vocab = self.config.spec.vocab().unwrap_or(usize::MAX);
+                if let Some((i, &id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
+                    return Err(Error::Usage(format!(
+                        "token id {id} at position {i} is outside the vocabulary of {vocab}"
+                    )));
+                }
+                self.session.write_input_u32(p, "ids", ids)?;
+                self.session.write_input_u32(p, "lengths", lengths)
+            }
+            (Input::Pixels(_), InputKind::Tokens) => Err(Error::Usage(
+                "this model reads token ids, not images".into(),
+            )),
+            (Input::Tokens { .. }, InputKind::Image) => Err(Error::Usage(
+                "this model reads images, not token ids".into(),
+            )),
+        }
     }
 
     /// Parameters and running statistics: what a weights file holds.

@@ -118,14 +118,51 @@ pub(crate) fn rotate_zoom(
 /// One batch, ready for the model.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Batch {
-    /// `B x C x H x W` normalised pixels, `B` being the loader's batch size.
-    pub x: Vec<f32>,
+    /// `B x C x H x W` normalised pixels (`B` being the loader's batch
+    /// size), or `B` padded token sequences.
+    pub input: BatchInput,
     /// `B` class labels.
     pub y: Vec<u32>,
     /// Number of real rows; rows `len..B` are zero padding with label 0 (only
     /// in the last batch of an epoch without `drop_last`). Losses and
     /// accuracy should count only the first `len` rows.
     pub len: usize,
+}
+
+/// A batch's model input, owned.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BatchInput {
+    Pixels(Vec<f32>),
+    /// `B x T` ids (0 past each length) and `B` lengths.
+    Tokens { ids: Vec<u32>, lengths: Vec<u32> },
+}
+
+impl Batch {
+    /// The input as the model takes it.
+    pub fn input(&self) -> Input<'_> {
+        match &self.input {
+            BatchInput::Pixels(x) => Input::Pixels(x),
+            BatchInput::Tokens { ids, lengths } => Input::Tokens { ids, lengths },
+        }
+    }
+
+    /// The pixels of an image batch (empty for a text batch).
+    pub fn pixels(&self) -> &[f32] {
+        match &self.input {
+            BatchInput::Pixels(x) => x,
+            BatchInput::Tokens { .. } => &[],
+        }
+    }
+}
+
+/// One batch as a model reads it (borrowed).
+#[derive(Clone, Copy, Debug)]
+pub enum Input<'a> {
+    /// `[N, C, H, W]` normalised pixels (or any f32 input).
+    Pixels(&'a [f32]),
+    /// Token ids `[N, T]`, padded with 0 past each row's length, and the
+    /// lengths `[N]`.
+    Tokens { ids: &'a [u32], lengths: &'a [u32] },
 }
 
 /// Iterates the batches of one epoch; see the module docs.
@@ -312,7 +349,7 @@ impl Producer {
             y[r] = u32::from(d.labels[idx]);
         }
         Batch {
-            x,
+            input: BatchInput::Pixels(x),
             y,
             len: rows.len(),
         }
@@ -412,9 +449,9 @@ mod tests {
     fn visited(l: BatchLoader) -> Vec<usize> {
         let mut out = Vec::new();
         for b in l {
-            let per = b.x.len() / b.y.len();
+            let per = b.pixels().len() / b.y.len();
             for r in 0..b.len {
-                out.push((b.x[r * per] * 255.0).round() as usize);
+                out.push((b.pixels()[r * per] * 255.0).round() as usize);
             }
         }
         out
@@ -429,7 +466,7 @@ mod tests {
         let batches: Vec<Batch> = l.collect();
         assert_eq!(batches.len(), 11);
         let last = &batches[10];
-        assert_eq!((last.len, last.x.len(), last.y.len()), (3, 10 * 24, 10));
+        assert_eq!((last.len, last.pixels().len(), last.y.len()), (3, 10 * 24, 10));
         assert!(last.x[3 * 24..].iter().all(|&v| v == 0.0));
         assert!(last.y[3..].iter().all(|&v| v == 0));
         assert!(batches[..10].iter().all(|b| b.len == 10));
@@ -466,7 +503,7 @@ mod tests {
                 assert_eq!(b.y[r], u32::from(d.labels[idx]));
                 let mut want = vec![0f32; 24];
                 norm.normalize_into(d.image(idx), 2, &mut want);
-                assert_eq!(&b.x[r * 24..(r + 1) * 24], &want[..]);
+                assert_eq!(&b.pixels()[r * 24..(r + 1) * 24], &want[..]);
             }
         }
         assert_eq!(row, 37);
@@ -563,7 +600,7 @@ mod tests {
         assert_ne!(a, run(3, 1));
         assert_eq!(a.len(), plain.len());
         for (pa, pb) in a.iter().zip(&plain) {
-            assert_eq!(pa.x.len(), pb.x.len());
+            assert_eq!(pa.x.len(), pb.pixels().len());
             assert_eq!(pa.y, pb.y, "augmentation must not reorder");
         }
         let changed = a
@@ -574,7 +611,7 @@ mod tests {
             .count();
         assert!(changed > 32, "only {changed} of 64 images changed");
         // Every augmented pixel is either padding (0) or a source pixel.
-        for v in a.iter().flat_map(|b| &b.x) {
+        for v in a.iter().flat_map(|b| b.pixels()) {
             assert!((0.0..=1.0).contains(v));
         }
     }

@@ -11,15 +11,18 @@
 //! the problem; nothing here panics on bad input.
 
 pub mod cifar;
+pub mod examples;
 pub mod image;
 pub mod loader;
 pub mod mnist;
+pub mod sequences;
 pub mod text;
 pub mod tokenize;
 
 pub use cifar::load_cifar10;
+pub use examples::Examples;
 pub use image::{load_png, save_png_gray};
-pub use loader::{Augment, Batch, BatchLoader};
+pub use loader::{Augment, Batch, BatchInput, BatchLoader, Input};
 pub use mnist::{load_mnist, read_idx_images, read_idx_labels};
 
 use crate::error::{Error, Result};
@@ -323,6 +326,9 @@ pub enum DataSpec {
     /// clothing; harder than the digits.
     FashionMnist(PathBuf),
     Cifar10(PathBuf),
+    /// Text: a folder per class of `.txt` files, or a CSV/TSV file (read
+    /// by the text pipeline, `data::text`).
+    Text(PathBuf),
 }
 
 /// Where Debian's `dataset-fashion-mnist` package installs the files.
@@ -362,6 +368,10 @@ impl DataSpec {
         match self {
             DataSpec::Mnist(dir) | DataSpec::FashionMnist(dir) => load_mnist(dir, split),
             DataSpec::Cifar10(dir) => load_cifar10(dir, split),
+            DataSpec::Text(p) => Err(Error::Usage(format!(
+                "text:{} is not an image dataset",
+                p.display()
+            ))),
         }
     }
 
@@ -369,7 +379,7 @@ impl DataSpec {
     /// themselves (MNIST's digits).
     pub fn class_names(&self) -> Option<&'static [&'static str]> {
         match self {
-            DataSpec::Mnist(_) => None,
+            DataSpec::Mnist(_) | DataSpec::Text(_) => None,
             DataSpec::FashionMnist(_) => Some(&FASHION_MNIST_CLASSES),
             DataSpec::Cifar10(_) => Some(&CIFAR10_CLASSES),
         }
@@ -381,19 +391,23 @@ impl DataSpec {
             DataSpec::Mnist(_) => DataSpec::Mnist(dir),
             DataSpec::FashionMnist(_) => DataSpec::FashionMnist(dir),
             DataSpec::Cifar10(_) => DataSpec::Cifar10(dir),
+            DataSpec::Text(_) => DataSpec::Text(dir),
         }
     }
 
     /// The folder the dataset is read from.
     pub fn dir(&self) -> &Path {
         match self {
-            DataSpec::Mnist(dir) | DataSpec::FashionMnist(dir) | DataSpec::Cifar10(dir) => dir,
+            DataSpec::Mnist(dir)
+            | DataSpec::FashionMnist(dir)
+            | DataSpec::Cifar10(dir)
+            | DataSpec::Text(dir) => dir,
         }
     }
 }
 
 const SPEC_FORMS: &str =
-    "expected mnist:DIR, fashion-mnist[:DIR] (default /usr/share/datasets/fashion-mnist) or cifar10:DIR";
+    "expected mnist:DIR, fashion-mnist[:DIR] (default /usr/share/datasets/fashion-mnist), cifar10:DIR or text:DIR|FILE.csv|FILE.tsv";
 
 impl FromStr for DataSpec {
     type Err = Error;
@@ -416,6 +430,7 @@ impl FromStr for DataSpec {
             "mnist" => Ok(DataSpec::Mnist(PathBuf::from(dir))),
             "fashion-mnist" => Ok(DataSpec::FashionMnist(PathBuf::from(dir))),
             "cifar10" => Ok(DataSpec::Cifar10(PathBuf::from(dir))),
+            "text" => Ok(DataSpec::Text(PathBuf::from(dir))),
             _ => Err(Error::Usage(format!(
                 "unknown dataset kind '{kind}' in '{s}': {SPEC_FORMS}"
             ))),
@@ -429,6 +444,7 @@ impl fmt::Display for DataSpec {
             DataSpec::Mnist(dir) => write!(f, "mnist:{}", dir.display()),
             DataSpec::FashionMnist(dir) => write!(f, "fashion-mnist:{}", dir.display()),
             DataSpec::Cifar10(dir) => write!(f, "cifar10:{}", dir.display()),
+            DataSpec::Text(p) => write!(f, "text:{}", p.display()),
         }
     }
 }

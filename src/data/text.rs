@@ -113,6 +113,8 @@ pub struct TextDataset {
     pub texts: Vec<String>,
     pub labels: Vec<u32>,
     pub classes: Vec<String>,
+    /// Where each document came from (`file` or `file:row`).
+    pub origins: Vec<String>,
 }
 
 impl TextDataset {
@@ -130,6 +132,7 @@ impl TextDataset {
             texts: idx.iter().map(|&i| self.texts[i].clone()).collect(),
             labels: idx.iter().map(|&i| self.labels[i]).collect(),
             classes: self.classes.clone(),
+            origins: idx.iter().map(|&i| self.origins[i].clone()).collect(),
         }
     }
 
@@ -331,7 +334,7 @@ pub fn clean(
             continue;
         }
         seen.insert(body.to_owned(), d.label.clone());
-        kept.push((body.to_owned(), d.label));
+        kept.push((body.to_owned(), d.label, d.origin));
     }
     if kept.is_empty() {
         return Err(Error::Usage(format!(
@@ -340,7 +343,7 @@ pub fn clean(
     }
     let classes: Vec<String> = kept
         .iter()
-        .map(|(_, l)| l.clone())
+        .map(|(_, l, _)| l.clone())
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
@@ -349,13 +352,15 @@ pub fn clean(
         .enumerate()
         .map(|(i, c)| (c.as_str(), i as u32))
         .collect();
-    let labels = kept.iter().map(|(_, l)| index[l.as_str()]).collect();
-    let texts = kept.into_iter().map(|(t, _)| t).collect();
+    let labels = kept.iter().map(|(_, l, _)| index[l.as_str()]).collect();
+    let origins = kept.iter().map(|(_, _, o)| o.clone()).collect();
+    let texts = kept.into_iter().map(|(t, _, _)| t).collect();
     Ok((
         TextDataset {
             texts,
             labels,
             classes,
+            origins,
         },
         report,
     ))
@@ -386,6 +391,7 @@ pub fn align_classes(train: &TextDataset, test: &TextDataset) -> Result<TextData
         texts: test.texts.clone(),
         labels: test.labels.iter().map(|&l| map[l as usize]).collect(),
         classes: train.classes.clone(),
+        origins: test.origins.clone(),
     })
 }
 

@@ -174,13 +174,7 @@ impl TextTokenizer {
             .inner
             .to_string(true)
             .map_err(|e| tok_error(path.display(), e))?;
-        let tmp = path.with_extension("json.tmp");
-        let io = |error| Error::Io {
-            path: path.to_path_buf(),
-            error,
-        };
-        std::fs::write(&tmp, json).map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
+        crate::weights::write_atomic(path, json.as_bytes())
     }
 
     /// Words in the vocabulary, specials included.

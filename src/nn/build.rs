@@ -170,7 +170,11 @@ fn order(layers: &[Node], wires: &[Vec<Source>], output: usize) -> Result<Vec<us
 /// `conv<k>` / `fc<k>` / `bn<k>` counted in file order as before names
 /// existed, so Sequential specs keep their weight names.
 pub(super) fn prefixes(layers: &[Node]) -> Result<Vec<Option<String>>> {
-    let (mut conv, mut fc, mut bn) = (0, 0, 0);
+    let (mut conv, mut fc, mut bn, mut emb, mut norm) = (0, 0, 0, 0, 0);
+    let numbered = |base: &str, k: usize| match k {
+        1 => base.to_string(),
+        _ => format!("{base}{k}"),
+    };
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut out = Vec::with_capacity(layers.len());
     for (i, node) in layers.iter().enumerate() {
@@ -186,6 +190,16 @@ pub(super) fn prefixes(layers: &[Node]) -> Result<Vec<Option<String>>> {
             Layer::BatchNorm2d { .. } => {
                 bn += 1;
                 format!("bn{bn}")
+            }
+            Layer::Embedding { .. } | Layer::EmbeddingBag { .. } => {
+                emb += 1;
+                numbered("embedding", emb)
+            }
+            Layer::PositionalEmbedding { .. } => "pos_embedding".into(),
+            Layer::TransformerEncoder { .. } => "encoder".into(),
+            Layer::LayerNorm { .. } => {
+                norm += 1;
+                format!("norm{norm}")
             }
             _ => {
                 out.push(None);
@@ -233,10 +247,13 @@ struct Budget {
 }
 
 impl ModelSpec {
+    /// Builds the layers on the model's input `x` (an image batch, or
+    /// token ids with their `lengths`).
     pub(super) fn build_inner(
         &self,
         g: &mut Graph,
         x: ValueId,
+        lengths: Option<ValueId>,
         mut decls: Option<&mut Vec<ParamDecl>>,
     ) -> Result<ValueId> {
         let input = g.shape(x).clone();
@@ -289,6 +306,8 @@ impl ModelSpec {
                 label: label(i, node),
                 prefix: prefixes[i].as_deref(),
                 drop_index: drop_index[i],
+                lengths,
+                layer_index: i,
             };
             let h = ctx.build(
                 g,
@@ -333,6 +352,9 @@ struct LayerCtx<'a> {
     label: String,
     prefix: Option<&'a str>,
     drop_index: u32,
+    /// The token counts of a text model's input.
+    lengths: Option<ValueId>,
+    layer_index: usize,
 }
 
 impl LayerCtx<'_> {
@@ -386,6 +408,30 @@ impl LayerCtx<'_> {
         };
         let h = ins[0];
         let s = g.shape(h).clone();
+        let lengths = || {
+            self.lengths.ok_or_else(|| {
+                Error::Model(format!(
+                    "{me} needs token ids: the model's input must go through an embedding layer"
+                ))
+            })
+        };
+        let need_tokens = || -> Result<()> {
+            match (g.dtype(h), s.rank()) {
+                (crate::DType::U32, 2) => Ok(()),
+                _ => Err(Error::Model(format!(
+                    "{me} needs token ids [N, T], got {} {s}: put it first, on the model's input",
+                    g.dtype(h)
+                ))),
+            }
+        };
+        let need_sequence = |what: &str| -> Result<()> {
+            match (g.dtype(h), s.rank()) {
+                (crate::DType::F32, 3) => Ok(()),
+                _ => Err(Error::Model(format!(
+                    "{me} needs token vectors [N, T, D]{what}, got {s}: put it after an embedding"
+                ))),
+            }
+        };
         let need_image = |what: &str| -> Result<()> {
             match s.rank() {
                 4 => Ok(()),
@@ -450,6 +496,74 @@ impl LayerCtx<'_> {
                     running_var: declare(g, "running_var", c, Init::Ones, true)?,
                 };
                 g.batch_norm2d(h, &p, *eps, *momentum).map_err(at)?
+            }
+            Layer::Embedding { vocab, dim } | Layer::EmbeddingBag { vocab, dim } => {
+                need_tokens()?;
+                let vocab = vocab.ok_or_else(|| {
+                    Error::Model(format!(
+                        "{me}: vocab is not set (it is the tokenizer's when training on text)"
+                    ))
+                })?;
+                let mut d = |g: &mut Graph, sfx: &str, sh, init| declare(g, sfx, sh, init, false);
+                let w = d(g, "weight", vec![vocab, *dim], Init::Normal(1.0))?;
+                match node.layer {
+                    Layer::EmbeddingBag { .. } => g.embedding_bag(w, h, lengths()?).map_err(at)?,
+                    _ => g.embedding(w, h).map_err(at)?,
+                }
+            }
+            Layer::PositionalEmbedding { max_len } => {
+                need_sequence("")?;
+                let (t, dim) = (s.0[1], s.0[2]);
+                let max_len = max_len.unwrap_or(t);
+                if t > max_len {
+                    return Err(Error::Model(format!(
+                        "{me}: sequences of {t} tokens are longer than max_len {max_len}"
+                    )));
+                }
+                let w = declare(g, "weight", vec![max_len, dim], Init::Normal(1.0), false)?;
+                let w = match t < max_len {
+                    true => g.slice(w, 0, 0, t).map_err(at)?,
+                    false => w,
+                };
+                g.add(h, w).map_err(at)?
+            }
+            Layer::TransformerEncoder {
+                layers,
+                heads,
+                ffn,
+                dropout,
+                activation,
+            } => {
+                need_sequence("")?;
+                if s.0[2] % heads != 0 {
+                    return Err(Error::Model(format!(
+                        "{me}: width {} does not split into {heads} heads",
+                        s.0[2]
+                    )));
+                }
+                let enc = super::text::Encoder {
+                    layers: *layers,
+                    heads: *heads,
+                    ffn: *ffn,
+                    dropout: *dropout,
+                    act: match activation.as_str() {
+                        "relu" => Activation::Relu,
+                        _ => Activation::Gelu,
+                    },
+                    seed: 0x7E57_0000 ^ self.layer_index as u32,
+                };
+                let mut d = |g: &mut Graph, sfx: &str, sh, init| declare(g, sfx, sh, init, false);
+                enc.build(g, &mut d, h, lengths()?).map_err(at)?
+            }
+            Layer::MaskedMeanPool => {
+                need_sequence("")?;
+                g.masked_mean_pool(h, lengths()?).map_err(at)?
+            }
+            Layer::LayerNorm { eps } => {
+                let n = vec![*s.0.last().unwrap_or(&1)];
+                let w = declare(g, "weight", n.clone(), Init::Ones, false)?;
+                let b = declare(g, "bias", n, Init::Zeros, false)?;
+                g.layer_norm(h, Some(w), Some(b), *eps).map_err(at)?
             }
             Layer::Add | Layer::Concat => {
                 let source = |k: usize| match wires[k] {

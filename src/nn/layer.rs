@@ -53,6 +53,54 @@ pub enum Layer {
     Add,
     /// Two or more inputs joined along the channel axis (axis 1).
     Concat,
+    /// Token ids `[N, T]` -> vectors `[N, T, dim]` (`nn.Embedding`).
+    /// `vocab` left out is the tokenizer's vocabulary size.
+    Embedding {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vocab: Option<usize>,
+        dim: usize,
+    },
+    /// Token ids `[N, T]` -> the mean of each document's token vectors,
+    /// `[N, dim]` (fastText; `nn.EmbeddingBag(mode="mean")`).
+    EmbeddingBag {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vocab: Option<usize>,
+        dim: usize,
+    },
+    /// Adds a learned vector per position, `weight [max_len, dim]`
+    /// (`nn.Embedding(max_len, dim)` on the positions). `max_len` left
+    /// out is the input's sequence length.
+    PositionalEmbedding {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_len: Option<usize>,
+    },
+    /// `layers` pre-LN encoder layers (`nn.TransformerEncoder` of
+    /// `nn.TransformerEncoderLayer(norm_first=True, batch_first=True)`,
+    /// with its parameter names) and a final layer norm: self-attention
+    /// over the unpadded tokens, then a GELU (or ReLU) feed-forward block.
+    TransformerEncoder {
+        layers: usize,
+        heads: usize,
+        ffn: usize,
+        #[serde(default = "tenth")]
+        dropout: f32,
+        #[serde(default = "gelu_name")]
+        activation: String,
+    },
+    /// `[N, T, D]` -> the mean over each document's tokens, `[N, D]`.
+    MaskedMeanPool,
+    /// Normalises the last axis (`nn.LayerNorm`).
+    LayerNorm {
+        #[serde(default = "bn_eps")]
+        eps: f32,
+    },
+}
+
+fn tenth() -> f32 {
+    0.1
+}
+fn gelu_name() -> String {
+    "gelu".into()
 }
 
 fn one() -> usize {
@@ -133,7 +181,19 @@ impl Layer {
             Layer::BatchNorm2d { .. } => "batch_norm2d",
             Layer::Add => "add",
             Layer::Concat => "concat",
+            Layer::Embedding { .. } => "embedding",
+            Layer::EmbeddingBag { .. } => "embedding_bag",
+            Layer::PositionalEmbedding { .. } => "positional_embedding",
+            Layer::TransformerEncoder { .. } => "transformer_encoder",
+            Layer::MaskedMeanPool => "masked_mean_pool",
+            Layer::LayerNorm { .. } => "layer_norm",
         }
+    }
+
+    /// Whether the layer reads token ids (and so makes the model a text
+    /// model when it reads the model's input).
+    pub fn reads_tokens(&self) -> bool {
+        matches!(self, Layer::Embedding { .. } | Layer::EmbeddingBag { .. })
     }
 
     /// Checks the layer's own settings (not how they fit the input), so
@@ -173,6 +233,36 @@ impl Layer {
             Layer::Dense { units, .. } if *units == 0 => Err("units must be at least 1".into()),
             Layer::Dropout { rate } if !(0.0..1.0).contains(rate) => {
                 Err(format!("rate {rate} is not in [0, 1)"))
+            }
+            Layer::Embedding { vocab, dim } | Layer::EmbeddingBag { vocab, dim } => {
+                if *dim == 0 || *vocab == Some(0) {
+                    return Err("vocab and dim must be at least 1".into());
+                }
+                Ok(())
+            }
+            Layer::PositionalEmbedding { max_len: Some(0) } => {
+                Err("max_len must be at least 1".into())
+            }
+            Layer::TransformerEncoder {
+                layers,
+                heads,
+                ffn,
+                dropout,
+                activation,
+            } => {
+                if *layers == 0 || *heads == 0 || *ffn == 0 {
+                    return Err("layers, heads and ffn must be at least 1".into());
+                }
+                if !(0.0..1.0).contains(dropout) {
+                    return Err(format!("dropout {dropout} is not in [0, 1)"));
+                }
+                if !matches!(activation.as_str(), "gelu" | "relu") {
+                    return Err(format!("activation '{activation}' is not gelu or relu"));
+                }
+                Ok(())
+            }
+            Layer::LayerNorm { eps } if !(eps.is_finite() && *eps > 0.0) => {
+                Err(format!("eps {eps} must be finite and positive"))
             }
             Layer::BatchNorm2d { eps, momentum } => {
                 if !(eps.is_finite() && *eps > 0.0) {

@@ -8,6 +8,7 @@ pub mod init;
 pub mod layer;
 mod resnet;
 pub mod spec;
+mod text;
 
 pub use build::INPUT;
 pub use layer::{Layer, Node};

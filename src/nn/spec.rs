@@ -82,12 +82,25 @@ fn check_layer_keys(text: &str, spec: &ModelSpec) -> Result<()> {
     Ok(())
 }
 
+/// What a model reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputKind {
+    /// `x [N, C, H, W]` (or any f32 shape), f32.
+    Image,
+    /// `ids [N, T]` and `lengths [N]`, u32: padded token ids and counts.
+    Tokens,
+}
+
 /// How a parameter is initialised (PyTorch's defaults).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Init {
     /// U(-1/√fan_in, 1/√fan_in): PyTorch's default for conv/linear
     /// weights (kaiming-uniform with a=√5) and biases.
     FanIn(usize),
+    /// U(-bound, bound) (Xavier-uniform when bound = √(6/(fan_in+fan_out))).
+    Uniform(f32),
+    /// N(0, std²): `nn.Embedding`'s default with std 1.
+    Normal(f32),
     Ones,
     Zeros,
 }
@@ -176,8 +189,84 @@ impl ModelSpec {
         )
     }
 
+    /// fastText: the mean of the document's token vectors (dim 64), then a
+    /// linear classifier (`embedding.weight`, `fc.weight`, `fc.bias`).
+    pub fn fasttext(classes: usize) -> Self {
+        ModelSpec {
+            name: "fasttext".into(),
+            layers: vec![
+                Node::named(
+                    "embedding",
+                    &[],
+                    Layer::EmbeddingBag {
+                        vocab: None,
+                        dim: 64,
+                    },
+                ),
+                Node::named(
+                    "fc",
+                    &[],
+                    Layer::Dense {
+                        units: classes,
+                        bias: true,
+                    },
+                ),
+            ],
+            output: None,
+        }
+    }
+
+    /// A small BERT-style classifier: token and learned positional
+    /// embeddings (d 128), a 2-layer pre-LN encoder (4 heads, FFN 512,
+    /// GELU, dropout 0.1) with a final norm, the mean over the tokens, a
+    /// linear head. PyTorch names: `embedding`, `pos_embedding`,
+    /// `encoder.layers.<i>.*`, `encoder.norm`, `fc`.
+    pub fn transformer(classes: usize) -> Self {
+        ModelSpec {
+            name: "transformer".into(),
+            layers: vec![
+                Node::named(
+                    "embedding",
+                    &[],
+                    Layer::Embedding {
+                        vocab: None,
+                        dim: 128,
+                    },
+                ),
+                Node::named(
+                    "pos_embedding",
+                    &[],
+                    Layer::PositionalEmbedding { max_len: None },
+                ),
+                Node::named(
+                    "encoder",
+                    &[],
+                    Layer::TransformerEncoder {
+                        layers: 2,
+                        heads: 4,
+                        ffn: 512,
+                        dropout: 0.1,
+                        activation: "gelu".into(),
+                    },
+                ),
+                Node::from(Layer::MaskedMeanPool),
+                Node::named(
+                    "fc",
+                    &[],
+                    Layer::Dense {
+                        units: classes,
+                        bias: true,
+                    },
+                ),
+            ],
+            output: None,
+        }
+    }
+
     pub fn preset(name: &str, classes: usize) -> Option<Self> {
         match name {
+            "fasttext" => Some(Self::fasttext(classes)),
+            "transformer" => Some(Self::transformer(classes)),
             "cnn" => Some(Self::cnn(classes)),
             "mlp" => Some(Self::mlp(classes)),
             "resnet20" => Some(Self::resnet(20, classes)),
@@ -197,7 +286,7 @@ impl ModelSpec {
             return Self::from_toml_file(p);
         }
         Err(Error::Model(format!(
-            "unknown model '{model}' (expected cnn, mlp, resnet20, resnet32, resnet56 or a path to a .toml spec)"
+            "unknown model '{model}' (expected cnn, mlp, resnet20, resnet32, resnet56, fasttext, transformer or a path to a .toml spec)"
         )))
     }
 
@@ -231,14 +320,65 @@ impl ModelSpec {
         let mut g = Graph::new(false);
         let mut shape = vec![1];
         shape.extend_from_slice(input);
-        let x = g.input("x", shape, crate::DType::F32)?;
         let mut decls = Vec::new();
-        self.build_inner(&mut g, x, Some(&mut decls))?;
+        match self.input_kind() {
+            InputKind::Image => {
+                let x = g.input("x", shape, crate::DType::F32)?;
+                self.build_inner(&mut g, x, None, Some(&mut decls))?;
+            }
+            InputKind::Tokens => {
+                let ids = g.input("ids", shape, crate::DType::U32)?;
+                let len = g.input("lengths", [1], crate::DType::U32)?;
+                self.build_inner(&mut g, ids, Some(len), Some(&mut decls))?;
+            }
+        }
         Ok(decls)
     }
 
     /// Build the forward pass on `x [n, c, h, w]`; returns the logits.
     pub fn build(&self, g: &mut Graph, x: ValueId) -> Result<ValueId> {
-        self.build_inner(g, x, None)
+        self.build_inner(g, x, None, None)
+    }
+
+    /// Build the forward pass of a text model on token ids `[n, T]` (u32,
+    /// padded) and their counts `lengths [n]`; returns the logits.
+    pub fn build_tokens(&self, g: &mut Graph, ids: ValueId, lengths: ValueId) -> Result<ValueId> {
+        self.build_inner(g, ids, Some(lengths), None)
+    }
+
+    /// What the model reads: token ids when a layer on the model's input
+    /// is an embedding, else images.
+    pub fn input_kind(&self) -> InputKind {
+        let Ok(wires) = super::build::wire(&self.layers) else {
+            return InputKind::Image;
+        };
+        let on_input = self.layers.iter().zip(&wires).any(|(n, w)| {
+            n.layer.reads_tokens() && w.contains(&super::build::Source::Input)
+        });
+        match on_input {
+            true => InputKind::Tokens,
+            false => InputKind::Image,
+        }
+    }
+
+    /// The vocabulary size of the first token embedding, if set.
+    pub fn vocab(&self) -> Option<usize> {
+        self.layers.iter().find_map(|n| match n.layer {
+            Layer::Embedding { vocab, .. } | Layer::EmbeddingBag { vocab, .. } => vocab,
+            _ => None,
+        })
+    }
+
+    /// The same spec with every embedding's unset vocabulary set to
+    /// `vocab` (the tokenizer's).
+    pub fn with_vocab(mut self, vocab: usize) -> Self {
+        for n in &mut self.layers {
+            if let Layer::Embedding { vocab: v, .. } | Layer::EmbeddingBag { vocab: v, .. } =
+                &mut n.layer
+            {
+                v.get_or_insert(vocab);
+            }
+        }
+        self
     }
 }

@@ -1,27 +1,29 @@
 //! `gpurt train`: data in, a model trained with validation, checkpoints,
 //! metrics and a plot out. Everything runs on the compiled executor.
+mod data;
 mod guards;
 mod options;
 mod save;
 
 use guards::{check_divergence, LossWatch, DIVERGED_BATCH, DIVERGED_MEDIAN};
 use options::check_options;
-pub use options::{EarlyStop, Monitor, TrainOptions};
+pub use data::text_source;
+pub use options::{EarlyStop, Monitor, TextOptions, TrainOptions};
 use save::RunInfo;
 
 use crate::backend::{self, DeviceSpec};
 use crate::checkpoint::{self, Checkpoint, CHECKPOINT};
-use crate::data::{BatchLoader, Normalizer, Split};
+
 use crate::error::{Error, Result};
-use crate::eval::{evaluate, score_logits};
+use crate::eval::{evaluate_examples, score_logits};
 use crate::metrics::{ConfusionMatrix, EpochMetrics};
 use crate::model::{Classifier, ClassifierConfig};
+use crate::nn::spec::InputKind;
 use crate::nn::ModelSpec;
 use crate::optim::{lr_at, LrSchedule, OptimConfig, OptimizerKind};
 use crate::testhook;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Clone, Debug)]
@@ -78,35 +80,37 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
     check_options(o)?;
     let backend = backend::select(&o.device)?;
     let resume = o.resume.as_deref().map(|d| load_resume(d, o)).transpose()?;
-    let mut full = o.data.load(Split::Train)?;
-    if let Some(n) = o.limit {
-        full = full.subset(n.min(full.len()));
-    }
-    let test = Arc::new(o.data.load(Split::Test)?);
-    let input = vec![full.channels, full.height, full.width];
-    if [test.channels, test.height, test.width] != input[..] {
+    let data = data::load(o, resume.as_ref().map(|r| (&r.ck, r.dir.as_path())), log)?;
+    let (input, classes) = (data.input.clone(), data.classes);
+    if data.train.len() < o.batch {
         return Err(Error::Usage(format!(
-            "{}: test images are {}x{}x{} but training images are {}x{}x{}",
-            o.data, test.channels, test.height, test.width, input[0], input[1], input[2]
-        )));
-    }
-    o.augment.check(input[1], input[2])?;
-    let (train_set, val_set) = full.split_validation(o.val_split, o.seed)?;
-    if train_set.len() < o.batch {
-        return Err(Error::Usage(format!(
-            "{} training images is less than one batch of {}",
-            train_set.len(),
+            "{} training {} is less than one batch of {}",
+            data.train.len(),
+            data.unit,
             o.batch
         )));
     }
-    let norm = Normalizer::fit(&train_set);
-    let classes = train_set.num_classes();
     let spec = match (&o.model, &resume) {
         (Some(m), _) => ModelSpec::resolve(m, classes)?,
         (None, Some(r)) => r.ck.spec.clone(),
+        (None, None) if data.text.is_some() => ModelSpec::resolve("fasttext", classes)?,
         (None, None) => ModelSpec::resolve("cnn", classes)?,
     };
-    let steps_per_epoch = train_set.len() / o.batch;
+    let spec = match &data.text {
+        Some(t) => spec.with_vocab(t.tokenizer.vocab_size()),
+        None => spec,
+    };
+    let kind = spec.input_kind();
+    if (kind == InputKind::Tokens) != data.text.is_some() {
+        return Err(Error::Usage(format!(
+            "model '{}' reads {} but {} holds {}",
+            spec.name,
+            if kind == InputKind::Tokens { "token ids (text)" } else { "images" },
+            o.data,
+            data.unit
+        )));
+    }
+    let steps_per_epoch = data.train.len() / o.batch;
     let total_steps = steps_per_epoch.checked_mul(o.epochs).ok_or_else(|| {
         Error::Limit(format!(
             "{} epochs of {steps_per_epoch} steps overflow the step count",
@@ -117,6 +121,9 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
         check_resume_fits(r, &spec, &input, steps_per_epoch)?;
     }
     let _lock = checkpoint::lock(&o.out)?;
+    if resume.as_ref().is_none_or(|r| r.dir != o.out) {
+        data.write_files(&o.out)?;
+    }
 
     let mut optim = OptimConfig::new(o.optimizer);
     if let Some(wd) = o.weight_decay {
@@ -169,25 +176,25 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
         }
     }
     log(&format!(
-        "model {} ({} parameters) on {}, input {:?}, {} train / {} val / {} test images, compiled in {:.0} ms",
+        "model {} ({} parameters) on {}, input {:?}, {} train / {} val / {} test {}, compiled in {:.0} ms",
         spec.name,
         model.num_params(),
         model.device(),
         input,
-        train_set.len(),
-        val_set.len(),
-        test.len(),
+        data.train.len(),
+        data.val.len(),
+        data.test.len(),
+        data.unit,
         t_compile.elapsed().as_secs_f64() * 1e3
     ));
 
-    let train_set = Arc::new(train_set);
-    let val_set = Arc::new(val_set);
     let run = RunInfo {
         o,
         spec: &spec,
         input: &input,
         classes,
-        norm: &norm,
+        norm: data.norm.as_ref(),
+        text: data.text.as_ref().map(|t| &t.run),
     };
     let mut logits = vec![0.0f32; o.batch * classes];
     let chance = (classes.max(2) as f64).ln();
@@ -195,16 +202,8 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
 
     for epoch in first_epoch..=o.epochs {
         let t0 = Instant::now();
-        let loader = BatchLoader::new(
-            Arc::clone(&train_set),
-            norm.clone(),
-            o.batch,
-            Some(o.seed),
-            epoch as u64,
-            o.augment,
-            true,
-        )?;
-        let bar = progress_bar(o.progress, loader.num_batches(), epoch, o.epochs);
+        let loader = data.train.batches(o.batch, Some(o.seed), epoch as u64, true)?;
+        let bar = progress_bar(o.progress, loader.len(), epoch, o.epochs);
         let mut cm = ConfusionMatrix::new(classes);
         let (mut loss_sum, mut seen) = (0.0f64, 0usize);
         // Reduce-on-plateau: the rate this epoch, from the validation
@@ -225,7 +224,7 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
                 steps_per_epoch,
                 o.warmup,
             );
-            let loss = model.train_step(&b.x, &b.y, lr)?;
+            let loss = model.train_step_input(&b.input(), &b.y, lr)?;
             if !loss.is_finite() {
                 // The cheap check tripped: now scan the model to say where.
                 let first = model
@@ -272,7 +271,7 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
                 if bi % 10 == 0 {
                     let ips = seen as f64 / t0.elapsed().as_secs_f64().max(1e-9);
                     bar.set_message(format!(
-                        "loss {:.4} acc {:.2}% {:.0} img/s",
+                        "loss {:.4} acc {:.2}% {:.0}/s",
                         loss_sum / seen as f64,
                         cm.accuracy() * 100.0,
                         ips
@@ -296,10 +295,10 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
         let train_secs = t0.elapsed().as_secs_f64();
         let train_loss = loss_sum / seen.max(1) as f64;
         check_divergence(&rows, epoch, train_loss, chance, model.step, &run)?;
-        let (val_loss, val_acc) = if val_set.is_empty() {
+        let (val_loss, val_acc) = if data.val.is_empty() {
             (None, None)
         } else {
-            let v = evaluate(&mut model, &val_set, &norm)?;
+            let v = evaluate_examples(&mut model, &data.val)?;
             (Some(v.loss), Some(v.accuracy))
         };
         let row = EpochMetrics {
@@ -313,7 +312,7 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
             images_per_sec: seen as f64 / train_secs.max(1e-9),
         };
         log(&format!(
-            "epoch {epoch}/{}: loss {:.4} acc {:.2}% | val loss {} acc {} | {:.1} s, {:.0} img/s, lr {:.2e}",
+            "epoch {epoch}/{}: loss {:.4} acc {:.2}% | val loss {} acc {} | {:.1} s, {:.0} examples/s, lr {:.2e}",
             o.epochs,
             row.train_loss,
             row.train_acc * 100.0,
@@ -346,12 +345,13 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
         }
     }
 
-    let t = evaluate(&mut model, &test, &norm)?;
+    let t = evaluate_examples(&mut model, &data.test)?;
     log(&format!(
-        "test: loss {:.4} accuracy {:.2}% ({} images)",
+        "test: loss {:.4} accuracy {:.2}% ({} {})",
         t.loss,
         t.accuracy * 100.0,
-        test.len()
+        data.test.len(),
+        data.unit
     ));
     Ok(TrainSummary {
         epochs: rows,

@@ -41,6 +41,23 @@ pub struct TrainOptions {
     /// Stop when the monitored validation metric has not improved for this
     /// many epochs, and make the best epoch's weights the run's model.
     pub early_stop: Option<EarlyStop>,
+    /// How text data is read, split and tokenised.
+    pub text: TextOptions,
+}
+
+/// Text data settings (`--data text:PATH`).
+#[derive(Clone, Debug, Default)]
+pub struct TextOptions {
+    /// A separate labelled test set; otherwise a stratified split.
+    pub test_data: Option<PathBuf>,
+    /// Fraction of each class held out for testing without `test_data`.
+    pub test_split: f64,
+    /// CSV/TSV columns, by header name or 0-based index.
+    pub label_column: Option<String>,
+    pub text_column: Option<String>,
+    /// The table's first row is data, not column names.
+    pub no_header: bool,
+    pub tokenizer: crate::data::tokenize::TokenizerSettings,
 }
 
 /// Keras' `EarlyStopping(monitor, patience, restore_best_weights=True)`.
@@ -147,6 +164,12 @@ pub(super) fn check_options(o: &TrainOptions) -> Result<()> {
                 "--clip-grad-norm must be a positive number, got {c}"
             )));
         }
+    }
+    if !(0.0..1.0).contains(&o.text.test_split) {
+        return Err(Error::Usage(format!(
+            "--test-split must be in [0, 1), got {}",
+            o.text.test_split
+        )));
     }
     if let Some(wd) = o.weight_decay {
         if !(wd.is_finite() && wd >= 0.0) {

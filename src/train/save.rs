@@ -1,7 +1,9 @@
 //! Publishing a run's checkpoints (see `crate::checkpoint`).
 
 use super::options::TrainOptions;
-use crate::checkpoint::{self, Checkpoint, BEST_FILE, CHECKPOINT, MODEL_FILE, OPTIM_FILE};
+use crate::checkpoint::{
+    self, Checkpoint, TextRun, BEST_FILE, CHECKPOINT, MODEL_FILE, OPTIM_FILE,
+};
 use crate::data::{DataSpec, Normalizer};
 use crate::error::{Error, Result};
 use crate::metrics::{write_metrics, EpochMetrics};
@@ -18,7 +20,9 @@ pub(super) struct RunInfo<'a> {
     pub(super) spec: &'a ModelSpec,
     pub(super) input: &'a [usize],
     pub(super) classes: usize,
-    pub(super) norm: &'a Normalizer,
+    /// Images: the normaliser; text: none.
+    pub(super) norm: Option<&'a Normalizer>,
+    pub(super) text: Option<&'a TextRun>,
 }
 
 impl RunInfo<'_> {
@@ -101,11 +105,12 @@ impl RunInfo<'_> {
                 spec: self.spec.clone(),
                 input: self.input.to_vec(),
                 classes: self.classes,
-                mean: self.norm.mean.clone(),
-                std: self.norm.std.clone(),
+                mean: self.norm.map(|n| n.mean.clone()).unwrap_or_default(),
+                std: self.norm.map(|n| n.std.clone()).unwrap_or_default(),
                 seed: o.seed,
                 data: absolute(&o.data).to_string(),
                 best_epoch,
+                text: self.text.cloned(),
             };
             let json = serde_json::to_vec_pretty(&ck).map_err(|e| Error::Usage(e.to_string()))?;
             write_atomic(&dir.join(CHECKPOINT), &json)
