@@ -1,9 +1,9 @@
 //! Command-line interface (clap). Thin: parse, call the library, print.
 
 use crate::backend::DeviceSpec;
+use crate::data::tokenize::{Segmentation, TokenizerSettings};
 use crate::data::{Augment, DataSpec};
 use crate::optim::{LrSchedule, OptimizerKind, Plateau};
-use crate::data::tokenize::{Segmentation, TokenizerSettings};
 use crate::train::{EarlyStop, Monitor, TextOptions, TrainOptions};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;

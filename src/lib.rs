@@ -15,6 +15,7 @@ pub mod error;
 pub mod eval;
 pub mod graph;
 pub mod inspect;
+pub mod math;
 pub mod metrics;
 pub mod model;
 pub mod nn;

@@ -189,11 +189,9 @@ fn plan(a: PlanArgs) -> Result<()> {
     let spec = gpurt::nn::ModelSpec::resolve(&a.model, a.classes)?;
     let (spec, input) = match a.input.strip_prefix("text:") {
         Some(t) => {
-            let t: usize = t
-                .parse()
-                .ok()
-                .filter(|&t| t > 0)
-                .with_context(|| format!("--input text:T needs a token count, got '{}'", a.input))?;
+            let t: usize = t.parse().ok().filter(|&t| t > 0).with_context(|| {
+                format!("--input text:T needs a token count, got '{}'", a.input)
+            })?;
             (spec.with_vocab(a.vocab), vec![t])
         }
         None => {
@@ -205,7 +203,10 @@ fn plan(a: PlanArgs) -> Result<()> {
                 .ok()
                 .filter(|d: &Vec<usize>| d.len() == 3)
                 .with_context(|| {
-                    format!("--input must be C,H,W (three numbers) or text:T, got '{}'", a.input)
+                    format!(
+                        "--input must be C,H,W (three numbers) or text:T, got '{}'",
+                        a.input
+                    )
                 })?;
             (spec, dims)
         }

@@ -231,7 +231,8 @@ impl Classifier {
             (Input::Pixels(x), InputKind::Image) => self.session.write_input(p, "x", x),
             (Input::Tokens { ids, lengths }, InputKind::Tokens) => {
                 let vocab = self.config.spec.vocab().unwrap_or(usize::MAX);
-                if let Some((i, &id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
+                if let Some((i, &id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab)
+                {
                     return Err(Error::Usage(format!(
                         "token id {id} at position {i} is outside the vocabulary of {vocab}"
                     )));

@@ -134,7 +134,10 @@ pub struct Batch {
 pub enum BatchInput {
     Pixels(Vec<f32>),
     /// `B x T` ids (0 past each length) and `B` lengths.
-    Tokens { ids: Vec<u32>, lengths: Vec<u32> },
+    Tokens {
+        ids: Vec<u32>,
+        lengths: Vec<u32>,
+    },
 }
 
 impl Batch {
@@ -466,8 +469,11 @@ mod tests {
         let batches: Vec<Batch> = l.collect();
         assert_eq!(batches.len(), 11);
         let last = &batches[10];
-        assert_eq!((last.len, last.pixels().len(), last.y.len()), (3, 10 * 24, 10));
-        assert!(last.x[3 * 24..].iter().all(|&v| v == 0.0));
+        assert_eq!(
+            (last.len, last.pixels().len(), last.y.len()),
+            (3, 10 * 24, 10)
+        );
+        assert!(last.pixels()[3 * 24..].iter().all(|&v| v == 0.0));
         assert!(last.y[3..].iter().all(|&v| v == 0));
         assert!(batches[..10].iter().all(|b| b.len == 10));
 
@@ -600,13 +606,13 @@ mod tests {
         assert_ne!(a, run(3, 1));
         assert_eq!(a.len(), plain.len());
         for (pa, pb) in a.iter().zip(&plain) {
-            assert_eq!(pa.x.len(), pb.pixels().len());
+            assert_eq!(pa.pixels().len(), pb.pixels().len());
             assert_eq!(pa.y, pb.y, "augmentation must not reorder");
         }
         let changed = a
             .iter()
             .zip(&plain)
-            .flat_map(|(p, q)| p.x.chunks(24).zip(q.x.chunks(24)))
+            .flat_map(|(p, q)| p.pixels().chunks(24).zip(q.pixels().chunks(24)))
             .filter(|(p, q)| p != q)
             .count();
         assert!(changed > 32, "only {changed} of 64 images changed");

@@ -142,6 +142,7 @@ fn rule(
             Some(ops::embedding::backward(g, inputs[0], inputs[1], dy)?),
             None,
         ]),
+        Op::LayerNorm { .. } => ops::layer_norm::backward(g, inputs, outputs, dy),
         Op::Attention { heads } => Ok(vec![
             Some(ops::attention::backward(g, *heads, inputs, outputs, dy)?),
             None,
@@ -191,6 +192,7 @@ fn rule(
         | Op::MaskedMeanPoolBackward
         | Op::EmbeddingBackward { .. }
         | Op::AttentionBackward { .. }
+        | Op::LayerNormBackward
         | Op::ActBackward(_)
         | Op::SoftmaxBackward
         | Op::LogSoftmaxBackward

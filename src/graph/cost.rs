@@ -63,6 +63,8 @@ pub fn flops(l: &Launch) -> u64 {
         | Op::MaskedMeanPoolBackward
         | Op::Embedding
         | Op::EmbeddingBackward { .. }
+        | Op::LayerNorm { .. }
+        | Op::LayerNormBackward
         | Op::Act(_)
         | Op::ActBackward(_)
         | Op::Binary(_)

@@ -120,6 +120,14 @@ pub enum Kernel {
         dim: usize,
         backward: bool,
     },
+    /// Forward reads (x, weight, bias), writes (y, mean, rstd); backward
+    /// reads (x, weight, mean, rstd, dy), writes (dx, dweight, dbias).
+    LayerNorm {
+        rows: usize,
+        cols: usize,
+        eps: f32,
+        backward: bool,
+    },
     /// Forward reads (qkv, lengths), writes (out, lse); backward reads
     /// (qkv, lengths, out, lse, dout), writes dqkv.
     Attention {
@@ -412,6 +420,40 @@ impl Kernel {
                     backward,
                 }
             }
+            Op::LayerNorm { .. } | Op::LayerNormBackward => {
+                let backward = matches!(l.op, Op::LayerNormBackward);
+                need(if backward { 5 } else { 3 }, 3)?;
+                let (rows, cols) = rows(&rs[0]);
+                let vecs = if backward {
+                    [&rs[1], &ws[1], &ws[2]]
+                } else {
+                    [&rs[1], &rs[2], &rs[1]]
+                };
+                let stats = if backward {
+                    [&rs[2], &rs[3]]
+                } else {
+                    [&ws[1], &ws[2]]
+                };
+                if vecs.iter().any(|v| v.0 != [cols])
+                    || stats.iter().any(|v| v.numel() != rows)
+                    || ws[0] != rs[0]
+                    || (backward && rs[4] != rs[0])
+                {
+                    return Err(Error::shape(
+                        name,
+                        format!("reads {rs:?} and writes {ws:?}"),
+                    ));
+                }
+                Kernel::LayerNorm {
+                    rows,
+                    cols,
+                    eps: match l.op {
+                        Op::LayerNorm { eps } => eps,
+                        _ => 0.0,
+                    },
+                    backward,
+                }
+            }
             Op::Attention { heads } | Op::AttentionBackward { heads } => {
                 let backward = matches!(l.op, Op::AttentionBackward { .. });
                 if backward {
@@ -666,6 +708,7 @@ impl Kernel {
             | Kernel::MaskedMeanPool { .. }
             | Kernel::Embedding { .. }
             | Kernel::Attention { .. }
+            | Kernel::LayerNorm { .. }
             | Kernel::Act { .. }
             | Kernel::ActBackwardBias { .. }
             | Kernel::Binary { .. }

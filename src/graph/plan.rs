@@ -266,6 +266,8 @@ fn remap_scalars(op: &Op, local: &[String], global: &[String]) -> Op {
         | Op::EmbeddingBackward { .. }
         | Op::Attention { .. }
         | Op::AttentionBackward { .. }
+        | Op::LayerNorm { .. }
+        | Op::LayerNormBackward
         | Op::AvgPool2d { .. }
         | Op::AvgPool2dBackward { .. }
         | Op::GlobalAvgPool

@@ -535,7 +535,7 @@ impl LayerCtx<'_> {
                 activation,
             } => {
                 need_sequence("")?;
-                if s.0[2] % heads != 0 {
+                if !s.0[2].is_multiple_of(*heads) {
                     return Err(Error::Model(format!(
                         "{me}: width {} does not split into {heads} heads",
                         s.0[2]

@@ -352,9 +352,11 @@ impl ModelSpec {
         let Ok(wires) = super::build::wire(&self.layers) else {
             return InputKind::Image;
         };
-        let on_input = self.layers.iter().zip(&wires).any(|(n, w)| {
-            n.layer.reads_tokens() && w.contains(&super::build::Source::Input)
-        });
+        let on_input = self
+            .layers
+            .iter()
+            .zip(&wires)
+            .any(|(n, w)| n.layer.reads_tokens() && w.contains(&super::build::Source::Input));
         match on_input {
             true => InputKind::Tokens,
             false => InputKind::Image,

@@ -67,18 +67,27 @@ impl Encoder {
         d: usize,
     ) -> Result<ValueId> {
         let p = |s: &str| format!("layers.{i}.{s}");
-        let mut param = |g: &mut Graph, s: &str, shape: Vec<usize>, init: Init| {
-            declare(g, &p(s), shape, init)
-        };
+        let mut param =
+            |g: &mut Graph, s: &str, shape: Vec<usize>, init: Init| declare(g, &p(s), shape, init);
         let n1w = param(g, "norm1.weight", vec![d], Init::Ones)?;
         let n1b = param(g, "norm1.bias", vec![d], Init::Zeros)?;
-        let in_w = param(g, "self_attn.in_proj_weight", vec![3 * d, d], xavier(d, 3 * d))?;
+        let in_w = param(
+            g,
+            "self_attn.in_proj_weight",
+            vec![3 * d, d],
+            xavier(d, 3 * d),
+        )?;
         let in_b = param(g, "self_attn.in_proj_bias", vec![3 * d], Init::Zeros)?;
         let out_w = param(g, "self_attn.out_proj.weight", vec![d, d], Init::FanIn(d))?;
         let out_b = param(g, "self_attn.out_proj.bias", vec![d], Init::Zeros)?;
         let l1w = param(g, "linear1.weight", vec![self.ffn, d], Init::FanIn(d))?;
         let l1b = param(g, "linear1.bias", vec![self.ffn], Init::FanIn(d))?;
-        let l2w = param(g, "linear2.weight", vec![d, self.ffn], Init::FanIn(self.ffn))?;
+        let l2w = param(
+            g,
+            "linear2.weight",
+            vec![d, self.ffn],
+            Init::FanIn(self.ffn),
+        )?;
         let l2b = param(g, "linear2.bias", vec![d], Init::FanIn(self.ffn))?;
         let n2w = param(g, "norm2.weight", vec![d], Init::Ones)?;
         let n2b = param(g, "norm2.bias", vec![d], Init::Zeros)?;

@@ -86,7 +86,7 @@ impl Activation {
         match self {
             // NaN stays NaN, as in PyTorch (`f32::max` would turn it into 0).
             Activation::Relu => relu(x),
-            Activation::Gelu => 0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2)),
+            Activation::Gelu => x * crate::math::normal_cdf(x),
             Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
             Activation::Tanh => x.tanh(),
             Activation::Rsqrt => 1.0 / x.sqrt(),
@@ -106,9 +106,7 @@ impl Activation {
             }
             Activation::Gelu => {
                 let x = saved;
-                let cdf = 0.5 * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2));
-                let pdf = (-0.5 * x * x).exp() * 0.398_942_3;
-                dy * (cdf + x * pdf)
+                dy * (crate::math::normal_cdf(x) + x * crate::math::normal_pdf(x))
             }
             Activation::Sigmoid => dy * saved * (1.0 - saved),
             Activation::Tanh => dy * (1.0 - saved * saved),

@@ -2,13 +2,17 @@
 //! `y = (x − mean) / sqrt(var + eps) · weight + bias`, with the biased
 //! variance, per row.
 //!
-//! It is built from primitives (mean, sub, mul, add, rsqrt), so its
-//! gradient is theirs and every backend runs it with no kernel of its own;
-//! the fuser merges the elementwise steps between the two reductions.
+//! With both `weight` and `bias` (the usual case, and PyTorch's default)
+//! it is one kernel, [`Op::LayerNorm`], which also keeps each row's mean
+//! and reciprocal deviation for its backward, [`Op::LayerNormBackward`]
+//! (dx per row; the weight and bias gradients as column sums in a fixed
+//! order, so reproducible). Without them it is built from primitives
+//! (mean, sub, mul, add, rsqrt) and its gradient is theirs.
 
 use crate::error::{Error, Result};
 use crate::graph::ir::{Graph, ValueId};
-use crate::ops::Activation;
+use crate::ops::{Activation, Op};
+use crate::tensor::{DType, Shape};
 
 impl Graph {
     /// `weight` and `bias` (both optional, as with
@@ -49,6 +53,20 @@ impl Graph {
                 }
             }
         }
+        if let (Some(w), Some(b)) = (weight, bias) {
+            let rows = s.numel() / n;
+            let out = self.push_node(
+                Op::LayerNorm { eps },
+                vec![x, w, b],
+                vec![
+                    (s.clone(), DType::F32),
+                    (Shape(vec![rows]), DType::F32),
+                    (Shape(vec![rows]), DType::F32),
+                ],
+                vec![],
+            )?;
+            return Ok(out[0]);
+        }
         let axis = s.rank() - 1;
         let mean = self.mean(x, &[axis], true)?;
         let centred = self.sub(x, mean)?;
@@ -66,4 +84,22 @@ impl Graph {
         }
         Ok(y)
     }
+}
+
+/// Gradients of (x, weight, bias); inputs (x, weight, bias), outputs
+/// (y, mean, rstd).
+pub fn backward(
+    g: &mut Graph,
+    inputs: &[ValueId],
+    outputs: &[ValueId],
+    dy: ValueId,
+) -> Result<Vec<Option<ValueId>>> {
+    let (sx, sw) = (g.shape(inputs[0]).clone(), g.shape(inputs[1]).clone());
+    let out = g.push_node(
+        Op::LayerNormBackward,
+        vec![inputs[0], inputs[1], outputs[1], outputs[2], dy],
+        vec![(sx, DType::F32), (sw.clone(), DType::F32), (sw, DType::F32)],
+        vec![],
+    )?;
+    Ok(vec![Some(out[0]), Some(out[1]), Some(out[2])])
 }

@@ -85,6 +85,13 @@ pub enum Op {
     EmbeddingBackward {
         vocab: usize,
     },
+    /// Inputs (x [.., n], weight [n], bias [n]) -> (y, mean [rows],
+    /// rstd [rows]): `nn.LayerNorm` over the last axis.
+    LayerNorm {
+        eps: f32,
+    },
+    /// Inputs (x, weight, mean, rstd, dy) -> (dx, dweight, dbias).
+    LayerNormBackward,
     /// Inputs (qkv [B,T,3D], lengths u32 [B]) -> (out [B,T,D], lse [B,H,T]):
     /// fused multi-head attention with a padding mask (`ops/attention.rs`).
     Attention {
@@ -200,6 +207,7 @@ pub enum KernelFile {
     Dropout,
     Elementwise,
     Embedding,
+    LayerNorm,
     Matmul,
     Pool,
     Reduce,
@@ -209,7 +217,7 @@ pub enum KernelFile {
 }
 
 impl KernelFile {
-    pub const ALL: [KernelFile; 17] = [
+    pub const ALL: [KernelFile; 18] = [
         KernelFile::Activation,
         KernelFile::Adam,
         KernelFile::Attention,
@@ -221,6 +229,7 @@ impl KernelFile {
         KernelFile::Dropout,
         KernelFile::Elementwise,
         KernelFile::Embedding,
+        KernelFile::LayerNorm,
         KernelFile::Matmul,
         KernelFile::Pool,
         KernelFile::Reduce,
@@ -243,6 +252,7 @@ impl KernelFile {
             KernelFile::Dropout => "dropout",
             KernelFile::Elementwise => "elementwise",
             KernelFile::Embedding => "embedding",
+            KernelFile::LayerNorm => "layer_norm",
             KernelFile::Matmul => "matmul",
             KernelFile::Pool => "pool",
             KernelFile::Reduce => "reduce",
@@ -272,6 +282,7 @@ impl Op {
             | Op::MaskedMeanPool
             | Op::MaskedMeanPoolBackward => KernelFile::Pool,
             Op::Embedding | Op::EmbeddingBackward { .. } => KernelFile::Embedding,
+            Op::LayerNorm { .. } | Op::LayerNormBackward => KernelFile::LayerNorm,
             Op::Attention { .. } | Op::AttentionBackward { .. } => KernelFile::Attention,
             Op::Act(_) | Op::ActBackward(_) => KernelFile::Activation,
             Op::Binary(_) | Op::Scale(_) | Op::Fill(_) => KernelFile::Binary,
@@ -312,6 +323,8 @@ impl Op {
             Op::MaskedMeanPoolBackward => "masked_mean_pool_backward",
             Op::Embedding => "embedding_forward",
             Op::EmbeddingBackward { .. } => "embedding_backward",
+            Op::LayerNorm { .. } => "layer_norm_forward",
+            Op::LayerNormBackward => "layer_norm_backward",
             Op::Attention { .. } => "attention_forward",
             Op::AttentionBackward { .. } => "attention_backward",
             Op::Act(a) => a.name(),
@@ -372,6 +385,8 @@ impl Op {
             | Op::EmbeddingBackward { .. }
             | Op::Attention { .. }
             | Op::AttentionBackward { .. }
+            | Op::LayerNorm { .. }
+            | Op::LayerNormBackward
             | Op::Fill(_)
             | Op::SumTo
             | Op::BroadcastTo

@@ -5,9 +5,9 @@ mod guards;
 mod options;
 mod save;
 
+pub use data::text_source;
 use guards::{check_divergence, LossWatch, DIVERGED_BATCH, DIVERGED_MEDIAN};
 use options::check_options;
-pub use data::text_source;
 pub use options::{EarlyStop, Monitor, TextOptions, TrainOptions};
 use save::RunInfo;
 
@@ -105,7 +105,11 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
         return Err(Error::Usage(format!(
             "model '{}' reads {} but {} holds {}",
             spec.name,
-            if kind == InputKind::Tokens { "token ids (text)" } else { "images" },
+            if kind == InputKind::Tokens {
+                "token ids (text)"
+            } else {
+                "images"
+            },
             o.data,
             data.unit
         )));
@@ -202,7 +206,9 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
 
     for epoch in first_epoch..=o.epochs {
         let t0 = Instant::now();
-        let loader = data.train.batches(o.batch, Some(o.seed), epoch as u64, true)?;
+        let loader = data
+            .train
+            .batches(o.batch, Some(o.seed), epoch as u64, true)?;
         let bar = progress_bar(o.progress, loader.len(), epoch, o.epochs);
         let mut cm = ConfusionMatrix::new(classes);
         let (mut loss_sum, mut seen) = (0.0f64, 0usize);

@@ -1,9 +1,7 @@
 //! Publishing a run's checkpoints (see `crate::checkpoint`).
 
 use super::options::TrainOptions;
-use crate::checkpoint::{
-    self, Checkpoint, TextRun, BEST_FILE, CHECKPOINT, MODEL_FILE, OPTIM_FILE,
-};
+use crate::checkpoint::{self, Checkpoint, TextRun, BEST_FILE, CHECKPOINT, MODEL_FILE, OPTIM_FILE};
 use crate::data::{DataSpec, Normalizer};
 use crate::error::{Error, Result};
 use crate::metrics::{write_metrics, EpochMetrics};

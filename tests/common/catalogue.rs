@@ -756,7 +756,13 @@ fn norm_cases(out: &mut Vec<Prepared>) {
         with_grads(&mut g, y, &[("x", x)]);
         graph_case(out, &format!("rsqrt in place {dims:?}"), g, 0, TOL);
     }
-    for dims in [vec![3, 7], vec![2, 3, 33], vec![5, 1], vec![4, 129]] {
+    for dims in [
+        vec![3, 7],
+        vec![2, 3, 33],
+        vec![5, 1],
+        vec![4, 129],
+        vec![3, 100, 128],
+    ] {
         for affine in [false, true] {
             let mut g = Graph::new(true);
             let x = input(&mut g, "x", &dims);

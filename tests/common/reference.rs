@@ -128,6 +128,14 @@ pub fn eval_f64(
             }
             Op::Embedding => (vec![embedding(xs[0], x[0], x[1])], mutated),
             Op::EmbeddingBackward { .. } => (vec![embedding_backward(ys[0], x[0], x[1])], mutated),
+            Op::LayerNorm { eps } => {
+                let (y, m, r) = layer_norm(xs[0], x[0], x[1], x[2], *eps as f64);
+                (vec![y, m, r], mutated)
+            }
+            Op::LayerNormBackward => {
+                let (dx, dw, db) = layer_norm_backward(xs[0], x[0], x[1], x[2], x[3], x[4]);
+                (vec![dx, dw, db], mutated)
+            }
             Op::Attention { heads } => {
                 let (y, lse) = attention(xs[0], *heads, x[0], x[1]);
                 (vec![y, lse], mutated)
@@ -1163,4 +1171,51 @@ fn attention_backward(
         }
     }
     dx
+}
+
+/// `(y, mean, rstd)` of a layer norm over the last axis.
+fn layer_norm(
+    xs: &Shape,
+    x: &[f64],
+    w: &[f64],
+    b: &[f64],
+    eps: f64,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let n = *xs.0.last().unwrap();
+    let (mut y, mut mean, mut rstd) = (vec![0.0; x.len()], Vec::new(), Vec::new());
+    for (r, xr) in x.chunks(n).enumerate() {
+        let m = xr.iter().sum::<f64>() / n as f64;
+        let v = xr.iter().map(|a| (a - m) * (a - m)).sum::<f64>() / n as f64;
+        let s = 1.0 / (v + eps).sqrt();
+        for k in 0..n {
+            y[r * n + k] = (xr[k] - m) * s * w[k] + b[k];
+        }
+        mean.push(m);
+        rstd.push(s);
+    }
+    (y, mean, rstd)
+}
+
+fn layer_norm_backward(
+    xs: &Shape,
+    x: &[f64],
+    w: &[f64],
+    mean: &[f64],
+    rstd: &[f64],
+    dy: &[f64],
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let n = *xs.0.last().unwrap();
+    let (mut dx, mut dw, mut db) = (vec![0.0; x.len()], vec![0.0; n], vec![0.0; n]);
+    for r in 0..x.len() / n {
+        let xhat: Vec<f64> = (0..n).map(|k| (x[r * n + k] - mean[r]) * rstd[r]).collect();
+        let g: Vec<f64> = (0..n).map(|k| dy[r * n + k] * w[k]).collect();
+        let mg = g.iter().sum::<f64>() / n as f64;
+        let mgx = (0..n).map(|k| g[k] * xhat[k]).sum::<f64>() / n as f64;
+        for k in 0..n {
+            dx[r * n + k] = rstd[r] * (g[k] - mg - xhat[k] * mgx);
+            dw[k] += dy[r * n + k] * xhat[k];
+            db[k] += dy[r * n + k];
+        }
+    }
+    (dx, dw, db)
 }

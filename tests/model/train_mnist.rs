@@ -42,6 +42,7 @@ fn options(out: PathBuf, fuse: bool) -> TrainOptions {
         limit: Some(10_000),
         progress: false,
         fuse,
+        text: Default::default(),
     }
 }
 

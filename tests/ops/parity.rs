@@ -539,8 +539,13 @@ fn layer_norm_forward() {
                 uniform_in(&mut r, n, -1.0, 1.0),
             );
             // The definition, row by row, in f64 (with the graph's f32
-            // constants 1/n and eps).
-            let (inv_n, eps) = ((1.0 / n as f32) as f64, 1e-5f32 as f64);
+            // constants: eps, and 1/n where the composite multiplies by
+            // it; the affine case is one kernel that divides by n).
+            let inv_n = match affine {
+                true => 1.0 / n as f64,
+                false => (1.0 / n as f32) as f64,
+            };
+            let eps = 1e-5f32 as f64;
             let mut want = vec![0.0f64; xs.len()];
             for (row, out) in xs.chunks(n).zip(want.chunks_mut(n)) {
                 let mean = row.iter().sum::<f64>() * inv_n;

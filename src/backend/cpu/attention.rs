@@ -1,14 +1,14 @@
 //! Fused multi-head attention on the CPU, one sequence per rayon task.
 //!
-//! Each query row's scores against the sequence's keys live in one
-//! L1-resident row buffer (at most `T` floats): the `T×T` probability
-//! matrix is never written, forward or backward, as on the GPUs. Keys and
-//! values of the head being processed are gathered once into contiguous
-//! scratch (`Kᵀ` so the score loop runs along the keys), and every inner
-//! loop is an axpy over keys or over the head dimension, which the
-//! compiler vectorises. Rows past a sequence's length are zero (see
-//! `ops/attention.rs`).
+//! Queries go in blocks of [`QB`] rows: a block's scores against the
+//! sequence's keys (`QB × T`, in L2) are the only score storage, so the
+//! `T×T` probability matrix is never written, forward or backward. Q, K
+//! and V of the head being processed are gathered once into contiguous
+//! scratch, and the five products per block run on the `gemm` crate
+//! (single-threaded: the sequences are the parallel loop). Rows past a
+//! sequence's length are zero (see `ops/attention.rs`).
 
+use super::matmul::{sgemm, Threads};
 use super::par::min_len;
 use super::simd_math::exp_nonpositive;
 use crate::graph::kernel::Sequences;
@@ -101,25 +101,6 @@ fn gather(
     g
 }
 
-/// `row[j] = Σ_k a[k]·bt[k][j]` for `j < row.len()`.
-#[inline(always)]
-fn scores(a: &[f32], bt: &[f32], row: &mut [f32]) {
-    let l = row.len();
-    row.fill(0.0);
-    for (k, &ak) in a.iter().enumerate() {
-        for (s, &b) in row.iter_mut().zip(&bt[k * l..(k + 1) * l]) {
-            *s += ak * b;
-        }
-    }
-}
-
-#[inline(always)]
-fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
-    for (y, &x) in y.iter_mut().zip(x) {
-        *y += alpha * x;
-    }
-}
-
 /// `row[j] = exp(row[j] - shift)`, returning the sum (16 lanes).
 #[inline(always)]
 fn exp_shifted<const FMA: bool>(row: &mut [f32], shift: f32) -> f32 {
@@ -140,27 +121,48 @@ fn exp_shifted<const FMA: bool>(row: &mut [f32], shift: f32) -> f32 {
 }
 
 #[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma", "aarch64+neon"))]
-fn forward_sequence(
-    x: &[f32],
-    l: usize,
-    t: usize,
-    heads: usize,
-    d: usize,
-    out: &mut [f32],
-    lse: &mut [f32],
-) {
+fn softmax_rows(s: &mut [f32], l: usize, lse: &mut [f32], shift: Option<&[f32]>) -> () {
     use multiversion::target::selected_target;
     if selected_target!().supports_feature_str("fma")
         || selected_target!().supports_feature_str("neon")
     {
-        forward_impl::<true>(x, l, t, heads, d, out, lse)
+        softmax_rows_impl::<true>(s, l, lse, shift)
     } else {
-        forward_impl::<false>(x, l, t, heads, d, out, lse)
+        softmax_rows_impl::<false>(s, l, lse, shift)
     }
 }
 
+/// Each row of `s` (length `l`) becomes `exp(s − shift)`: with `shift`
+/// given (the saved log-sum-exp) those are the probabilities; without, the
+/// row's max is the shift, the row is normalised, and its log-sum-exp is
+/// written to `lse`.
 #[inline(always)]
-fn forward_impl<const FMA: bool>(
+fn softmax_rows_impl<const FMA: bool>(
+    s: &mut [f32],
+    l: usize,
+    lse: &mut [f32],
+    shift: Option<&[f32]>,
+) {
+    for (r, row) in s.chunks_exact_mut(l).enumerate() {
+        match shift {
+            Some(sh) => {
+                exp_shifted::<FMA>(row, sh[r]);
+            }
+            None => {
+                let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                let sum = exp_shifted::<FMA>(row, m);
+                lse[r] = m + sum.ln();
+                let inv = 1.0 / sum;
+                row.iter_mut().for_each(|v| *v *= inv);
+            }
+        }
+    }
+}
+
+/// Query rows per block: a block's scores (`QB × T`) stay in L2.
+const QB: usize = 64;
+
+fn forward_sequence(
     x: &[f32],
     l: usize,
     t: usize,
@@ -176,88 +178,89 @@ fn forward_impl<const FMA: bool>(
     }
     let dm = heads * d;
     let scale = 1.0 / (d as f32).sqrt();
-    let mut row = vec![0.0f32; l];
-    let mut q = vec![0.0f32; d];
+    let mut s = vec![0.0f32; QB * l];
+    let mut o = vec![0.0f32; QB * d];
     for h in 0..heads {
+        let mut q = gather(x, l, dm, 0, h, d, false);
+        q.iter_mut().for_each(|v| *v *= scale);
         let kt = gather(x, l, dm, 1, h, d, true);
         let v = gather(x, l, dm, 2, h, d, false);
-        for r in 0..l {
-            for (qs, &qv) in q.iter_mut().zip(&x[r * 3 * dm + h * d..][..d]) {
-                *qs = qv * scale;
+        for r0 in (0..l).step_by(QB) {
+            let qb = QB.min(l - r0);
+            let (s, o) = (&mut s[..qb * l], &mut o[..qb * d]);
+            sgemm(
+                qb,
+                l,
+                d,
+                &q[r0 * d..],
+                false,
+                &kt,
+                false,
+                s,
+                false,
+                Threads::Serial,
+            );
+            softmax_rows(s, l, &mut lse[h * t + r0..h * t + r0 + qb], None);
+            sgemm(qb, d, l, s, false, &v, false, o, false, Threads::Serial);
+            for (i, orow) in o.chunks_exact(d).enumerate() {
+                out[(r0 + i) * dm + h * d..][..d].copy_from_slice(orow);
             }
-            scores(&q, &kt, &mut row);
-            let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-            let sum = exp_shifted::<FMA>(&mut row, m);
-            lse[h * t + r] = m + sum.ln();
-            let o = &mut out[r * dm + h * d..][..d];
-            for (j, &p) in row.iter().enumerate() {
-                axpy(p, &v[j * d..(j + 1) * d], o);
-            }
-            let inv = 1.0 / sum;
-            o.iter_mut().for_each(|o| *o *= inv);
         }
     }
 }
 
-#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma", "aarch64+neon"))]
-fn backward_sequence(s: Seq, l: usize, t: usize, heads: usize, d: usize, dx: &mut [f32]) {
-    use multiversion::target::selected_target;
-    if selected_target!().supports_feature_str("fma")
-        || selected_target!().supports_feature_str("neon")
-    {
-        backward_impl::<true>(s, l, t, heads, d, dx)
-    } else {
-        backward_impl::<false>(s, l, t, heads, d, dx)
-    }
-}
-
-/// Per query row `r`: `P = exp(S − lse)`, `dP = dO·Vᵀ`,
-/// `dS = P∘(dP − rowsum(dO∘O))·scale`; then `dV += Pᵀ·dO`, `dQ = dS·K`,
-/// `dK += dSᵀ·Q`, all in one pass over the keys.
-#[inline(always)]
-fn backward_impl<const FMA: bool>(
-    s: Seq,
-    l: usize,
-    t: usize,
-    heads: usize,
-    d: usize,
-    dx: &mut [f32],
-) {
+/// Per query block: `P = exp(S − lse)`, `dV += Pᵀ·dO`, `dP = dO·Vᵀ`,
+/// `dS = P∘(dP − rowsum(dO∘O))`, `dQ = scale·dS·K`, `dK += dSᵀ·(scale·Q)`.
+fn backward_sequence(sq: Seq, l: usize, t: usize, heads: usize, d: usize, dx: &mut [f32]) {
     dx.fill(0.0);
     if l == 0 {
         return;
     }
     let dm = heads * d;
     let scale = 1.0 / (d as f32).sqrt();
-    let mut p = vec![0.0f32; l];
-    let mut dp = vec![0.0f32; l];
-    let mut q = vec![0.0f32; d];
-    let mut dq = vec![0.0f32; d];
+    let mut p = vec![0.0f32; QB * l];
+    let mut dp = vec![0.0f32; QB * l];
+    let mut dq = vec![0.0f32; QB * d];
+    let mut go = vec![0.0f32; l * d];
+    let mut di = vec![0.0f32; l];
     for h in 0..heads {
-        let kt = gather(s.x, l, dm, 1, h, d, true);
-        let vt = gather(s.x, l, dm, 2, h, d, true);
-        let k = gather(s.x, l, dm, 1, h, d, false);
+        let mut q = gather(sq.x, l, dm, 0, h, d, false);
+        q.iter_mut().for_each(|v| *v *= scale);
+        let kt = gather(sq.x, l, dm, 1, h, d, true);
+        let k = gather(sq.x, l, dm, 1, h, d, false);
+        let vt = gather(sq.x, l, dm, 2, h, d, true);
+        for r in 0..l {
+            let g = &sq.dout[r * dm + h * d..][..d];
+            go[r * d..(r + 1) * d].copy_from_slice(g);
+            di[r] = g
+                .iter()
+                .zip(&sq.out[r * dm + h * d..][..d])
+                .map(|(a, b)| a * b)
+                .sum();
+        }
         let mut dk = vec![0.0f32; l * d];
         let mut dv = vec![0.0f32; l * d];
-        for r in 0..l {
-            let qr = &s.x[r * 3 * dm + h * d..][..d];
-            for (qs, &qv) in q.iter_mut().zip(qr) {
-                *qs = qv * scale;
+        for r0 in (0..l).step_by(QB) {
+            let qb = QB.min(l - r0);
+            let (p, dp, dq) = (&mut p[..qb * l], &mut dp[..qb * l], &mut dq[..qb * d]);
+            let (qs, gs) = (&q[r0 * d..(r0 + qb) * d], &go[r0 * d..(r0 + qb) * d]);
+            sgemm(qb, l, d, qs, false, &kt, false, p, false, Threads::Serial);
+            softmax_rows(p, l, &mut [], Some(&sq.lse[h * t + r0..h * t + r0 + qb]));
+            sgemm(l, d, qb, p, true, gs, false, &mut dv, true, Threads::Serial);
+            sgemm(qb, l, d, gs, false, &vt, false, dp, false, Threads::Serial);
+            for (i, (pr, dpr)) in p.chunks_exact_mut(l).zip(dp.chunks_exact(l)).enumerate() {
+                let dr = di[r0 + i];
+                for (pv, &dpv) in pr.iter_mut().zip(dpr) {
+                    *pv *= dpv - dr;
+                }
             }
-            let dor = &s.dout[r * dm + h * d..][..d];
-            let or = &s.out[r * dm + h * d..][..d];
-            let di: f32 = dor.iter().zip(or).map(|(a, b)| a * b).sum();
-            scores(&q, &kt, &mut p);
-            exp_shifted::<FMA>(&mut p, s.lse[h * t + r]);
-            scores(dor, &vt, &mut dp);
-            dq.fill(0.0);
-            for j in 0..l {
-                let ds = p[j] * (dp[j] - di) * scale;
-                axpy(p[j], dor, &mut dv[j * d..(j + 1) * d]);
-                axpy(ds, &k[j * d..(j + 1) * d], &mut dq);
-                axpy(ds, qr, &mut dk[j * d..(j + 1) * d]);
+            sgemm(qb, d, l, p, false, &k, false, dq, false, Threads::Serial);
+            sgemm(l, d, qb, p, true, qs, false, &mut dk, true, Threads::Serial);
+            for (i, row) in dq.chunks_exact(d).enumerate() {
+                for (o, &v) in dx[(r0 + i) * 3 * dm + h * d..][..d].iter_mut().zip(row) {
+                    *o = v * scale;
+                }
             }
-            dx[r * 3 * dm + h * d..][..d].copy_from_slice(&dq);
         }
         for j in 0..l {
             dx[j * 3 * dm + dm + h * d..][..d].copy_from_slice(&dk[j * d..(j + 1) * d]);

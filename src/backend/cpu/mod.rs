@@ -16,6 +16,7 @@ pub mod cross_entropy;
 pub mod dropout;
 pub mod elementwise;
 pub mod embedding;
+pub mod layer_norm;
 pub mod linear;
 pub mod matmul;
 pub mod par;
@@ -23,7 +24,7 @@ pub mod pool;
 pub mod reduce;
 pub mod sgd;
 pub mod shape;
-pub mod simd_math;
+pub use crate::math as simd_math;
 mod small_gemm;
 pub mod softmax;
 #[cfg(test)]
@@ -316,6 +317,27 @@ fn execute(
             backward: true,
             ..
         } => embedding::cpu_embedding_backward(*dim, u32s(r[0]), r[1], w[0]),
+        Kernel::LayerNorm {
+            cols,
+            eps,
+            backward: false,
+            ..
+        } => {
+            let [y, mean, rstd] = w else {
+                unreachable!("validated: layer_norm writes y, mean and rstd")
+            };
+            layer_norm::cpu_layer_norm(*cols, *eps, [r[0], r[1], r[2]], y, [mean, rstd])
+        }
+        Kernel::LayerNorm {
+            cols,
+            backward: true,
+            ..
+        } => {
+            let [dx, dw, db] = w else {
+                unreachable!("validated: layer_norm_backward writes dx, dw and db")
+            };
+            layer_norm::cpu_layer_norm_backward(*cols, [r[0], r[1], r[2], r[3], r[4]], dx, dw, db)
+        }
         Kernel::Attention {
             seq,
             heads,

@@ -342,6 +342,45 @@ impl Planner {
                     ],
                 )
             }
+            Kernel::LayerNorm {
+                rows,
+                cols,
+                eps,
+                backward: false,
+            } => self.elementwise(
+                "layer_norm_forward",
+                *rows,
+                vec![
+                    r(0),
+                    r(1),
+                    r(2),
+                    w(0),
+                    w(1),
+                    w(2),
+                    Arg::I32(int(*rows)?),
+                    Arg::I32(int(*cols)?),
+                    Arg::F32(*eps),
+                ],
+            ),
+            Kernel::LayerNorm {
+                rows,
+                cols,
+                backward: true,
+                ..
+            } => {
+                let (m, n) = (Arg::I32(int(*rows)?), Arg::I32(int(*cols)?));
+                let mut calls = self.elementwise(
+                    "layer_norm_backward_dx",
+                    *rows,
+                    vec![r(0), r(1), r(2), r(3), r(4), w(0), m.clone(), n.clone()],
+                );
+                calls.extend(self.elementwise(
+                    "layer_norm_backward_params",
+                    *cols,
+                    vec![r(0), r(2), r(3), r(4), w(1), w(2), m, n],
+                ));
+                calls
+            }
             Kernel::Attention {
                 seq,
                 heads,

@@ -34,6 +34,7 @@ pub const FILES: &[PtxFile] = embed![
     "dropout",
     "elementwise",
     "embedding",
+    "layer_norm",
     "matmul",
     "pool",
     "reduce",

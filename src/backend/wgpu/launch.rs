@@ -405,6 +405,48 @@ pub fn encode(
                 groups_for(dim * buckets),
             )
         }
+        Kernel::LayerNorm {
+            rows,
+            cols,
+            eps,
+            backward: false,
+        } => {
+            let mut p = Params::new(9);
+            p.list(0, &[*rows, *cols]).f(2, *eps);
+            p.list(3, &[r(0), r(1), r(2), w(0), w(1), w(2)]);
+            one(
+                &p,
+                Family::LayerNorm,
+                "layer_norm_forward",
+                groups_for(*rows),
+            )
+        }
+        Kernel::LayerNorm {
+            rows,
+            cols,
+            backward: true,
+            ..
+        } => {
+            let mut p = Params::new(11);
+            p.list(0, &[*rows, *cols]);
+            p.list(3, &[r(0), r(1), r(2), r(3), r(4), w(0), w(1), w(2)]);
+            Ok(if *rows == 0 || *cols == 0 {
+                vec![]
+            } else {
+                vec![
+                    p.dispatch(
+                        Family::LayerNorm,
+                        "layer_norm_backward_dx",
+                        groups_for(*rows),
+                    )?,
+                    p.dispatch(
+                        Family::LayerNorm,
+                        "layer_norm_backward_params",
+                        groups_for(*cols),
+                    )?,
+                ]
+            })
+        }
         Kernel::Attention {
             seq,
             heads,

@@ -23,6 +23,7 @@ fn body(f: Family) -> &'static str {
         Family::Dropout => include_str!("../../../shaders/dropout.wgsl"),
         Family::Elementwise => include_str!("../../../shaders/elementwise.wgsl"),
         Family::Embedding => include_str!("../../../shaders/embedding.wgsl"),
+        Family::LayerNorm => include_str!("../../../shaders/layer_norm.wgsl"),
         Family::Matmul => include_str!("../../../shaders/matmul.wgsl"),
         Family::Pool => include_str!("../../../shaders/pool.wgsl"),
         Family::Reduce => include_str!("../../../shaders/reduce.wgsl"),
@@ -62,6 +63,11 @@ pub fn entry_points(f: Family) -> &'static [&'static str] {
         Family::Dropout => &["dropout"],
         Family::Elementwise => &["elementwise"],
         Family::Embedding => &["embedding_forward", "embedding_backward"],
+        Family::LayerNorm => &[
+            "layer_norm_forward",
+            "layer_norm_backward_dx",
+            "layer_norm_backward_params",
+        ],
         Family::Matmul => &["matmul", "gemm_splitk_reduce"],
         Family::Pool => &[
             "maxpool2d_forward",
