@@ -170,9 +170,19 @@ pub struct EvalArgs {
     /// A folder written by `gpurt train`.
     #[arg(long, default_value = "runs/latest")]
     pub run: PathBuf,
-    /// Dataset to evaluate on [default: the one the run was trained on].
+    /// Dataset to evaluate on [default: the one the run was trained on;
+    /// for a text run, its test documents].
     #[arg(long)]
     pub data: Option<String>,
+    /// Text CSV/TSV given by --data: the label column [default: label].
+    #[arg(long)]
+    pub label_column: Option<String>,
+    /// Text CSV/TSV given by --data: the text column [default: text].
+    #[arg(long)]
+    pub text_column: Option<String>,
+    /// Text CSV/TSV given by --data: the first row is data.
+    #[arg(long)]
+    pub no_header: bool,
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// Machine-readable output.
@@ -192,7 +202,9 @@ pub struct PredictArgs {
     pub device: String,
     #[arg(long)]
     pub json: bool,
-    /// PNG files, or one IDX image file (gzip or raw).
+    /// PNG files, or one IDX image file (gzip or raw); for a text run,
+    /// text files (one document each) or `-` for one document per line
+    /// of standard input.
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
 }

@@ -16,9 +16,10 @@
 
 use crate::backend::{Backend, DeviceSpec};
 use crate::checkpoint::Checkpoint;
+use crate::data::tokenize::TextTokenizer;
 use crate::data::Normalizer;
 use crate::error::{Error, Result};
-use crate::model::{Classifier, ClassifierConfig};
+use crate::model::{Classifier, ClassifierConfig, Input};
 use crate::nn::fold::fold_batch_norm;
 use crate::nn::ModelSpec;
 use crate::optim::{OptimConfig, OptimizerKind};
@@ -148,19 +149,41 @@ impl Predictor {
 
     /// Logits `[batch, classes]` for one normalised input batch.
     pub fn run(&mut self, input: &[f32]) -> Result<&[f32]> {
-        if input.len() != self.input_shape.numel() {
+        self.run_input(&Input::Pixels(input))
+    }
+
+    /// Logits `[batch, classes]` for one batch of any input kind (token
+    /// ids `[batch, T]` and lengths `[batch]` for a text model).
+    pub fn run_input(&mut self, x: &Input) -> Result<&[f32]> {
+        let n = match x {
+            Input::Pixels(p) => p.len(),
+            Input::Tokens { ids, lengths } => {
+                if lengths.len() != self.input_shape.0[0] {
+                    return Err(Error::shape(
+                        "Predictor::run_input",
+                        format!(
+                            "expected {} lengths, got {}",
+                            self.input_shape.0[0],
+                            lengths.len()
+                        ),
+                    ));
+                }
+                ids.len()
+            }
+        };
+        if n != self.input_shape.numel() {
             return Err(Error::shape(
                 "Predictor::run",
                 format!(
                     "expected {} values (shape {}), got {}",
                     self.input_shape.numel(),
                     self.input_shape,
-                    input.len()
+                    n
                 ),
             ));
         }
+        self.model.write_input(self.program, x)?;
         let s = self.model.session_mut();
-        s.write_input(self.program, "x", input)?;
         let program = self.program;
         if self.parallel {
             s.run(program)?;
@@ -183,5 +206,82 @@ impl Predictor {
             .session()
             .output_view(self.program, "logits")?
             .expect("checked above"))
+    }
+}
+
+/// Text in, logits out: a run's tokenizer in front of a [`Predictor`].
+///
+/// What allocates per call: tokenisation (the `tokenizers` crate builds
+/// strings and an encoding per text, and jieba segmentation a string);
+/// the padded id and length buffers are the predictor's own, reused; the
+/// forward pass allocates what [`Predictor::run`] says (the `gemm` crate's
+/// packing buffers for the dense layers of more than 8 rows).
+pub struct TextPredictor {
+    predictor: Predictor,
+    tokenizer: TextTokenizer,
+    classes: Vec<String>,
+    ids: Vec<u32>,
+    lengths: Vec<u32>,
+}
+
+impl TextPredictor {
+    /// From a text run's folder: its model, tokenizer and class names,
+    /// with room for `batch` texts per call.
+    pub fn from_run(dir: &Path, batch: usize, device: &DeviceSpec) -> Result<Self> {
+        let ck = Checkpoint::load(dir)?;
+        let text = ck.text.clone().ok_or_else(|| {
+            Error::Usage(format!("{}: not a text run (no tokenizer)", dir.display()))
+        })?;
+        let tokenizer = crate::train::load_tokenizer(dir, &ck)?;
+        let weights = SharedWeights::from_file(
+            ck.spec.clone(),
+            ck.input.clone(),
+            ck.classes,
+            &ck.run_model_file(dir),
+        )?;
+        let predictor = Predictor::on_device(&weights, batch, device)?;
+        let t = ck.input[0];
+        Ok(TextPredictor {
+            predictor,
+            tokenizer,
+            classes: text.classes,
+            ids: vec![0; batch * t],
+            lengths: vec![0; batch],
+        })
+    }
+
+    /// Class names, by label.
+    pub fn classes(&self) -> &[String] {
+        &self.classes
+    }
+
+    /// Texts per call.
+    pub fn batch(&self) -> usize {
+        self.lengths.len()
+    }
+
+    /// Logits `[batch, classes]` for up to `batch` texts (rows past
+    /// `texts.len()` are padding: an empty document).
+    pub fn run(&mut self, texts: &[&str]) -> Result<&[f32]> {
+        let batch = self.batch();
+        if texts.len() > batch {
+            return Err(Error::Usage(format!(
+                "{} texts for a predictor of batch {batch}",
+                texts.len()
+            )));
+        }
+        let t = self.ids.len() / batch.max(1);
+        self.ids.fill(0);
+        self.lengths.fill(0);
+        for (r, text) in texts.iter().enumerate() {
+            let ids = self.tokenizer.encode(text)?;
+            let n = ids.len().min(t);
+            self.ids[r * t..r * t + n].copy_from_slice(&ids[..n]);
+            self.lengths[r] = n as u32;
+        }
+        self.predictor.run_input(&Input::Tokens {
+            ids: &self.ids,
+            lengths: &self.lengths,
+        })
     }
 }

@@ -12,6 +12,8 @@ use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::Arc;
 
+mod text_cli;
+
 fn main() {
     let start = std::time::Instant::now();
     restore_sigpipe();
@@ -86,6 +88,9 @@ fn run(cli: Cli, start: std::time::Instant) -> Result<()> {
 fn eval(a: EvalArgs) -> Result<()> {
     let device: DeviceSpec = a.device.parse()?;
     let (mut model, ck) = load_run(&a.run, &device, 256)?;
+    if ck.text.is_some() {
+        return text_cli::eval(&a, &mut model, &ck);
+    }
     let spec: DataSpec = a.data.clone().unwrap_or_else(|| ck.data.clone()).parse()?;
     let test = Arc::new(spec.load(Split::Test)?);
     if [test.channels, test.height, test.width] != ck.input[..] {
@@ -119,6 +124,9 @@ fn eval(a: EvalArgs) -> Result<()> {
 
 fn predict(a: PredictArgs) -> Result<()> {
     let device: DeviceSpec = a.device.parse()?;
+    if checkpoint::Checkpoint::load(&a.run)?.text.is_some() {
+        return text_cli::predict(&a, &device);
+    }
     let (mut model, ck) = load_run(&a.run, &device, 1)?;
     let norm = ck.normalizer();
     let (c, h, w) = (ck.input[0], ck.input[1], ck.input[2]);

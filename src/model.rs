@@ -226,7 +226,7 @@ impl Classifier {
     /// Writes a batch into program `p`'s inputs. Token ids must lie in
     /// the vocabulary: a bad id is refused here rather than read as a
     /// zero vector by the kernels.
-    fn write_input(&mut self, p: usize, x: &Input) -> Result<()> {
+    pub fn write_input(&mut self, p: usize, x: &Input) -> Result<()> {
         match (x, self.config.spec.input_kind()) {
             (Input::Pixels(x), InputKind::Image) => self.session.write_input(p, "x", x),
             (Input::Tokens { ids, lengths }, InputKind::Tokens) => {

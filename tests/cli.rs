@@ -16,6 +16,8 @@ mod cuda;
 mod properties;
 #[path = "cli/reliability.rs"]
 mod reliability;
+#[path = "cli/text.rs"]
+mod text;
 #[path = "cli/wgpu.rs"]
 mod wgpu;
 

@@ -9,6 +9,8 @@ mod graphs;
 mod smoke_cnn;
 #[path = "model/stress.rs"]
 mod stress;
+#[path = "model/text.rs"]
+mod text;
 #[path = "model/train_mnist.rs"]
 mod train_mnist;
 #[path = "model/weights.rs"]

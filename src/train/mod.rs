@@ -446,3 +446,27 @@ pub fn load_run(dir: &Path, device: &DeviceSpec, batch: usize) -> Result<(Classi
     }
     Ok((model, ck))
 }
+
+/// A text run's tokenizer, checked against its model: the vocabulary must
+/// be the embedding's row count (a `tokenizer.json` from another run would
+/// silently map words to the wrong vectors).
+pub fn load_tokenizer(dir: &Path, ck: &Checkpoint) -> Result<crate::data::tokenize::TextTokenizer> {
+    let text = ck
+        .text
+        .as_ref()
+        .ok_or_else(|| Error::Usage(format!("{}: not a text run", dir.display())))?;
+    let path = dir.join(checkpoint::TOKENIZER);
+    let tok = crate::data::tokenize::TextTokenizer::load(&path, text.tokenizer.clone())?;
+    if let Some(v) = ck.spec.vocab() {
+        if tok.vocab_size() != v {
+            return Err(Error::format(
+                &path,
+                format!(
+                    "{} tokens, but the model's embedding has {v} rows: the tokenizer is not this run's",
+                    tok.vocab_size()
+                ),
+            ));
+        }
+    }
+    Ok(tok)
+}
