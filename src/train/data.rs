@@ -157,8 +157,9 @@ fn load_text(
         }
     };
     let mut train = train;
-    if let Some(n) = o.limit {
-        let keep: Vec<usize> = (0..train.len().min(n)).collect();
+    if let Some(n) = o.limit.filter(|&n| n < train.len()) {
+        // A stratified sample, so every class stays in a short run.
+        let (_, keep) = text::stratified_split(&train, n as f64 / train.len() as f64, o.seed);
         train = train.subset(&keep);
     }
     let (tr, va) = match o.val_split > 0.0 {

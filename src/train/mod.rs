@@ -140,7 +140,10 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
         input: input.clone(),
         classes,
         train_batch: Some(o.batch),
-        infer_batch: 256,
+        // Text sequences are long: an inference batch of the training
+        // batch's size keeps the arena within a portable GPU's binding
+        // limit (128 MiB on lavapipe).
+        infer_batch: if data.text.is_some() { o.batch } else { 256 },
         optim,
         seed: o.seed,
         fuse: o.fuse,
