@@ -3,11 +3,16 @@
 // bias gradients, summing the rows in order (reproducible).
 #include "common.cuh"
 
+// With a residual `r` (non-null), the row is x + r, first written to `sum`.
 extern "C" __global__ void __launch_bounds__(BLOCK)
     layer_norm_forward(const float* x, const float* w, const float* b, float* y, float* mean,
-                       float* rstd, int rows, int n, float eps) {
+                       float* rstd, const float* r, float* sum, int rows, int n, float eps) {
   GRID_LOOP(row, rows) {
     const float* xr = x + row * n;
+    if (r) {
+      for (int k = 0; k < n; k++) sum[row * n + k] = xr[k] + r[row * n + k];
+      xr = sum + row * n;
+    }
     float m = 0.0f, v = 0.0f;
     for (int k = 0; k < n; k++) m += xr[k];
     m /= (float)n;

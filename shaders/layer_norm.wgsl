@@ -2,7 +2,9 @@
 // thread per row for y and dx; one thread per column for the weight and
 // bias gradients, summing the rows in order (reproducible).
 
-// params: [rows, n, eps bits, x, w, b, y, mean, rstd]
+// params: [rows, n, eps bits, x, w, b, y, mean, rstd, residual, r, sum]
+// With residual (word 9) the row is x + r, first written to sum and then
+// read from there.
 @compute @workgroup_size(256)
 fn layer_norm_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                       @builtin(local_invocation_index) lid: u32) {
@@ -11,7 +13,14 @@ fn layer_norm_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
         return;
     }
     let n = pu(1u);
-    let x = pu(3u) + row * n;
+    var x = pu(3u) + row * n;
+    if pu(9u) != 0u {
+        let s = pu(11u) + row * n;
+        for (var k = 0u; k < n; k++) {
+            st(s + k, ld(x + k) + ld(pu(10u) + row * n + k));
+        }
+        x = s;
+    }
     var m = 0.0;
     for (var k = 0u; k < n; k++) {
         m += ld(x + k);

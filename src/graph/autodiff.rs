@@ -142,7 +142,14 @@ fn rule(
             Some(ops::embedding::backward(g, inputs[0], inputs[1], dy)?),
             None,
         ]),
-        Op::LayerNorm { .. } => ops::layer_norm::backward(g, inputs, outputs, dy),
+        Op::LayerNorm {
+            residual: false, ..
+        } => ops::layer_norm::backward(g, inputs, outputs, dy),
+        Op::LayerNorm { residual: true, .. } => Err(Error::shape(
+            "gradients",
+            "a fused residual layer norm has no gradient rule: differentiate before fusing"
+                .to_string(),
+        )),
         Op::Attention { heads } => Ok(vec![
             Some(ops::attention::backward(g, *heads, inputs, outputs, dy)?),
             None,

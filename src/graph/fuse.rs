@@ -27,7 +27,7 @@
 //! away node is cleared (no inputs, outputs or effects) and dropped by the
 //! planner. Each application is scored by the launches and bytes it saves.
 
-use crate::graph::ir::{Graph, NodeId, ValueId};
+use crate::graph::ir::{Graph, Node, NodeId, ValueId};
 use crate::graph::plan::live_nodes;
 use crate::ops::elementwise::{max_depth, EwInstr, MAX_INPUTS, MAX_STACK};
 use crate::ops::{BinaryKind, Op};
@@ -49,6 +49,7 @@ pub fn fuse(g: &mut Graph) -> Vec<Fusion> {
     let mut out = Vec::new();
     constant_loss_grad(g, &mut out);
     residual_epilogue(g, &mut out);
+    residual_layer_norm(g, &mut out);
     epilogue(g, &mut out);
     act_backward_bn(g, &mut out);
     act_backward_bias(g, &mut out);
@@ -242,6 +243,58 @@ fn residual_epilogue(g: &mut Graph, out: &mut Vec<Fusion>) {
             launches_saved: 1,
             bytes_saved: 2 * bytes(g, v),
             detail,
+        });
+    }
+}
+
+/// `s = x + r; y = layer_norm(s)` (a transformer's residual stream and
+/// the next block's norm) becomes one layer norm that forms the sum,
+/// writes it for its other readers and normalises it: the add's launch
+/// and one pass over `s` saved. The fused node runs where the add was;
+/// nothing it reads changes in between.
+fn residual_layer_norm(g: &mut Graph, out: &mut Vec<Fusion>) {
+    for i in 0..g.nodes.len() {
+        if live(g, i).is_none() {
+            continue;
+        }
+        let Op::LayerNorm {
+            eps,
+            residual: false,
+        } = g.nodes[i].op
+        else {
+            continue;
+        };
+        let s = g.nodes[i].inputs[0];
+        let Some(p) = producer(g, s) else { continue };
+        let add = &g.nodes[p.0 as usize];
+        if add.op != Op::Binary(BinaryKind::Add)
+            || g.shape(add.inputs[0]) != g.shape(s)
+            || g.shape(add.inputs[1]) != g.shape(s)
+        {
+            continue;
+        }
+        let (x, r) = (add.inputs[0], add.inputs[1]);
+        let ln = g.nodes[i].clone();
+        for &v in &ln.outputs {
+            g.values[v.0 as usize].producer = Some(p);
+        }
+        let mut outputs = ln.outputs.clone();
+        outputs.push(s);
+        g.nodes[p.0 as usize] = Node {
+            op: Op::LayerNorm {
+                eps,
+                residual: true,
+            },
+            inputs: vec![x, ln.inputs[1], ln.inputs[2], r],
+            outputs,
+            mutates: vec![],
+        };
+        clear(g, NodeId(i as u32));
+        out.push(Fusion {
+            rule: "residual_layer_norm",
+            launches_saved: 1,
+            bytes_saved: bytes(g, s),
+            detail: format!("add + layer_norm {}", g.shape(s)),
         });
     }
 }

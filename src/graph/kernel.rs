@@ -127,6 +127,8 @@ pub enum Kernel {
         cols: usize,
         eps: f32,
         backward: bool,
+        /// Forward only: reads `r` fourth, writes `x + r` fourth.
+        residual: bool,
     },
     /// Forward reads (qkv, lengths), writes (out, lse); backward reads
     /// (qkv, lengths, out, lse, dout), writes dqkv.
@@ -422,7 +424,15 @@ impl Kernel {
             }
             Op::LayerNorm { .. } | Op::LayerNormBackward => {
                 let backward = matches!(l.op, Op::LayerNormBackward);
-                need(if backward { 5 } else { 3 }, 3)?;
+                let residual = matches!(l.op, Op::LayerNorm { residual: true, .. });
+                need(
+                    if backward {
+                        5
+                    } else {
+                        3 + usize::from(residual)
+                    },
+                    3 + usize::from(residual),
+                )?;
                 let (rows, cols) = rows(&rs[0]);
                 let vecs = if backward {
                     [&rs[1], &ws[1], &ws[2]]
@@ -438,6 +448,7 @@ impl Kernel {
                     || stats.iter().any(|v| v.numel() != rows)
                     || ws[0] != rs[0]
                     || (backward && rs[4] != rs[0])
+                    || (residual && (rs[3] != rs[0] || ws[3] != rs[0]))
                 {
                     return Err(Error::shape(
                         name,
@@ -448,10 +459,11 @@ impl Kernel {
                     rows,
                     cols,
                     eps: match l.op {
-                        Op::LayerNorm { eps } => eps,
+                        Op::LayerNorm { eps, .. } => eps,
                         _ => 0.0,
                     },
                     backward,
+                    residual,
                 }
             }
             Op::Attention { heads } | Op::AttentionBackward { heads } => {

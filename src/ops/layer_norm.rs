@@ -56,7 +56,10 @@ impl Graph {
         if let (Some(w), Some(b)) = (weight, bias) {
             let rows = s.numel() / n;
             let out = self.push_node(
-                Op::LayerNorm { eps },
+                Op::LayerNorm {
+                    eps,
+                    residual: false,
+                },
                 vec![x, w, b],
                 vec![
                     (s.clone(), DType::F32),

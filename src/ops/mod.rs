@@ -86,9 +86,12 @@ pub enum Op {
         vocab: usize,
     },
     /// Inputs (x [.., n], weight [n], bias [n]) -> (y, mean [rows],
-    /// rstd [rows]): `nn.LayerNorm` over the last axis.
+    /// rstd [rows]): `nn.LayerNorm` over the last axis. With `residual`
+    /// (set only by fusion) it reads a fourth input `r`, normalises
+    /// `x + r` and also writes that sum (the residual stream).
     LayerNorm {
         eps: f32,
+        residual: bool,
     },
     /// Inputs (x, weight, mean, rstd, dy) -> (dx, dweight, dbias).
     LayerNormBackward,

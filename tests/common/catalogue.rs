@@ -778,6 +778,22 @@ fn norm_cases(out: &mut Vec<Prepared>) {
             graph_case(out, &name, g, 0, tol_for(dims.iter().product()));
         }
     }
+    // A residual stream: s = x + r feeds the norm and the output; the
+    // fused graph forms the sum inside the norm (residual_layer_norm).
+    for dims in [vec![5, 1], vec![3, 100, 128]] {
+        let mut g = Graph::new(true);
+        let x = input(&mut g, "x", &dims);
+        let res = input(&mut g, "res", &dims);
+        let n = *dims.last().unwrap();
+        let w = g.param("ln.weight", [n]).unwrap();
+        let b = g.param("ln.bias", [n]).unwrap();
+        let s = g.add(x, res).unwrap();
+        let y = g.layer_norm(s, Some(w), Some(b), 1e-5).unwrap();
+        let t = g.mul(y, s).unwrap();
+        with_grads(&mut g, t, &[("x", x), ("res", res), ("w", w)]);
+        let name = format!("residual layer_norm {dims:?}");
+        graph_case(out, &name, g, 0, tol_for(dims.iter().product()));
+    }
 }
 
 fn binary_cases(out: &mut Vec<Prepared>) {

@@ -128,9 +128,17 @@ pub fn eval_f64(
             }
             Op::Embedding => (vec![embedding(xs[0], x[0], x[1])], mutated),
             Op::EmbeddingBackward { .. } => (vec![embedding_backward(ys[0], x[0], x[1])], mutated),
-            Op::LayerNorm { eps } => {
-                let (y, m, r) = layer_norm(xs[0], x[0], x[1], x[2], *eps as f64);
-                (vec![y, m, r], mutated)
+            Op::LayerNorm { eps, residual } => {
+                let sum: Vec<f64> = match residual {
+                    true => x[0].iter().zip(x[3]).map(|(a, b)| a + b).collect(),
+                    false => x[0].to_vec(),
+                };
+                let (y, m, r) = layer_norm(xs[0], &sum, x[1], x[2], *eps as f64);
+                let mut outs = vec![y, m, r];
+                if *residual {
+                    outs.push(sum);
+                }
+                (outs, mutated)
             }
             Op::LayerNormBackward => {
                 let (dx, dw, db) = layer_norm_backward(xs[0], x[0], x[1], x[2], x[3], x[4]);

@@ -1966,3 +1966,35 @@ fn fused_attention_matches_the_composition() {
     let cpu = gpurt::backend::cpu::CpuBackend::new();
     crate::common::attention::check_backend(&|m| gpurt::backend::Backend::compile(&cpu, m), 1e-4);
 }
+
+/// `layer_norm(x + r)` with the sum read elsewhere too: the fused kernel
+/// (residual_layer_norm) against the f64 reference of the unfused graph.
+#[test]
+fn residual_layer_norm_fuses_and_matches() {
+    let mut r = rng(17);
+    for xd in [&[5, 1][..], &[3, 7], &[2, 9, 130]] {
+        let mut g = Graph::new(false);
+        let x = input(&mut g, "x", xd);
+        let res = input(&mut g, "res", xd);
+        let n = *xd.last().unwrap();
+        let w = g.param("ln.weight", [n]).unwrap();
+        let b = g.param("ln.bias", [n]).unwrap();
+        let s = g.add(x, res).unwrap();
+        let y = g.layer_norm(s, Some(w), Some(b), 1e-5).unwrap();
+        g.set_output("y", y);
+        g.set_output("s", s);
+        let fg = fused(&g);
+        assert!(
+            has_op(&fg, |op| matches!(op, Op::LayerNorm { residual: true, .. })),
+            "{xd:?}: not fused"
+        );
+        let data = random_data(&g, &mut r, 1);
+        check(
+            &format!("residual layer_norm {xd:?}"),
+            &g,
+            &data,
+            &Scalars::new(),
+            TOL,
+        );
+    }
+}

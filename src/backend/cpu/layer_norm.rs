@@ -10,12 +10,30 @@ use rayon::prelude::*;
 const BLOCK_ROWS: usize = 64;
 
 /// `y = (x − mean)·rstd·w + b` per row of `n`; also writes mean and rstd.
-pub fn cpu_layer_norm(n: usize, eps: f32, r: [&[f32]; 3], y: &mut [f32], stats: [&mut [f32]; 2]) {
+/// With `residual = Some((r, sum))` the row normalised is `x + r`, which
+/// is also written to `sum`.
+pub fn cpu_layer_norm(
+    n: usize,
+    eps: f32,
+    r: [&[f32]; 3],
+    y: &mut [f32],
+    stats: [&mut [f32]; 2],
+    residual: Option<(&[f32], &mut [f32])>,
+) {
     let [x, w, b] = r;
     let [mean, rstd] = stats;
     if n == 0 {
         return;
     }
+    // With a residual, the sum is formed first (one parallel pass) and
+    // normalised in place of x.
+    let x: &[f32] = match residual {
+        Some((res, sum)) => {
+            super::par::map2(sum, x, res, |a, b| a + b);
+            sum
+        }
+        None => x,
+    };
     y.par_chunks_mut(n * BLOCK_ROWS)
         .zip(mean.par_chunks_mut(BLOCK_ROWS))
         .zip(rstd.par_chunks_mut(BLOCK_ROWS))

@@ -321,12 +321,26 @@ fn execute(
             cols,
             eps,
             backward: false,
+            residual: false,
             ..
         } => {
             let [y, mean, rstd] = w else {
                 unreachable!("validated: layer_norm writes y, mean and rstd")
             };
-            layer_norm::cpu_layer_norm(*cols, *eps, [r[0], r[1], r[2]], y, [mean, rstd])
+            layer_norm::cpu_layer_norm(*cols, *eps, [r[0], r[1], r[2]], y, [mean, rstd], None)
+        }
+        Kernel::LayerNorm {
+            cols,
+            eps,
+            backward: false,
+            residual: true,
+            ..
+        } => {
+            let [y, mean, rstd, sum] = w else {
+                unreachable!("validated: a residual layer_norm writes y, mean, rstd and the sum")
+            };
+            let res = Some((r[3], &mut **sum));
+            layer_norm::cpu_layer_norm(*cols, *eps, [r[0], r[1], r[2]], y, [mean, rstd], res)
         }
         Kernel::LayerNorm {
             cols,

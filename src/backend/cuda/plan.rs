@@ -347,6 +347,7 @@ impl Planner {
                 cols,
                 eps,
                 backward: false,
+                residual,
             } => self.elementwise(
                 "layer_norm_forward",
                 *rows,
@@ -357,6 +358,8 @@ impl Planner {
                     w(0),
                     w(1),
                     w(2),
+                    if *residual { r(3) } else { Arg::Null },
+                    if *residual { w(3) } else { Arg::Null },
                     Arg::I32(int(*rows)?),
                     Arg::I32(int(*cols)?),
                     Arg::F32(*eps),

@@ -410,10 +410,14 @@ pub fn encode(
             cols,
             eps,
             backward: false,
+            residual,
         } => {
-            let mut p = Params::new(9);
+            let mut p = Params::new(12);
             p.list(0, &[*rows, *cols]).f(2, *eps);
             p.list(3, &[r(0), r(1), r(2), w(0), w(1), w(2)]);
+            if *residual {
+                p.list(9, &[1, r(3), w(3)]);
+            }
             one(
                 &p,
                 Family::LayerNorm,
