@@ -35,6 +35,10 @@ pub struct ClassifierConfig {
 
 pub struct Classifier {
     pub config: ClassifierConfig,
+    /// What the spec reads, and its vocabulary (worked out once: the
+    /// wiring analysis allocates, and `write_input` is on the hot path).
+    input_kind: InputKind,
+    vocab: Option<usize>,
     session: Session,
     decls: Vec<ParamDecl>,
     train: Option<usize>,
@@ -81,6 +85,8 @@ impl Classifier {
             .transpose()?;
         let infer = session.program(INFER)?;
         Ok(Classifier {
+            input_kind: config.spec.input_kind(),
+            vocab: config.spec.vocab(),
             config,
             session,
             decls,
@@ -227,10 +233,10 @@ impl Classifier {
     /// the vocabulary: a bad id is refused here rather than read as a
     /// zero vector by the kernels.
     pub fn write_input(&mut self, p: usize, x: &Input) -> Result<()> {
-        match (x, self.config.spec.input_kind()) {
+        match (x, self.input_kind) {
             (Input::Pixels(x), InputKind::Image) => self.session.write_input(p, "x", x),
             (Input::Tokens { ids, lengths }, InputKind::Tokens) => {
-                let vocab = self.config.spec.vocab().unwrap_or(usize::MAX);
+                let vocab = self.vocab.unwrap_or(usize::MAX);
                 if let Some((i, &id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab)
                 {
                     return Err(Error::Usage(format!(

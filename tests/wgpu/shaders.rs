@@ -10,7 +10,7 @@ use wgpu::naga;
 #[test]
 fn every_shader_validates() {
     let mut failures = Vec::new();
-    for (name, src, entries) in shader_sources() {
+    for (name, src, entries, wg) in shader_sources() {
         let module = match naga::front::wgsl::parse_str(&src) {
             Ok(m) => m,
             Err(e) => {
@@ -30,8 +30,8 @@ fn every_shader_validates() {
             let found = module.entry_points.iter().find(|e| e.name == *want);
             match found {
                 None => failures.push(format!("{name}: no entry point '{want}'")),
-                Some(e) if e.workgroup_size != [256, 1, 1] => failures.push(format!(
-                    "{name}::{want}: workgroup size {:?}, the launch table assumes 256",
+                Some(e) if e.workgroup_size != [wg, 1, 1] => failures.push(format!(
+                    "{name}::{want}: workgroup size {:?}, the launch table assumes {wg}",
                     e.workgroup_size
                 )),
                 Some(_) => {}
@@ -60,7 +60,7 @@ fn every_shader_file_is_built() {
         let used = matches!(stem, "common")
             || sources
                 .iter()
-                .any(|(n, src, _)| *n == stem || src.contains(&marker));
+                .any(|(n, src, _, _)| *n == stem || src.contains(&marker));
         assert!(used, "{} is not built into any module", path.display());
     }
 }

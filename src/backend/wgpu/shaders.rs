@@ -86,6 +86,16 @@ pub fn entry_points(f: Family) -> &'static [&'static str] {
     }
 }
 
+/// Threads per workgroup the launch table assumes for a family's entry
+/// points: `launch::WG`, except attention's one query row per thread in
+/// workgroups of `launch::ATTENTION_ROWS`.
+pub fn workgroup_size(f: Family) -> u32 {
+    match f {
+        Family::Attention => super::launch::ATTENTION_ROWS as u32,
+        _ => super::launch::WG as u32,
+    }
+}
+
 /// The complete module source of a kernel file: prelude, family, and the
 /// GEMM core where the family builds on it.
 pub fn source(f: Family) -> String {
@@ -104,10 +114,10 @@ pub fn source(f: Family) -> String {
 }
 
 /// Every shader module as the backend builds it: (file stem, full source,
-/// entry points), for validation without an adapter.
-pub fn shader_sources() -> Vec<(&'static str, String, &'static [&'static str])> {
+/// entry points, workgroup size), for validation without an adapter.
+pub fn shader_sources() -> Vec<(&'static str, String, &'static [&'static str], u32)> {
     Family::ALL
         .iter()
-        .map(|&f| (f.name(), source(f), entry_points(f)))
+        .map(|&f| (f.name(), source(f), entry_points(f), workgroup_size(f)))
         .collect()
 }
