@@ -304,11 +304,13 @@ fn epilogue(g: &mut Graph, out: &mut Vec<Fusion>) {
     for i in 0..g.nodes.len() {
         let Some(n) = live(g, i) else { continue };
         let Op::Act(a) = g.nodes[i].op else { continue };
-        if !a.backward_uses_output() {
-            continue;
-        }
         let v = g.nodes[i].inputs[0];
         let Some(p) = producer(g, v) else { continue };
+        // The pre-activation must be read by the activation alone. In a
+        // training step GELU's gradient reads it too, so only relu,
+        // sigmoid and tanh (whose gradients read the output) fuse there;
+        // in inference GELU fuses as well (a transformer's feed-forward
+        // block: bias and GELU in the GEMM's store).
         if !private_to(g, &cons, v, n) {
             continue;
         }

@@ -1146,6 +1146,39 @@ fn cross_entropy_cases(out: &mut Vec<Prepared>) {
 }
 
 fn sequence_cases(out: &mut Vec<Prepared>) {
+    // Inference: bias and GELU in the GEMM's store (the pre-activation
+    // has no other reader), dense and convolution, past one tile.
+    for (rows, k, n) in [(3, 5, 7), (70, 33, 130)] {
+        let mut g = Graph::new(false);
+        let x = input(&mut g, "x", &[rows, k]);
+        let w = g.param("fc.weight", [n, k]).unwrap();
+        let b = g.param("fc.bias", [n]).unwrap();
+        let z = g.linear(x, w, Some(b)).unwrap();
+        let y = g.act(Activation::Gelu, z).unwrap();
+        g.set_output("y", y);
+        assert!(fused_kernels(&g).contains(&"linear") && !fused_kernels(&g).contains(&"gelu"));
+        graph_case(
+            out,
+            &format!("linear + gelu inference [{rows}, {k}] -> {n}"),
+            g,
+            0,
+            TOL,
+        );
+    }
+    let mut g = Graph::new(false);
+    let x = input(&mut g, "x", &[2, 3, 9, 7]);
+    let w = g.param("conv.weight", [5, 3, 3, 3]).unwrap();
+    let b = g.param("conv.bias", [5]).unwrap();
+    let p = ConvParams {
+        stride: (1, 1),
+        pad: (1, 1),
+        dilation: (1, 1),
+    };
+    let z = g.conv2d(x, w, Some(b), p).unwrap();
+    let y = g.act(Activation::Gelu, z).unwrap();
+    g.set_output("y", y);
+    graph_case(out, "conv2d + gelu inference", g, 0, TOL);
+
     // Embedding: ids up to 12 into 11 rows (ids past the vocabulary read
     // zeros and add nothing), and a table past one workgroup.
     for (vocab, dim, ids) in [(11, 7, [3, 5]), (50, 33, [4, 64])] {
