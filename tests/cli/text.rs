@@ -120,6 +120,20 @@ fn text_train_eval_and_predict_on_files_and_stdin() {
     let out = stdout(&o);
     assert!(out.contains("stdin:1: money"), "{out}");
     assert!(out.contains("stdin:3: tech"), "{out}");
+
+    // Evaluation on other labelled text (here the whole corpus again).
+    let o = gpurt(&["eval", "--run", path(&run), "--device", "cpu", "--data", &d]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("(72 documents)"), "{}", stdout(&o));
+
+    // A resumed text run reuses its tokenizer and split, and continues.
+    let o = train_text(&d, &run, &["--resume", path(&run), "--epochs", "10"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let log = stdout(&o);
+    assert!(
+        log.contains("resumed from") && log.contains("epoch 10/10"),
+        "{log}"
+    );
 }
 
 #[test]
