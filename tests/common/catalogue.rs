@@ -1508,5 +1508,23 @@ pub fn model_cases() -> Vec<Prepared> {
             2,
             TOL,
         ),
+        // Text: ids below 10 in a 20-word vocabulary, lengths 0..=10 of
+        // 12 (padding, and empty documents), dropout, AdamW.
+        classifier_case(
+            ModelSpec::fasttext(10).with_vocab(20),
+            vec![12],
+            3,
+            OptimizerKind::AdamW,
+            2,
+            TOL,
+        ),
+        classifier_case(
+            ModelSpec::transformer(10).with_vocab(20),
+            vec![12],
+            3,
+            OptimizerKind::AdamW,
+            2,
+            TOL,
+        ),
     ]
 }
