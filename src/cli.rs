@@ -154,7 +154,8 @@ pub struct TrainArgs {
     /// either way, e.g. 0.1 for [0.9, 1.1] (0 = off).
     #[arg(long, default_value_t = 0.0)]
     pub scale: f32,
-    /// Use only the first N training images.
+    /// Use only N training examples: the first N images, or a stratified
+    /// sample of N documents.
     #[arg(long)]
     pub limit: Option<usize>,
     /// No progress bar (summary lines only).

@@ -28,9 +28,13 @@ import argparse
 import json
 import os
 import struct
+import sys
 
 import torch
 import torch.nn as nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from text_torch import save_safetensors  # noqa: E402  (the one safetensors writer)
 
 VOCAB = 50
 MAX_LEN = 12
@@ -129,25 +133,6 @@ def make_inputs(lengths):
     for i, n in enumerate(lengths):
         ids[i, :n] = torch.randint(1, VOCAB, (n,))
     return ids, torch.tensor(lengths, dtype=torch.long)
-
-
-def save_safetensors(state, path):
-    """Writes float32 tensors in the safetensors format, in state_dict order."""
-    header, blobs, offset = {}, [], 0
-    for name, t in state.items():
-        data = t.detach().to(torch.float32).contiguous().numpy().astype("<f4").tobytes()
-        header[name] = {"dtype": "F32", "shape": list(t.shape),
-                        "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    header["__metadata__"] = {"format": "pt"}
-    head = json.dumps(header, separators=(",", ":")).encode()
-    head += b" " * (-len(head) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(head)))
-        f.write(head)
-        for b in blobs:
-            f.write(b)
 
 
 def read_safetensors(path):

@@ -45,7 +45,6 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tokenizers import Tokenizer
 
 
 def read_document(origin):
@@ -66,6 +65,8 @@ def read_document(origin):
 
 
 def load_run(run):
+    from tokenizers import Tokenizer  # here, so tools importing this module need no tokenizers
+
     tok = Tokenizer.from_file(os.path.join(run, "tokenizer.json"))
     with open(os.path.join(run, "split.json")) as f:
         split = json.load(f)
@@ -159,6 +160,7 @@ def save_safetensors(state, path):
                         "data_offsets": [offset, offset + len(data)]}
         blobs.append(data)
         offset += len(data)
+    header["__metadata__"] = {"format": "pt"}
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)
     with open(path, "wb") as f:

@@ -25,34 +25,20 @@ fn pytorch_logits_match(model: &str) {
             .unwrap();
     let t = j["max_len"].as_u64().unwrap() as usize;
     let classes = j["classes"].as_u64().unwrap() as usize;
-    let ids: Vec<u32> = j["ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|r| {
-            r.as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_u64().unwrap() as u32)
-        })
-        .collect();
-    let lengths: Vec<u32> = j["lengths"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
-        .collect();
-    let want: Vec<f32> = j["logits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|r| {
-            r.as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap() as f32)
-        })
-        .collect();
+    // A JSON array of numbers, or of rows of numbers, flattened.
+    let flat = |v: &serde_json::Value| -> Vec<f64> {
+        let mut out = Vec::new();
+        for x in v.as_array().unwrap() {
+            match x.as_array() {
+                Some(row) => out.extend(row.iter().map(|y| y.as_f64().unwrap())),
+                None => out.push(x.as_f64().unwrap()),
+            }
+        }
+        out
+    };
+    let ids: Vec<u32> = flat(&j["ids"]).into_iter().map(|v| v as u32).collect();
+    let lengths: Vec<u32> = flat(&j["lengths"]).into_iter().map(|v| v as u32).collect();
+    let want: Vec<f32> = flat(&j["logits"]).into_iter().map(|v| v as f32).collect();
     let w = SharedWeights::from_file(
         spec,
         vec![t],
