@@ -261,3 +261,46 @@ fn bad_text_inputs_are_one_line_and_write_nothing() {
     let o = gpurt(&["eval", "--run", path(&run_a), "--device", "cpu"]);
     assert_fails_with(&o, &["tokenizer.json", "rows"]);
 }
+
+/// CSV without a header (columns by index) and TSV with named columns
+/// train the same way as folders.
+#[test]
+fn csv_and_tsv_tables_train_with_columns_by_index_or_name() {
+    let t = tmp();
+    let words = [
+        ("sport", "match goal team coach league season"),
+        ("money", "bank market shares profit rates investor"),
+    ];
+    let mut csv = String::new();
+    let mut tsv = String::from("id\tbody\ttopic\n");
+    for i in 0..20 {
+        for (label, w) in words {
+            let ws: Vec<&str> = w.split(' ').collect();
+            let text = format!(
+                "{} {} {} item {i}",
+                ws[i % 6],
+                ws[(i + 2) % 6],
+                ws[(i + 4) % 6]
+            );
+            csv.push_str(&format!("\"{text}, noted\",{label}\n"));
+            tsv.push_str(&format!("{i}\t{text}\t{label}\n"));
+        }
+    }
+    let (c, s) = (t.path().join("news.csv"), t.path().join("news.tsv"));
+    std::fs::write(&c, csv).unwrap();
+    std::fs::write(&s, tsv).unwrap();
+    let o = train_text(
+        &format!("text:{}", c.display()),
+        &t.path().join("csv"),
+        &["--no-header", "--label-column", "1", "--text-column", "0"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("40 documents read"), "{}", stdout(&o));
+    let o = train_text(
+        &format!("text:{}", s.display()),
+        &t.path().join("tsv"),
+        &["--label-column", "topic", "--text-column", "body"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("test: loss"), "{}", stdout(&o));
+}
