@@ -215,7 +215,9 @@ impl Predictor {
 /// strings and an encoding per text, and jieba segmentation a string);
 /// the padded id and length buffers are the predictor's own, reused; the
 /// forward pass allocates what [`Predictor::run`] says (the `gemm` crate's
-/// packing buffers for the dense layers of more than 8 rows).
+/// packing buffers for the dense layers of more than 8 rows), and on the
+/// CPU the attention kernel's per-sequence scratch (each head's Q, K, V
+/// gathered contiguously, and one block of scores).
 pub struct TextPredictor {
     predictor: Predictor,
     tokenizer: TextTokenizer,
