@@ -203,17 +203,22 @@ impl ModelSpec {
                         dim: 64,
                     },
                 ),
-                Node::named(
-                    "fc",
-                    &[],
-                    Layer::Dense {
-                        units: classes,
-                        bias: true,
-                    },
-                ),
+                Self::text_head(classes),
             ],
             output: None,
         }
+    }
+
+    /// The text presets' linear classifier, `fc` as in PyTorch examples.
+    fn text_head(classes: usize) -> Node {
+        Node::named(
+            "fc",
+            &[],
+            Layer::Dense {
+                units: classes,
+                bias: true,
+            },
+        )
     }
 
     /// A small BERT-style classifier: token and learned positional
@@ -250,14 +255,7 @@ impl ModelSpec {
                     },
                 ),
                 Node::from(Layer::MaskedMeanPool),
-                Node::named(
-                    "fc",
-                    &[],
-                    Layer::Dense {
-                        units: classes,
-                        bias: true,
-                    },
-                ),
+                Self::text_head(classes),
             ],
             output: None,
         }
