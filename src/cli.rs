@@ -33,6 +33,112 @@ pub enum Command {
     Bench(BenchArgs),
     /// Show the compiled train step: launches before and after fusion, FLOPs, bytes, memory.
     Plan(PlanArgs),
+    /// Serve trained runs over HTTP (KServe v2 JSON) with dynamic batching.
+    #[cfg(feature = "serve")]
+    Serve(ServeArgs),
+}
+
+#[cfg(feature = "serve")]
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// A run folder to serve, as NAME=DIR or DIR (named after the folder);
+    /// repeat for several models.
+    #[arg(long = "run", required = true, value_name = "[NAME=]DIR")]
+    pub runs: Vec<String>,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: std::net::SocketAddr,
+    /// auto, cpu, wgpu[:N] or cuda[:N].
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Most examples run together by one predictor (also the most one
+    /// request may hold).
+    #[arg(long, default_value_t = 32)]
+    pub max_batch: usize,
+    /// Longest a batch waits for requests still being decoded, in µs (a
+    /// lone request never waits).
+    #[arg(long, default_value_t = 2000)]
+    pub max_delay_us: u64,
+    /// Requests queued per model beyond which the server answers 503.
+    #[arg(long, default_value_t = 1024)]
+    pub max_queue: usize,
+    /// Worker threads per model, each with its own compiled predictors
+    /// [default: one per core on the CPU, 1 on a GPU].
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// HTTP threads [default: the number of cores, at most 4].
+    #[arg(long)]
+    pub http_threads: Option<usize>,
+    /// Per-request limit, in milliseconds (504 past it).
+    #[arg(long, default_value_t = 10_000)]
+    pub timeout_ms: u64,
+    /// Largest request body, in bytes (413 past it).
+    #[arg(long, default_value_t = 16 << 20)]
+    pub max_body: usize,
+    /// No per-request log lines.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[cfg(feature = "serve")]
+impl ServeArgs {
+    pub fn config(&self) -> crate::Result<crate::serve::ServeConfig> {
+        use crate::Error;
+        let device: DeviceSpec = self.device.parse()?;
+        let mut models = Vec::new();
+        for r in &self.runs {
+            let (name, dir) = match r.split_once('=') {
+                Some((n, d)) => (n.to_owned(), PathBuf::from(d)),
+                None => {
+                    let dir = PathBuf::from(r);
+                    let name = dir
+                        .canonicalize()
+                        .ok()
+                        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                        .ok_or_else(|| Error::Usage(format!("--run {r}: no such folder")))?;
+                    (name, dir)
+                }
+            };
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(Error::Usage(format!(
+                    "--run {r}: model name '{name}' must be letters, digits, '-', '_' or '.'"
+                )));
+            }
+            models.push((name, dir));
+        }
+        if self.max_batch == 0 || self.max_queue == 0 {
+            return Err(Error::Usage(
+                "--max-batch and --max-queue must be at least 1".into(),
+            ));
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers = self.workers.unwrap_or(match device {
+            DeviceSpec::Cpu => cores,
+            _ => 1,
+        });
+        if workers == 0 {
+            return Err(Error::Usage("--workers must be at least 1".into()));
+        }
+        Ok(crate::serve::ServeConfig {
+            models,
+            addr: self.addr,
+            limits: crate::serve::model::Limits {
+                device,
+                workers,
+                max_batch: self.max_batch,
+                max_delay: std::time::Duration::from_micros(self.max_delay_us),
+                max_queue: self.max_queue,
+            },
+            max_request_rows: self.max_batch,
+            max_body: self.max_body,
+            timeout: std::time::Duration::from_millis(self.timeout_ms.max(1)),
+            http_threads: self.http_threads.unwrap_or(cores.min(4)),
+            access_log: !self.quiet,
+        })
+    }
 }
 
 #[derive(Args, Debug)]

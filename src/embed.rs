@@ -40,14 +40,15 @@ pub struct SharedWeights {
 }
 
 impl SharedWeights {
-    /// From a folder written by `gpurt train`.
+    /// From a folder written by `gpurt train`: the run's model (the best
+    /// epoch's weights under early stopping, as `eval` and `predict` use).
     pub fn from_run(dir: &Path) -> Result<Self> {
         let ck = Checkpoint::load(dir)?;
         let mut w = Self::from_file(
             ck.spec.clone(),
             ck.input.clone(),
             ck.classes,
-            &ck.model_file(dir),
+            &ck.run_model_file(dir),
         )?;
         w.normalizer = Some(ck.normalizer());
         Ok(w)
@@ -230,6 +231,13 @@ impl TextPredictor {
     /// From a text run's folder: its model, tokenizer and class names,
     /// with room for `batch` texts per call.
     pub fn from_run(dir: &Path, batch: usize, device: &DeviceSpec) -> Result<Self> {
+        let backend = crate::backend::select(device)?;
+        Self::new(dir, batch, backend.as_ref())
+    }
+
+    /// [`TextPredictor::from_run`] on a backend the caller already opened
+    /// (a server compiles one predictor per batch size on one device).
+    pub fn new(dir: &Path, batch: usize, backend: &dyn Backend) -> Result<Self> {
         let ck = Checkpoint::load(dir)?;
         let text = ck.text.clone().ok_or_else(|| {
             Error::Usage(format!("{}: not a text run (no tokenizer)", dir.display()))
@@ -241,7 +249,7 @@ impl TextPredictor {
             ck.classes,
             &ck.run_model_file(dir),
         )?;
-        let predictor = Predictor::on_device(&weights, batch, device)?;
+        let predictor = Predictor::new(&weights, batch, backend)?;
         let t = ck.input[0];
         Ok(TextPredictor {
             predictor,

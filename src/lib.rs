@@ -22,6 +22,7 @@ pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod plot;
+pub mod serve;
 pub mod tensor;
 #[cfg(test)]
 pub(crate) mod test_support;

@@ -71,6 +71,11 @@ fn run(cli: Cli, start: std::time::Instant) -> Result<()> {
         Command::Predict(a) => predict(a),
         Command::Plan(a) => plan(a),
         Command::Bench(a) => bench(a, start),
+        #[cfg(feature = "serve")]
+        Command::Serve(a) => {
+            gpurt::serve::run_until_signal(a.config()?)?;
+            Ok(())
+        }
         Command::Devices => {
             for (name, ok, detail) in backend::describe() {
                 println!(

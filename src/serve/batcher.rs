@@ -1,0 +1,348 @@
+//! Dynamic batching: requests queue as jobs; each worker thread owns one
+//! set of predictors (one per batch size, all compiled before the first
+//! request) and runs as many queued jobs together as fit `max_batch`.
+//!
+//! How long a worker waits for company: it always takes every job already
+//! queued; it then waits (at most `max_delay`) only while other requests
+//! are still being decoded by the HTTP side, i.e. are known to be on their
+//! way. A lone request is therefore never delayed, and under load the
+//! queue that builds while a batch runs forms the next batch.
+
+use super::metrics::ModelMetrics;
+use super::request::{InputSpec, Rows};
+use crate::backend::DeviceSpec;
+use crate::checkpoint::Checkpoint;
+use crate::data::{DataSpec, Normalizer};
+use crate::embed::{Predictor, SharedWeights, TextPredictor};
+use crate::error::{Error, Result};
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// One loaded run: what responses and metadata report.
+#[derive(Debug)]
+pub struct Version {
+    /// 1 at start, +1 per reload.
+    pub generation: u64,
+    pub run: PathBuf,
+    pub input: InputSpec,
+    pub class_names: Vec<String>,
+    /// The model spec's name (`cnn`, `transformer`, a TOML path).
+    pub model: String,
+    pub device: String,
+}
+
+/// Examples of one request as the worker receives them.
+pub enum Payload {
+    /// Normalised `n × row` values (FP32 requests).
+    Values(Vec<f32>),
+    /// Raw `n × row` pixels, normalised by the worker with its version's
+    /// statistics (UINT8 and PNG requests), so a reload cannot pair one
+    /// run's statistics with another's weights.
+    Pixels(Vec<u8>),
+    Texts(Vec<String>),
+}
+
+impl From<Rows> for Payload {
+    fn from(r: Rows) -> Self {
+        match r {
+            Rows::Values(v) => Payload::Values(v),
+            Rows::Pixels(p) => Payload::Pixels(p),
+            Rows::Texts(t) => Payload::Texts(t),
+        }
+    }
+}
+
+/// A computed answer: the logits of the job's examples and the version
+/// whose weights computed them.
+pub struct Answer {
+    pub logits: Vec<f32>,
+    pub version: Arc<Version>,
+    /// Examples in the predictor run that computed this job.
+    pub batch: usize,
+}
+
+pub struct Job {
+    pub payload: Payload,
+    pub n: usize,
+    pub reply: tokio::sync::oneshot::Sender<std::result::Result<Answer, String>>,
+}
+
+/// Batch sizes compiled per worker: powers of two up to `max_batch`, and
+/// `max_batch` itself, so a batch pads by less than 2x.
+pub fn batch_sizes(max_batch: usize) -> Vec<usize> {
+    let mut v: Vec<usize> = std::iter::successors(Some(1usize), |b| b.checked_mul(2))
+        .take_while(|&b| b < max_batch)
+        .collect();
+    v.push(max_batch.max(1));
+    v
+}
+
+/// A worker's predictors, one per batch size, smallest first.
+pub enum Engine {
+    Image {
+        predictors: Vec<Predictor>,
+        normalizer: Normalizer,
+        channels: usize,
+        row: usize,
+        staging: Vec<f32>,
+    },
+    Text {
+        predictors: Vec<TextPredictor>,
+    },
+}
+
+/// Load `run` and compile one engine per worker on `device`.
+pub fn load(
+    run: &Path,
+    device: &DeviceSpec,
+    max_batch: usize,
+    workers: usize,
+    generation: u64,
+) -> Result<(Vec<Engine>, Version)> {
+    let ck = Checkpoint::load(run)?;
+    let sizes = batch_sizes(max_batch);
+    let backend = crate::backend::select(device)?;
+    let mut engines = Vec::with_capacity(workers);
+    let (input, class_names) = match &ck.text {
+        Some(text) => {
+            for _ in 0..workers {
+                let predictors = sizes
+                    .iter()
+                    .map(|&b| TextPredictor::new(run, b, backend.as_ref()))
+                    .collect::<Result<Vec<_>>>()?;
+                engines.push(Engine::Text { predictors });
+            }
+            (
+                InputSpec::Text {
+                    max_len: ck.input[0],
+                },
+                text.classes.clone(),
+            )
+        }
+        None => {
+            let weights = SharedWeights::from_run(run)?;
+            let dims: [usize; 3] = ck.input.clone().try_into().map_err(|_| {
+                Error::Usage(format!(
+                    "{}: input {:?} is not an image [c, h, w]",
+                    run.display(),
+                    ck.input
+                ))
+            })?;
+            let normalizer = ck.normalizer();
+            let row = dims.iter().product::<usize>();
+            for _ in 0..workers {
+                let predictors = sizes
+                    .iter()
+                    .map(|&b| Predictor::new(&weights, b, backend.as_ref()))
+                    .collect::<Result<Vec<_>>>()?;
+                engines.push(Engine::Image {
+                    predictors,
+                    normalizer: normalizer.clone(),
+                    channels: dims[0],
+                    row,
+                    staging: vec![0.0; max_batch * row],
+                });
+            }
+            let names = ck
+                .data
+                .parse::<DataSpec>()
+                .ok()
+                .and_then(|d| d.class_names());
+            let class_names = (0..ck.classes)
+                .map(|k| match names.and_then(|n| n.get(k)) {
+                    Some(n) => (*n).to_owned(),
+                    None => k.to_string(),
+                })
+                .collect();
+            (InputSpec::Image { dims, normalizer }, class_names)
+        }
+    };
+    let version = Version {
+        generation,
+        run: run.to_path_buf(),
+        input,
+        class_names,
+        model: ck.spec.name.clone(),
+        device: backend.name(),
+    };
+    Ok((engines, version))
+}
+
+impl Engine {
+    /// The logits of `jobs`' examples, in order, from one predictor run.
+    fn run(&mut self, jobs: &[Job], rows: usize) -> Result<(Vec<f32>, usize)> {
+        match self {
+            Engine::Image {
+                predictors,
+                normalizer,
+                channels,
+                row,
+                staging,
+            } => {
+                let p = smallest_fitting(predictors, rows, |p| p.input_shape().0[0]);
+                let batch = p.input_shape().0[0];
+                let mut at = 0;
+                for job in jobs {
+                    let len = job.n * *row;
+                    let dst = &mut staging[at..at + len];
+                    match &job.payload {
+                        Payload::Values(v) => dst.copy_from_slice(v),
+                        Payload::Pixels(px) => {
+                            for (s, d) in px.chunks(*row).zip(dst.chunks_mut(*row)) {
+                                normalizer.normalize_into(s, *channels, d);
+                            }
+                        }
+                        Payload::Texts(_) => {
+                            return Err(Error::Usage("text sent to an image model".into()))
+                        }
+                    }
+                    at += len;
+                }
+                staging[at..batch * *row].fill(0.0);
+                let logits = p.run(&staging[..batch * *row])?;
+                let classes = logits.len() / batch;
+                Ok((logits[..rows * classes].to_vec(), batch))
+            }
+            Engine::Text { predictors } => {
+                let p = smallest_fitting(predictors, rows, |p| p.batch());
+                let batch = p.batch();
+                let mut texts: Vec<&str> = Vec::with_capacity(rows);
+                for job in jobs {
+                    match &job.payload {
+                        Payload::Texts(t) => texts.extend(t.iter().map(String::as_str)),
+                        _ => return Err(Error::Usage("numbers sent to a text model".into())),
+                    }
+                }
+                let logits = p.run(&texts)?;
+                let classes = logits.len() / batch;
+                Ok((logits[..rows * classes].to_vec(), batch))
+            }
+        }
+    }
+}
+
+fn smallest_fitting<T>(ps: &mut [T], rows: usize, size: impl Fn(&T) -> usize) -> &mut T {
+    let i = ps
+        .iter()
+        .position(|p| size(p) >= rows)
+        .unwrap_or(ps.len() - 1);
+    &mut ps[i]
+}
+
+/// What a worker shares with the HTTP side.
+pub struct Shared {
+    /// Requests being decoded, not yet queued: the batcher waits for them.
+    pub decoding: AtomicUsize,
+    pub metrics: Arc<ModelMetrics>,
+    pub max_batch: usize,
+    pub max_delay: Duration,
+}
+
+/// A new engine and version, left by a reload for the worker to pick up
+/// between batches.
+pub type Pending = Arc<Mutex<Option<(Engine, Arc<Version>)>>>;
+
+/// A worker's loop; returns when the queue is closed and drained.
+pub fn work(
+    rx: Receiver<Job>,
+    pending: Pending,
+    mut engine: Engine,
+    mut version: Arc<Version>,
+    shared: Arc<Shared>,
+) {
+    let mut carry: Option<Job> = None;
+    loop {
+        let first = match carry.take() {
+            Some(j) => j,
+            None => match rx.recv() {
+                Ok(j) => j,
+                Err(_) => return,
+            },
+        };
+        if let Some((e, v)) = pending.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            engine = e;
+            version = v;
+        }
+        let mut rows = first.n;
+        let mut jobs = vec![first];
+        let deadline = Instant::now() + shared.max_delay;
+        while rows < shared.max_batch {
+            let next = match rx.try_recv() {
+                Ok(j) => Some(j),
+                Err(TryRecvError::Disconnected) => None,
+                Err(TryRecvError::Empty) => {
+                    let now = Instant::now();
+                    if shared.decoding.load(Ordering::Acquire) == 0 || now >= deadline {
+                        None
+                    } else {
+                        match rx.recv_timeout((deadline - now).min(Duration::from_micros(50))) {
+                            Ok(j) => Some(j),
+                            Err(RecvTimeoutError::Timeout) => continue,
+                            Err(RecvTimeoutError::Disconnected) => None,
+                        }
+                    }
+                }
+            };
+            let Some(job) = next else { break };
+            if rows + job.n > shared.max_batch {
+                carry = Some(job);
+                break;
+            }
+            rows += job.n;
+            jobs.push(job);
+        }
+        shared
+            .metrics
+            .queue_depth
+            .store(rx.len() as u64, Ordering::Relaxed);
+        // A request whose client gave up (timeout) is not computed.
+        jobs.retain(|j| !j.reply.is_closed());
+        let rows: usize = jobs.iter().map(|j| j.n).sum();
+        if rows == 0 {
+            continue;
+        }
+        shared.metrics.batch_size.observe(rows as f64);
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.run(&jobs, rows)));
+        match result {
+            Ok(Ok((logits, batch))) => {
+                let classes = logits.len() / rows;
+                let mut at = 0;
+                for job in jobs {
+                    let len = job.n * classes;
+                    let _ = job.reply.send(Ok(Answer {
+                        logits: logits[at..at + len].to_vec(),
+                        version: version.clone(),
+                        batch,
+                    }));
+                    at += len;
+                }
+            }
+            Ok(Err(e)) => {
+                for job in jobs {
+                    let _ = job.reply.send(Err(e.to_string()));
+                }
+            }
+            Err(_) => {
+                for job in jobs {
+                    let _ = job.reply.send(Err("the predictor panicked".into()));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_sizes_cover_every_count_with_less_than_2x_padding() {
+        assert_eq!(batch_sizes(1), vec![1]);
+        assert_eq!(batch_sizes(32), vec![1, 2, 4, 8, 16, 32]);
+        assert_eq!(batch_sizes(48), vec![1, 2, 4, 8, 16, 32, 48]);
+    }
+}

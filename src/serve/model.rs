@@ -1,0 +1,161 @@
+//! One served model: its queue, its workers' reload slots and the version
+//! now answering. Blocking code (loading, compiling); the HTTP side calls
+//! it from `spawn_blocking`.
+
+use super::batcher::{self, Job, Pending, Shared, Version};
+use super::metrics::ModelMetrics;
+use super::request::InputSpec;
+use crate::backend::DeviceSpec;
+use crate::error::{Error, Result};
+use crossbeam_channel::Sender;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// How a model is served.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub device: DeviceSpec,
+    pub workers: usize,
+    pub max_batch: usize,
+    pub max_delay: Duration,
+    pub max_queue: usize,
+}
+
+pub struct Model {
+    pub name: String,
+    /// The queue; `None` once the server has stopped.
+    tx: RwLock<Option<Sender<Job>>>,
+    pub shared: Arc<Shared>,
+    limits: Limits,
+    current: RwLock<Arc<Version>>,
+    pending: Vec<Pending>,
+    /// One reload at a time.
+    reloading: Mutex<()>,
+}
+
+impl Model {
+    /// Load `run`, compile every worker's predictors and start the workers.
+    pub fn start(
+        name: &str,
+        run: PathBuf,
+        limits: Limits,
+    ) -> Result<(Arc<Model>, Vec<JoinHandle<()>>)> {
+        let (engines, version) =
+            batcher::load(&run, &limits.device, limits.max_batch, limits.workers, 1)?;
+        let version = Arc::new(version);
+        let (tx, rx) = crossbeam_channel::bounded(limits.max_queue);
+        let shared = Arc::new(Shared {
+            decoding: AtomicUsize::new(0),
+            metrics: Arc::new(ModelMetrics::new(name)),
+            max_batch: limits.max_batch,
+            max_delay: limits.max_delay,
+        });
+        let mut pending = Vec::new();
+        let mut handles = Vec::new();
+        for (i, engine) in engines.into_iter().enumerate() {
+            let slot: Pending = Arc::new(Mutex::new(None));
+            pending.push(slot.clone());
+            let (rx, v, s) = (rx.clone(), version.clone(), shared.clone());
+            let h = std::thread::Builder::new()
+                .name(format!("gpurt-serve-{name}-{i}"))
+                .spawn(move || batcher::work(rx, slot, engine, v, s))
+                .map_err(|e| Error::Usage(format!("cannot start a worker thread: {e}")))?;
+            handles.push(h);
+        }
+        let model = Arc::new(Model {
+            name: name.to_owned(),
+            tx: RwLock::new(Some(tx)),
+            shared,
+            limits,
+            current: RwLock::new(version),
+            pending,
+            reloading: Mutex::new(()),
+        });
+        Ok((model, handles))
+    }
+
+    /// Queue a job; `Err` gives it back when the queue is full or closed.
+    pub fn submit(&self, job: Job) -> std::result::Result<(), Job> {
+        let tx = self.tx.read().unwrap_or_else(|p| p.into_inner());
+        match tx.as_ref() {
+            Some(tx) => {
+                let r = tx.try_send(job).map_err(|e| e.into_inner());
+                self.shared
+                    .metrics
+                    .queue_depth
+                    .store(tx.len() as u64, Ordering::Relaxed);
+                r
+            }
+            None => Err(job),
+        }
+    }
+
+    /// Close the queue: the workers answer what is queued, then end.
+    pub fn close(&self) {
+        self.tx.write().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    /// The version now answering.
+    pub fn version(&self) -> Arc<Version> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn metrics(&self) -> &ModelMetrics {
+        &self.shared.metrics
+    }
+
+    /// Load `run` (by default the folder already served) and hand every
+    /// worker its new predictors, compiled here, off the request path. Each
+    /// worker swaps between two batches, so every batch runs entirely on
+    /// one version and no request fails. The input must keep its shape.
+    pub fn reload(&self, run: Option<PathBuf>) -> Result<Arc<Version>> {
+        let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.version();
+        let run = run.unwrap_or_else(|| old.run.clone());
+        let (engines, version) = batcher::load(
+            &run,
+            &self.limits.device,
+            self.limits.max_batch,
+            self.limits.workers,
+            old.generation + 1,
+        )?;
+        let same_input = match (&old.input, &version.input) {
+            (InputSpec::Image { dims: a, .. }, InputSpec::Image { dims: b, .. }) => a == b,
+            (InputSpec::Text { .. }, InputSpec::Text { .. }) => true,
+            _ => false,
+        };
+        if !same_input {
+            return Err(Error::Usage(format!(
+                "{}: its input ({}) differs from the served model's ({}); serve it under another name",
+                run.display(),
+                describe(&version.input),
+                describe(&old.input)
+            )));
+        }
+        let version = Arc::new(version);
+        for (slot, engine) in self.pending.iter().zip(engines) {
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some((engine, version.clone()));
+        }
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = version.clone();
+        self.shared.metrics.reloads.fetch_add(1, Ordering::Relaxed);
+        Ok(version)
+    }
+}
+
+/// `[1, 28, 28]` or `text`.
+pub fn describe(input: &InputSpec) -> String {
+    match input {
+        InputSpec::Image { dims, .. } => format!("{dims:?}"),
+        InputSpec::Text { max_len } => format!("text, up to {max_len} tokens"),
+    }
+}
