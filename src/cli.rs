@@ -131,6 +131,7 @@ impl ServeArgs {
                 max_batch: self.max_batch,
                 max_delay: std::time::Duration::from_micros(self.max_delay_us),
                 max_queue: self.max_queue,
+                test_batch_delay: std::time::Duration::ZERO,
             },
             max_request_rows: self.max_batch,
             max_body: self.max_body,

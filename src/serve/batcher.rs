@@ -239,6 +239,7 @@ pub struct Shared {
     pub metrics: Arc<ModelMetrics>,
     pub max_batch: usize,
     pub max_delay: Duration,
+    pub test_batch_delay: Duration,
 }
 
 /// A new engine and version, left by a reload for the worker to pick up
@@ -298,6 +299,9 @@ pub fn work(
             .metrics
             .queue_depth
             .store(rx.len() as u64, Ordering::Relaxed);
+        if !shared.test_batch_delay.is_zero() {
+            std::thread::sleep(shared.test_batch_delay);
+        }
         // A request whose client gave up (timeout) is not computed.
         jobs.retain(|j| !j.reply.is_closed());
         let rows: usize = jobs.iter().map(|j| j.n).sum();

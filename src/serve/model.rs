@@ -22,6 +22,10 @@ pub struct Limits {
     pub max_batch: usize,
     pub max_delay: Duration,
     pub max_queue: usize,
+    /// Tests only: each worker sleeps this long before every batch, so a
+    /// test can fill the queue or pass the timeout deterministically.
+    #[doc(hidden)]
+    pub test_batch_delay: Duration,
 }
 
 pub struct Model {
@@ -52,6 +56,7 @@ impl Model {
             metrics: Arc::new(ModelMetrics::new(name)),
             max_batch: limits.max_batch,
             max_delay: limits.max_delay,
+            test_batch_delay: limits.test_batch_delay,
         });
         let mut pending = Vec::new();
         let mut handles = Vec::new();

@@ -289,6 +289,23 @@ pub fn decode(
             ),
         ));
     }
+    let accepted: &[&str] = match spec {
+        InputSpec::Image { .. } => &["FP32", "UINT8", "BYTES"],
+        InputSpec::Text { .. } => &["BYTES"],
+    };
+    if !accepted.contains(&input.datatype.as_str()) {
+        let accepted = match spec {
+            InputSpec::Image { .. } => "FP32, UINT8 or BYTES (base64 PNG)",
+            InputSpec::Text { .. } => "BYTES (strings)",
+        };
+        return Err(RequestError::bad(
+            "inputs[0].datatype",
+            format!(
+                "'{}' is not accepted; this model takes {accepted}",
+                input.datatype
+            ),
+        ));
+    }
     let n = check_shape(&input, spec, max_rows)?;
     let rows = match (spec, input.datatype.as_str(), input.data) {
         (InputSpec::Image { .. }, "FP32", Flat::Numbers(v)) => {
@@ -333,35 +350,23 @@ pub fn decode(
             check_count(&v, n)?;
             Rows::Texts(v)
         }
-        (_, dt @ ("FP32" | "UINT8" | "BYTES"), data) => {
+        (_, dt, data) => {
             let got = match data {
                 Flat::Numbers(v) if v.is_empty() => "an empty array",
                 Flat::Numbers(_) => "numbers",
                 Flat::Strings(_) => "strings",
             };
-            let want = match (spec, dt) {
-                (InputSpec::Text { .. }, _) => {
-                    return Err(RequestError::bad(
-                        "inputs[0].datatype",
-                        format!("a text model takes BYTES (strings), not {dt}"),
-                    ))
+            let want = if dt == "BYTES" {
+                match spec {
+                    InputSpec::Image { .. } => "base64 PNG strings",
+                    InputSpec::Text { .. } => "strings",
                 }
-                (_, "BYTES") => "base64 PNG strings",
-                _ => "numbers",
+            } else {
+                "numbers"
             };
             return Err(RequestError::bad(
                 "inputs[0].data",
                 format!("{dt} data must be {want}, got {got}"),
-            ));
-        }
-        (_, dt, _) => {
-            let accepted = match spec {
-                InputSpec::Image { .. } => "FP32, UINT8 or BYTES (base64 PNG)",
-                InputSpec::Text { .. } => "BYTES",
-            };
-            return Err(RequestError::bad(
-                "inputs[0].datatype",
-                format!("'{dt}' is not accepted; this model takes {accepted}"),
             ));
         }
     };
