@@ -160,6 +160,17 @@ fn replay_checkpoint() {
 }
 
 #[test]
+fn replay_serve_request() {
+    assert!(
+        replay(
+            "serve_request",
+            checks::serve_request,
+            checks::serve_request_valid
+        ) > 0
+    );
+}
+
+#[test]
 fn replay_model_spec() {
     assert!(replay("model_spec", checks::model_spec, checks::model_spec) > 0);
 }

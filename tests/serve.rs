@@ -719,3 +719,62 @@ fn sigterm_under_load_answers_every_accepted_request() {
     );
     assert!(ok >= 300);
 }
+
+#[test]
+fn a_text_model_takes_strings_and_answers_like_the_text_predictor() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("zh");
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/zh-news-sample");
+    let o = Command::new(env!("CARGO_BIN_EXE_gpurt"))
+        .args([
+            "train", "--model", "fasttext", "--quiet", "--device", "cpu", "--epochs", "4",
+        ])
+        .args([
+            "--vocab-size",
+            "300",
+            "--batch",
+            "8",
+            "--val-split",
+            "0",
+            "--data",
+        ])
+        .arg(format!("text:{}", data.display()))
+        .arg("--out")
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let texts = [
+        "决赛第八十九分钟，替补前锋头球进球。",
+        "央行宣布下调存款准备金率。",
+        "",
+    ];
+    let mut tp = gpurt::embed::TextPredictor::from_run(&run, 4, &DeviceSpec::Cpu).unwrap();
+    let classes = tp.classes().to_vec();
+    let want = tp.run(&texts).unwrap()[..3 * classes.len()].to_vec();
+    let mut cfg = config(&run);
+    cfg.models = vec![("news".into(), run.clone())];
+    let server = Server::start(cfg).unwrap();
+    let base = format!("http://{}", server.addr());
+    runtime().block_on(async {
+        let c = reqwest::Client::new();
+        let body = serde_json::json!({"inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": texts}]});
+        let (status, v) = post(&c, &format!("{base}/v2/models/news/infer"), body.to_string()).await;
+        assert_eq!(status, 200, "{v}");
+        assert_close(&logits_of(&v), &want, "text logits");
+        let names: Vec<String> = serde_json::from_value(v["top"].as_array().unwrap().iter().map(|t| t[0]["name"].clone()).collect()).unwrap();
+        assert!(names.iter().all(|n| classes.contains(n)), "{names:?}");
+        // Numbers for a text model, and an image datatype, are refused.
+        let body = serde_json::json!({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [1]}]});
+        let (status, v) = post(&c, &format!("{base}/v2/models/news/infer"), body.to_string()).await;
+        assert_eq!((status, v["field"].as_str()), (400, Some("inputs[0].data")), "{v}");
+        let body = serde_json::json!({"inputs": [{"name": "text", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]});
+        let (status, v) = post(&c, &format!("{base}/v2/models/news/infer"), body.to_string()).await;
+        assert_eq!((status, v["field"].as_str()), (400, Some("inputs[0].datatype")), "{v}");
+        let meta = c.get(format!("{base}/v2/models/news")).send().await.unwrap().text().await.unwrap();
+        let meta: serde_json::Value = serde_json::from_str(&meta).unwrap();
+        assert_eq!(meta["inputs"][0]["name"], "text");
+        assert_eq!(meta["parameters"]["classes"], serde_json::json!(classes));
+    });
+    server.shutdown().unwrap();
+}

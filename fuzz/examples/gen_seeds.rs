@@ -21,6 +21,44 @@ fn main() {
     model_spec(&root.join("model_spec"));
     png(&root.join("png"));
     checkpoint(&root.join("checkpoint"));
+    serve_request(&root.join("serve_request"));
+}
+
+/// `gpurt serve` infer bodies: UINT8 pixels (flat), FP32 values (nested),
+/// a base64 PNG, and strings for a text model.
+fn serve_request(dir: &Path) {
+    use base64::Engine;
+    let px: Vec<String> = bytes(784, 7).iter().map(u8::to_string).collect();
+    let uint8 = format!(
+        r#"{{"id":"a","inputs":[{{"name":"input","shape":[1,1,28,28],"datatype":"UINT8","data":[{}]}}],"parameters":{{"top_k":3}}}}"#,
+        px.join(",")
+    );
+    write(dir, "uint8.json", uint8.as_bytes());
+    let rows: Vec<String> = bytes(2 * 784, 8)
+        .chunks(28)
+        .map(|r| {
+            let v: Vec<String> = r.iter().map(|&b| format!("{:.3}", b as f32 / 255.0 - 0.5)).collect();
+            format!("[{}]", v.join(","))
+        })
+        .collect();
+    let images: Vec<String> = rows.chunks(28).map(|c| format!("[[{}]]", c.join(","))).collect();
+    let fp32 = format!(
+        r#"{{"inputs":[{{"name":"input","shape":[2,1,28,28],"datatype":"FP32","data":[{}]}}]}}"#,
+        images.join(",")
+    );
+    write(dir, "fp32-nested.json", fp32.as_bytes());
+    let mut png_bytes = Vec::new();
+    {
+        let mut e = png::Encoder::new(&mut png_bytes, 28, 28);
+        e.set_color(png::ColorType::Grayscale);
+        e.set_depth(png::BitDepth::Eight);
+        e.write_header().unwrap().write_image_data(&bytes(784, 9)).unwrap();
+    }
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&png_bytes);
+    let png_body = format!(r#"{{"inputs":[{{"name":"input","shape":[1],"datatype":"BYTES","data":["{b64}"]}}]}}"#);
+    write(dir, "png.json", png_body.as_bytes());
+    let text = r#"{"inputs":[{"name":"text","shape":[3],"datatype":"BYTES","data":["Shares rose 3% after the results.","央行宣布下调存款准备金率。",""]}]}"#;
+    write(dir, "text.json", text.as_bytes());
 }
 
 /// What `gpurt train` writes for the MLP preset on MNIST, and a
@@ -42,6 +80,8 @@ fn checkpoint(dir: &Path) {
         std: vec![0.3081],
         seed: 42,
         data: "mnist:/data/mnist".into(),
+        best_epoch: None,
+        text: None,
     };
     write(dir, "mlp.json", &serde_json::to_vec_pretty(&mlp).unwrap());
     let cnn = Checkpoint {

@@ -283,3 +283,61 @@ pub fn checkpoint(data: &[u8]) -> Result<()> {
     }
     Ok(())
 }
+
+/// The models a `serve_request` body is decoded for: MNIST's image input
+/// and a text input.
+fn serve_specs() -> [gpurt::serve::request::InputSpec; 2] {
+    use gpurt::serve::request::InputSpec;
+    [
+        InputSpec::Image {
+            dims: [1, 28, 28],
+            normalizer: gpurt::data::Normalizer::identity(1),
+        },
+        InputSpec::Text { max_len: 256 },
+    ]
+}
+
+/// A `gpurt serve` infer request body (`serve::request::decode`) for an
+/// image and a text model: a refusal is a 4xx with a field and a one-line
+/// message; an accepted request holds 1 to 16 examples whose values are
+/// exactly what the shape says, and finite.
+pub fn serve_request(data: &[u8]) -> Result<()> {
+    use gpurt::serve::request::{decode, Rows};
+    let mut first = Ok(());
+    for spec in serve_specs() {
+        match decode(data, &spec, 16) {
+            Ok(r) => {
+                assert!((1..=16).contains(&r.n), "accepted {} examples", r.n);
+                assert!((1..=gpurt::serve::request::MAX_TOP_K).contains(&r.top_k));
+                match (&r.rows, &spec) {
+                    (Rows::Values(v), _) => {
+                        assert_eq!(v.len(), r.n * 784);
+                        assert!(v.iter().all(|x| x.is_finite()), "non-finite value accepted");
+                    }
+                    (Rows::Pixels(p), _) => assert_eq!(p.len(), r.n * 784),
+                    (Rows::Texts(t), _) => assert_eq!(t.len(), r.n),
+                }
+            }
+            Err(e) => {
+                assert!((400..500).contains(&e.status), "{e}");
+                assert!(!e.field.is_empty() && !e.message.contains('\n'), "{e:?}");
+                if first.is_ok() {
+                    first = Err(Error::Usage(format!("{LABEL}: {e}")));
+                }
+            }
+        }
+    }
+    first
+}
+
+/// A valid seed of `serve_request` must be accepted by one of the models.
+pub fn serve_request_valid(data: &[u8]) -> Result<()> {
+    let accepted = serve_specs()
+        .iter()
+        .any(|spec| gpurt::serve::request::decode(data, spec, 16).is_ok());
+    if accepted {
+        Ok(())
+    } else {
+        serve_request(data)
+    }
+}
