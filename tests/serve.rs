@@ -626,7 +626,7 @@ fn hot_reload_under_load_fails_no_request_and_each_answer_matches_its_version() 
 
 #[cfg(unix)]
 #[test]
-fn sigterm_under_load_answers_every_accepted_request() {
+fn sighup_reloads_and_sigterm_answers_every_accepted_request_under_load() {
     use std::io::{BufRead, BufReader};
     let (_, run, _) = runs();
     let mut child = Command::new(env!("CARGO_BIN_EXE_gpurt"))
@@ -686,6 +686,12 @@ fn sigterm_under_load_answers_every_accepted_request() {
                 })
             })
             .collect();
+        while done.load(std::sync::atomic::Ordering::SeqCst) < 150 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // SIGHUP reloads under load (the served folder again).
+        // SAFETY: kill(2) on our own child's pid, which has not been reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
         while done.load(std::sync::atomic::Ordering::SeqCst) < 300 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -706,6 +712,10 @@ fn sigterm_under_load_answers_every_accepted_request() {
         .iter()
         .find(|l| l.starts_with("stopped:"))
         .unwrap_or_else(|| panic!("{rest:?}"));
+    assert!(
+        rest.iter().any(|l| l == "reloaded cnn: version 2"),
+        "{rest:?}"
+    );
     let nums: Vec<u64> = last.split(' ').filter_map(|w| w.parse().ok()).collect();
     assert_eq!(nums[0], nums[1], "{last}");
     assert!(

@@ -3,10 +3,11 @@
 //! request) and runs as many queued jobs together as fit `max_batch`.
 //!
 //! How long a worker waits for company: it always takes every job already
-//! queued; it then waits (at most `max_delay`) only while other requests
-//! are still being decoded by the HTTP side, i.e. are known to be on their
-//! way. A lone request is therefore never delayed, and under load the
-//! queue that builds while a batch runs forms the next batch.
+//! queued; it then waits (at most `max_delay`) only for the requests the
+//! HTTP side was decoding when the batch began, i.e. those known to be on
+//! their way. A lone request is therefore never delayed, a steady stream
+//! does not hold every batch to the deadline, and under load the queue
+//! that builds while a batch runs forms the next batch.
 
 use super::metrics::ModelMetrics;
 use super::request::{InputSpec, Rows};
@@ -172,8 +173,9 @@ pub fn load(
 }
 
 impl Engine {
-    /// The logits of `jobs`' examples, in order, from one predictor run.
-    fn run(&mut self, jobs: &[Job], rows: usize) -> Result<(Vec<f32>, usize)> {
+    /// The logits of `parts`' examples (each a payload of `n` examples), in
+    /// order, from one predictor run, and the batch size that ran.
+    pub fn run(&mut self, parts: &[(&Payload, usize)], rows: usize) -> Result<(Vec<f32>, usize)> {
         match self {
             Engine::Image {
                 predictors,
@@ -185,10 +187,10 @@ impl Engine {
                 let p = smallest_fitting(predictors, rows, |p| p.input_shape().0[0]);
                 let batch = p.input_shape().0[0];
                 let mut at = 0;
-                for job in jobs {
-                    let len = job.n * *row;
+                for &(payload, n) in parts {
+                    let len = n * *row;
                     let dst = &mut staging[at..at + len];
-                    match &job.payload {
+                    match payload {
                         Payload::Values(v) => dst.copy_from_slice(v),
                         Payload::Pixels(px) => {
                             for (s, d) in px.chunks(*row).zip(dst.chunks_mut(*row)) {
@@ -210,8 +212,8 @@ impl Engine {
                 let p = smallest_fitting(predictors, rows, |p| p.batch());
                 let batch = p.batch();
                 let mut texts: Vec<&str> = Vec::with_capacity(rows);
-                for job in jobs {
-                    match &job.payload {
+                for &(payload, _) in parts {
+                    match payload {
                         Payload::Texts(t) => texts.extend(t.iter().map(String::as_str)),
                         _ => return Err(Error::Usage("numbers sent to a text model".into())),
                     }
@@ -269,17 +271,22 @@ pub fn work(
         }
         let mut rows = first.n;
         let mut jobs = vec![first];
+        // Requests being decoded right now are queued within tens of µs:
+        // wait for those (not for later arrivals), at most `max_delay`.
+        let mut awaited = shared.decoding.load(Ordering::Acquire);
         let deadline = Instant::now() + shared.max_delay;
         while rows < shared.max_batch {
             let next = match rx.try_recv() {
                 Ok(j) => Some(j),
                 Err(TryRecvError::Disconnected) => None,
                 Err(TryRecvError::Empty) => {
+                    // A request that failed to decode is no longer awaited.
+                    awaited = awaited.min(shared.decoding.load(Ordering::Acquire));
                     let now = Instant::now();
-                    if shared.decoding.load(Ordering::Acquire) == 0 || now >= deadline {
+                    if awaited == 0 || now >= deadline {
                         None
                     } else {
-                        match rx.recv_timeout((deadline - now).min(Duration::from_micros(50))) {
+                        match rx.recv_timeout((deadline - now).min(Duration::from_micros(100))) {
                             Ok(j) => Some(j),
                             Err(RecvTimeoutError::Timeout) => continue,
                             Err(RecvTimeoutError::Disconnected) => None,
@@ -293,6 +300,7 @@ pub fn work(
                 break;
             }
             rows += job.n;
+            awaited = awaited.saturating_sub(1);
             jobs.push(job);
         }
         shared
@@ -309,10 +317,11 @@ pub fn work(
             continue;
         }
         shared.metrics.batch_size.observe(rows as f64);
-        let result =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.run(&jobs, rows)));
+        let parts: Vec<(&Payload, usize)> = jobs.iter().map(|j| (&j.payload, j.n)).collect();
+        let result = guarded_run(&mut engine, &parts, rows);
+        drop(parts);
         match result {
-            Ok(Ok((logits, batch))) => {
+            Ok((logits, batch)) => {
                 let classes = logits.len() / rows;
                 let mut at = 0;
                 for job in jobs {
@@ -325,17 +334,25 @@ pub fn work(
                     at += len;
                 }
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 for job in jobs {
-                    let _ = job.reply.send(Err(e.to_string()));
-                }
-            }
-            Err(_) => {
-                for job in jobs {
-                    let _ = job.reply.send(Err("the predictor panicked".into()));
+                    let _ = job.reply.send(Err(e.clone()));
                 }
             }
         }
+    }
+}
+
+/// [`Engine::run`], with a panic caught and reported as an error.
+pub fn guarded_run(
+    engine: &mut Engine,
+    parts: &[(&Payload, usize)],
+    rows: usize,
+) -> std::result::Result<(Vec<f32>, usize), String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.run(parts, rows))) {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("the predictor panicked".into()),
     }
 }
 

@@ -3,7 +3,7 @@
 //! `{"error": "...", "field": "..."}` with the status the KServe
 //! protocol and HTTP give it.
 
-use super::batcher::{Job, Payload};
+use super::batcher::{Answer, Job, Payload};
 use super::metrics::{self, ErrorKind, ServerMetrics};
 use super::model::{describe, Model};
 use super::request::{self, InputSpec, RequestError};
@@ -254,17 +254,17 @@ async fn metrics_page(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Decrements the model's count of requests being decoded when dropped.
-struct Decoding<'a>(&'a AtomicUsize);
+/// One unit of a count (requests decoding, in flight) while alive.
+struct Counted<'a>(&'a AtomicUsize);
 
-impl<'a> Decoding<'a> {
+impl<'a> Counted<'a> {
     fn start(c: &'a AtomicUsize) -> Self {
         c.fetch_add(1, Ordering::AcqRel);
-        Decoding(c)
+        Counted(c)
     }
 }
 
-impl Drop for Decoding<'_> {
+impl Drop for Counted<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
@@ -369,7 +369,7 @@ async fn infer_inner(
     if declared.is_some_and(|n| n > s.0.max_body as u64) {
         return Err(too_large(s));
     }
-    let decoding = Decoding::start(&model.shared.decoding);
+    let decoding = Counted::start(&model.shared.decoding);
     let bytes = axum::body::to_bytes(body, s.0.max_body)
         .await
         .map_err(|e| {
@@ -383,35 +383,25 @@ async fn infer_inner(
     let req = request::decode(&bytes, &version.input, s.0.max_rows).map_err(Failure)?;
     served.rows = req.n;
     served.id = req.id.clone();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let job = Job {
-        payload: Payload::from(req.rows),
-        n: req.n,
-        reply: tx,
-    };
-    if model.submit(job).is_err() {
-        let depth = model.metrics().queue_depth.load(Ordering::Relaxed);
-        return Err(Failure::new(
-            503,
-            "queue",
-            format!(
-                "the model's queue is full ({depth} of {} requests waiting) or the server is stopping; retry",
-                model.limits().max_queue
-            ),
-        ));
-    }
+    // Counted out before it is queued: a worker that finds the job must
+    // not wait for the job itself.
     drop(decoding);
-    let answer = match rx.await {
-        Ok(Ok(a)) => a,
-        Ok(Err(e)) => return Err(Failure::new(500, "model", e)),
-        Err(_) => {
-            return Err(Failure::new(
-                500,
-                "model",
-                "the worker ended before answering",
-            ))
+    let payload = Payload::from(req.rows);
+    let answer = queued(model, payload, req.n).await.map_err(|e| {
+        if e == QUEUE_FULL {
+            let depth = model.metrics().queue_depth.load(Ordering::Relaxed);
+            Failure::new(
+                503,
+                "queue",
+                format!(
+                    "the model's queue is full ({depth} of {} requests waiting) or the server is stopping; retry",
+                    model.limits().max_queue
+                ),
+            )
+        } else {
+            Failure::new(500, "model", e)
         }
-    };
+    })?;
     served.batch = answer.batch;
     served.version = answer.version.generation;
     Ok(request::encode_response(
@@ -422,6 +412,24 @@ async fn infer_inner(
         &answer.version.class_names,
         req.top_k,
     ))
+}
+
+/// What [`queued`] says when the queue refuses a job.
+const QUEUE_FULL: &str = "queue full";
+
+/// Queue the request for the batching workers and wait for its answer.
+async fn queued(model: &Model, payload: Payload, n: usize) -> std::result::Result<Answer, String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job = Job {
+        payload,
+        n,
+        reply: tx,
+    };
+    if model.submit(job).is_err() {
+        return Err(QUEUE_FULL.into());
+    }
+    rx.await
+        .unwrap_or_else(|_| Err("the worker ended before answering".into()))
 }
 
 fn too_large(s: &AppState) -> Failure {
