@@ -190,7 +190,7 @@ fn concurrent_requests_are_batched_and_each_gets_its_own_answer() {
     let mut cfg = config(run);
     cfg.limits.workers = 1;
     // The worker's first batch takes long enough for the rest to queue.
-    cfg.limits.test_batch_delay = Duration::from_millis(30);
+    cfg.limits.test_batch_delay = Duration::from_millis(200);
     let server = Server::start(cfg).unwrap();
     let url = format!("http://{}/v2/models/cnn/infer", server.addr());
     let rt = runtime();
@@ -500,8 +500,9 @@ fn a_full_queue_answers_503_with_retry_after_and_a_slow_answer_504() {
     cfg.limits.max_queue = 1;
     cfg.limits.max_batch = 1;
     cfg.max_request_rows = 1;
-    cfg.limits.test_batch_delay = Duration::from_millis(400);
-    cfg.timeout = Duration::from_millis(250);
+    // Generous margins, so a loaded machine cannot reorder the steps.
+    cfg.limits.test_batch_delay = Duration::from_millis(3000);
+    cfg.timeout = Duration::from_millis(1500);
     let server = Server::start(cfg).unwrap();
     let url = format!("http://{}/v2/models/cnn/infer", server.addr());
     let body = uint8_body(&mnist_images(1));
@@ -525,17 +526,17 @@ fn a_full_queue_answers_503_with_retry_after_and_a_slow_answer_504() {
                 (r.status().as_u16(), retry, r.text().await.unwrap())
             })
         };
-        let first = send(); // taken by the worker, which sleeps 400 ms
-        tokio::time::sleep(Duration::from_millis(60)).await;
+        let first = send(); // taken by the worker, which sleeps 3 s
+        tokio::time::sleep(Duration::from_millis(400)).await;
         let second = send(); // fills the queue
-        tokio::time::sleep(Duration::from_millis(60)).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
         let (status, retry, text) = send().await.unwrap();
         assert_eq!((status, retry.as_deref()), (503, Some("1")), "{text}");
         assert!(text.contains("queue"), "{text}");
         for t in [first, second] {
             let (status, _, text) = t.await.unwrap();
             assert_eq!(status, 504, "{text}");
-            assert!(text.contains("250 ms"), "{text}");
+            assert!(text.contains("1500 ms"), "{text}");
         }
     });
     server.shutdown().unwrap();

@@ -307,14 +307,14 @@ pub fn work(
             .metrics
             .queue_depth
             .store(rx.len() as u64, Ordering::Relaxed);
-        if !shared.test_batch_delay.is_zero() {
-            std::thread::sleep(shared.test_batch_delay);
-        }
         // A request whose client gave up (timeout) is not computed.
         jobs.retain(|j| !j.reply.is_closed());
         let rows: usize = jobs.iter().map(|j| j.n).sum();
         if rows == 0 {
             continue;
+        }
+        if !shared.test_batch_delay.is_zero() {
+            std::thread::sleep(shared.test_batch_delay);
         }
         shared.metrics.batch_size.observe(rows as f64);
         let parts: Vec<(&Payload, usize)> = jobs.iter().map(|j| (&j.payload, j.n)).collect();
