@@ -77,6 +77,12 @@ pub struct ServeArgs {
     /// No per-request log lines.
     #[arg(long)]
     pub quiet: bool,
+    /// Let `POST /v2/repository/models/{name}/load` name another run folder
+    /// (`{"parameters": {"run": "DIR"}}`); without it a load only reloads
+    /// the folder being served, so clients cannot make the server read
+    /// arbitrary paths.
+    #[arg(long)]
+    pub allow_load_path: bool,
 }
 
 #[cfg(feature = "serve")]
@@ -138,6 +144,7 @@ impl ServeArgs {
             timeout: std::time::Duration::from_millis(self.timeout_ms.max(1)),
             http_threads: self.http_threads.unwrap_or(cores.min(4)),
             access_log: !self.quiet,
+            allow_load_path: self.allow_load_path,
         })
     }
 }

@@ -62,6 +62,7 @@ fn config(run: &Path) -> ServeConfig {
         timeout: Duration::from_secs(20),
         http_threads: 2,
         access_log: false,
+        allow_load_path: true,
     }
 }
 
@@ -244,6 +245,7 @@ fn malformed_requests_get_a_status_and_a_json_error_naming_the_field() {
     let (_, run, _) = runs();
     let mut cfg = config(run);
     cfg.max_body = 64 * 1024;
+    cfg.allow_load_path = false;
     let server = Server::start(cfg).unwrap();
     let base = format!("http://{}", server.addr());
     let img = mnist_images(1).remove(0);
@@ -485,6 +487,15 @@ fn malformed_requests_get_a_status_and_a_json_error_naming_the_field() {
                 .status(),
             404
         );
+        // A load naming another folder needs --allow-load-path.
+        let r = c
+            .post(format!("{base}/v2/repository/models/cnn/load"))
+            .body(r#"{"parameters":{"run":"/etc"}}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403);
+        assert!(r.text().await.unwrap().contains("--allow-load-path"));
         // Still serving.
         let (status, _) = post(&c, &format!("{base}/v2/models/cnn/infer"), good.clone()).await;
         assert_eq!(status, 200);

@@ -37,6 +37,7 @@ struct Inner {
     max_body: usize,
     timeout: Duration,
     access_log: bool,
+    allow_load_path: bool,
     accepted: AtomicU64,
     answered: AtomicU64,
     ready: AtomicBool,
@@ -51,6 +52,7 @@ impl AppState {
             max_body: cfg.max_body,
             timeout: cfg.timeout,
             access_log: cfg.access_log,
+            allow_load_path: cfg.allow_load_path,
             accepted: AtomicU64::new(0),
             answered: AtomicU64::new(0),
             ready: AtomicBool::new(true),
@@ -254,7 +256,7 @@ async fn metrics_page(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
-/// One unit of a count (requests decoding, in flight) while alive.
+/// One unit of a count (the requests being decoded) while alive.
 struct Counted<'a>(&'a AtomicUsize);
 
 impl<'a> Counted<'a> {
@@ -472,6 +474,14 @@ async fn load(State(s): State<AppState>, Path(name): Path<String>, body: Body) -
             }
         }
     };
+    if req.parameters.run.is_some() && !s.0.allow_load_path {
+        return Failure::new(
+            403,
+            "parameters.run",
+            "loading another folder needs the server's --allow-load-path; without it a load reloads the folder being served",
+        )
+        .into_response();
+    }
     let start = Instant::now();
     let result = tokio::task::spawn_blocking(move || model.reload(req.parameters.run)).await;
     match result {

@@ -49,6 +49,9 @@ mod server {
         pub http_threads: usize,
         /// One log line per request on stderr.
         pub access_log: bool,
+        /// Whether a load request may name another run folder (otherwise
+        /// it can only reload the folder each model was started with).
+        pub allow_load_path: bool,
     }
 
     /// A running server. Dropping it without [`Server::shutdown`] leaves
