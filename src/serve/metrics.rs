@@ -144,33 +144,44 @@ pub fn render(models: &[&ModelMetrics], server: &ServerMetrics) -> String {
     let family = |out: &mut String, name: &str, kind: &str, help: &str| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
     };
-    family(
-        &mut out,
-        "gpurt_requests_total",
-        "counter",
-        "Inference requests received.",
+    // One value per model: (name, type, help, the model's value).
+    type PerModel = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&ModelMetrics) -> u64,
     );
-    for m in models {
-        let _ = writeln!(
-            out,
-            "gpurt_requests_total{{model=\"{}\"}} {}",
-            m.name,
-            m.requests.load(Relaxed)
-        );
-    }
-    family(
-        &mut out,
-        "gpurt_examples_total",
-        "counter",
-        "Examples classified.",
-    );
-    for m in models {
-        let _ = writeln!(
-            out,
-            "gpurt_examples_total{{model=\"{}\"}} {}",
-            m.name,
-            m.examples.load(Relaxed)
-        );
+    let simple: [PerModel; 4] = [
+        (
+            "gpurt_requests_total",
+            "counter",
+            "Inference requests received.",
+            |m| m.requests.load(Relaxed),
+        ),
+        (
+            "gpurt_examples_total",
+            "counter",
+            "Examples classified.",
+            |m| m.examples.load(Relaxed),
+        ),
+        (
+            "gpurt_queue_depth",
+            "gauge",
+            "Requests waiting for a worker.",
+            |m| m.queue_depth.load(Relaxed),
+        ),
+        (
+            "gpurt_reloads_total",
+            "counter",
+            "Successful hot reloads.",
+            |m| m.reloads.load(Relaxed),
+        ),
+    ];
+    for (name, kind, help, value) in simple {
+        family(&mut out, name, kind, help);
+        for m in models {
+            let _ = writeln!(out, "{name}{{model=\"{}\"}} {}", m.name, value(m));
+        }
     }
     family(
         &mut out,
@@ -194,34 +205,6 @@ pub fn render(models: &[&ModelMetrics], server: &ServerMetrics) -> String {
         "gpurt_request_errors_total{{model=\"\",kind=\"unknown_model\"}} {}",
         server.unrouted_errors.load(Relaxed)
     );
-    family(
-        &mut out,
-        "gpurt_queue_depth",
-        "gauge",
-        "Requests waiting for a worker.",
-    );
-    for m in models {
-        let _ = writeln!(
-            out,
-            "gpurt_queue_depth{{model=\"{}\"}} {}",
-            m.name,
-            m.queue_depth.load(Relaxed)
-        );
-    }
-    family(
-        &mut out,
-        "gpurt_reloads_total",
-        "counter",
-        "Successful hot reloads.",
-    );
-    for m in models {
-        let _ = writeln!(
-            out,
-            "gpurt_reloads_total{{model=\"{}\"}} {}",
-            m.name,
-            m.reloads.load(Relaxed)
-        );
-    }
     family(
         &mut out,
         "gpurt_batch_size",
