@@ -22,9 +22,15 @@ use tokenizers::models::{ModelWrapper, TrainerWrapper};
 use tokenizers::normalizers::bert::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::{
-    AddedToken, DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper,
+    AddedToken, DecoderWrapper, NormalizedString, Normalizer, NormalizerWrapper, OffsetReferential,
+    OffsetType, PostProcessorWrapper, PreTokenizedString, PreTokenizer, PreTokenizerWrapper,
     Tokenizer, TokenizerBuilder,
 };
+
+/// The special tokens, in id order.
+const SPECIALS: [&str; 5] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
+/// WordPiece's mark of a piece that continues a word.
+const CONTINUATION: &str = "##";
 
 /// `[PAD]`'s id.
 pub const PAD: u32 = 0;
@@ -87,49 +93,49 @@ impl TextTokenizer {
             )));
         }
         let jieba = (settings.segmentation == Segmentation::Jieba).then(jieba_rs::Jieba::new);
-        let specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
-        let trainer = WordPieceTrainerBuilder::default()
-            .vocab_size(settings.vocab_size)
-            .min_frequency(settings.min_frequency)
-            .special_tokens(
-                specials
-                    .iter()
-                    .map(|s| AddedToken::from(*s, true))
-                    .collect(),
-            )
-            .show_progress(false)
-            .build();
-        let model = WordPiece::builder()
-            .unk_token("[UNK]".into())
-            .build()
-            .map_err(|e| tok_error("tokenizer", e))?;
+        let segmented: Vec<String> = texts.iter().map(|t| segment(jieba.as_ref(), t)).collect();
         let normalizer = BertNormalizer::new(
             true,
             settings.segmentation == Segmentation::Characters,
             Some(settings.lowercase),
             settings.lowercase,
         );
-        let built = TokenizerBuilder::<
-            ModelWrapper,
-            NormalizerWrapper,
-            PreTokenizerWrapper,
-            PostProcessorWrapper,
-            DecoderWrapper,
-        >::new()
-        .with_model(model.into())
-        .with_normalizer(Some(normalizer.into()))
-        .with_pre_tokenizer(Some(BertPreTokenizer.into()))
-        .with_decoder(Some(
-            tokenizers::decoders::wordpiece::WordPiece::default().into(),
-        ))
-        .build()
-        .map_err(|e| tok_error("tokenizer", e))?;
-        let mut inner = Tokenizer::from(built);
-        let segmented: Vec<String> = texts.iter().map(|t| segment(jieba.as_ref(), t)).collect();
+        // The trainer numbers the `##c` continuation pieces in hash-map
+        // order, and those ids break ties between equally frequent merges,
+        // so the same corpus gave a different vocabulary each run
+        // (huggingface/tokenizers#1794). Handing it every continuation
+        // piece, sorted, as a reserved token fixes their ids and so the
+        // whole vocabulary; they are plain vocabulary entries afterwards.
+        let continuations = continuation_pieces(&normalizer, &segmented)?;
+        let mut reserved: Vec<AddedToken> = SPECIALS
+            .iter()
+            .map(|s| AddedToken::from(*s, true))
+            .collect();
+        reserved.extend(continuations.into_iter().map(|p| AddedToken::from(p, true)));
+        let trainer = WordPieceTrainerBuilder::default()
+            .vocab_size(settings.vocab_size)
+            .min_frequency(settings.min_frequency)
+            .special_tokens(reserved)
+            .show_progress(false)
+            .build();
+        let untrained = WordPiece::builder()
+            .unk_token("[UNK]".into())
+            .build()
+            .map_err(|e| tok_error("tokenizer", e))?;
+        let mut scratch = assemble(untrained.into(), normalizer.clone())?;
         let mut trainer: TrainerWrapper = trainer.into();
-        inner
+        scratch
             .train(&mut trainer, segmented.iter())
             .map_err(|e| tok_error("tokenizer training", e))?;
+        // Rebuilt so that only the real specials are added tokens (the
+        // reserved pieces must not be matched verbatim in input text).
+        let mut inner = assemble(scratch.get_model().clone(), normalizer)?;
+        inner.add_special_tokens(
+            &SPECIALS
+                .iter()
+                .map(|s| AddedToken::from(*s, true))
+                .collect::<Vec<_>>(),
+        );
         let t = TextTokenizer {
             inner,
             settings: settings.clone(),
@@ -202,6 +208,50 @@ impl TextTokenizer {
     }
 }
 
+/// A tokenizer with BERT's pipeline around `model`.
+fn assemble(model: ModelWrapper, normalizer: BertNormalizer) -> Result<Tokenizer> {
+    let built = TokenizerBuilder::<
+        ModelWrapper,
+        NormalizerWrapper,
+        PreTokenizerWrapper,
+        PostProcessorWrapper,
+        DecoderWrapper,
+    >::new()
+    .with_model(model)
+    .with_normalizer(Some(normalizer.into()))
+    .with_pre_tokenizer(Some(BertPreTokenizer.into()))
+    .with_decoder(Some(
+        tokenizers::decoders::wordpiece::WordPiece::default().into(),
+    ))
+    .build()
+    .map_err(|e| tok_error("tokenizer", e))?;
+    Ok(Tokenizer::from(built))
+}
+
+/// `##c` for every character that follows another inside a word of
+/// `texts` once normalised and pre-tokenised as the trainer sees them,
+/// sorted.
+fn continuation_pieces(normalizer: &BertNormalizer, texts: &[String]) -> Result<Vec<String>> {
+    let mut chars = std::collections::BTreeSet::new();
+    for text in texts {
+        let mut normalized = NormalizedString::from(text.as_str());
+        normalizer
+            .normalize(&mut normalized)
+            .map_err(|e| tok_error("tokenizer training", e))?;
+        let mut words = PreTokenizedString::from(normalized);
+        BertPreTokenizer
+            .pre_tokenize(&mut words)
+            .map_err(|e| tok_error("tokenizer training", e))?;
+        for (word, _, _) in words.get_splits(OffsetReferential::Original, OffsetType::Byte) {
+            chars.extend(word.chars().skip(1));
+        }
+    }
+    Ok(chars
+        .into_iter()
+        .map(|c| format!("{CONTINUATION}{c}"))
+        .collect())
+}
+
 /// `text` with jieba's words separated by spaces, or unchanged.
 fn segment(jieba: Option<&jieba_rs::Jieba>, text: &str) -> String {
     match jieba {
@@ -259,6 +309,27 @@ mod tests {
         assert_eq!(t.tokens("自然语言").unwrap(), ["自", "然", "语", "言"]);
         let long = "goal ".repeat(1000);
         assert_eq!(t.encode(&long).unwrap().len(), s.max_len);
+    }
+
+    #[test]
+    fn the_same_corpus_gives_the_same_vocabulary_every_time() {
+        // Many equally frequent pairs: before the continuation pieces were
+        // reserved, about one training in two differed here.
+        let s = TokenizerSettings {
+            vocab_size: 150,
+            min_frequency: 1,
+            ..Default::default()
+        };
+        let json = |t: &TextTokenizer| t.inner.to_string(false).unwrap();
+        let first = json(&TextTokenizer::train(&corpus(), &s).unwrap());
+        for _ in 0..8 {
+            assert_eq!(json(&TextTokenizer::train(&corpus(), &s).unwrap()), first);
+        }
+        // The reserved pieces are vocabulary, not added tokens: "##e" in
+        // the input is text, not one token.
+        let t = TextTokenizer::train(&corpus(), &s).unwrap();
+        assert!(t.inner.token_to_id("##e").is_some());
+        assert_ne!(t.tokens("a##e").unwrap(), ["a", "##e"]);
     }
 
     #[test]
