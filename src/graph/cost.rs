@@ -31,6 +31,7 @@ pub fn flops(l: &Launch) -> u64 {
             2, sx.0[0], sw.0[0], sy.0[2], sy.0[3], sw.0[1], sw.0[2], sw.0[3],
         ])
     };
+    let streaming = rs.first().map_or(out, |s| (s.numel() as u64).max(out));
     match &l.op {
         Op::MatMul { ta, tb } => matmul_dims(&rs[0], *ta, &rs[1], *tb)
             .map_or(0, |(b, m, k, n)| product(&[2, b, m, k, n])),
@@ -54,34 +55,17 @@ pub fn flops(l: &Launch) -> u64 {
         Op::Softmax | Op::LogSoftmax | Op::CrossEntropy | Op::CrossEntropyBackward { .. } => {
             4 * rs[0].numel() as u64
         }
-        Op::Conv2dGradBias
-        | Op::MaxPool2dBackward { .. }
-        | Op::AvgPool2dBackward { .. }
-        | Op::GlobalAvgPool
-        | Op::GlobalAvgPoolBackward
-        | Op::MaskedMeanPool
-        | Op::MaskedMeanPoolBackward
-        | Op::Embedding
-        | Op::EmbeddingBackward { .. }
-        | Op::LayerNorm { .. }
-        | Op::LayerNormBackward
-        | Op::Act(_)
-        | Op::ActBackward(_)
-        | Op::Binary(_)
-        | Op::Scale(_)
-        | Op::Fill(_)
-        | Op::SumTo
-        | Op::BroadcastTo
-        | Op::Reshape
-        | Op::Transpose { .. }
-        | Op::Concat { .. }
-        | Op::Slice { .. }
-        | Op::ClipGradNorm { .. }
-        | Op::SoftmaxBackward
-        | Op::LogSoftmaxBackward
-        | Op::ActBackwardBias { .. }
-        | Op::Dropout { .. }
-        | Op::BatchNorm2d { .. }
-        | Op::BatchNorm2dBackward { .. } => rs.first().map_or(out, |s| (s.numel() as u64).max(out)),
+        // The rest stream their operands once: about one operation per
+        // element of the larger side.
+        Op::Conv2dGradBias | Op::ActBackwardBias { .. } | Op::ClipGradNorm { .. } => streaming,
+        Op::MaxPool2dBackward { .. } | Op::AvgPool2dBackward { .. } => streaming,
+        Op::GlobalAvgPool | Op::GlobalAvgPoolBackward => streaming,
+        Op::MaskedMeanPool | Op::MaskedMeanPoolBackward => streaming,
+        Op::Embedding | Op::EmbeddingBackward { .. } | Op::Dropout { .. } => streaming,
+        Op::LayerNorm { .. } | Op::LayerNormBackward => streaming,
+        Op::BatchNorm2d { .. } | Op::BatchNorm2dBackward { .. } => streaming,
+        Op::Act(_) | Op::ActBackward(_) | Op::Binary(_) | Op::Scale(_) | Op::Fill(_) => streaming,
+        Op::SumTo | Op::BroadcastTo | Op::SoftmaxBackward | Op::LogSoftmaxBackward => streaming,
+        Op::Reshape | Op::Transpose { .. } | Op::Concat { .. } | Op::Slice { .. } => streaming,
     }
 }

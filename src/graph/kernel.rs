@@ -702,44 +702,6 @@ impl Kernel {
             },
         })
     }
-
-    /// Runtime scalars this launch reads.
-    pub fn scalars(&self) -> Vec<ScalarId> {
-        match self {
-            Kernel::Dropout { step, .. } => vec![*step],
-            Kernel::Sgd { config, .. } => vec![config.lr],
-            Kernel::Adam { config, .. } => vec![config.lr, config.step],
-            Kernel::MatMul(_)
-            | Kernel::Linear { .. }
-            | Kernel::Conv2d { .. }
-            | Kernel::Conv2dGradInput(_)
-            | Kernel::Conv2dGradWeight(_)
-            | Kernel::Conv2dGradBias(_)
-            | Kernel::Pool { .. }
-            | Kernel::GlobalAvgPool { .. }
-            | Kernel::MaskedMeanPool { .. }
-            | Kernel::Embedding { .. }
-            | Kernel::Attention { .. }
-            | Kernel::LayerNorm { .. }
-            | Kernel::Act { .. }
-            | Kernel::ActBackwardBias { .. }
-            | Kernel::Binary { .. }
-            | Kernel::Scale { .. }
-            | Kernel::Fill { .. }
-            | Kernel::SumTo { .. }
-            | Kernel::BroadcastTo { .. }
-            | Kernel::View
-            | Kernel::Transpose { .. }
-            | Kernel::CopyRows(_)
-            | Kernel::ClipGradNorm { .. }
-            | Kernel::Softmax { .. }
-            | Kernel::CrossEntropy { .. }
-            | Kernel::CrossEntropyBackward { .. }
-            | Kernel::Elementwise { .. }
-            | Kernel::BatchNorm { .. }
-            | Kernel::BatchNormBackward { .. } => vec![],
-        }
-    }
 }
 
 /// A multi-tensor update reads one gradient per tensor and writes `per`
@@ -830,10 +792,10 @@ impl Module {
             }
         }
         let kernel = Kernel::describe(l).map_err(|e| bad(e.to_string()))?;
-        if let Some(s) = kernel
-            .scalars()
-            .iter()
-            .find(|s| s.0 as usize >= self.scalars.len())
+        if let Some(s) =
+            l.op.scalars()
+                .iter()
+                .find(|s| s.0 as usize >= self.scalars.len())
         {
             return Err(bad(format!(
                 "scalar {} of {} ({:?})",

@@ -226,7 +226,7 @@ pub fn live_nodes(g: &Graph) -> Vec<bool> {
 }
 
 fn remap_scalars(op: &Op, local: &[String], global: &[String]) -> Op {
-    let map = |s: ScalarId| {
+    op.with_scalars(|s| {
         let name = &local[s.0 as usize];
         ScalarId(
             global
@@ -234,67 +234,7 @@ fn remap_scalars(op: &Op, local: &[String], global: &[String]) -> Op {
                 .position(|g| g == name)
                 .expect("module scalar table is a union") as u32,
         )
-    };
-    match op {
-        Op::Dropout { p, seed, step } => Op::Dropout {
-            p: *p,
-            seed: *seed,
-            step: map(*step),
-        },
-        Op::SgdUpdate(c) => {
-            let mut c = *c;
-            c.lr = map(c.lr);
-            Op::SgdUpdate(c)
-        }
-        Op::AdamUpdate(c) => {
-            let mut c = *c;
-            c.lr = map(c.lr);
-            c.step = map(c.step);
-            Op::AdamUpdate(c)
-        }
-        Op::MatMul { .. }
-        | Op::Linear { .. }
-        | Op::Conv2d { .. }
-        | Op::Conv2dGradInput { .. }
-        | Op::Conv2dGradWeight { .. }
-        | Op::Conv2dGradBias
-        | Op::MaxPool2d { .. }
-        | Op::MaxPool2dBackward { .. }
-        | Op::MaskedMeanPool
-        | Op::MaskedMeanPoolBackward
-        | Op::Embedding
-        | Op::EmbeddingBackward { .. }
-        | Op::Attention { .. }
-        | Op::AttentionBackward { .. }
-        | Op::LayerNorm { .. }
-        | Op::LayerNormBackward
-        | Op::AvgPool2d { .. }
-        | Op::AvgPool2dBackward { .. }
-        | Op::GlobalAvgPool
-        | Op::GlobalAvgPoolBackward
-        | Op::Act(_)
-        | Op::ActBackward(_)
-        | Op::Binary(_)
-        | Op::Scale(_)
-        | Op::Fill(_)
-        | Op::SumTo
-        | Op::BroadcastTo
-        | Op::Reshape
-        | Op::Transpose { .. }
-        | Op::Concat { .. }
-        | Op::Slice { .. }
-        | Op::ClipGradNorm { .. }
-        | Op::Softmax
-        | Op::LogSoftmax
-        | Op::SoftmaxBackward
-        | Op::LogSoftmaxBackward
-        | Op::CrossEntropy
-        | Op::CrossEntropyBackward { .. }
-        | Op::ActBackwardBias { .. }
-        | Op::Elementwise(_)
-        | Op::BatchNorm2d { .. }
-        | Op::BatchNorm2dBackward { .. } => op.clone(),
-    }
+    })
 }
 
 /// A transient buffer: one or more values that share storage (a value and

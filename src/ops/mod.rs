@@ -363,51 +363,58 @@ impl Op {
     }
 
     /// Reads that output 0 may overwrite in place (elementwise ops whose
-    /// kernels read each element before writing it).
+    /// kernels read each element before writing it). Any other op writes
+    /// fresh memory, the safe default, so a new op needs no entry here.
     pub fn inplace_candidates(&self) -> &'static [usize] {
         match self {
             Op::Act(_) | Op::Scale(_) | Op::Dropout { .. } => &[0],
             Op::ActBackward(_) | Op::ActBackwardBias { .. } => &[1],
             Op::Binary(_) => &[0, 1],
             Op::Elementwise(_) => &[0, 1, 2, 3, 4, 5],
-            Op::MatMul { .. }
-            | Op::Linear { .. }
-            | Op::Conv2d { .. }
-            | Op::Conv2dGradInput { .. }
-            | Op::Conv2dGradWeight { .. }
-            | Op::Conv2dGradBias
-            | Op::MaxPool2d { .. }
-            | Op::MaxPool2dBackward { .. }
-            | Op::AvgPool2d { .. }
-            | Op::AvgPool2dBackward { .. }
-            | Op::GlobalAvgPool
-            | Op::GlobalAvgPoolBackward
-            | Op::MaskedMeanPool
-            | Op::MaskedMeanPoolBackward
-            | Op::Embedding
-            | Op::EmbeddingBackward { .. }
-            | Op::Attention { .. }
-            | Op::AttentionBackward { .. }
-            | Op::LayerNorm { .. }
-            | Op::LayerNormBackward
-            | Op::Fill(_)
-            | Op::SumTo
-            | Op::BroadcastTo
-            | Op::Reshape
-            | Op::Transpose { .. }
-            | Op::Concat { .. }
-            | Op::Slice { .. }
-            | Op::Softmax
-            | Op::LogSoftmax
-            | Op::SoftmaxBackward
-            | Op::LogSoftmaxBackward
-            | Op::CrossEntropy
-            | Op::CrossEntropyBackward { .. }
-            | Op::BatchNorm2d { .. }
-            | Op::BatchNorm2dBackward { .. }
-            | Op::ClipGradNorm { .. }
-            | Op::SgdUpdate(_)
-            | Op::AdamUpdate(_) => &[],
+            _ => &[],
+        }
+    }
+
+    /// The run-time scalars (learning rate, step counter) this op reads.
+    pub fn scalars(&self) -> Vec<ScalarId> {
+        self.clone().scalars_mut().into_iter().map(|s| *s).collect()
+    }
+
+    /// The same op with each scalar `s` it reads replaced by `map(s)`
+    /// (when graphs with their own scalar tables join one module).
+    pub fn with_scalars(&self, map: impl Fn(ScalarId) -> ScalarId) -> Op {
+        let mut op = self.clone();
+        for s in op.scalars_mut() {
+            *s = map(*s);
+        }
+        op
+    }
+
+    /// Exhaustive: an op that reads a scalar and is missing here would
+    /// read another graph's scalar once modules are joined.
+    fn scalars_mut(&mut self) -> Vec<&mut ScalarId> {
+        match self {
+            Op::Dropout { step, .. } => vec![step],
+            Op::SgdUpdate(c) => vec![&mut c.lr],
+            Op::AdamUpdate(c) => vec![&mut c.lr, &mut c.step],
+            // The rest read none; one family a line.
+            Op::MatMul { .. } | Op::Linear { .. } => vec![],
+            Op::Conv2d { .. } | Op::Conv2dGradInput { .. } | Op::Conv2dGradWeight { .. } => vec![],
+            Op::Conv2dGradBias | Op::ActBackwardBias { .. } => vec![],
+            Op::MaxPool2d { .. } | Op::MaxPool2dBackward { .. } => vec![],
+            Op::AvgPool2d { .. } | Op::AvgPool2dBackward { .. } => vec![],
+            Op::GlobalAvgPool | Op::GlobalAvgPoolBackward => vec![],
+            Op::MaskedMeanPool | Op::MaskedMeanPoolBackward => vec![],
+            Op::Embedding | Op::EmbeddingBackward { .. } => vec![],
+            Op::Attention { .. } | Op::AttentionBackward { .. } => vec![],
+            Op::LayerNorm { .. } | Op::LayerNormBackward => vec![],
+            Op::Act(_) | Op::ActBackward(_) | Op::Elementwise(_) => vec![],
+            Op::Binary(_) | Op::Scale(_) | Op::Fill(_) => vec![],
+            Op::SumTo | Op::BroadcastTo | Op::ClipGradNorm { .. } => vec![],
+            Op::Reshape | Op::Transpose { .. } | Op::Concat { .. } | Op::Slice { .. } => vec![],
+            Op::Softmax | Op::LogSoftmax | Op::SoftmaxBackward | Op::LogSoftmaxBackward => vec![],
+            Op::CrossEntropy | Op::CrossEntropyBackward { .. } => vec![],
+            Op::BatchNorm2d { .. } | Op::BatchNorm2dBackward { .. } => vec![],
         }
     }
 
