@@ -244,18 +244,49 @@ pub struct Shared {
     pub test_batch_delay: Duration,
 }
 
-/// A new engine and version, left by a reload for the worker to pick up
-/// between batches.
-pub type Pending = Arc<Mutex<Option<(Engine, Arc<Version>)>>>;
+/// A worker's engine and the version its weights are, locked for each
+/// batch: by the worker, by a reload swapping both between two batches,
+/// and by the HTTP side's fast path for a lone request
+/// ([`run_alone`]).
+pub struct Station {
+    pub engine: Engine,
+    pub version: Arc<Version>,
+}
+
+pub type Seat = Arc<Mutex<Station>>;
+
+/// Run a lone single-example job on the calling thread with the first
+/// free worker's engine, skipping the queue: when nothing else is queued
+/// or being decoded there is nobody to batch with, and handing the job
+/// to a sleeping worker and the answer back costs two thread wake-ups,
+/// most of a small model's serving overhead. `None`: every engine was
+/// busy, so the job belongs in the queue.
+pub fn run_alone(
+    seats: &[Seat],
+    payload: &Payload,
+    shared: &Shared,
+) -> Option<std::result::Result<Answer, String>> {
+    for seat in seats {
+        let mut st = match seat.try_lock() {
+            Ok(st) => st,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => continue,
+        };
+        shared.metrics.batch_size.observe(1.0);
+        let st = &mut *st;
+        return Some(
+            guarded_run(&mut st.engine, &[(payload, 1)], 1).map(|(logits, batch)| Answer {
+                logits,
+                version: st.version.clone(),
+                batch,
+            }),
+        );
+    }
+    None
+}
 
 /// A worker's loop; returns when the queue is closed and drained.
-pub fn work(
-    rx: Receiver<Job>,
-    pending: Pending,
-    mut engine: Engine,
-    mut version: Arc<Version>,
-    shared: Arc<Shared>,
-) {
+pub fn work(rx: Receiver<Job>, seat: Seat, shared: Arc<Shared>) {
     let mut carry: Option<Job> = None;
     loop {
         let first = match carry.take() {
@@ -265,10 +296,6 @@ pub fn work(
                 Err(_) => return,
             },
         };
-        if let Some((e, v)) = pending.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            engine = e;
-            version = v;
-        }
         let mut rows = first.n;
         let mut jobs = vec![first];
         // Requests being decoded right now are queued within tens of µs:
@@ -318,7 +345,10 @@ pub fn work(
         }
         shared.metrics.batch_size.observe(rows as f64);
         let parts: Vec<(&Payload, usize)> = jobs.iter().map(|j| (&j.payload, j.n)).collect();
-        let result = guarded_run(&mut engine, &parts, rows);
+        let mut st = seat.lock().unwrap_or_else(|p| p.into_inner());
+        let result = guarded_run(&mut st.engine, &parts, rows);
+        let version = st.version.clone();
+        drop(st);
         drop(parts);
         match result {
             Ok((logits, batch)) => {

@@ -421,6 +421,9 @@ const QUEUE_FULL: &str = "queue full";
 
 /// Queue the request for the batching workers and wait for its answer.
 async fn queued(model: &Model, payload: Payload, n: usize) -> std::result::Result<Answer, String> {
+    if let Some(answer) = model.try_alone(&payload, n) {
+        return answer;
+    }
     let (tx, rx) = tokio::sync::oneshot::channel();
     let job = Job {
         payload,

@@ -2,7 +2,7 @@
 //! now answering. Blocking code (loading, compiling); the HTTP side calls
 //! it from `spawn_blocking`.
 
-use super::batcher::{self, Job, Pending, Shared, Version};
+use super::batcher::{self, Answer, Job, Payload, Seat, Shared, Station, Version};
 use super::metrics::ModelMetrics;
 use super::request::InputSpec;
 use crate::backend::DeviceSpec;
@@ -35,7 +35,7 @@ pub struct Model {
     pub shared: Arc<Shared>,
     limits: Limits,
     current: RwLock<Arc<Version>>,
-    pending: Vec<Pending>,
+    seats: Vec<Seat>,
     /// One reload at a time.
     reloading: Mutex<()>,
 }
@@ -58,15 +58,18 @@ impl Model {
             max_delay: limits.max_delay,
             test_batch_delay: limits.test_batch_delay,
         });
-        let mut pending = Vec::new();
+        let mut seats = Vec::new();
         let mut handles = Vec::new();
         for (i, engine) in engines.into_iter().enumerate() {
-            let slot: Pending = Arc::new(Mutex::new(None));
-            pending.push(slot.clone());
-            let (rx, v, s) = (rx.clone(), version.clone(), shared.clone());
+            let seat: Seat = Arc::new(Mutex::new(Station {
+                engine,
+                version: version.clone(),
+            }));
+            seats.push(seat.clone());
+            let (rx, s) = (rx.clone(), shared.clone());
             let h = std::thread::Builder::new()
                 .name(format!("gpurt-serve-{name}-{i}"))
-                .spawn(move || batcher::work(rx, slot, engine, v, s))
+                .spawn(move || batcher::work(rx, seat, s))
                 .map_err(|e| Error::Usage(format!("cannot start a worker thread: {e}")))?;
             handles.push(h);
         }
@@ -76,7 +79,7 @@ impl Model {
             shared,
             limits,
             current: RwLock::new(version),
-            pending,
+            seats,
             reloading: Mutex::new(()),
         });
         Ok((model, handles))
@@ -96,6 +99,30 @@ impl Model {
             }
             None => Err(job),
         }
+    }
+
+    /// Answer a single-example request on the calling thread when the
+    /// model is otherwise idle (nothing queued, nothing being decoded, a
+    /// worker free): see [`batcher::run_alone`]. `None`: queue it.
+    pub fn try_alone(
+        &self,
+        payload: &Payload,
+        n: usize,
+    ) -> Option<std::result::Result<Answer, String>> {
+        if n != 1 || !self.shared.test_batch_delay.is_zero() {
+            return None;
+        }
+        let idle = self.shared.decoding.load(Ordering::Acquire) == 0
+            && self
+                .tx
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .is_some_and(|tx| tx.is_empty());
+        if !idle {
+            return None;
+        }
+        batcher::run_alone(&self.seats, payload, &self.shared)
     }
 
     /// Close the queue: the workers answer what is queued, then end.
@@ -121,8 +148,8 @@ impl Model {
 
     /// Load `run` (by default the folder already served) and hand every
     /// worker its new predictors, compiled here, off the request path. Each
-    /// worker swaps between two batches, so every batch runs entirely on
-    /// one version and no request fails. The input must keep its shape.
+    /// engine is swapped between two batches (under its lock), so every
+    /// batch runs entirely on one version and no request fails. The input must keep its shape.
     pub fn reload(&self, run: Option<PathBuf>) -> Result<Arc<Version>> {
         let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.version();
@@ -148,8 +175,11 @@ impl Model {
             )));
         }
         let version = Arc::new(version);
-        for (slot, engine) in self.pending.iter().zip(engines) {
-            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some((engine, version.clone()));
+        for (seat, engine) in self.seats.iter().zip(engines) {
+            *seat.lock().unwrap_or_else(|p| p.into_inner()) = Station {
+                engine,
+                version: version.clone(),
+            };
         }
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = version.clone();
         self.shared.metrics.reloads.fetch_add(1, Ordering::Relaxed);
