@@ -18,7 +18,7 @@ use crate::embed::{Predictor, SharedWeights, TextPredictor};
 use crate::error::{Error, Result};
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -242,6 +242,25 @@ pub struct Shared {
     pub max_batch: usize,
     pub max_delay: Duration,
     pub test_batch_delay: Duration,
+    /// How long the last one-example run took, in µs (0: none yet). The
+    /// fast path runs on an HTTP thread, so a model slower than
+    /// [`ALONE_MAX_US`] (a large text model, a slow adapter) stays queued.
+    pub solo_us: AtomicU64,
+}
+
+/// The longest one-example run the HTTP side may do itself, in µs.
+pub const ALONE_MAX_US: u64 = 1000;
+
+impl Shared {
+    fn note_solo(&self, start: Instant) {
+        let us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.solo_us.store(us.max(1), Ordering::Relaxed);
+    }
+
+    /// Whether a lone request may run on the HTTP thread.
+    pub fn solo_is_short(&self) -> bool {
+        self.solo_us.load(Ordering::Relaxed) <= ALONE_MAX_US
+    }
 }
 
 /// A worker's engine and the version its weights are, locked for each
@@ -274,13 +293,14 @@ pub fn run_alone(
         };
         shared.metrics.batch_size.observe(1.0);
         let st = &mut *st;
-        return Some(
-            guarded_run(&mut st.engine, &[(payload, 1)], 1).map(|(logits, batch)| Answer {
-                logits,
-                version: st.version.clone(),
-                batch,
-            }),
-        );
+        let start = Instant::now();
+        let result = guarded_run(&mut st.engine, &[(payload, 1)], 1);
+        shared.note_solo(start);
+        return Some(result.map(|(logits, batch)| Answer {
+            logits,
+            version: st.version.clone(),
+            batch,
+        }));
     }
     None
 }
@@ -346,7 +366,11 @@ pub fn work(rx: Receiver<Job>, seat: Seat, shared: Arc<Shared>) {
         shared.metrics.batch_size.observe(rows as f64);
         let parts: Vec<(&Payload, usize)> = jobs.iter().map(|j| (&j.payload, j.n)).collect();
         let mut st = seat.lock().unwrap_or_else(|p| p.into_inner());
+        let start = Instant::now();
         let result = guarded_run(&mut st.engine, &parts, rows);
+        if rows == 1 {
+            shared.note_solo(start);
+        }
         let version = st.version.clone();
         drop(st);
         drop(parts);
@@ -389,6 +413,23 @@ pub fn guarded_run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_short_one_example_runs_take_the_http_thread() {
+        let s = Shared {
+            decoding: AtomicUsize::new(0),
+            metrics: Arc::new(ModelMetrics::new("m")),
+            max_batch: 4,
+            max_delay: Duration::ZERO,
+            test_batch_delay: Duration::ZERO,
+            solo_us: AtomicU64::new(0),
+        };
+        assert!(s.solo_is_short(), "no run yet: try the fast path once");
+        s.solo_us.store(ALONE_MAX_US + 1, Ordering::Relaxed);
+        assert!(!s.solo_is_short());
+        s.note_solo(Instant::now());
+        assert!(s.solo_is_short());
+    }
 
     #[test]
     fn batch_sizes_cover_every_count_with_less_than_2x_padding() {

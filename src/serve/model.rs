@@ -9,7 +9,7 @@ use crate::backend::DeviceSpec;
 use crate::error::{Error, Result};
 use crossbeam_channel::Sender;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -57,6 +57,7 @@ impl Model {
             max_batch: limits.max_batch,
             max_delay: limits.max_delay,
             test_batch_delay: limits.test_batch_delay,
+            solo_us: AtomicU64::new(0),
         });
         let mut seats = Vec::new();
         let mut handles = Vec::new();
@@ -103,13 +104,14 @@ impl Model {
 
     /// Answer a single-example request on the calling thread when the
     /// model is otherwise idle (nothing queued, nothing being decoded, a
-    /// worker free): see [`batcher::run_alone`]. `None`: queue it.
+    /// worker free) and its one-example runs are short: see
+    /// [`batcher::run_alone`]. `None`: queue it.
     pub fn try_alone(
         &self,
         payload: &Payload,
         n: usize,
     ) -> Option<std::result::Result<Answer, String>> {
-        if n != 1 || !self.shared.test_batch_delay.is_zero() {
+        if n != 1 || !self.shared.test_batch_delay.is_zero() || !self.shared.solo_is_short() {
             return None;
         }
         let idle = self.shared.decoding.load(Ordering::Acquire) == 0
