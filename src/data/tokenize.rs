@@ -122,7 +122,7 @@ impl TextTokenizer {
             .unk_token("[UNK]".into())
             .build()
             .map_err(|e| tok_error("tokenizer", e))?;
-        let mut scratch = assemble(untrained.into(), normalizer.clone())?;
+        let mut scratch = assemble(untrained.into(), normalizer)?;
         let mut trainer: TrainerWrapper = trainer.into();
         scratch
             .train(&mut trainer, segmented.iter())
