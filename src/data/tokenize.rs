@@ -314,7 +314,7 @@ mod tests {
     #[test]
     fn the_same_corpus_gives_the_same_vocabulary_every_time() {
         // Many equally frequent pairs: before the continuation pieces were
-        // reserved, about one training in two differed here.
+        // reserved, this failed at its first comparison.
         let s = TokenizerSettings {
             vocab_size: 150,
             min_frequency: 1,
