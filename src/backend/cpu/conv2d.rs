@@ -1094,6 +1094,61 @@ mod tests {
         }
     }
 
+    /// Small images placed side by side in one padded copy
+    /// (`conv2d_small::side_by_side`): groups with a short last one, no
+    /// padding, unequal padding, dilation, the 7×7 ResNet layer; forward
+    /// with every epilogue, and grad-input (the same kernel on `dy`), on
+    /// one thread and on several.
+    #[test]
+    fn side_by_side_images_match_reference() {
+        use crate::backend::cpu::conv2d_small::side_by_side;
+        let mut rng = StdRng::seed_from_u64(29);
+        let mut short = 0;
+        for g in [
+            geom(37, 64, (7, 7), 64, (3, 3), (1, 1), (1, 1), (1, 1)),
+            geom(13, 5, (5, 6), 3, (3, 3), (1, 1), (0, 0), (1, 1)),
+            geom(9, 3, (6, 5), 4, (3, 3), (1, 1), (1, 2), (1, 1)),
+            geom(11, 2, (9, 8), 3, (3, 3), (1, 1), (2, 2), (2, 2)),
+            geom(7, 4, (14, 14), 5, (3, 3), (1, 1), (1, 1), (1, 1)),
+            geom(6, 3, (4, 4), 2, (1, 1), (1, 1), (0, 0), (1, 1)),
+        ] {
+            let hw = g.out_hw().unwrap();
+            let side = side_by_side(&g, hw);
+            assert!(side > 1, "{g:?}: {side} side by side");
+            short += usize::from(g.n % side != 0);
+            let x = rand_vec(&mut rng, g.x_len());
+            let w = rand_vec(&mut rng, g.w_len());
+            let b = rand_vec(&mut rng, g.c_out);
+            let dy = rand_vec(&mut rng, g.y_len());
+            let want = ref_forward(&g, &x, &w, &b);
+            let want_dx = ref_grad_input(&g, &dy, &w);
+            for threads in [1, 3] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                for act in [None, Some(Activation::Relu), Some(Activation::Tanh)] {
+                    let mut y = vec![f32::NAN; g.y_len()];
+                    pool.install(|| conv2d_forward_act(&g, &x, &w, Some(&b), act, &mut y));
+                    let want: Vec<f64> = match act {
+                        None => want.clone(),
+                        Some(a) => want.iter().map(|&v| a.forward(v as f32) as f64).collect(),
+                    };
+                    let e = rel_err(&y, &want);
+                    assert!(
+                        e < 1e-5,
+                        "forward {g:?} {act:?}, {threads} threads: rel err {e}"
+                    );
+                }
+                let mut dx = vec![f32::NAN; g.x_len()];
+                pool.install(|| conv2d_grad_input(&g, &dy, &w, &mut dx));
+                let e = rel_err(&dx, &want_dx);
+                assert!(e < 1e-5, "grad_input {g:?}, {threads} threads: rel err {e}");
+            }
+        }
+        assert!(short >= 3, "only {short} shapes end with a short group");
+    }
+
     #[test]
     fn grad_weight_is_bitwise_deterministic() {
         let mut rng = StdRng::seed_from_u64(3);

@@ -1,13 +1,17 @@
-//! Forward convolution for small batches run on one thread (batch-1
-//! inference through the embedding API): an implicit GEMM with no im2col.
+//! Stride-1 forward convolution as an implicit GEMM with no im2col, on the
+//! calling thread: image groups of a batch (one rayon task each) and
+//! batch-1 inference through the embedding API. Grad-input runs here too,
+//! as the convolution of `dy` with the flipped weights.
 //!
-//! The input image is copied once, zero-padded, into rows `wp = w + 2·pw`
-//! apart (the "wide" layout of `conv2d_cpu`). Output pixel `(oy, ox)` is
-//! then column `q = oy·wp + ox` of `y_wide[c_out, q] = W[c_out, K] · B`,
-//! where row `(c, ki, kj)` of `B` is simply the padded image read from
-//! offset `c·hp·wp + ki·dh·wp + kj·dw`: [`gemm_windows`] reads those windows
-//! in place. Columns with `ox >= ow` are junk and dropped when `y_wide` is
-//! copied into NCHW with the bias. Only stride 1 has this property.
+//! The input is copied once, zero-padded, into rows `wp` apart (the "wide"
+//! layout of `conv2d_cpu`). Output pixel `(oy, ox)` is then column
+//! `q = oy·wp + ox` of `y_wide[c_out, q] = W[c_out, K] · B`, where row
+//! `(c, ki, kj)` of `B` is simply the padded copy read from offset
+//! `c·hp·wp + ki·dh·wp + kj·dw`: [`gemm_windows`] reads those windows in
+//! place. Columns with `ox >= ow` are junk and dropped when `y_wide` is
+//! copied into NCHW with the bias. Only stride 1 has this property. Small
+//! images are placed [`side_by_side`] in one copy, so that the GEMM is wide
+//! enough for whole register tiles.
 //!
 //! Scratch comes from thread-locals that grow on first use, so steady-state
 //! calls do not allocate.
@@ -15,6 +19,7 @@
 use super::small_gemm::{gemm_windows, padded};
 use crate::ops::activation::Activation;
 use crate::ops::conv2d::Conv2dGeom;
+use multiversion::multiversion;
 use std::cell::Cell;
 
 thread_local! {
@@ -27,8 +32,37 @@ pub fn applies(g: &Conv2dGeom) -> bool {
     g.stride == (1, 1)
 }
 
-/// `y = act(conv(x, w) + bias)` for `g` (stride 1), image by image on the
-/// calling thread. `(oh, ow)` is the output size, already checked.
+/// Images placed side by side in one padded copy, so that one windowed
+/// GEMM covers them all (see [`forward`]): enough for about this many
+/// GEMM columns. One 7×7 image alone is 61 columns (4 vectors, 3 + 1 per
+/// register tile, the lone vector bound by its broadcasts); eight side by
+/// side are 453 (29 vectors, 49 of every 57 columns real pixels).
+pub const SIDE_BY_SIDE_COLS: usize = 512;
+
+/// How many images [`forward`] places side by side for `g`: 1 unless the
+/// output rows fit between the images' shared padding columns
+/// (`ow <= w + pw`, which "same" and unpadded convolutions satisfy).
+pub fn side_by_side(g: &Conv2dGeom, (oh, ow): (usize, usize)) -> usize {
+    let (pw, step) = (g.pad.1, g.w + g.pad.1);
+    if ow > step || g.n < 2 {
+        return 1;
+    }
+    let cols = |side: usize| (oh - 1) * (pw + side * step) + (side - 1) * step + ow;
+    let mut side = 1;
+    while side < g.n && cols(side + 1) <= SIDE_BY_SIDE_COLS {
+        side += 1;
+    }
+    side
+}
+
+/// `y = act(conv(x, w) + bias)` for `g` (stride 1), on the calling thread.
+/// `(oh, ow)` is the output size, already checked.
+///
+/// Small images go [`side_by_side`] in groups: image `i` of a group sits
+/// at column `pw + i·(w + pw)` of padded rows `wp = pw + side·(w + pw)`
+/// wide, the `pw` zeros after each image being the next one's left
+/// padding. A tap's window then crosses every image of the group, output
+/// pixel `(oy, ox)` of image `i` being column `oy·wp + i·(w + pw) + ox`.
 pub fn forward(
     g: &Conv2dGeom,
     (oh, ow): (usize, usize),
@@ -41,14 +75,14 @@ pub fn forward(
     debug_assert!(applies(g));
     let (ph, pw) = g.pad;
     let (dh, dw) = g.dilation;
-    let (hp, wp) = (g.h + 2 * ph, g.w + 2 * pw);
+    let side = side_by_side(g, (oh, ow));
+    let step = g.w + pw;
+    let (hp, wp) = (g.h + 2 * ph, pw + side * step);
     let k = g.c_in * g.kh * g.kw;
-    let q_len = (oh - 1) * wp + ow;
+    let q_len = (oh - 1) * wp + (side - 1) * step + ow;
     let np = padded(q_len);
-    // The last window ends exactly at the padded image's end plus the panel
-    // rounding (see the module doc), so this much source is enough. (For
-    // tiny images the junk columns can outnumber the pixels; an explicit
-    // im2col there measured no faster, the copy costing what it saves.)
+    // The last window ends exactly at the padded copy's end plus the panel
+    // rounding (see the module doc), so this much source is enough.
     let img_len = g.c_in * hp * wp;
     let src_len = img_len + (np - q_len);
     let out_len = g.c_out * np;
@@ -67,8 +101,9 @@ pub fn forward(
         buf.resize(src_len + out_len, 0.0);
     }
     let (src, out) = buf[..src_len + out_len].split_at_mut(src_len);
-    // The padding and the tail stay zero from image to image: only the
-    // interior is rewritten.
+    // The padding and the tail stay zero from group to group: only the
+    // pixels are rewritten. (A short last group leaves an earlier group's
+    // pixels in its empty places; the columns that read them are dropped.)
     if g.pad == (0, 0) {
         src[img_len..].fill(0.0);
     } else {
@@ -76,22 +111,17 @@ pub fn forward(
     }
 
     let (x_img, y_img) = (g.c_in * g.h * g.w, g.c_out * oh * ow);
-    for (xi, yi) in x.chunks_exact(x_img).zip(y.chunks_exact_mut(y_img)) {
-        for (c, plane) in xi.chunks_exact(g.h * g.w).enumerate() {
-            for (r, row) in plane.chunks_exact(g.w).enumerate() {
-                let at = c * hp * wp + (r + ph) * wp + pw;
-                src[at..at + g.w].copy_from_slice(row);
-            }
-        }
+    for (xg, yg) in x.chunks(side * x_img).zip(y.chunks_mut(side * y_img)) {
+        copy_in(xg, (g.c_in, g.h, g.w), (hp, wp, ph, pw, step), src);
         gemm_windows(g.c_out, q_len, w, k, src, &offs, out, np);
-        for (co, (plane, wide)) in yi
-            .chunks_exact_mut(oh * ow)
-            .zip(out.chunks_exact(np))
-            .enumerate()
-        {
-            let b = bias.map_or(0.0, |b| b[co]);
-            for (r, row) in plane.chunks_exact_mut(ow).enumerate() {
-                epilogue(row, &wide[r * wp..r * wp + ow], b, act);
+        for (i, yi) in yg.chunks_exact_mut(y_img).enumerate() {
+            for (co, (plane, wide)) in yi
+                .chunks_exact_mut(oh * ow)
+                .zip(out.chunks_exact(np))
+                .enumerate()
+            {
+                let b = bias.map_or(0.0, |b| b[co]);
+                plane_epilogue(plane, ow, &wide[i * step..], wp, b, act);
             }
         }
     }
@@ -99,23 +129,105 @@ pub fn forward(
     OFFSETS.set(offs);
 }
 
-/// `dst = act(src + b)`.
+/// `dst.copy_from_slice(src)` for the short rows of small images (7 to 28
+/// floats), in fixed-size moves: `copy_from_slice` calls `memcpy`, whose
+/// call cost more than the copy itself (the copies of 7×7 rows took 4% of
+/// a ResNet-20 train step).
 #[inline]
-fn epilogue(dst: &mut [f32], src: &[f32], b: f32, act: Option<Activation>) {
+pub(super) fn copy_short(dst: &mut [f32], src: &[f32]) {
+    let n = src.len();
+    assert_eq!(dst.len(), n, "copy_short: lengths");
+    match n {
+        0..4 => {
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d = *s;
+            }
+        }
+        4..8 => {
+            // Two overlapping 4-float moves cover 4 to 8 floats.
+            dst[..4].copy_from_slice(&src[..4]);
+            dst[n - 4..].copy_from_slice(&src[n - 4..]);
+        }
+        _ => {
+            for (d, s) in dst.chunks_exact_mut(8).zip(src.chunks_exact(8)) {
+                d.copy_from_slice(s);
+            }
+            dst[n - 8..].copy_from_slice(&src[n - 8..]);
+        }
+    }
+}
+
+/// Copies the images `xg` (`c_in` planes of `h × w`) side by side into the
+/// padded group copy `src` (planes of `hp × wp`): pixel `(c, r, x)` of
+/// image `i` to `c·hp·wp + (r + ph)·wp + pw + i·step + x`. Compiled per
+/// instruction set, as is [`plane_epilogue`]: in the baseline build the
+/// short rows of small images were copied one float at a time.
+#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma", "aarch64+neon"))]
+fn copy_in(
+    xg: &[f32],
+    (c_in, h, w): (usize, usize, usize),
+    (hp, wp, ph, pw, step): (usize, usize, usize, usize, usize),
+    src: &mut [f32],
+) {
+    for (i, xi) in xg.chunks_exact(c_in * h * w).enumerate() {
+        for (c, plane) in xi.chunks_exact(h * w).enumerate() {
+            for (r, row) in plane.chunks_exact(w).enumerate() {
+                let at = c * hp * wp + (r + ph) * wp + pw + i * step;
+                copy_short(&mut src[at..at + w], row);
+            }
+        }
+    }
+}
+
+/// Row `r` of `plane` (rows of `ow`) = `act(b + wide[r·wp..][..ow])`.
+#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma", "aarch64+neon"))]
+fn plane_epilogue(
+    plane: &mut [f32],
+    ow: usize,
+    wide: &[f32],
+    wp: usize,
+    b: f32,
+    act: Option<Activation>,
+) {
+    // One loop per activation, so the common ones vectorise.
     match act {
+        None => plane_rows(plane, ow, wide, wp, |v| v + b),
         Some(Activation::Relu) => {
-            for (d, s) in dst.iter_mut().zip(src) {
-                *d = crate::ops::activation::relu(s + b);
-            }
+            plane_rows(plane, ow, wide, wp, |v| crate::ops::activation::relu(v + b))
         }
-        Some(a) => {
-            for (d, s) in dst.iter_mut().zip(src) {
-                *d = a.forward(s + b);
-            }
+        Some(a) => plane_rows(plane, ow, wide, wp, |v| a.forward(v + b)),
+    }
+}
+
+/// `plane` row `r` = `f(wide[r·wp..][..ow])`, 8 floats at a time: rows
+/// shorter than 8 are written as 8 (the extra floats land on the next
+/// row, rewritten right after; the last row exactly), longer ones in
+/// chunks of 8, the last chunk overlapping. A 7×7 plane one float at a
+/// time took a tenth of the convolution.
+#[inline(always)]
+fn plane_rows(plane: &mut [f32], ow: usize, wide: &[f32], wp: usize, f: impl Fn(f32) -> f32) {
+    let oh = plane.len() / ow;
+    let eight = |d: &mut [f32], s: &[f32]| {
+        let d: &mut [f32; 8] = d.try_into().expect("8 floats");
+        let s: &[f32; 8] = s.try_into().expect("8 floats");
+        for (d, s) in d.iter_mut().zip(s) {
+            *d = f(*s);
         }
-        None => {
-            for (d, s) in dst.iter_mut().zip(src) {
-                *d = s + b;
+    };
+    for r in 0..oh {
+        let (dst, src) = (&mut plane[r * ow..], &wide[r * wp..]);
+        if ow >= 8 {
+            let mut at = 0;
+            while at < ow {
+                let start = at.min(ow - 8);
+                eight(&mut dst[start..start + 8], &src[start..start + 8]);
+                at += 8;
+            }
+        } else if dst.len() >= 8 && src.len() >= 8 {
+            eight(&mut dst[..8], &src[..8]);
+        } else {
+            for (d, s) in dst[..ow].iter_mut().zip(&src[..ow]) {
+                *d = f(*s);
             }
         }
     }
