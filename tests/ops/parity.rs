@@ -625,7 +625,10 @@ fn binary_ops_broadcast() {
 fn binary_ops_over_dying_operand() {
     let mut r = rng(24);
     let mut in_place = 0;
-    for (sa, sb) in BROADCAST_PAIRS {
+    // A same-shape pair long enough for the kernels to split it across
+    // threads.
+    let long: (&[usize], &[usize]) = (&[5, 7, 1000], &[5, 7, 1000]);
+    for (sa, sb) in BROADCAST_PAIRS.into_iter().chain([long]) {
         for (sa, sb) in [(sa, sb), (sb, sa)] {
             for k in [
                 BinaryKind::Add,

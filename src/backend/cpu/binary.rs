@@ -79,7 +79,19 @@ pub fn cpu_binary_inplace(
         }
     };
     if so == sy {
-        y.iter_mut().zip(other).for_each(|(y, &o)| f(y, o));
+        // Matched once, outside the loops, so each loop vectorises; split
+        // across threads like the other elementwise kernels (serial, the
+        // residual add of a ResNet-20 backward took 2 ms a step on 2
+        // threads).
+        use super::par::map2_inplace as map;
+        match (kind, i == 0) {
+            (BinaryKind::Add, _) => map(y, other, |y, o| y + o),
+            (BinaryKind::Mul, _) => map(y, other, |y, o| y * o),
+            (BinaryKind::Sub, true) => map(y, other, |y, o| y - o),
+            (BinaryKind::Sub, false) => map(y, other, |y, o| o - y),
+            (BinaryKind::Div, true) => map(y, other, |y, o| y / o),
+            (BinaryKind::Div, false) => map(y, other, |y, o| o / y),
+        }
         return;
     }
     let r = sy.rank();
