@@ -1021,6 +1021,32 @@ mod tests {
         }
     }
 
+    /// `conv2d_forward_act` on `pool` with no activation, relu and tanh,
+    /// each against `act(want)` (`want`: the float64 forward with bias).
+    fn forward_every_epilogue(
+        pool: &rayon::ThreadPool,
+        g: &Conv2dGeom,
+        x: &[f32],
+        w: &[f32],
+        b: &[f32],
+        want: &[f64],
+    ) {
+        let threads = pool.current_num_threads();
+        for act in [None, Some(Activation::Relu), Some(Activation::Tanh)] {
+            let mut y = vec![f32::NAN; g.y_len()];
+            pool.install(|| conv2d_forward_act(g, x, w, Some(b), act, &mut y));
+            let want: Vec<f64> = match act {
+                None => want.to_vec(),
+                Some(a) => want.iter().map(|&v| a.forward(v as f32) as f64).collect(),
+            };
+            let e = rel_err(&y, &want);
+            assert!(
+                e < 1e-5,
+                "forward {g:?} {act:?}, {threads} threads: rel err {e}"
+            );
+        }
+    }
+
     /// On a one-thread pool (a predictor's), stride-1 convolutions take the
     /// implicit-GEMM path of `conv2d_small`, with every activation fused.
     #[test]
@@ -1036,17 +1062,7 @@ mod tests {
             let x = rand_vec(&mut rng, g.x_len());
             let w = rand_vec(&mut rng, g.w_len());
             let b = rand_vec(&mut rng, g.c_out);
-            let want = ref_forward(&g, &x, &w, &b);
-            for act in [None, Some(Activation::Relu), Some(Activation::Tanh)] {
-                let mut y = vec![f32::NAN; g.y_len()];
-                pool.install(|| conv2d_forward_act(&g, &x, &w, Some(&b), act, &mut y));
-                let want: Vec<f64> = match act {
-                    None => want.clone(),
-                    Some(a) => want.iter().map(|&v| a.forward(v as f32) as f64).collect(),
-                };
-                let e = rel_err(&y, &want);
-                assert!(e < 1e-5, "forward {g:?} {act:?}: rel err {e}");
-            }
+            forward_every_epilogue(&pool, &g, &x, &w, &b, &ref_forward(&g, &x, &w, &b));
         }
         assert!(small >= 5, "only {small} shapes took the one-thread path");
     }
@@ -1127,19 +1143,7 @@ mod tests {
                     .num_threads(threads)
                     .build()
                     .unwrap();
-                for act in [None, Some(Activation::Relu), Some(Activation::Tanh)] {
-                    let mut y = vec![f32::NAN; g.y_len()];
-                    pool.install(|| conv2d_forward_act(&g, &x, &w, Some(&b), act, &mut y));
-                    let want: Vec<f64> = match act {
-                        None => want.clone(),
-                        Some(a) => want.iter().map(|&v| a.forward(v as f32) as f64).collect(),
-                    };
-                    let e = rel_err(&y, &want);
-                    assert!(
-                        e < 1e-5,
-                        "forward {g:?} {act:?}, {threads} threads: rel err {e}"
-                    );
-                }
+                forward_every_epilogue(&pool, &g, &x, &w, &b, &want);
                 let mut dx = vec![f32::NAN; g.x_len()];
                 pool.install(|| conv2d_grad_input(&g, &dy, &w, &mut dx));
                 let e = rel_err(&dx, &want_dx);
