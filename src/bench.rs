@@ -3,6 +3,7 @@
 //! machine's peak, measured at start-up: an FMA loop for compute-bound
 //! kernels, a large copy for memory-bound ones. Times are medians.
 
+use crate::backend::cpu::isa;
 use crate::backend::Backend;
 use crate::embed::{Predictor, SharedWeights};
 use crate::error::Result;
@@ -15,7 +16,6 @@ use crate::ops::adam::AdamConfig;
 use crate::ops::{ConvParams, Op};
 use crate::optim::{OptimConfig, OptimizerKind};
 use crate::tensor::DType;
-use multiversion::multiversion;
 use rayon::prelude::*;
 use serde::Serialize;
 use std::time::{Duration, Instant};
@@ -39,40 +39,85 @@ pub struct Figure {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Peaks {
+    /// The instruction set the probe (and gpurt's own kernels) ran on.
+    pub isa: String,
+    /// The one the `gemm` crate's kernels run on (see `isa::gemm_isa`).
+    pub gemm_isa: String,
     pub fma_gflops: f64,
+    /// FLOP per cycle per core the theoretical figure assumes.
+    pub flops_per_cycle: usize,
+    /// The clock measured during the probes (GHz).
+    pub clock_ghz: f64,
+    /// threads × `flops_per_cycle` × the measured clock: a check on the
+    /// probe (a single 512-bit FMA pipe, or a lower clock under wide
+    /// vectors, reads below it).
+    pub theoretical_gflops: f64,
     pub mem_gbps: f64,
     pub threads: usize,
 }
 
-/// Independent FMA chains, wide enough to fill the vector units.
-#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma", "aarch64+neon"))]
-fn fma_chains(iters: usize) -> f32 {
-    // Twelve independent 16-lane chains held in registers: enough to hide
-    // the FMA latency on every target.
-    let (mut a0, mut a1, mut a2, mut a3) = ([1.0f32; 16], [1.1f32; 16], [1.2f32; 16], [1.3f32; 16]);
-    let (mut a4, mut a5, mut a6, mut a7) = ([1.4f32; 16], [1.5f32; 16], [1.6f32; 16], [1.7f32; 16]);
-    let (mut a8, mut a9, mut a10, mut a11) =
-        ([1.8f32; 16], [1.9f32; 16], [2.0f32; 16], [2.1f32; 16]);
-    for _ in 0..iters {
-        for l in 0..16 {
-            a0[l] = a0[l].mul_add(0.999_999_9, 1e-7);
-            a1[l] = a1[l].mul_add(0.999_999_9, 1e-7);
-            a2[l] = a2[l].mul_add(0.999_999_9, 1e-7);
-            a3[l] = a3[l].mul_add(0.999_999_9, 1e-7);
-            a4[l] = a4[l].mul_add(0.999_999_9, 1e-7);
-            a5[l] = a5[l].mul_add(0.999_999_9, 1e-7);
-            a6[l] = a6[l].mul_add(0.999_999_9, 1e-7);
-            a7[l] = a7[l].mul_add(0.999_999_9, 1e-7);
-            a8[l] = a8[l].mul_add(0.999_999_9, 1e-7);
-            a9[l] = a9[l].mul_add(0.999_999_9, 1e-7);
-            a10[l] = a10[l].mul_add(0.999_999_9, 1e-7);
-            a11[l] = a11[l].mul_add(0.999_999_9, 1e-7);
+/// Twelve independent chains of vector FMAs, held in registers: enough to
+/// hide the FMA latency (4 cycles, 2 pipes: 8 chains) and, with the two
+/// constants, within AVX2's 16 registers. Each chain is one vector of the
+/// instruction set's width, so the probe counts `lanes` floats per FMA.
+struct FmaChains {
+    iters: usize,
+}
+
+impl pulp::WithSimd for FmaChains {
+    type Output = f32;
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, simd: S) -> f32 {
+        // Opaque constants: a chain that starts at a fixed point of
+        // `v·a + b` in f32 (1.0 is one) would be folded away at compile time.
+        let bb = std::hint::black_box::<f32>;
+        let (a, b) = (simd.splat_f32s(bb(0.999_999_9)), simd.splat_f32s(bb(1e-7)));
+        let mut acc: [S::f32s; 12] =
+            std::array::from_fn(|i| simd.splat_f32s(bb(1.0 + 0.1 * i as f32)));
+        for _ in 0..self.iters {
+            for v in acc.iter_mut() {
+                *v = simd.mul_add_f32s(*v, a, b);
+            }
         }
+        acc.iter().map(|&v| simd.reduce_sum_f32s(v)).sum()
     }
-    [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11]
-        .iter()
-        .flatten()
-        .sum()
+}
+
+fn fma_chains(iters: usize) -> f32 {
+    isa::dispatch(FmaChains { iters })
+}
+
+/// FMA chains in flight per core that the theoretical peak assumes: two
+/// vector FMA pipes, as on every AVX2 and AVX-512 core since Haswell
+/// (some AVX-512 Xeons have only one 512-bit pipe: there the probe reads
+/// about half the theoretical figure, and says so).
+pub const FMA_PIPES: usize = 2;
+
+/// The core clock now, in GHz, from a chain of dependent integer
+/// operations (xor then add: one cycle each on every x86-64 and ARM core,
+/// and nothing the compiler can fold across iterations), timed on every
+/// thread at once as the FMA probe runs. A VM's `/proc/cpuinfo` reports
+/// the nominal clock, not the turbo clock the cores run at.
+fn clock_ghz(threads: usize) -> f64 {
+    fn chain(iters: u64) -> u64 {
+        let (mut x, k1, k2) = (
+            std::hint::black_box(1u64),
+            std::hint::black_box(0x9e37_79b9u64),
+            std::hint::black_box(7u64),
+        );
+        for _ in 0..iters {
+            x = (x ^ k1).wrapping_add(k2);
+        }
+        x
+    }
+    const ITERS: u64 = 50_000_000;
+    chain(ITERS / 10);
+    let secs = best(3, || {
+        let s: u64 = (0..threads).into_par_iter().map(|_| chain(ITERS)).sum();
+        std::hint::black_box(s);
+    });
+    2.0 * ITERS as f64 / secs / 1e9
 }
 
 /// FMA peak (all threads) and memory bandwidth, measured now. Each is the
@@ -89,7 +134,17 @@ pub fn measure_peaks() -> Peaks {
             .sum();
         std::hint::black_box(s);
     });
-    let fma_gflops = (threads * iters * 12 * 16 * 2) as f64 / fma_secs / 1e9;
+    let isa = isa::active();
+    let lanes = isa.f32_lanes();
+    let fma_gflops = (threads * iters * 12 * lanes * 2) as f64 / fma_secs / 1e9;
+    // FLOP per cycle per core: pipes × lanes × 2 (multiply and add).
+    let flops_per_cycle = if isa.has_fma() {
+        FMA_PIPES * lanes * 2
+    } else {
+        2
+    };
+    let clock_ghz = clock_ghz(threads);
+    let theoretical_gflops = (threads * flops_per_cycle) as f64 * clock_ghz;
     let n = 32 << 20; // 128 MiB each way
     let src = vec![1.0f32; n];
     let mut dst = vec![0.0f32; n];
@@ -122,7 +177,12 @@ pub fn measure_peaks() -> Peaks {
     let update_secs = best(5, &mut update);
     std::hint::black_box(&dst);
     Peaks {
+        isa: isa.name().to_string(),
+        gemm_isa: isa::gemm_isa().name().to_string(),
         fma_gflops,
+        flops_per_cycle,
+        clock_ghz,
+        theoretical_gflops,
         mem_gbps: 2.0 * (n * 4) as f64 / copy_secs.min(update_secs) / 1e9,
         threads,
     }
@@ -518,10 +578,23 @@ fn cnn_config(input: Vec<usize>, batch: usize) -> ClassifierConfig {
 }
 
 pub fn render(peaks: &Peaks, figs: &[Figure]) -> String {
-    let mut s = format!(
-        "machine peak: {:.1} GFLOP/s FMA ({} threads), {:.1} GB/s memory\n",
-        peaks.fma_gflops, peaks.threads, peaks.mem_gbps
+    let theory = format!(
+        "; theoretical {:.1} = {} FLOP/cycle/core at {:.2} GHz, probe at {:.0}% of it",
+        peaks.theoretical_gflops,
+        peaks.flops_per_cycle,
+        peaks.clock_ghz,
+        100.0 * peaks.fma_gflops / peaks.theoretical_gflops
     );
+    let mut s = format!(
+        "machine peak: {:.1} GFLOP/s FMA on {} ({} threads{theory}), {:.1} GB/s memory\n",
+        peaks.fma_gflops, peaks.isa, peaks.threads, peaks.mem_gbps
+    );
+    if peaks.gemm_isa != peaks.isa {
+        s += &format!(
+            "note: the gemm crate runs {} kernels, so GEMM percentages exceed this peak (build with --no-default-features to cap it)\n",
+            peaks.gemm_isa
+        );
+    }
     s += &format!(
         "{:<52} {:>12} {:>14} {:>8}\n",
         "benchmark", "time", "rate", "% peak"

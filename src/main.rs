@@ -22,6 +22,12 @@ fn main() {
         std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
     }
     let cli = Cli::parse();
+    // A misspelt or unsupported GPURT_CPU_ISA must not quietly time the
+    // widest kernels instead.
+    if let Err(e) = gpurt::backend::cpu::isa::from_env() {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
     if let Err(e) = run(cli, start) {
         eprintln!("error: {e:#}");
         std::process::exit(1);

@@ -6,8 +6,8 @@
 //! softmax over 4096-wide rows spent most of its time there. [`exp`] is
 //! branch-free straight-line code (range reduction to `[-ln2/2, ln2/2]`, a
 //! degree-6 polynomial, and the power of two built in the exponent bits),
-//! so loops that call it inside a `multiversion` function run 16 lanes at a
-//! time. Its error is within 2 ulp of the true value over the whole range
+//! so loops that call it inside an `isa::vectorized!` function run a vector of
+//! lanes at a time. Its error is within 2 ulp of the true value over the whole range
 //! (tested against f64 below); it returns 0 below `ln(f32::MIN_POSITIVE)`
 //! (where libm would return a subnormal), `inf` above `ln(f32::MAX)`, and
 //! NaN for NaN.

@@ -14,7 +14,8 @@ use crate::graph::plan::{Module, Slot};
 use std::sync::Arc;
 
 pub trait Backend {
-    /// Human-readable device name (`cpu (2 threads)`, an adapter name...).
+    /// Human-readable device name (`cpu (2 threads, avx512)`, an adapter
+    /// name...).
     fn name(&self) -> String;
     /// Allocate the arena and prepare every kernel the module launches.
     fn compile(&self, module: Arc<Module>) -> Result<Box<dyn Executable>>;

@@ -1,9 +1,9 @@
 //! CPU kernels of `ops::activation`.
 
+use super::isa;
 use crate::ops::activation::*;
 
 use super::par::{map1, map2, map2_inplace, map_inplace};
-use multiversion::multiversion;
 
 // Each kernel matches on the activation once, outside its loop, so every
 // loop body is one activation's code and vectorises.
@@ -74,32 +74,36 @@ fn chunked(y: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync + Send) {
 // GELU gets loops of its own, compiled for AVX-512/AVX2: its definition
 // (`Activation::forward`, through `math::normal_cdf`) vectorises there.
 
-#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma", "aarch64+neon"))]
-fn gelu_forward(x: &[f32], y: &mut [f32]) {
-    for (y, &x) in y.iter_mut().zip(x) {
-        *y = Activation::Gelu.forward(x);
+isa::vectorized! {
+    fn gelu_forward(x: &[f32], y: &mut [f32]) {
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = Activation::Gelu.forward(x);
+        }
     }
 }
 
-#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma", "aarch64+neon"))]
-fn gelu_forward_inplace(y: &mut [f32]) {
-    for y in y.iter_mut() {
-        *y = Activation::Gelu.forward(*y);
+isa::vectorized! {
+    fn gelu_forward_inplace(y: &mut [f32]) {
+        for y in y.iter_mut() {
+            *y = Activation::Gelu.forward(*y);
+        }
     }
 }
 
-/// `dy·(Φ(x) + x·φ(x))`.
-#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma", "aarch64+neon"))]
-fn gelu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
-    for ((d, &x), &g) in dx.iter_mut().zip(x).zip(dy) {
-        *d = Activation::Gelu.backward(x, g);
+isa::vectorized! {
+    /// `dy·(Φ(x) + x·φ(x))`.
+    fn gelu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+        for ((d, &x), &g) in dx.iter_mut().zip(x).zip(dy) {
+            *d = Activation::Gelu.backward(x, g);
+        }
     }
 }
 
-#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma", "aarch64+neon"))]
-fn gelu_backward_inplace(x: &[f32], dy_dx: &mut [f32]) {
-    for (d, &x) in dy_dx.iter_mut().zip(x) {
-        *d = Activation::Gelu.backward(x, *d);
+isa::vectorized! {
+    fn gelu_backward_inplace(x: &[f32], dy_dx: &mut [f32]) {
+        for (d, &x) in dy_dx.iter_mut().zip(x) {
+            *d = Activation::Gelu.backward(x, *d);
+        }
     }
 }
 

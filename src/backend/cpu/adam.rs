@@ -1,7 +1,7 @@
 //! CPU kernels of `ops::adam`.
 
+use super::isa;
 use crate::ops::adam::*;
-use multiversion::multiversion;
 use rayon::prelude::*;
 
 pub fn cpu_update(
@@ -65,18 +65,19 @@ struct Coeffs {
     inv_sqrt_bc2: f32,
 }
 
-/// One fused pass over a chunk, vectorised (AVX-512 `sqrt` and `div`); the
-/// arithmetic is element-wise IEEE, so every instruction set gives the same
-/// bits as the scalar loop.
-#[multiversion(targets("x86_64+avx512f+avx512vl", "x86_64+avx2", "aarch64+neon"))]
-fn update_chunk(k: &Coeffs, grad: &[f32], param: &mut [f32], m: &mut [f32], v: &mut [f32]) {
-    let n = param.len();
-    let (grad, m, v) = (&grad[..n], &mut m[..n], &mut v[..n]);
-    for i in 0..n {
-        let g = grad[i] + k.l2 * param[i];
-        m[i] = k.beta1 * m[i] + (1.0 - k.beta1) * g;
-        v[i] = k.beta2 * v[i] + (1.0 - k.beta2) * g * g;
-        let denom = v[i].sqrt() * k.inv_sqrt_bc2 + k.eps;
-        param[i] = param[i] * k.decay - k.step_size * m[i] / denom;
+isa::vectorized! {
+    /// One fused pass over a chunk, vectorised (AVX-512 `sqrt` and `div`); the
+    /// arithmetic is element-wise IEEE, so every instruction set gives the same
+    /// bits as the scalar loop.
+    fn update_chunk(k: &Coeffs, grad: &[f32], param: &mut [f32], m: &mut [f32], v: &mut [f32]) {
+        let n = param.len();
+        let (grad, m, v) = (&grad[..n], &mut m[..n], &mut v[..n]);
+        for i in 0..n {
+            let g = grad[i] + k.l2 * param[i];
+            m[i] = k.beta1 * m[i] + (1.0 - k.beta1) * g;
+            v[i] = k.beta2 * v[i] + (1.0 - k.beta2) * g * g;
+            let denom = v[i].sqrt() * k.inv_sqrt_bc2 + k.eps;
+            param[i] = param[i] * k.decay - k.step_size * m[i] / denom;
+        }
     }
 }

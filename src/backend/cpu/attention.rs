@@ -8,11 +8,11 @@
 //! (single-threaded: the sequences are the parallel loop). Rows past a
 //! sequence's length are zero (see `ops/attention.rs`).
 
+use super::isa;
 use super::matmul::{sgemm, Threads};
 use super::par::min_len;
 use super::simd_math::exp_nonpositive;
 use crate::graph::kernel::Sequences;
-use multiversion::multiversion;
 use rayon::prelude::*;
 
 /// Forward: `out [B,T,H·d]` and `lse [B,H,T]` from `qkv [B,T,3·H·d]`.
@@ -120,15 +120,13 @@ fn exp_shifted<const FMA: bool>(row: &mut [f32], shift: f32) -> f32 {
     sum
 }
 
-#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma", "aarch64+neon"))]
-fn softmax_rows(s: &mut [f32], l: usize, lse: &mut [f32], shift: Option<&[f32]>) -> () {
-    use multiversion::target::selected_target;
-    if selected_target!().supports_feature_str("fma")
-        || selected_target!().supports_feature_str("neon")
-    {
-        softmax_rows_impl::<true>(s, l, lse, shift)
-    } else {
-        softmax_rows_impl::<false>(s, l, lse, shift)
+isa::vectorized! {
+    fn softmax_rows(s: &mut [f32], l: usize, lse: &mut [f32], shift: Option<&[f32]>) -> () {
+        if isa::active().has_fma() {
+            softmax_rows_impl::<true>(s, l, lse, shift)
+        } else {
+            softmax_rows_impl::<false>(s, l, lse, shift)
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! CPU kernels of `ops::batchnorm`.
 
+use super::isa;
 use crate::ops::Activation;
-use multiversion::multiversion;
 use rayon::prelude::*;
 
 /// What a fused training forward does after normalising:
@@ -128,36 +128,38 @@ impl Sums {
 
 type Lanes = ([f32; LANES], [f32; LANES]);
 
-/// Lane sums of `(v − shift, (v − shift)²)` over the whole chunks of `xs`.
-/// Fixed-size lanes in locals, compiled per instruction set, so they
-/// become vector registers (through `&mut self` they stayed scalar).
-#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma", "aarch64+neon"))]
-fn shifted_lanes(xs: &[f32], shift: f32) -> Lanes {
-    let (mut s, mut s2) = ([0.0f32; LANES], [0.0f32; LANES]);
-    for c in xs.chunks_exact(LANES) {
-        let c: &[f32; LANES] = c.try_into().expect("exact chunk");
-        for l in 0..LANES {
-            let v = c[l] - shift;
-            s[l] += v;
-            s2[l] += v * v;
+isa::vectorized! {
+    /// Lane sums of `(v − shift, (v − shift)²)` over the whole chunks of `xs`.
+    /// Fixed-size lanes in locals, compiled per instruction set, so they
+    /// become vector registers (through `&mut self` they stayed scalar).
+    fn shifted_lanes(xs: &[f32], shift: f32) -> Lanes {
+        let (mut s, mut s2) = ([0.0f32; LANES], [0.0f32; LANES]);
+        for c in xs.chunks_exact(LANES) {
+            let c: &[f32; LANES] = c.try_into().expect("exact chunk");
+            for l in 0..LANES {
+                let v = c[l] - shift;
+                s[l] += v;
+                s2[l] += v * v;
+            }
         }
+        (s, s2)
     }
-    (s, s2)
 }
 
-/// Lane sums of `(dy, dy·(x − mean))` over the whole chunks.
-#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma", "aarch64+neon"))]
-fn grad_lanes(x: &[f32], dy: &[f32], mean: f32) -> Lanes {
-    let (mut s, mut s2) = ([0.0f32; LANES], [0.0f32; LANES]);
-    for (xc, dc) in x.chunks_exact(LANES).zip(dy.chunks_exact(LANES)) {
-        let xc: &[f32; LANES] = xc.try_into().expect("exact chunk");
-        let dc: &[f32; LANES] = dc.try_into().expect("exact chunk");
-        for l in 0..LANES {
-            s[l] += dc[l];
-            s2[l] += dc[l] * (xc[l] - mean);
+isa::vectorized! {
+    /// Lane sums of `(dy, dy·(x − mean))` over the whole chunks.
+    fn grad_lanes(x: &[f32], dy: &[f32], mean: f32) -> Lanes {
+        let (mut s, mut s2) = ([0.0f32; LANES], [0.0f32; LANES]);
+        for (xc, dc) in x.chunks_exact(LANES).zip(dy.chunks_exact(LANES)) {
+            let xc: &[f32; LANES] = xc.try_into().expect("exact chunk");
+            let dc: &[f32; LANES] = dc.try_into().expect("exact chunk");
+            for l in 0..LANES {
+                s[l] += dc[l];
+                s2[l] += dc[l] * (xc[l] - mean);
+            }
         }
+        (s, s2)
     }
-    (s, s2)
 }
 
 /// Per-channel sums over the batch's planes, channels in parallel.
@@ -249,27 +251,31 @@ pub fn cpu_infer(
     );
 }
 
-/// `y = a·x + b`.
-#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma", "aarch64+neon"))]
-fn affine(y: &mut [f32], x: &[f32], a: f32, b: f32) {
-    for (y, &x) in y.iter_mut().zip(x) {
-        *y = x * a + b;
+isa::vectorized! {
+    /// `y = a·x + b`.
+    fn affine(y: &mut [f32], x: &[f32], a: f32, b: f32) {
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = x * a + b;
+        }
     }
 }
 
-/// `y = a·x + b + r`.
-#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma", "aarch64+neon"))]
-fn affine_residual(y: &mut [f32], x: &[f32], r: &[f32], a: f32, b: f32) {
-    for ((y, &x), &r) in y.iter_mut().zip(x).zip(r) {
-        *y = x * a + b + r;
+isa::vectorized! {
+    /// `y = a·x + b + r`.
+    fn affine_residual(y: &mut [f32], x: &[f32], r: &[f32], a: f32, b: f32) {
+        for ((y, &x), &r) in y.iter_mut().zip(x).zip(r) {
+            *y = x * a + b + r;
+        }
     }
 }
 
-/// `dx = a·dy + b·(x − mean) + d`.
-#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma", "aarch64+neon"))]
-fn grad_plane(dx: &mut [f32], x: &[f32], dy: &[f32], (a, b, d, mean): (f32, f32, f32, f32)) {
-    for ((g, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
-        *g = a * dy + b * (x - mean) + d;
+isa::vectorized! {
+    /// `dx = a·dy + b·(x − mean) + d`.
+    fn grad_plane(dx: &mut [f32], x: &[f32], dy: &[f32], coeffs: (f32, f32, f32, f32)) {
+        let (a, b, d, mean) = coeffs;
+        for ((g, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+            *g = a * dy + b * (x - mean) + d;
+        }
     }
 }
 

@@ -16,10 +16,10 @@
 //! Scratch comes from thread-locals that grow on first use, so steady-state
 //! calls do not allocate.
 
+use super::isa;
 use super::small_gemm::{gemm_windows, padded};
 use crate::ops::activation::Activation;
 use crate::ops::conv2d::Conv2dGeom;
-use multiversion::multiversion;
 use std::cell::Cell;
 
 thread_local! {
@@ -157,45 +157,48 @@ pub(super) fn copy_short(dst: &mut [f32], src: &[f32]) {
     }
 }
 
-/// Copies the images `xg` (`c_in` planes of `h × w`) side by side into the
-/// padded group copy `src` (planes of `hp × wp`): pixel `(c, r, x)` of
-/// image `i` to `c·hp·wp + (r + ph)·wp + pw + i·step + x`. Compiled per
-/// instruction set, as is [`plane_epilogue`]: in the baseline build the
-/// short rows of small images were copied one float at a time.
-#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma", "aarch64+neon"))]
-fn copy_in(
-    xg: &[f32],
-    (c_in, h, w): (usize, usize, usize),
-    (hp, wp, ph, pw, step): (usize, usize, usize, usize, usize),
-    src: &mut [f32],
-) {
-    for (i, xi) in xg.chunks_exact(c_in * h * w).enumerate() {
-        for (c, plane) in xi.chunks_exact(h * w).enumerate() {
-            for (r, row) in plane.chunks_exact(w).enumerate() {
-                let at = c * hp * wp + (r + ph) * wp + pw + i * step;
-                copy_short(&mut src[at..at + w], row);
+isa::vectorized! {
+    /// Copies the images `xg` (`c_in` planes of `h × w`) side by side into the
+    /// padded group copy `src` (planes of `hp × wp`): pixel `(c, r, x)` of
+    /// image `i` to `c·hp·wp + (r + ph)·wp + pw + i·step + x`. Compiled per
+    /// instruction set, as is [`plane_epilogue`]: in the baseline build the
+    /// short rows of small images were copied one float at a time.
+    fn copy_in(
+        xg: &[f32],
+        image: (usize, usize, usize),
+        padded: (usize, usize, usize, usize, usize),
+        src: &mut [f32],
+    ) {
+        let ((c_in, h, w), (hp, wp, ph, pw, step)) = (image, padded);
+        for (i, xi) in xg.chunks_exact(c_in * h * w).enumerate() {
+            for (c, plane) in xi.chunks_exact(h * w).enumerate() {
+                for (r, row) in plane.chunks_exact(w).enumerate() {
+                    let at = c * hp * wp + (r + ph) * wp + pw + i * step;
+                    copy_short(&mut src[at..at + w], row);
+                }
             }
         }
     }
 }
 
-/// Row `r` of `plane` (rows of `ow`) = `act(b + wide[r·wp..][..ow])`.
-#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma", "aarch64+neon"))]
-fn plane_epilogue(
-    plane: &mut [f32],
-    ow: usize,
-    wide: &[f32],
-    wp: usize,
-    b: f32,
-    act: Option<Activation>,
-) {
-    // One loop per activation, so the common ones vectorise.
-    match act {
-        None => plane_rows(plane, ow, wide, wp, |v| v + b),
-        Some(Activation::Relu) => {
-            plane_rows(plane, ow, wide, wp, |v| crate::ops::activation::relu(v + b))
+isa::vectorized! {
+    /// Row `r` of `plane` (rows of `ow`) = `act(b + wide[r·wp..][..ow])`.
+    fn plane_epilogue(
+        plane: &mut [f32],
+        ow: usize,
+        wide: &[f32],
+        wp: usize,
+        b: f32,
+        act: Option<Activation>,
+    ) {
+        // One loop per activation, so the common ones vectorise.
+        match act {
+            None => plane_rows(plane, ow, wide, wp, |v| v + b),
+            Some(Activation::Relu) => {
+                plane_rows(plane, ow, wide, wp, |v| crate::ops::activation::relu(v + b))
+            }
+            Some(a) => plane_rows(plane, ow, wide, wp, |v| a.forward(v + b)),
         }
-        Some(a) => plane_rows(plane, ow, wide, wp, |v| a.forward(v + b)),
     }
 }
 

@@ -22,6 +22,7 @@
 //! and the partials are added in chunk order, so the bits never depend on the
 //! thread count.
 
+use super::isa;
 use super::small_gemm::padded;
 use crate::ops::conv2d::Conv2dGeom;
 use rayon::prelude::*;
@@ -244,7 +245,7 @@ fn dot_windows(w: &Windows, c: &mut [f32]) {
     assert!(w.a.len() >= last * w.a_img + w.m * w.np, "dot_windows: a");
     let reach = w.offs.iter().max().map_or(0, |&o| o + w.np);
     assert!(w.b.len() >= last * w.b_img + reach, "dot_windows: b");
-    pulp::Arch::new().dispatch(Run { w, c });
+    isa::dispatch(Run { w, c });
 }
 
 struct Run<'a, 'b> {

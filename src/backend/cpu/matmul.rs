@@ -1,5 +1,6 @@
 //! CPU kernels of `ops::matmul`.
 
+use super::isa;
 use crate::ops::matmul::*;
 use crate::tensor::Shape;
 
@@ -30,28 +31,30 @@ fn transpose_par(src: &[f32], rows: usize, cols: usize, dst: &mut [f32], add: bo
         .for_each(|(band, out)| transpose_band(src, rows, cols, band * BAND, out, add));
 }
 
-/// Destination rows `c0..c0 + out.len() / rows` (source columns). Each
-/// destination row segment of 16 is one strided column of the source (a
-/// gather on AVX-512), written with one contiguous store.
-#[multiversion::multiversion(targets("x86_64+avx512f+avx512vl", "x86_64+avx2", "aarch64+neon"))]
-fn transpose_band(src: &[f32], rows: usize, cols: usize, c0: usize, out: &mut [f32], add: bool) {
-    const R: usize = 16;
-    let width = out.len() / rows;
-    let body = rows - rows % R;
-    for r0 in (0..body).step_by(R) {
-        let block = &src[r0 * cols..(r0 + R - 1) * cols + c0 + width];
-        for c in 0..width {
-            let seg: &mut [f32; R] = (&mut out[c * rows + r0..][..R]).try_into().expect("R long");
-            for (i, d) in seg.iter_mut().enumerate() {
-                let v = block[i * cols + c0 + c];
-                *d = if add { *d + v } else { v };
+isa::vectorized! {
+    /// Destination rows `c0..c0 + out.len() / rows` (source columns). Each
+    /// destination row segment of 16 is one strided column of the source (a
+    /// gather on AVX-512), written with one contiguous store.
+    fn transpose_band(src: &[f32], rows: usize, cols: usize, c0: usize, out: &mut [f32], add: bool) {
+        const R: usize = 16;
+        let width = out.len() / rows;
+        let body = rows - rows % R;
+        for r0 in (0..body).step_by(R) {
+            let block = &src[r0 * cols..(r0 + R - 1) * cols + c0 + width];
+            for c in 0..width {
+                let seg: &mut [f32; R] =
+                    (&mut out[c * rows + r0..][..R]).try_into().expect("R long");
+                for (i, d) in seg.iter_mut().enumerate() {
+                    let v = block[i * cols + c0 + c];
+                    *d = if add { *d + v } else { v };
+                }
             }
         }
-    }
-    for r in body..rows {
-        for c in 0..width {
-            let (d, v) = (&mut out[c * rows + r], src[r * cols + c0 + c]);
-            *d = if add { *d + v } else { v };
+        for r in body..rows {
+            for c in 0..width {
+                let (d, v) = (&mut out[c * rows + r], src[r * cols + c0 + c]);
+                *d = if add { *d + v } else { v };
+            }
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod cross_entropy;
 pub mod dropout;
 pub mod elementwise;
 pub mod embedding;
+pub mod isa;
 pub mod layer_norm;
 pub mod linear;
 pub mod matmul;
@@ -72,7 +73,16 @@ impl Default for CpuBackend {
 
 impl Backend for CpuBackend {
     fn name(&self) -> String {
-        format!("cpu ({} threads)", rayon::current_num_threads())
+        let (ours, gemm) = (isa::active(), isa::gemm_isa());
+        let gemm = if gemm == ours {
+            String::new()
+        } else {
+            format!("; gemm crate {gemm}")
+        };
+        format!(
+            "cpu ({} threads, {ours}{gemm})",
+            rayon::current_num_threads()
+        )
     }
 
     fn compile(&self, module: Arc<Module>) -> Result<Box<dyn Executable>> {

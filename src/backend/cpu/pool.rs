@@ -9,8 +9,8 @@
 //! planes, parallel with rayon over runs of planes long enough to amortise
 //! the task overhead. They allocate nothing.
 
+use super::isa;
 use crate::graph::kernel::Sequences;
-use multiversion::multiversion;
 use rayon::prelude::*;
 use std::ops::Range;
 
@@ -93,61 +93,62 @@ fn maxpool_2x2(w: usize, ow: usize, x: &[f32], y: &mut [f32], am: &mut [u32]) {
 /// Windows per step of [`maxpool_2x2_row`].
 const POOL_LANES: usize = 16;
 
-/// One output row of [`maxpool_2x2`], whose windows start at `x[top..]`
-/// and `x[top + w..]`, `POOL_LANES` windows at a time: the pixels are
-/// loaded into fixed-size arrays, where the compiler vectorises the
-/// branch-free selection and the stride-2 de-interleave with shuffles.
-/// Rows are short (6 to 15 windows in the small CNN), so a step reads a
-/// whole vector's worth even past the row's end (into the next row; those
-/// lanes are dropped) and copies element-wise only at the plane's end,
-/// rather than leaving most of each row to a scalar tail. 3x faster than
-/// the scalar loop here.
-#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl", "x86_64+avx2", "aarch64+neon"))]
-fn maxpool_2x2_row(x: &[f32], top: usize, w: usize, y: &mut [f32], am: &mut [u32]) {
-    const L: usize = POOL_LANES;
-    let n = y.len().min(am.len());
-    let bottom = top + w;
-    let load = |at: usize, cnt: usize| -> [f32; 2 * L] {
-        match x.get(at..at + 2 * L) {
-            Some(v) => v.try_into().expect("2L long"),
-            None => {
-                let mut v = [0.0f32; 2 * L];
-                for (d, s) in v.iter_mut().zip(&x[at..at + 2 * cnt]) {
-                    *d = *s;
+isa::vectorized! {
+    /// One output row of [`maxpool_2x2`], whose windows start at `x[top..]`
+    /// and `x[top + w..]`, `POOL_LANES` windows at a time: the pixels are
+    /// loaded into fixed-size arrays, where the compiler vectorises the
+    /// branch-free selection and the stride-2 de-interleave with shuffles.
+    /// Rows are short (6 to 15 windows in the small CNN), so a step reads a
+    /// whole vector's worth even past the row's end (into the next row; those
+    /// lanes are dropped) and copies element-wise only at the plane's end,
+    /// rather than leaving most of each row to a scalar tail. 3x faster than
+    /// the scalar loop here.
+    fn maxpool_2x2_row(x: &[f32], top: usize, w: usize, y: &mut [f32], am: &mut [u32]) {
+        const L: usize = POOL_LANES;
+        let n = y.len().min(am.len());
+        let bottom = top + w;
+        let load = |at: usize, cnt: usize| -> [f32; 2 * L] {
+            match x.get(at..at + 2 * L) {
+                Some(v) => v.try_into().expect("2L long"),
+                None => {
+                    let mut v = [0.0f32; 2 * L];
+                    for (d, s) in v.iter_mut().zip(&x[at..at + 2 * cnt]) {
+                        *d = *s;
+                    }
+                    v
                 }
-                v
             }
-        }
-    };
-    let mut j = 0;
-    while j < n {
-        let cnt = (n - j).min(L);
-        let (t, b) = (load(top + 2 * j, cnt), load(bottom + 2 * j, cnt));
-        let (mut yv, mut av) = ([0.0f32; L], [0u32; L]);
-        for l in 0..L {
-            // Candidates in row-major order; `k` is the winner's position.
-            let (mut best, mut k) = (t[2 * l], 0u32);
-            for (pos, v) in [(1, t[2 * l + 1]), (2, b[2 * l]), (3, b[2 * l + 1])] {
-                let take = beats(v, best);
-                best = if take { v } else { best };
-                k = if take { pos } else { k };
+        };
+        let mut j = 0;
+        while j < n {
+            let cnt = (n - j).min(L);
+            let (t, b) = (load(top + 2 * j, cnt), load(bottom + 2 * j, cnt));
+            let (mut yv, mut av) = ([0.0f32; L], [0u32; L]);
+            for l in 0..L {
+                // Candidates in row-major order; `k` is the winner's position.
+                let (mut best, mut k) = (t[2 * l], 0u32);
+                for (pos, v) in [(1, t[2 * l + 1]), (2, b[2 * l]), (3, b[2 * l + 1])] {
+                    let take = beats(v, best);
+                    best = if take { v } else { best };
+                    k = if take { pos } else { k };
+                }
+                yv[l] = best;
+                av[l] = (top + 2 * (j + l)) as u32 + (k & 1) + (k >> 1) * w as u32;
             }
-            yv[l] = best;
-            av[l] = (top + 2 * (j + l)) as u32 + (k & 1) + (k >> 1) * w as u32;
-        }
-        if cnt == L {
-            y[j..j + L].copy_from_slice(&yv);
-            am[j..j + L].copy_from_slice(&av);
-        } else {
-            // Element-wise on purpose: a variable-length copy is a `memcpy`
-            // call, which costs more than these few stores.
-            #[allow(clippy::manual_memcpy)]
-            for l in 0..cnt {
-                y[j + l] = yv[l];
-                am[j + l] = av[l];
+            if cnt == L {
+                y[j..j + L].copy_from_slice(&yv);
+                am[j..j + L].copy_from_slice(&av);
+            } else {
+                // Element-wise on purpose: a variable-length copy is a `memcpy`
+                // call, which costs more than these few stores.
+                #[allow(clippy::manual_memcpy)]
+                for l in 0..cnt {
+                    y[j + l] = yv[l];
+                    am[j + l] = av[l];
+                }
             }
+            j += cnt;
         }
-        j += cnt;
     }
 }
 

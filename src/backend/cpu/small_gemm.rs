@@ -18,9 +18,10 @@
 //! SIMD types (dispatched at run time to AVX-512, AVX2 or NEON) because the
 //! auto-vectoriser reloads the panel for every row, which costs ~40% on the
 //! unaligned windows of a convolution; the dot-product kernel is plain Rust
-//! compiled per instruction set with `multiversion`.
+//! compiled per instruction set by [`isa::vectorized!`]. Both follow
+//! `GPURT_CPU_ISA` (see [`isa`]).
 
-use multiversion::multiversion;
+use super::isa;
 
 /// Column granularity of the register tiles (one AVX-512 vector; tiles
 /// are two or three vectors wide where the columns allow). Callers pad the right
@@ -72,7 +73,7 @@ pub fn gemm_windows(
         return;
     }
     let mut packed = PACKED.take();
-    pulp::Arch::new().dispatch(Windows {
+    isa::dispatch(Windows {
         m,
         np,
         a,
@@ -284,15 +285,13 @@ pub fn gemm_nt_small(
     nt_mv(m, n, k, x, w, y, accumulate)
 }
 
-#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma", "aarch64+neon"))]
-fn nt_mv(m: usize, n: usize, k: usize, x: &[f32], w: &[f32], y: &mut [f32], accumulate: bool) {
-    use multiversion::target::selected_target;
-    if selected_target!().supports_feature_str("fma")
-        || selected_target!().supports_feature_str("neon")
-    {
-        nt::<true>(m, n, k, x, w, y, accumulate)
-    } else {
-        nt::<false>(m, n, k, x, w, y, accumulate)
+isa::vectorized! {
+    fn nt_mv(m: usize, n: usize, k: usize, x: &[f32], w: &[f32], y: &mut [f32], accumulate: bool) {
+        if isa::active().has_fma() {
+            nt::<true>(m, n, k, x, w, y, accumulate)
+        } else {
+            nt::<false>(m, n, k, x, w, y, accumulate)
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! CPU kernels of `ops::softmax`.
 
+use super::isa;
 use crate::backend::cpu::simd_math;
-use multiversion::multiversion;
 use rayon::prelude::*;
 
 /// Rows big enough to be worth a rayon task each.
@@ -40,21 +40,19 @@ pub fn cpu_softmax(n: usize, log: bool, x: &[f32], y: &mut [f32]) {
     }
 }
 
-/// Consecutive rows, each in three vectorised passes over L1-resident data
-/// (max; exp and sum; scale): the only memory traffic is reading `x` and
-/// writing `y` once. The max of the *next* row is taken during this row's
-/// exp pass, chunk by chunk, so its reads stream from memory while the exp
-/// arithmetic runs instead of after it. `max` skips NaN like `f32::max`;
-/// a NaN then reaches every output through the sum.
-#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma", "aarch64+neon"))]
-fn softmax_rows(x: &[f32], n: usize, log: bool, y: &mut [f32]) {
-    use multiversion::target::selected_target;
-    if selected_target!().supports_feature_str("fma")
-        || selected_target!().supports_feature_str("neon")
-    {
-        softmax_rows_impl::<true>(x, n, log, y)
-    } else {
-        softmax_rows_impl::<false>(x, n, log, y)
+isa::vectorized! {
+    /// Consecutive rows, each in three vectorised passes over L1-resident data
+    /// (max; exp and sum; scale): the only memory traffic is reading `x` and
+    /// writing `y` once. The max of the *next* row is taken during this row's
+    /// exp pass, chunk by chunk, so its reads stream from memory while the exp
+    /// arithmetic runs instead of after it. `max` skips NaN like `f32::max`;
+    /// a NaN then reaches every output through the sum.
+    fn softmax_rows(x: &[f32], n: usize, log: bool, y: &mut [f32]) {
+        if isa::active().has_fma() {
+            softmax_rows_impl::<true>(x, n, log, y)
+        } else {
+            softmax_rows_impl::<false>(x, n, log, y)
+        }
     }
 }
 
@@ -140,18 +138,19 @@ pub fn cpu_softmax_backward(n: usize, log: bool, y: &[f32], dy: &[f32], dx: &mut
     });
 }
 
-#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma", "aarch64+neon"))]
-fn softmax_backward_row(yr: &[f32], dyr: &[f32], log: bool, dxr: &mut [f32]) {
-    let dxr = &mut dxr[..yr.len()];
-    if log {
-        let s = lane_sum(dyr, None);
-        for ((dx, &y), &dy) in dxr.iter_mut().zip(yr).zip(dyr) {
-            *dx = dy - simd_math::exp(y) * s;
-        }
-    } else {
-        let s = lane_sum(dyr, Some(yr));
-        for ((dx, &y), &dy) in dxr.iter_mut().zip(yr).zip(dyr) {
-            *dx = y * (dy - s);
+isa::vectorized! {
+    fn softmax_backward_row(yr: &[f32], dyr: &[f32], log: bool, dxr: &mut [f32]) {
+        let dxr = &mut dxr[..yr.len()];
+        if log {
+            let s = lane_sum(dyr, None);
+            for ((dx, &y), &dy) in dxr.iter_mut().zip(yr).zip(dyr) {
+                *dx = dy - simd_math::exp(y) * s;
+            }
+        } else {
+            let s = lane_sum(dyr, Some(yr));
+            for ((dx, &y), &dy) in dxr.iter_mut().zip(yr).zip(dyr) {
+                *dx = y * (dy - s);
+            }
         }
     }
 }
