@@ -127,7 +127,7 @@ pub fn measure_peaks() -> Peaks {
     let threads = rayon::current_num_threads();
     let iters = 1_000_000;
     let _ = fma_chains(1000);
-    let fma_secs = best(3, || {
+    let fma_secs = best(7, || {
         let s: f32 = (0..threads)
             .into_par_iter()
             .map(|_| fma_chains(iters))

@@ -9,3 +9,16 @@ mod fusion;
 mod gradients;
 #[path = "ops/parity.rs"]
 mod parity;
+
+/// This whole target again on each narrower instruction set the host has
+/// (AVX2 and scalar on an AVX-512 host; the plain run covers the widest):
+/// every case of the catalogue, the gradients and the fusion checks.
+#[test]
+fn every_op_on_every_instruction_set() {
+    use gpurt::backend::cpu::isa;
+    let done = isa::rerun_tests_on_other_sets("every_op_on_every_instruction_set", &[]);
+    for (set, passed) in &done {
+        println!("ops on {set}: {passed} tests passed");
+    }
+    assert_eq!(done.len(), isa::available().len() - 1);
+}

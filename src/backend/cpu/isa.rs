@@ -200,6 +200,39 @@ pub fn dispatch<Op: pulp::WithSimd>(op: Op) -> Op::Output {
     pulp::Simd::vectorize(pulp::Scalar::new(), op)
 }
 
+/// For the test suites: runs this test binary again once per other
+/// instruction set the host has, with `GPURT_CPU_ISA` set, skipping
+/// `this_test` (the caller) and keeping only tests matching `filters` (all
+/// when empty). Panics with the run's output if one fails or runs no
+/// test; returns each set and how many tests passed on it.
+#[cfg(any(test, feature = "test-hooks"))]
+pub fn rerun_tests_on_other_sets(this_test: &str, filters: &[&str]) -> Vec<(Isa, usize)> {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let now = active();
+    let mut done = Vec::new();
+    for isa in available().into_iter().filter(|&i| i != now) {
+        let out = std::process::Command::new(&exe)
+            .env("GPURT_CPU_ISA", isa.name())
+            .args(["--skip", this_test])
+            .args(filters)
+            .output()
+            .expect("could not run the test binary again");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let passed = stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("test result: ok. "))
+            .filter_map(|l| l.split(' ').next()?.parse::<usize>().ok())
+            .sum::<usize>();
+        assert!(
+            out.status.success() && passed > 0,
+            "the tests on {isa} failed or ran nothing ({passed} passed):\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        done.push((isa, passed));
+    }
+    done
+}
+
 /// A function compiled once per instruction set and run on the active one
 /// (what `multiversion` does, following [`active`]):
 ///
@@ -279,6 +312,20 @@ mod tests {
         fn sum_of_squares(x: &[f32]) -> f32 {
             x.iter().map(|v| v * v).sum()
         }
+    }
+
+    /// Every CPU kernel test again on each narrower set (the plain run
+    /// covers the widest): AVX2 and scalar on an AVX-512 host.
+    #[test]
+    fn kernel_tests_pass_on_every_instruction_set() {
+        let done = rerun_tests_on_other_sets(
+            "kernel_tests_pass_on_every_instruction_set",
+            &["backend::cpu::", "math::"],
+        );
+        for (isa, passed) in &done {
+            println!("kernel tests on {isa}: {passed} passed");
+        }
+        assert_eq!(done.len(), available().len() - 1);
     }
 
     #[test]
