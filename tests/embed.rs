@@ -135,3 +135,16 @@ fn predictor_is_send_and_matches_batch_inference() {
         assert!(err < 1e-4, "row {i}: {one:?} vs {want:?}");
     }
 }
+
+/// This target again on each narrower instruction set the host has (the
+/// AVX2 convolution tiles pack their left operand into a kept buffer:
+/// still no allocation per call).
+#[test]
+fn every_instruction_set_allocates_nothing_per_call() {
+    use gpurt::backend::cpu::isa;
+    let done = isa::rerun_tests_on_other_sets("every_instruction_set_allocates_nothing", &[]);
+    for (set, passed) in &done {
+        println!("embedding tests on {set}: {passed} passed");
+    }
+    assert_eq!(done.len(), isa::available().len() - 1);
+}
