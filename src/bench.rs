@@ -88,16 +88,16 @@ fn fma_chains(iters: usize) -> f32 {
     isa::dispatch(FmaChains { iters })
 }
 
-/// FMA chains in flight per core that the theoretical peak assumes: two
-/// vector FMA pipes, as on every AVX2 and AVX-512 core since Haswell
-/// (some AVX-512 Xeons have only one 512-bit pipe: there the probe reads
-/// about half the theoretical figure, and says so).
+/// Vector FMA pipes per core that the theoretical peak assumes: two, as
+/// on every AVX2 and AVX-512 core since Haswell (some AVX-512 Xeons have
+/// only one 512-bit pipe: there the probe reads about half the
+/// theoretical figure, and the printed percentage shows it).
 pub const FMA_PIPES: usize = 2;
 
 /// The core clock now, in GHz, from a chain of dependent integer
 /// operations (xor then add: one cycle each on every x86-64 and ARM core,
 /// and nothing the compiler can fold across iterations), timed on every
-/// thread at once as the FMA probe runs. A VM's `/proc/cpuinfo` reports
+/// thread at once, as the FMA probe is. A VM's `/proc/cpuinfo` reports
 /// the nominal clock, not the turbo clock the cores run at.
 fn clock_ghz(threads: usize) -> f64 {
     fn chain(iters: u64) -> u64 {
