@@ -113,6 +113,35 @@ fn bad_arguments_exit_non_zero() {
     assert!(!gpurt(&["frobnicate"]).status.success());
 }
 
+/// `GPURT_CPU_ISA`: a forced set shows in the device line; a misspelt one
+/// or one this CPU lacks stops the CLI with one error line.
+#[test]
+fn cpu_instruction_set_is_forced_or_refused() {
+    let with = |v: &str| {
+        Command::new(env!("CARGO_BIN_EXE_gpurt"))
+            .arg("devices")
+            .env("GPURT_CPU_ISA", v)
+            .output()
+            .expect("run gpurt")
+    };
+    let o = with("scalar");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("cpu (") && stdout(&o).contains(", scalar"),
+        "{}",
+        stdout(&o)
+    );
+    let o = with("sse9");
+    assert_eq!(o.status.code(), Some(2));
+    assert_fails_with(&o, &["GPURT_CPU_ISA='sse9'", "avx2"]);
+    #[cfg(target_arch = "x86_64")]
+    {
+        let o = with("neon");
+        assert_eq!(o.status.code(), Some(2));
+        assert_fails_with(&o, &["cannot run neon", "scalar"]);
+    }
+}
+
 #[test]
 fn devices_reports_cpu_and_auto() {
     let o = gpurt(&["devices"]);

@@ -15,10 +15,5 @@ mod parity;
 /// every case of the catalogue, the gradients and the fusion checks.
 #[test]
 fn every_op_on_every_instruction_set() {
-    use gpurt::backend::cpu::isa;
-    let done = isa::rerun_tests_on_other_sets("every_op_on_every_instruction_set", &[]);
-    for (set, passed) in &done {
-        println!("ops on {set}: {passed} tests passed");
-    }
-    assert_eq!(done.len(), isa::available().len() - 1);
+    gpurt::backend::cpu::isa::rerun_tests_on_other_sets("every_op_on_every_instruction_set", &[]);
 }

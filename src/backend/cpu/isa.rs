@@ -203,13 +203,12 @@ pub fn dispatch<Op: pulp::WithSimd>(op: Op) -> Op::Output {
 /// For the test suites: runs this test binary again once per other
 /// instruction set the host has, with `GPURT_CPU_ISA` set, skipping
 /// `this_test` (the caller) and keeping only tests matching `filters` (all
-/// when empty). Panics with the run's output if one fails or runs no
-/// test; returns each set and how many tests passed on it.
+/// when empty). Prints how many passed on each; panics with the run's
+/// output if one fails or runs no test.
 #[cfg(any(test, feature = "test-hooks"))]
-pub fn rerun_tests_on_other_sets(this_test: &str, filters: &[&str]) -> Vec<(Isa, usize)> {
+pub fn rerun_tests_on_other_sets(this_test: &str, filters: &[&str]) {
     let exe = std::env::current_exe().expect("the test binary's path");
     let now = active();
-    let mut done = Vec::new();
     for isa in available().into_iter().filter(|&i| i != now) {
         let out = std::process::Command::new(&exe)
             .env("GPURT_CPU_ISA", isa.name())
@@ -228,9 +227,8 @@ pub fn rerun_tests_on_other_sets(this_test: &str, filters: &[&str]) -> Vec<(Isa,
             "the tests on {isa} failed or ran nothing ({passed} passed):\n{stdout}\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        done.push((isa, passed));
+        println!("on {isa}: {passed} tests passed");
     }
-    done
 }
 
 /// A function compiled once per instruction set and run on the active one
@@ -318,14 +316,10 @@ mod tests {
     /// covers the widest): AVX2 and scalar on an AVX-512 host.
     #[test]
     fn kernel_tests_pass_on_every_instruction_set() {
-        let done = rerun_tests_on_other_sets(
+        rerun_tests_on_other_sets(
             "kernel_tests_pass_on_every_instruction_set",
             &["backend::cpu::", "math::"],
         );
-        for (isa, passed) in &done {
-            println!("kernel tests on {isa}: {passed} passed");
-        }
-        assert_eq!(done.len(), available().len() - 1);
     }
 
     #[test]
