@@ -123,8 +123,9 @@ impl pulp::WithSimd for Windows<'_> {
         // bounds-check overhead of each window, within the register file
         // (8 rows measured best on AVX-512: 6 was 10% slower, 12 no
         // better). AVX2 has 16 registers: 6 rows x 2 vectors is 12
-        // accumulators, 2 panel vectors and a broadcast (4 rows was 4%
-        // slower, 3 rows x 3 vectors 6%).
+        // accumulators, 2 panel vectors and a broadcast (batch-1 CNN
+        // inference: 211-212 us; packed 4 rows 230-233, 3 rows x 3
+        // vectors 225-235).
         if S::REGISTER_COUNT >= 32 {
             self.tiles::<S, 8>(simd)
         } else {
