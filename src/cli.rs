@@ -3,6 +3,7 @@
 use crate::backend::DeviceSpec;
 use crate::data::tokenize::{Segmentation, TokenizerSettings};
 use crate::data::{Augment, DataSpec};
+use crate::dist::WorldSpec;
 use crate::optim::{LrSchedule, OptimizerKind, Plateau};
 use crate::train::{EarlyStop, Monitor, TextOptions, TrainOptions};
 use clap::{Args, Parser, Subcommand};
@@ -195,8 +196,19 @@ pub struct TrainArgs {
     pub cased: bool,
     #[arg(long, default_value_t = 3)]
     pub epochs: usize,
+    /// Examples per step (per rank in a data-parallel run: the global
+    /// batch is --batch times the number of ranks).
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
+    /// Data-parallel ranks: auto reads the launcher's environment
+    /// (`mpirun -n N gpurt train ...`), one process without a launcher;
+    /// a number must match the launcher's. Needs a build with --features mpi.
+    #[arg(long, default_value = "auto")]
+    pub world: String,
+    /// Data-parallel: seconds any rank waits for the others in one
+    /// collective before it stops the job (a rank died or hung).
+    #[arg(long, default_value_t = 300)]
+    pub dist_timeout: u64,
     /// adam, adamw or sgd.
     #[arg(long, default_value = "adam")]
     pub optimizer: String,
@@ -363,6 +375,8 @@ impl TrainArgs {
             data,
             epochs: self.epochs,
             batch: self.batch,
+            world: self.world.parse::<WorldSpec>()?,
+            dist_timeout: std::time::Duration::from_secs(self.dist_timeout.max(1)),
             optimizer: self.optimizer.parse::<OptimizerKind>()?,
             lr: self.lr,
             lr_schedule: self.lr_schedule()?,
@@ -441,8 +455,19 @@ pub struct PlanArgs {
     pub vocab: usize,
     #[arg(long, default_value_t = 10)]
     pub classes: usize,
+    /// Examples per step (per rank in a data-parallel run: the global
+    /// batch is --batch times the number of ranks).
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
+    /// Data-parallel ranks: auto reads the launcher's environment
+    /// (`mpirun -n N gpurt train ...`), one process without a launcher;
+    /// a number must match the launcher's. Needs a build with --features mpi.
+    #[arg(long, default_value = "auto")]
+    pub world: String,
+    /// Data-parallel: seconds any rank waits for the others in one
+    /// collective before it stops the job (a rank died or hung).
+    #[arg(long, default_value_t = 300)]
+    pub dist_timeout: u64,
     /// adam, adamw or sgd.
     #[arg(long, default_value = "adam")]
     pub optimizer: String,

@@ -66,6 +66,11 @@ pub enum Error {
         known: String,
     },
 
+    /// Data-parallel training: the launcher's world, the collective library
+    /// or a collective operation failed.
+    #[error("data-parallel: {0}")]
+    Dist(String),
+
     /// Training produced a NaN or infinity.
     #[error("non-finite value at step {step}: {detail}")]
     NonFinite { step: u64, detail: String },

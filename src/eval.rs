@@ -1,6 +1,7 @@
 //! Evaluation and prediction over a dataset with a compiled classifier.
 
-use crate::data::{Augment, Dataset, Examples, Normalizer};
+use crate::data::{Augment, Dataset, Examples, Normalizer, Shard};
+use crate::dist::{Collective, Solo};
 use crate::error::Result;
 use crate::metrics::ConfusionMatrix;
 use crate::model::Classifier;
@@ -62,14 +63,29 @@ pub fn evaluate(
 /// Loss, accuracy and confusion matrix of `model` over any examples, in
 /// order, with the inference program's batch.
 pub fn evaluate_examples(model: &mut Classifier, data: &Examples) -> Result<Evaluation> {
+    evaluate_shard(model, data, Shard::WHOLE, &Solo)
+}
+
+/// [`evaluate_examples`] split across the ranks of a data-parallel run:
+/// each scores its `shard` and the sums are combined, so every rank gets
+/// the whole set's figures.
+pub fn evaluate_shard(
+    model: &mut Classifier,
+    data: &Examples,
+    shard: Shard,
+    group: &dyn Collective,
+) -> Result<Evaluation> {
     let classes = model.config.classes;
     let batch = model.config.infer_batch;
     let mut cm = ConfusionMatrix::new(classes);
     let mut logits = vec![0.0; batch * classes];
     let mut loss = 0.0;
-    for b in data.batches(batch, None, 0, false)? {
+    for b in data.shard_batches(batch, None, 0, false, shard)? {
         model.infer_input(&b.input(), &mut logits)?;
         loss += score_logits(&logits, &b.y, classes, b.len, &mut cm)?;
+    }
+    if group.world() > 1 {
+        loss = sum_across(group, loss, &mut cm)?;
     }
     let n = data.len().max(1) as f64;
     Ok(Evaluation {
@@ -77,6 +93,20 @@ pub fn evaluate_examples(model: &mut Classifier, data: &Examples) -> Result<Eval
         accuracy: cm.accuracy(),
         confusion: cm,
     })
+}
+
+/// The ranks' `loss` and confusion counts summed (in f64: counts are
+/// exact below 2^53). Returns the summed loss; `cm` holds the summed
+/// counts.
+pub fn sum_across(group: &dyn Collective, loss: f64, cm: &mut ConfusionMatrix) -> Result<f64> {
+    let mut v: Vec<f64> = std::iter::once(loss)
+        .chain(cm.counts.iter().map(|&c| c as f64))
+        .collect();
+    group.all_reduce_sum_f64(&mut v)?;
+    for (c, s) in cm.counts.iter_mut().zip(&v[1..]) {
+        *c = *s as u64;
+    }
+    Ok(v[0])
 }
 
 /// Softmax probabilities of one row, and the top `k` (class, probability).

@@ -10,6 +10,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod data;
+pub mod dist;
 pub mod embed;
 pub mod error;
 pub mod eval;

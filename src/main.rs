@@ -61,6 +61,9 @@ fn run(cli: Cli, start: std::time::Instant) -> Result<()> {
                 // Saved, but not finished: scripts must be able to tell.
                 std::process::exit(130);
             }
+            if s.rank != 0 {
+                return Ok(());
+            }
             // Under early stopping the run's model is the best epoch's.
             let model = match checkpoint::Checkpoint::load(&s.out) {
                 Ok(ck) if ck.best_epoch.is_some() => "current/best.safetensors",

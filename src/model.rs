@@ -2,9 +2,11 @@
 //! step program and an inference program over the same parameters.
 
 use crate::backend::Backend;
+use crate::dist::{Collective, Solo};
 use crate::error::{Error, Result};
 use crate::graph::exec::Session;
 use crate::graph::ir::Graph;
+use crate::graph::plan::Slot;
 use crate::graph::{fuse, plan};
 use crate::nn::init::init_params;
 use crate::nn::spec::{InputKind, ModelSpec, ParamDecl};
@@ -42,6 +44,10 @@ pub struct Classifier {
     session: Session,
     decls: Vec<ParamDecl>,
     train: Option<usize>,
+    /// Data-parallel: the update program and the gradient region the
+    /// ranks sum between the two programs (`train` then computes and
+    /// stores the gradients only).
+    update: Option<(usize, Slot)>,
     infer: usize,
     /// Optimiser steps taken so far.
     pub step: u64,
@@ -70,11 +76,51 @@ pub fn read_weights(decls: &[ParamDecl], path: &Path) -> Result<Vec<(String, Ten
 
 pub const TRAIN: &str = "train";
 pub const INFER: &str = "infer";
+/// A data-parallel step's update program (after the gradient all-reduce).
+pub const UPDATE: &str = "update";
+
+/// The one contiguous slot that holds the persistent tensors `names`
+/// (the training graph's state, which `plan::compile` lays out together
+/// in declaration order).
+fn region(session: &Session, names: &[String]) -> Result<Slot> {
+    let mut slots: Vec<Slot> = names
+        .iter()
+        .map(|n| Ok(session.persistent(n)?.slot))
+        .collect::<Result<_>>()?;
+    slots.sort_by_key(|s| s.offset);
+    let first = slots
+        .first()
+        .ok_or_else(|| Error::Model("a data-parallel step stores no gradients".into()))?;
+    let mut end = first.offset;
+    for s in &slots {
+        if s.offset != end {
+            return Err(Error::Model(format!(
+                "the gradients and running statistics are not one contiguous region (a gap at word {end})"
+            )));
+        }
+        end = s.end();
+    }
+    Ok(Slot {
+        offset: first.offset,
+        len: end - first.offset,
+    })
+}
 
 impl Classifier {
     pub fn new(config: ClassifierConfig, backend: &dyn Backend) -> Result<Self> {
+        Self::data_parallel(config, backend, 1)
+    }
+
+    /// A classifier for one of `world` ranks of a data-parallel run: with
+    /// `world > 1` a training step is two programs, and the gradients are
+    /// summed across ranks between them ([`Classifier::train_step_on`]).
+    pub fn data_parallel(
+        config: ClassifierConfig,
+        backend: &dyn Backend,
+        world: usize,
+    ) -> Result<Self> {
         let decls = config.spec.declare(&config.input)?;
-        let module = Self::module(&config)?;
+        let (module, summed) = Self::compile(&config, world)?;
         let mut session = Session::new(backend, module)?;
         for (name, t) in init_params(&decls, config.seed) {
             session.write_persistent(&name, &t.data)?;
@@ -83,6 +129,10 @@ impl Classifier {
             .train_batch
             .map(|_| session.program(TRAIN))
             .transpose()?;
+        let update = match (train, world > 1) {
+            (Some(_), true) => Some((session.program(UPDATE)?, region(&session, &summed)?)),
+            _ => None,
+        };
         let infer = session.program(INFER)?;
         Ok(Classifier {
             input_kind: config.spec.input_kind(),
@@ -91,6 +141,7 @@ impl Classifier {
             session,
             decls,
             train,
+            update,
             infer,
             step: 0,
         })
@@ -98,9 +149,45 @@ impl Classifier {
 
     /// The fused (unless disabled) graphs, lowered into one module.
     pub fn module(config: &ClassifierConfig) -> Result<plan::Module> {
+        Self::module_for(config, 1)
+    }
+
+    /// [`Classifier::module`] for one of `world` data-parallel ranks.
+    pub fn module_for(config: &ClassifierConfig, world: usize) -> Result<plan::Module> {
+        Ok(Self::compile(config, world)?.0)
+    }
+
+    /// The module, and the persistent tensors the ranks sum after each
+    /// step's first program (the gradients and the running statistics).
+    fn compile(config: &ClassifierConfig, world: usize) -> Result<(plan::Module, Vec<String>)> {
         let mut graphs = Vec::new();
-        if let Some(b) = config.train_batch {
-            graphs.push((TRAIN, Self::train_graph(config, b)?));
+        let mut summed = Vec::new();
+        match config.train_batch {
+            Some(b) if world > 1 => {
+                let grads = Self::gradient_graph(config, b)?;
+                let shaped = |(n, v): (String, crate::graph::ValueId)| (n, grads.shape(v).clone());
+                let params: Vec<(String, Shape)> = grads.params().into_iter().map(shaped).collect();
+                let buffers: Vec<(String, Shape)> = grads
+                    .persistent()
+                    .into_iter()
+                    .filter(|(n, _)| {
+                        !n.starts_with(optim::GRAD_PREFIX) && !params.iter().any(|(p, _)| p == n)
+                    })
+                    .map(shaped)
+                    .collect();
+                let mut update = Graph::new(true);
+                optim::update_from_stored(&mut update, &params, &buffers, &config.optim, world)?;
+                summed = grads
+                    .persistent()
+                    .into_iter()
+                    .filter(|(n, _)| !params.iter().any(|(p, _)| p == n))
+                    .map(|(n, _)| n)
+                    .collect();
+                graphs.push((TRAIN, grads));
+                graphs.push((UPDATE, update));
+            }
+            Some(b) => graphs.push((TRAIN, Self::train_graph(config, b)?)),
+            None => {}
         }
         graphs.push((INFER, Self::infer_graph(config, config.infer_batch)?));
         if config.fuse {
@@ -109,7 +196,7 @@ impl Classifier {
             }
         }
         let refs: Vec<(&str, &Graph)> = graphs.iter().map(|(n, g)| (*n, g)).collect();
-        plan::compile(&refs)
+        Ok((plan::compile(&refs)?, summed))
     }
 
     fn input_shape(c: &ClassifierConfig, batch: usize) -> Shape {
@@ -142,6 +229,20 @@ impl Classifier {
         Self::check_classes(&g, logits, c.classes)?;
         let loss = g.cross_entropy_smoothed(logits, y, c.optim.label_smoothing)?;
         optim::append_update(&mut g, loss, &c.optim)?;
+        g.set_output("loss", loss);
+        g.set_output("logits", logits);
+        Ok(g)
+    }
+
+    /// Forward, cross-entropy and backward, the gradients left in the
+    /// persistent `grad.*` region: a data-parallel step's first half.
+    pub fn gradient_graph(c: &ClassifierConfig, batch: usize) -> Result<Graph> {
+        let mut g = Graph::new(true);
+        let logits = Self::forward(&mut g, c, batch)?;
+        let y = g.input("y", [batch], DType::U32)?;
+        Self::check_classes(&g, logits, c.classes)?;
+        let loss = g.cross_entropy_smoothed(logits, y, c.optim.label_smoothing)?;
+        optim::append_gradient_store(&mut g, loss)?;
         g.set_output("loss", loss);
         g.set_output("logits", logits);
         Ok(g)
@@ -184,6 +285,20 @@ impl Classifier {
 
     /// [`Classifier::train_step`] for any input kind.
     pub fn train_step_input(&mut self, x: &Input, y: &[u32], lr: f32) -> Result<f32> {
+        self.train_step_on(x, y, lr, &Solo)
+    }
+
+    /// One data-parallel step: this rank's batch, the gradients summed
+    /// across `group` (which must have the `world` this classifier was
+    /// built for), the same update on every rank. Returns this rank's
+    /// mean loss.
+    pub fn train_step_on(
+        &mut self,
+        x: &Input,
+        y: &[u32],
+        lr: f32,
+        group: &dyn Collective,
+    ) -> Result<f32> {
         let p = self
             .train
             .ok_or_else(|| Error::Usage("this classifier was built for inference only".into()))?;
@@ -204,6 +319,15 @@ impl Classifier {
             self.session.set_scalar("step", (self.step + 1) as f32)?;
         }
         self.session.run(p)?;
+        if let Some((update, region)) = self.update {
+            self.session.all_reduce(region, group)?;
+            self.session.run(update)?;
+        } else if group.world() > 1 {
+            return Err(Error::Usage(format!(
+                "this classifier was built for one process but the run has {} ranks",
+                group.world()
+            )));
+        }
         let mut loss = [0.0f32];
         self.session.read_output(p, "loss", &mut loss)?;
         self.step += 1;

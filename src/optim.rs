@@ -8,6 +8,7 @@ use crate::graph::ir::{Graph, ValueId};
 use crate::ops::adam::AdamConfig;
 use crate::ops::sgd::SgdConfig;
 use crate::ops::Op;
+use crate::tensor::Shape;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OptimizerKind {
@@ -91,6 +92,65 @@ pub fn append_update(g: &mut Graph, loss: ValueId, cfg: &OptimConfig) -> Result<
     }
     let ids: Vec<ValueId> = params.iter().map(|(_, v)| *v).collect();
     let mut grads = gradients(g, loss, &ids)?;
+    if let Some(max_norm) = cfg.clip_grad_norm {
+        grads = clip_grad_norm(g, &grads, max_norm)?;
+    }
+    let pairs: Vec<(ValueId, ValueId)> = ids.into_iter().zip(grads).collect();
+    apply_gradients(g, &pairs, cfg)
+}
+
+/// The prefix of the persistent gradient tensors of a data-parallel step
+/// (never saved: they are scratch between the two programs).
+pub const GRAD_PREFIX: &str = "grad.";
+
+/// A data-parallel step's first program: differentiate `loss` and store
+/// each gradient in the persistent state `grad.<parameter>`, declared in
+/// parameter order so that together they are one contiguous region of the
+/// arena (one all-reduce covers the model; `plan::compile` lays state out
+/// in declaration order).
+pub fn append_gradient_store(g: &mut Graph, loss: ValueId) -> Result<()> {
+    let params = g.params();
+    if params.is_empty() {
+        return Err(Error::Model("the model has no trainable parameters".into()));
+    }
+    let ids: Vec<ValueId> = params.iter().map(|(_, v)| *v).collect();
+    let grads = gradients(g, loss, &ids)?;
+    for ((name, _), grad) in params.iter().zip(grads) {
+        g.store(grad, &format!("{GRAD_PREFIX}{name}"))?;
+    }
+    Ok(())
+}
+
+/// A data-parallel step's second program: the stored gradients (summed
+/// over `world` ranks by then) scaled by `1/world`, so that they are the
+/// gradient of the mean loss over the global batch, then clipped and
+/// applied as [`append_update`] does. `params` are the model's
+/// parameters with their shapes, in declaration order. `buffers` (batch
+/// norm's running statistics), summed with the gradients, are divided by
+/// `world` in place: every rank keeps the mean of the ranks' statistics,
+/// so the ranks stay identical (PyTorch's DDP instead copies rank 0's).
+pub fn update_from_stored(
+    g: &mut Graph,
+    params: &[(String, Shape)],
+    buffers: &[(String, Shape)],
+    cfg: &OptimConfig,
+    world: usize,
+) -> Result<()> {
+    for (name, shape) in buffers {
+        let summed = g.state(name, shape.clone())?;
+        let mean = g.scale(summed, 1.0 / world as f32)?;
+        g.store(mean, name)?;
+    }
+    let mut ids = Vec::with_capacity(params.len());
+    let mut grads = Vec::with_capacity(params.len());
+    for (name, shape) in params {
+        ids.push(g.param(name, shape.clone())?);
+        let summed = g.state(&format!("{GRAD_PREFIX}{name}"), shape.clone())?;
+        grads.push(match world {
+            1 => summed,
+            w => g.scale(summed, 1.0 / w as f32)?,
+        });
+    }
     if let Some(max_norm) = cfg.clip_grad_norm {
         grads = clip_grad_norm(g, &grads, max_norm)?;
     }

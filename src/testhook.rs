@@ -11,6 +11,9 @@
 //! - `GPURT_TEST_PAUSE_AT=point#n:DIR`: the n-th time, create `DIR/paused`
 //!   and wait until `DIR/go` exists.
 //!
+//! - `GPURT_TEST_RANK=r` with either: only rank `r` of a data-parallel run
+//!   (as the launcher's environment numbers it) dies or waits.
+//!
 //! Every point reached is also printed to stderr as `testhook: point` when
 //! either variable is set, so a test can follow the run.
 
@@ -49,14 +52,23 @@ fn hooks() -> Option<&'static Hooks> {
     static HOOKS: OnceLock<Option<Hooks>> = OnceLock::new();
     HOOKS
         .get_or_init(|| {
+            let this_rank = crate::dist::launcher_env().map_or(0, |(r, _)| r);
+            let for_me = std::env::var("GPURT_TEST_RANK")
+                .ok()
+                .and_then(|r| r.parse::<usize>().ok())
+                .is_none_or(|r| r == this_rank);
             let kill = std::env::var("GPURT_TEST_KILL_AT")
                 .ok()
+                .filter(|_| for_me)
                 .map(|s| parse_point(&s));
-            let pause = std::env::var("GPURT_TEST_PAUSE_AT").ok().and_then(|s| {
-                let (point, dir) = s.split_once(':')?;
-                let (p, n) = parse_point(point);
-                Some((p, n, PathBuf::from(dir)))
-            });
+            let pause = std::env::var("GPURT_TEST_PAUSE_AT")
+                .ok()
+                .filter(|_| for_me)
+                .and_then(|s| {
+                    let (point, dir) = s.split_once(':')?;
+                    let (p, n) = parse_point(point);
+                    Some((p, n, PathBuf::from(dir)))
+                });
             (kill.is_some() || pause.is_some()).then(|| Hooks {
                 kill,
                 pause,

@@ -12,6 +12,8 @@ use common::mnist::{idx_images, idx_labels, tiny_mnist};
 mod crash;
 #[path = "cli/cuda.rs"]
 mod cuda;
+#[path = "cli/dist.rs"]
+mod dist;
 #[path = "cli/properties.rs"]
 mod properties;
 #[path = "cli/reliability.rs"]

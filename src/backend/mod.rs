@@ -9,6 +9,7 @@ pub mod cuda;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 
+use crate::dist::Collective;
 use crate::error::Result;
 use crate::graph::plan::{Module, Slot};
 use std::sync::Arc;
@@ -35,6 +36,27 @@ pub trait Executable: Send {
     fn host_view(&self, _slot: Slot) -> Option<&[f32]> {
         None
     }
+    /// Sum the words of `slot` across the ranks of `group`, in place (a
+    /// data-parallel step's gradients). By default through host memory;
+    /// the CPU backend reduces its arena where it lies.
+    fn all_reduce(&mut self, slot: Slot, group: &dyn Collective) -> Result<()> {
+        host_all_reduce(self, slot, group)
+    }
+}
+
+/// [`Executable::all_reduce`] through host memory: read, sum, write back.
+pub fn host_all_reduce<E: Executable + ?Sized>(
+    exe: &mut E,
+    slot: Slot,
+    group: &dyn Collective,
+) -> Result<()> {
+    if group.world() <= 1 {
+        return Ok(());
+    }
+    let mut host = vec![0.0; slot.len];
+    exe.read(slot, &mut host)?;
+    group.all_reduce_sum(&mut host)?;
+    exe.write(slot, &host)
 }
 
 /// Which device to run on, as the CLI spells it.

@@ -3,6 +3,7 @@
 
 use super::loader::{Augment, Batch, BatchLoader};
 use super::sequences::TokenizedSet;
+use super::shard::Shard;
 use super::{Dataset, Normalizer};
 use crate::error::{Error, Result};
 use std::sync::Arc;
@@ -41,6 +42,19 @@ impl Examples {
         epoch: u64,
         drop_last: bool,
     ) -> Result<Box<dyn ExactSizeIterator<Item = Batch> + Send>> {
+        self.shard_batches(batch, shuffle, epoch, drop_last, Shard::WHOLE)
+    }
+
+    /// [`Examples::batches`] for one rank of a data-parallel run (see
+    /// [`Shard`]): `batch` is the per-rank batch.
+    pub fn shard_batches(
+        &self,
+        batch: usize,
+        shuffle: Option<u64>,
+        epoch: u64,
+        drop_last: bool,
+        shard: Shard,
+    ) -> Result<Box<dyn ExactSizeIterator<Item = Batch> + Send>> {
         if batch == 0 {
             return Err(Error::Usage("batch size must be at least 1".into()));
         }
@@ -50,7 +64,7 @@ impl Examples {
                     Some(_) => *augment,
                     None => Augment::none(),
                 };
-                Box::new(BatchLoader::new(
+                Box::new(BatchLoader::sharded(
                     Arc::clone(set),
                     norm.clone(),
                     batch,
@@ -58,9 +72,10 @@ impl Examples {
                     epoch,
                     augment,
                     drop_last,
+                    shard,
                 )?)
             }
-            Examples::Text(t) => Box::new(t.batches(batch, shuffle, epoch, drop_last)),
+            Examples::Text(t) => Box::new(t.batches(batch, shuffle, epoch, drop_last, shard)),
         })
     }
 }

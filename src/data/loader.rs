@@ -11,6 +11,7 @@
 //! depends on thread timing, platform or batch size, so a run can be
 //! repeated exactly.
 
+use super::shard::Shard;
 use super::{below, mix64, permutation, Dataset, Normalizer};
 use crate::error::{Error, Result};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
@@ -197,6 +198,31 @@ impl BatchLoader {
         augment: Augment,
         drop_last: bool,
     ) -> Result<BatchLoader> {
+        Self::sharded(
+            dataset,
+            normalizer,
+            batch,
+            shuffle_seed,
+            epoch,
+            augment,
+            drop_last,
+            Shard::WHOLE,
+        )
+    }
+
+    /// [`BatchLoader::new`] for one rank of a data-parallel run: the
+    /// epoch's order is the same on every rank and each keeps its `shard`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sharded(
+        dataset: Arc<Dataset>,
+        normalizer: Normalizer,
+        batch: usize,
+        shuffle_seed: Option<u64>,
+        epoch: u64,
+        augment: Augment,
+        drop_last: bool,
+        shard: Shard,
+    ) -> Result<BatchLoader> {
         if batch == 0 {
             return Err(Error::Usage("batch size must be at least 1".into()));
         }
@@ -208,7 +234,7 @@ impl BatchLoader {
                 dataset.channels
             )));
         }
-        let n = dataset.len();
+        let n = shard.len(dataset.len(), batch, drop_last);
         let num_batches = if drop_last {
             n / batch
         } else {
@@ -232,6 +258,8 @@ impl BatchLoader {
             epoch,
             augment,
             num_batches,
+            shard,
+            drop_last,
         };
         let producer = std::thread::Builder::new()
             .name("gpurt-batch-loader".into())
@@ -315,17 +343,23 @@ struct Producer {
     epoch: u64,
     augment: Augment,
     num_batches: usize,
+    shard: Shard,
+    drop_last: bool,
 }
 
 impl Producer {
     /// The dataset indices of this epoch, in visiting order.
     fn order(&self) -> Vec<usize> {
         let n = self.dataset.len();
-        if self.shuffle {
+        let order = if self.shuffle {
             let key = mix64(self.seed ^ mix64(self.epoch ^ ORDER_DOMAIN));
             permutation(n, &mut ChaCha8Rng::seed_from_u64(key))
         } else {
             (0..n).collect()
+        };
+        match self.shard.is_whole() {
+            true => order,
+            false => self.shard.select(&order, self.batch, self.drop_last),
         }
     }
 
@@ -664,6 +698,8 @@ mod tests {
                 ..Augment::default()
             },
             num_batches: 1,
+            shard: Shard::WHOLE,
+            drop_last: false,
         };
         let (mut a, mut b) = ([0u8; 25], [0u8; 25]);
         job(1).augment_into(0, &d.images, &mut a, &mut Vec::new());
@@ -717,6 +753,8 @@ mod tests {
                 ..Augment::default()
             },
             num_batches: 1,
+            shard: Shard::WHOLE,
+            drop_last: false,
         };
         let mut out = [0u8; 6];
         let mut kinds = std::collections::HashSet::new();

@@ -16,6 +16,7 @@ pub mod image;
 pub mod loader;
 pub mod mnist;
 pub mod sequences;
+pub mod shard;
 pub mod text;
 pub mod tokenize;
 
@@ -24,6 +25,7 @@ pub use examples::Examples;
 pub use image::{load_png, save_png_gray};
 pub use loader::{Augment, Batch, BatchInput, BatchLoader, Input};
 pub use mnist::{load_mnist, read_idx_images, read_idx_labels};
+pub use shard::Shard;
 
 use crate::error::{Error, Result};
 use rand_chacha::rand_core::{RngCore, SeedableRng};

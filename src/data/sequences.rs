@@ -3,6 +3,7 @@
 //! travels with it, and the kernels skip the padding (attention, pooling).
 
 use super::loader::{Batch, BatchInput};
+use super::shard::Shard;
 use super::text::TextDataset;
 use super::tokenize::TextTokenizer;
 use super::{mix64, permutation};
@@ -82,15 +83,17 @@ impl TokenizedSet {
         shuffle: Option<u64>,
         epoch: u64,
         drop_last: bool,
+        shard: Shard,
     ) -> impl ExactSizeIterator<Item = Batch> + Send + 'static {
-        let n = self.len();
         let order = match shuffle {
             Some(seed) => {
                 let key = mix64(seed ^ mix64(epoch ^ TEXT_ORDER_DOMAIN));
-                permutation(n, &mut ChaCha8Rng::seed_from_u64(key))
+                permutation(self.len(), &mut ChaCha8Rng::seed_from_u64(key))
             }
-            None => (0..n).collect(),
+            None => (0..self.len()).collect(),
         };
+        let order = shard.select(&order, batch, drop_last);
+        let n = order.len();
         let count = match drop_last {
             true => n / batch.max(1),
             false => n.div_ceil(batch.max(1)),
@@ -119,7 +122,7 @@ mod tests {
     /// of a last partial batch.
     #[test]
     fn batches_pad_truncate_and_count() {
-        let b: Vec<Batch> = set().batches(3, None, 0, false).collect();
+        let b: Vec<Batch> = set().batches(3, None, 0, false, Shard::WHOLE).collect();
         assert_eq!(b.len(), 2);
         let BatchInput::Tokens { ids, lengths } = &b[0].input else {
             panic!("text batch")
@@ -131,7 +134,7 @@ mod tests {
             panic!("text batch")
         };
         assert_eq!((b[1].len, lengths.as_slice()), (1, &[1, 0, 0][..]));
-        assert_eq!(set().batches(3, None, 0, true).count(), 1);
+        assert_eq!(set().batches(3, None, 0, true, Shard::WHOLE).count(), 1);
     }
 
     /// Shuffled epochs visit every document once, in an order set by
@@ -140,7 +143,7 @@ mod tests {
     fn shuffled_epochs_are_seeded_permutations() {
         let labels = |seed, epoch| -> Vec<u32> {
             set()
-                .batches(1, Some(seed), epoch, false)
+                .batches(1, Some(seed), epoch, false, Shard::WHOLE)
                 .map(|b| b.y[0])
                 .collect()
         };

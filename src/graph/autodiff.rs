@@ -209,6 +209,7 @@ fn rule(
         | Op::BatchNorm2dBackward { .. }
         | Op::SgdUpdate(_)
         | Op::AdamUpdate(_)
+        | Op::Store
         | Op::BatchNorm2d { .. } => Err(Error::Usage(format!(
             "no gradient rule for {} (input {:?})",
             op.kernel_name(),

@@ -67,5 +67,6 @@ pub fn flops(l: &Launch) -> u64 {
         Op::Act(_) | Op::ActBackward(_) | Op::Binary(_) | Op::Scale(_) | Op::Fill(_) => streaming,
         Op::SumTo | Op::BroadcastTo | Op::SoftmaxBackward | Op::LogSoftmaxBackward => streaming,
         Op::Reshape | Op::Transpose { .. } | Op::Concat { .. } | Op::Slice { .. } => streaming,
+        Op::Store => streaming,
     }
 }

@@ -3,8 +3,9 @@
 //! program and reads outputs. No allocation per run.
 
 use crate::backend::{Backend, Executable};
+use crate::dist::Collective;
 use crate::error::{Error, Result};
-use crate::graph::plan::{Binding, Module};
+use crate::graph::plan::{Binding, Module, Slot};
 use crate::tensor::{DType, Tensor};
 use std::sync::Arc;
 
@@ -133,6 +134,20 @@ impl Session {
     pub fn output_view(&self, program: usize, name: &str) -> Result<Option<&[f32]>> {
         let slot = self.output(program, name)?.slot;
         Ok(self.exe.host_view(slot))
+    }
+
+    /// Sum the persistent words in `slot` across the ranks of `group`, in
+    /// place (a data-parallel step's gradient region).
+    pub fn all_reduce(&mut self, slot: Slot, group: &dyn Collective) -> Result<()> {
+        if slot.end() > self.module.persistent_words {
+            return Err(Error::Usage(format!(
+                "all-reduce of words {}..{} reaches past the persistent region ({} words)",
+                slot.offset,
+                slot.end(),
+                self.module.persistent_words
+            )));
+        }
+        self.exe.all_reduce(slot, group)
     }
 
     pub fn persistent(&self, name: &str) -> Result<&Binding> {

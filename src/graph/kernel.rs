@@ -564,6 +564,22 @@ impl Kernel {
                     perm: perm.clone(),
                 }
             }
+            Op::Store => {
+                need(1, 1)?;
+                let len = rs[0].numel();
+                if ws[0].numel() != len {
+                    return Err(Error::shape(name, format!("{} into {}", rs[0], ws[0])));
+                }
+                Kernel::CopyRows(vec![RowCopy {
+                    read: 0,
+                    rows: 1,
+                    len,
+                    x_stride: len,
+                    x_off: 0,
+                    y_stride: len,
+                    y_off: 0,
+                }])
+            }
             Op::Concat { axis } => {
                 need(1, 1)?;
                 let (rows, inner) = crate::ops::shape::rows_and_inner(&ws[0], *axis);

@@ -124,6 +124,10 @@ pub enum Op {
     Transpose {
         perm: Vec<usize>,
     },
+    /// Inputs (x), mutates (a persistent value of x's size): copies x
+    /// there. How a training step leaves its gradients in one persistent
+    /// region for a data-parallel all-reduce (`Graph::store`).
+    Store,
     /// Join the inputs along `axis`.
     Concat {
         axis: usize,
@@ -290,9 +294,11 @@ impl Op {
             Op::Act(_) | Op::ActBackward(_) => KernelFile::Activation,
             Op::Binary(_) | Op::Scale(_) | Op::Fill(_) => KernelFile::Binary,
             Op::SumTo | Op::BroadcastTo | Op::ClipGradNorm { .. } => KernelFile::Reduce,
-            Op::Reshape | Op::Transpose { .. } | Op::Concat { .. } | Op::Slice { .. } => {
-                KernelFile::Shape
-            }
+            Op::Reshape
+            | Op::Transpose { .. }
+            | Op::Store
+            | Op::Concat { .. }
+            | Op::Slice { .. } => KernelFile::Shape,
             Op::Softmax | Op::LogSoftmax | Op::SoftmaxBackward | Op::LogSoftmaxBackward => {
                 KernelFile::Softmax
             }
@@ -339,6 +345,7 @@ impl Op {
             Op::BroadcastTo => "broadcast_to",
             Op::Reshape => "reshape",
             Op::Transpose { .. } => "transpose",
+            Op::Store => "store",
             Op::Concat { .. } => "concat",
             Op::Slice { .. } => "slice",
             Op::Softmax => "softmax",
@@ -412,6 +419,7 @@ impl Op {
             Op::Binary(_) | Op::Scale(_) | Op::Fill(_) => vec![],
             Op::SumTo | Op::BroadcastTo | Op::ClipGradNorm { .. } => vec![],
             Op::Reshape | Op::Transpose { .. } | Op::Concat { .. } | Op::Slice { .. } => vec![],
+            Op::Store => vec![],
             Op::Softmax | Op::LogSoftmax | Op::SoftmaxBackward | Op::LogSoftmaxBackward => vec![],
             Op::CrossEntropy | Op::CrossEntropyBackward { .. } => vec![],
             Op::BatchNorm2d { .. } | Op::BatchNorm2dBackward { .. } => vec![],

@@ -77,6 +77,17 @@ pub fn rows_and_inner(shape: &Shape, axis: usize) -> (usize, usize) {
 }
 
 impl Graph {
+    /// Copy `x` into the persistent state `name` (declared here with
+    /// `x`'s shape) at this point of the program: a later program (or the
+    /// host) reads it there.
+    pub fn store(&mut self, x: ValueId, name: &str) -> Result<ValueId> {
+        self.expect_f32("store", x)?;
+        let shape = self.shape(x).clone();
+        let state = self.state(name, shape)?;
+        self.push_node(Op::Store, vec![x], vec![], vec![state])?;
+        Ok(state)
+    }
+
     /// Join `xs` along `axis`; every other axis must agree.
     pub fn concat(&mut self, xs: &[ValueId], axis: usize) -> Result<ValueId> {
         let Some(&first) = xs.first() else {

@@ -1,6 +1,7 @@
 //! `gpurt train`: data in, a model trained with validation, checkpoints,
 //! metrics and a plot out. Everything runs on the compiled executor.
 mod data;
+mod dist_sync;
 mod guards;
 mod options;
 mod save;
@@ -14,8 +15,10 @@ use save::RunInfo;
 use crate::backend::{self, DeviceSpec};
 use crate::checkpoint::{self, Checkpoint, CHECKPOINT};
 
+use crate::data::Shard;
+use crate::dist::{self, Collective};
 use crate::error::{Error, Result};
-use crate::eval::{evaluate_examples, score_logits};
+use crate::eval::{evaluate_shard, score_logits};
 use crate::metrics::{ConfusionMatrix, EpochMetrics};
 use crate::model::{Classifier, ClassifierConfig};
 use crate::nn::spec::InputKind;
@@ -32,6 +35,8 @@ pub struct TrainSummary {
     /// Test (loss, accuracy); None when training was interrupted.
     pub test: Option<(f64, f64)>,
     pub out: PathBuf,
+    /// This process's rank in a data-parallel run (0 alone).
+    pub rank: usize,
 }
 
 impl TrainSummary {
@@ -76,18 +81,53 @@ fn load_resume(dir: &Path, o: &TrainOptions) -> Result<Resume> {
     })
 }
 
+/// Train as `o` says: one process, or one rank of a data-parallel run
+/// started by an MPI launcher (`--world`). Only rank 0 logs and writes
+/// the run folder.
 pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary> {
     check_options(o)?;
+    let group = dist::join(o.world, o.dist_timeout)?;
+    let (rank, world) = (group.rank(), group.world());
+    let mut quiet = |_: &str| {};
+    let log: &mut dyn FnMut(&str) = if rank == 0 { log } else { &mut quiet };
+    match train_rank(o, group.as_ref(), log) {
+        Err(e) if world > 1 => {
+            // The other ranks may be waiting in a collective this one
+            // will never join: end the whole job now rather than leave
+            // them to the watchdog.
+            eprintln!("error: rank {rank} of {world}: {e}");
+            group.abort(1)
+        }
+        r => r,
+    }
+}
+
+fn train_rank(
+    o: &TrainOptions,
+    group: &dyn Collective,
+    log: &mut dyn FnMut(&str),
+) -> Result<TrainSummary> {
+    let (rank, world) = (group.rank(), group.world());
+    let shard = Shard { rank, world };
+    let lead = rank == 0;
     let backend = backend::select(&o.device)?;
     let resume = o.resume.as_deref().map(|d| load_resume(d, o)).transpose()?;
     let data = data::load(o, resume.as_ref().map(|r| (&r.ck, r.dir.as_path())), log)?;
     let (input, classes) = (data.input.clone(), data.classes);
-    if data.train.len() < o.batch {
+    let global_batch = o.batch.checked_mul(world).ok_or_else(|| {
+        Error::Limit(format!("--batch {} times {world} ranks overflows", o.batch))
+    })?;
+    if data.train.len() < global_batch {
         return Err(Error::Usage(format!(
-            "{} training {} is less than one batch of {}",
+            "{} training {} is less than one batch of {}{}",
             data.train.len(),
             data.unit,
-            o.batch
+            global_batch,
+            if world > 1 {
+                format!(" ({} per rank times {world} ranks)", o.batch)
+            } else {
+                String::new()
+            }
         )));
     }
     let spec = match (&o.model, &resume) {
@@ -114,7 +154,7 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
             data.unit
         )));
     }
-    let steps_per_epoch = data.train.len() / o.batch;
+    let steps_per_epoch = data.train.len() / global_batch;
     let total_steps = steps_per_epoch.checked_mul(o.epochs).ok_or_else(|| {
         Error::Limit(format!(
             "{} epochs of {steps_per_epoch} steps overflow the step count",
@@ -124,8 +164,9 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
     if let Some(r) = &resume {
         check_resume_fits(r, &spec, &input, steps_per_epoch)?;
     }
-    let _lock = checkpoint::lock(&o.out)?;
-    if resume.as_ref().is_none_or(|r| r.dir != o.out) {
+    // Rank 0 alone writes the run folder.
+    let _lock = lead.then(|| checkpoint::lock(&o.out)).transpose()?;
+    if lead && resume.as_ref().is_none_or(|r| r.dir != o.out) {
         data.write_files(&o.out)?;
     }
 
@@ -149,7 +190,7 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
         fuse: o.fuse,
     };
     let t_compile = Instant::now();
-    let mut model = Classifier::new(cfg, backend.as_ref())?;
+    let mut model = Classifier::data_parallel(cfg, backend.as_ref(), world)?;
     let mut first_epoch = 1;
     let mut skip_batches = 0;
     let mut rows: Vec<EpochMetrics> = Vec::new();
@@ -182,6 +223,17 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
             ));
         }
     }
+    if world > 1 {
+        // DDP's start: every rank takes rank 0's weights and state, and
+        // checks that its own were the same already (same seed, same
+        // checkpoint), which catches ranks started differently.
+        dist_sync::start(&mut model, group)?;
+        log(&format!(
+            "data-parallel: {world} ranks over {}, {} per rank, global batch {global_batch}",
+            group.describe(),
+            o.batch
+        ));
+    }
     log(&format!(
         "model {} ({} parameters) on {}, input {:?}, {} train / {} val / {} test {}, compiled in {:.0} ms",
         spec.name,
@@ -211,7 +263,7 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
         let t0 = Instant::now();
         let loader = data
             .train
-            .batches(o.batch, Some(o.seed), epoch as u64, true)?;
+            .shard_batches(o.batch, Some(o.seed), epoch as u64, true, shard)?;
         let bar = progress_bar(o.progress, loader.len(), epoch, o.epochs);
         let mut cm = ConfusionMatrix::new(classes);
         let (mut loss_sum, mut seen) = (0.0f64, 0usize);
@@ -233,7 +285,20 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
                 steps_per_epoch,
                 o.warmup,
             );
-            let loss = model.train_step_input(&b.input(), &b.y, lr)?;
+            let local = model.train_step_on(&b.input(), &b.y, lr, group)?;
+            // The ranks agree on the loss (the global batch's mean) and on
+            // stopping, so every check below takes the same branch on all.
+            let (loss, stop) = match world {
+                1 => (local, STOP.load(Ordering::Relaxed)),
+                _ => {
+                    let mut flags = [
+                        f64::from(local),
+                        f64::from(u8::from(STOP.load(Ordering::Relaxed))),
+                    ];
+                    group.all_reduce_sum_f64(&mut flags)?;
+                    ((flags[0] / world as f64) as f32, flags[1] > 0.0)
+                }
+            };
             if !loss.is_finite() {
                 // The cheap check tripped: now scan the model to say where.
                 let first = model
@@ -273,7 +338,7 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
             }
             model.train_logits(&mut logits)?;
             score_logits(&logits, &b.y, classes, b.len, &mut cm)?;
-            loss_sum += loss as f64 * b.len as f64;
+            loss_sum += local as f64 * b.len as f64;
             seen += b.len;
             if let Some(bar) = &bar {
                 bar.inc(1);
@@ -288,13 +353,16 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
                 }
             }
             testhook::point("step");
-            if STOP.load(Ordering::Relaxed) {
-                run.save(&mut model, (epoch - 1, bi + 1), &rows)?;
+            if stop {
+                if lead {
+                    run.save(&mut model, (epoch - 1, bi + 1), &rows)?;
+                }
                 log(&format!("interrupted after epoch {epoch}, batch {}: saved a checkpoint in {}; continue with --resume {}", bi + 1, o.out.display(), o.out.display()));
                 return Ok(TrainSummary {
                     epochs: rows,
                     test: None,
                     out: o.out.clone(),
+                    rank,
                 });
             }
         }
@@ -302,12 +370,16 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
             bar.finish_and_clear();
         }
         let train_secs = t0.elapsed().as_secs_f64();
+        if world > 1 {
+            (loss_sum, seen) = dist_sync::epoch_totals(group, loss_sum, seen, &mut cm)?;
+            dist_sync::check_same_weights(&mut model, group)?;
+        }
         let train_loss = loss_sum / seen.max(1) as f64;
         check_divergence(&rows, epoch, train_loss, chance, model.step, &run)?;
         let (val_loss, val_acc) = if data.val.is_empty() {
             (None, None)
         } else {
-            let v = evaluate_examples(&mut model, &data.val)?;
+            let v = evaluate_shard(&mut model, &data.val, shard, group)?;
             (Some(v.loss), Some(v.accuracy))
         };
         let row = EpochMetrics {
@@ -332,7 +404,9 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
             lr
         ));
         rows.push(row);
-        run.save(&mut model, (epoch, 0), &rows)?;
+        if lead {
+            run.save(&mut model, (epoch, 0), &rows)?;
+        }
         // Keras' EarlyStopping: stop once `patience` epochs in a row (at
         // least one) brought no improvement.
         if let Some((es, (best, since))) = o.early_stop.and_then(|es| Some((es, es.best(&rows)?))) {
@@ -347,14 +421,26 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
     }
     // Under early stopping the best epoch's weights are the run's model.
     if o.early_stop.is_some() {
-        let ck = Checkpoint::load(&o.out)?;
-        if let Some(best) = ck.best_epoch {
-            model.load_weights(&ck.run_model_file(&o.out))?;
+        // Rank 0 reads its run folder; the others take the weights from it.
+        let best = match lead {
+            true => {
+                let ck = Checkpoint::load(&o.out)?;
+                if ck.best_epoch.is_some() {
+                    model.load_weights(&ck.run_model_file(&o.out))?;
+                }
+                ck.best_epoch
+            }
+            false => None,
+        };
+        if world > 1 {
+            dist_sync::broadcast_state(&mut model, group)?;
+        }
+        if let Some(best) = best {
             log(&format!("restored the best epoch's weights (epoch {best})"));
         }
     }
 
-    let t = evaluate_examples(&mut model, &data.test)?;
+    let t = evaluate_shard(&mut model, &data.test, shard, group)?;
     log(&format!(
         "test: loss {:.4} accuracy {:.2}% ({} {})",
         t.loss,
@@ -366,6 +452,7 @@ pub fn train(o: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary
         epochs: rows,
         test: Some((t.loss, t.accuracy)),
         out: o.out.clone(),
+        rank,
     })
 }
 

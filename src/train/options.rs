@@ -4,6 +4,7 @@
 use crate::backend::DeviceSpec;
 use crate::checkpoint::MAX_EPOCHS;
 use crate::data::{Augment, DataSpec};
+use crate::dist::WorldSpec;
 use crate::error::{Error, Result};
 use crate::metrics::EpochMetrics;
 use crate::optim::{LrSchedule, OptimizerKind};
@@ -16,7 +17,12 @@ pub struct TrainOptions {
     pub model: Option<String>,
     pub data: DataSpec,
     pub epochs: usize,
+    /// Per rank in a data-parallel run.
     pub batch: usize,
+    /// Data-parallel ranks (`--world`).
+    pub world: WorldSpec,
+    /// How long a collective may wait for the other ranks.
+    pub dist_timeout: std::time::Duration,
     pub optimizer: OptimizerKind,
     pub lr: f32,
     pub lr_schedule: LrSchedule,

@@ -181,6 +181,7 @@ pub fn eval_f64(
                 (outs, mutated)
             }
             Op::Concat { axis } => (vec![concat(&xs, *axis, &x, ys[0])], mutated),
+            Op::Store => (vec![], vec![x[0].to_vec()]),
             Op::Slice { axis, start } => (vec![slice(xs[0], *axis, *start, x[0], ys[0])], mutated),
             Op::Softmax => (vec![softmax(xs[0].last(), x[0], false)], mutated),
             Op::LogSoftmax => (vec![softmax(xs[0].last(), x[0], true)], mutated),

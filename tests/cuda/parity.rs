@@ -148,3 +148,21 @@ fn cuda_classifier_trains_like_cpu() {
     let e = rel_err_f32(&og, &oc);
     assert!(e < 1e-3, "inference logits differ by {e:.2e}");
 }
+
+/// NCCL loads and all-reduces on one rank where the library is present;
+/// where it is not, the error is one clean line that names it.
+#[cfg(feature = "nccl")]
+#[test]
+fn nccl_world_of_one_all_reduce() {
+    if device("nccl_world_of_one_all_reduce").is_none() {
+        return;
+    }
+    match cuda::nccl_self_test(0) {
+        Ok(s) => println!("{s}"),
+        Err(e) if !gpurt::dist::nccl::available() => {
+            assert!(e.to_string().contains("libnccl"), "{e}");
+            println!("SKIPPED: nccl_world_of_one_all_reduce: {e}");
+        }
+        Err(e) => panic!("{e}"),
+    }
+}

@@ -25,6 +25,8 @@ fn options(out: PathBuf, fuse: bool) -> TrainOptions {
         data: DataSpec::Mnist(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/mnist")),
         epochs: 1,
         batch: 32,
+        world: gpurt::dist::WorldSpec::Size(1),
+        dist_timeout: std::time::Duration::from_secs(60),
         optimizer: OptimizerKind::Adam,
         lr: 1e-3,
         lr_schedule: LrSchedule::Constant,

@@ -32,6 +32,7 @@ pub mod softmax;
 pub(crate) mod testing;
 
 use crate::backend::{Backend, Executable};
+use crate::dist::Collective;
 use crate::error::{Error, Result};
 use crate::graph::kernel::{Kernel, PoolKind};
 use crate::graph::plan::{Module, Slot};
@@ -166,6 +167,11 @@ impl Executable for CpuExecutable {
 
     fn host_view(&self, slot: Slot) -> Option<&[f32]> {
         self.words().get(slot.offset..slot.end())
+    }
+
+    fn all_reduce(&mut self, slot: Slot, group: &dyn Collective) -> Result<()> {
+        self.module.check_transfer(slot, slot.len)?;
+        group.all_reduce_sum(&mut self.words_mut()[slot.offset..slot.end()])
     }
 
     fn run(&mut self, program: usize, scalars: &[f32]) -> Result<()> {

@@ -121,6 +121,38 @@ pub fn probe(ordinal: usize) -> Result<Device> {
     })
 }
 
+/// NCCL on one rank: the communicator forms, and an all-reduce of a
+/// known buffer gives it back unchanged (`tools/gpu-check.sh` runs this).
+#[cfg(feature = "nccl")]
+pub fn nccl_self_test(ordinal: usize) -> Result<String> {
+    let dev = probe(ordinal)?;
+    dev.ctx
+        .bind_to_thread()
+        .map_err(|e| dev.err("binding the context", e))?;
+    let nccl = crate::dist::nccl::Nccl::solo(Arc::clone(&dev.stream))?;
+    let host: Vec<f32> = (0..4099).map(|i| (i as f32 * 0.37).sin()).collect();
+    let mut buf = dev
+        .stream
+        .clone_htod(&host)
+        .map_err(|e| dev.err("copying to the device", e))?;
+    nccl.all_reduce_sum(&mut buf.as_view_mut())?;
+    let back = dev
+        .stream
+        .clone_dtoh(&buf)
+        .map_err(|e| dev.err("copying from the device", e))?;
+    if back != host {
+        return Err(Error::Dist(format!(
+            "NCCL all-reduce over one rank changed the buffer on {}",
+            dev.label()
+        )));
+    }
+    Ok(format!(
+        "NCCL all-reduce on {} (1 rank, {} floats): unchanged, as it must be",
+        dev.label(),
+        host.len()
+    ))
+}
+
 fn probe_why(ordinal: usize) -> std::result::Result<Device, String> {
     // SAFETY: only tries to dlopen the driver library under its usual
     // names; nothing from it is called.
@@ -261,6 +293,10 @@ pub struct CudaExecutable {
     /// Synchronize after every launch (GPURT_CUDA_SYNC=1), to name the
     /// kernel that faulted.
     sync_each: bool,
+    /// Data-parallel: the NCCL communicator, made at the first all-reduce
+    /// (None: not yet, or the host path).
+    #[cfg(feature = "nccl")]
+    nccl: Option<Option<crate::dist::nccl::Nccl>>,
 }
 
 impl Drop for CudaExecutable {
@@ -400,6 +436,8 @@ pub fn compile(dev: &Arc<Device>, module: Arc<Module>) -> Result<CudaExecutable>
         _meta: meta,
         _modules: modules,
         sync_each: env_flag("GPURT_CUDA_SYNC") == Some(true),
+        #[cfg(feature = "nccl")]
+        nccl: None,
     })
 }
 
@@ -595,6 +633,36 @@ impl CudaExecutable {
 }
 
 impl Executable for CudaExecutable {
+    /// NCCL on the device where every rank can load it (the ranks agree
+    /// first, so none waits in NCCL while another waits in MPI); else the
+    /// host path.
+    #[cfg(feature = "nccl")]
+    fn all_reduce(&mut self, slot: Slot, group: &dyn crate::dist::Collective) -> Result<()> {
+        use crate::dist::nccl::{available, Nccl};
+        if group.world() <= 1 {
+            return Ok(());
+        }
+        if self.nccl.is_none() {
+            let mut ok = [f64::from(u8::from(available()))];
+            group.all_reduce_sum_f64(&mut ok)?;
+            self.nccl = Some(match ok[0] as usize == group.world() {
+                true => Some(Nccl::join(Arc::clone(&self.dev.stream), group)?),
+                false => None,
+            });
+        }
+        let Some(Some(nccl)) = &self.nccl else {
+            return crate::backend::host_all_reduce(self, slot, group);
+        };
+        let mut view = self
+            .arena
+            .try_slice_mut(slot.offset..slot.end())
+            .ok_or_else(|| Error::Device {
+                device: self.dev.label(),
+                detail: "all-reduce slot outside the arena".into(),
+            })?;
+        nccl.all_reduce_sum(&mut view)
+    }
+
     fn write(&mut self, slot: Slot, data: &[f32]) -> Result<()> {
         if !self.begin_transfer(slot, data.len())? {
             return Ok(());

@@ -32,6 +32,8 @@ use crate::graph::plan::Module;
 use std::sync::Arc;
 
 pub use device::CudaExecutable;
+#[cfg(feature = "nccl")]
+pub use device::nccl_self_test;
 
 /// One CUDA device.
 pub struct CudaBackend {
