@@ -60,6 +60,9 @@ pub struct Checkpoint {
     /// The training batch size (absent in checkpoints of older versions).
     #[serde(default)]
     pub batch_size: Option<usize>,
+    /// Data-parallel ranks of the run (absent: one process).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub world: Option<usize>,
     pub step: u64,
     /// Folder (relative to the run) holding this checkpoint's weights and
     /// optimiser state.

@@ -51,6 +51,9 @@ pub struct Classifier {
     infer: usize,
     /// Optimiser steps taken so far.
     pub step: u64,
+    /// Time spent in the gradient all-reduce (waiting for the slowest rank
+    /// included), for the data-parallel figures in the log.
+    pub all_reduce_time: std::time::Duration,
 }
 
 /// The declared tensors from a weights file saved by gpurt or PyTorch
@@ -144,6 +147,7 @@ impl Classifier {
             update,
             infer,
             step: 0,
+            all_reduce_time: std::time::Duration::ZERO,
         })
     }
 
@@ -320,7 +324,9 @@ impl Classifier {
         }
         self.session.run(p)?;
         if let Some((update, region)) = self.update {
+            let t = std::time::Instant::now();
             self.session.all_reduce(region, group)?;
+            self.all_reduce_time += t.elapsed();
             self.session.run(update)?;
         } else if group.world() > 1 {
             return Err(Error::Usage(format!(

@@ -3,6 +3,8 @@
 
 mod common;
 
+#[path = "model/data_parallel.rs"]
+mod data_parallel;
 #[path = "model/graphs.rs"]
 mod graphs;
 #[path = "model/smoke_cnn.rs"]

@@ -30,8 +30,9 @@ for line in sys.stdin:
 }
 
 echo "gpu-bundle: building (release)"
-gpurt=$(cargo build --release --bin gpurt --message-format=json | executables gpurt)
-tests=$(cargo test --release --no-run --message-format=json --test cuda \
+# With NCCL: the parity run includes its world-of-one all-reduce.
+gpurt=$(cargo build --release --features nccl --bin gpurt --message-format=json | executables gpurt)
+tests=$(cargo test --release --features nccl --no-run --message-format=json --test cuda \
   | executables cuda)
 
 rm -rf "$out"

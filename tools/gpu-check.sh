@@ -75,6 +75,14 @@ run() {
   return "$rc"
 }
 
+# NCCL for the world-of-one all-reduce in the parity run: PyTorch's wheel
+# ships libnccl.so.2 outside the loader's default path.
+nccl_lib=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(os.path.dirname(nvidia.nccl.__file__), "lib"))' 2>/dev/null || true)
+if [ -n "$nccl_lib" ] && [ -d "$nccl_lib" ]; then
+  export LD_LIBRARY_PATH="$nccl_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  echo "NCCL from $nccl_lib"
+fi
+
 status=0
 run nvidia-smi 20 nvidia-smi || true
 run devices 30 "$bin/gpurt" devices || status=1

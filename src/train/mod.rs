@@ -55,8 +55,17 @@ struct Resume {
     dir: PathBuf,
 }
 
-fn load_resume(dir: &Path, o: &TrainOptions) -> Result<Resume> {
+fn load_resume(dir: &Path, o: &TrainOptions, world: usize) -> Result<Resume> {
     let ck = Checkpoint::load(dir)?;
+    let ck_world = ck.world.unwrap_or(1);
+    if ck.batch > 0 && ck_world != world {
+        return Err(Error::Usage(format!(
+            "{}: the run stopped {} batches into epoch {} with {ck_world} rank(s); resume it with the same number of ranks (got {world})",
+            dir.display(),
+            ck.batch,
+            ck.epoch + 1
+        )));
+    }
     if ck.batch > 0 && ck.batch_size.is_some_and(|b| b != o.batch) {
         return Err(Error::Usage(format!(
             "{}: the run stopped {} batches into epoch {} with --batch {}; resume it with the same --batch (got {})",
@@ -111,7 +120,11 @@ fn train_rank(
     let shard = Shard { rank, world };
     let lead = rank == 0;
     let backend = backend::select(&o.device)?;
-    let resume = o.resume.as_deref().map(|d| load_resume(d, o)).transpose()?;
+    let resume = o
+        .resume
+        .as_deref()
+        .map(|d| load_resume(d, o, world))
+        .transpose()?;
     let data = data::load(o, resume.as_ref().map(|r| (&r.ck, r.dir.as_path())), log)?;
     let (input, classes) = (data.input.clone(), data.classes);
     let global_batch = o.batch.checked_mul(world).ok_or_else(|| {
@@ -254,6 +267,7 @@ fn train_rank(
         classes,
         norm: data.norm.as_ref(),
         text: data.text.as_ref().map(|t| &t.run),
+        world,
     };
     let mut logits = vec![0.0f32; o.batch * classes];
     let chance = (classes.max(2) as f64).ln();
@@ -370,6 +384,8 @@ fn train_rank(
             bar.finish_and_clear();
         }
         let train_secs = t0.elapsed().as_secs_f64();
+        let comm_share = (model.all_reduce_time.as_secs_f64() / train_secs.max(1e-9)) * 100.0;
+        model.all_reduce_time = std::time::Duration::ZERO;
         if world > 1 {
             (loss_sum, seen) = dist_sync::epoch_totals(group, loss_sum, seen, &mut cm)?;
             dist_sync::check_same_weights(&mut model, group)?;
@@ -403,6 +419,11 @@ fn train_rank(
             row.images_per_sec,
             lr
         ));
+        if world > 1 {
+            log(&format!(
+                "  data-parallel: the gradient all-reduce took {comm_share:.1}% of rank 0's training time this epoch (waits for the slower rank included)"
+            ));
+        }
         rows.push(row);
         if lead {
             run.save(&mut model, (epoch, 0), &rows)?;

@@ -21,6 +21,8 @@ pub(super) struct RunInfo<'a> {
     /// Images: the normaliser; text: none.
     pub(super) norm: Option<&'a Normalizer>,
     pub(super) text: Option<&'a TextRun>,
+    /// Data-parallel ranks.
+    pub(super) world: usize,
 }
 
 impl RunInfo<'_> {
@@ -98,6 +100,7 @@ impl RunInfo<'_> {
                 epoch,
                 batch,
                 batch_size: Some(o.batch),
+                world: (self.world > 1).then_some(self.world),
                 step: model.step,
                 files: files.to_string(),
                 spec: self.spec.clone(),

@@ -31,9 +31,9 @@ use crate::error::{Error, Result};
 use crate::graph::plan::Module;
 use std::sync::Arc;
 
-pub use device::CudaExecutable;
 #[cfg(feature = "nccl")]
 pub use device::nccl_self_test;
+pub use device::CudaExecutable;
 
 /// One CUDA device.
 pub struct CudaBackend {
