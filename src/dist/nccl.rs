@@ -31,15 +31,21 @@ fn nccl_err(what: &str, e: impl std::fmt::Debug) -> Error {
     Error::Dist(format!("NCCL {what}: {e:?}"))
 }
 
+/// Ok where NCCL loads; else the one-line error that says what to install.
+pub fn require() -> Result<()> {
+    match available() {
+        true => Ok(()),
+        false => Err(Error::Dist(
+            "NCCL (libnccl.so.2) is not on this machine: install it (the libnccl2 package, or the nvidia-nccl-cu12 wheel with its lib folder on LD_LIBRARY_PATH)".into(),
+        )),
+    }
+}
+
 impl Nccl {
     /// Joins the ranks of `group` on `stream` (collective: every rank
     /// calls it). Rank 0 makes the unique id; `group` hands it out.
     pub fn join(stream: Arc<CudaStream>, group: &dyn Collective) -> Result<Nccl> {
-        if !available() {
-            return Err(Error::Dist(
-                "NCCL (libnccl.so.2) is not on this machine: install it (e.g. the nvidia-nccl-cu12 wheel or the libnccl2 package) or train on the host path".into(),
-            ));
-        }
+        require()?;
         let mut id = [0u8; 128];
         if group.rank() == 0 {
             let made = Id::new().map_err(|e| nccl_err("ncclGetUniqueId", e))?;
@@ -69,5 +75,18 @@ impl Nccl {
             .all_reduce_in_place(buf, &ReduceOp::Sum)
             .map_err(|e| nccl_err("ncclAllReduce", e))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Without the library (this machine, CI) the answer is an error that
+    /// names it, not a panic; with it, nothing to check here.
+    #[test]
+    fn a_missing_library_is_a_clean_error() {
+        match super::require() {
+            Ok(()) => eprintln!("NCCL loads here"),
+            Err(e) => assert!(e.to_string().contains("libnccl.so.2"), "{e}"),
+        }
     }
 }

@@ -303,7 +303,7 @@ fn train_rank(
             // The ranks agree on the loss (the global batch's mean) and on
             // stopping, so every check below takes the same branch on all.
             let (loss, stop) = match world {
-                1 => (local, STOP.load(Ordering::Relaxed)),
+                1 => (local, false),
                 _ => {
                     let mut flags = [
                         f64::from(local),
@@ -367,7 +367,9 @@ fn train_rank(
                 }
             }
             testhook::point("step");
-            if stop {
+            // One process stops at once; ranks stop on the flag they
+            // summed this step, so all stop after the same batch.
+            if (world == 1 && STOP.load(Ordering::Relaxed)) || stop {
                 if lead {
                     run.save(&mut model, (epoch - 1, bi + 1), &rows)?;
                 }

@@ -1015,6 +1015,20 @@ fn shape_cases(out: &mut Vec<Prepared>) {
     }
 }
 
+/// `store`: a computed value copied into persistent state (how a
+/// data-parallel step leaves its gradients for the all-reduce); the state
+/// starts random, so a copy that misses a word shows.
+fn store_cases(out: &mut Vec<Prepared>) {
+    for shape in [&[7usize][..], &[3, 5, 11], &[1]] {
+        let mut g = Graph::new(true);
+        let x = input(&mut g, "x", shape);
+        let y = g.scale(x, 1.5).unwrap();
+        g.store(y, "kept").unwrap();
+        g.set_output("y", y);
+        graph_case(out, &format!("store {shape:?}"), g, 0, TOL);
+    }
+}
+
 fn softmax_cases(out: &mut Vec<Prepared>) {
     // Rows of 1 to 5,000 (one warp, one block, several passes), rank 1 to 3.
     let dims: [&[usize]; 9] = [
@@ -1446,6 +1460,7 @@ pub fn op_cases() -> Vec<Prepared> {
     elementwise_cases(&mut out);
     dropout_cases(&mut out);
     shape_cases(&mut out);
+    store_cases(&mut out);
     softmax_cases(&mut out);
     cross_entropy_cases(&mut out);
     act_backward_bias_cases(&mut out);
