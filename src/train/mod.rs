@@ -423,7 +423,7 @@ fn train_rank(
         ));
         if world > 1 {
             log(&format!(
-                "  data-parallel: the gradient all-reduce took {comm_share:.1}% of rank 0's training time this epoch (waits for the slower rank included)"
+                "  data-parallel: the gradient all-reduce took {comm_share:.1}% of rank 0's training time this epoch (including waits for the slower rank, and on a GPU for the gradients to be ready)"
             ));
         }
         rows.push(row);
