@@ -257,3 +257,35 @@ fn a_hung_rank_is_stopped_by_the_watchdog() {
     );
     assert!(took < Duration::from_secs(40), "took {took:?}");
 }
+
+/// Without a launcher: `--world 2` says how to start the ranks, a bad
+/// `--world` is refused, and neither touches the output folder. Any build.
+#[test]
+fn world_flag_is_checked_without_a_launcher() {
+    let f = fixture(480);
+    for (world, needle) in [
+        ("2", "needs a launcher: run `mpirun -n 2"),
+        ("two", "--world 'two': expected auto or a number"),
+        ("0", "--world '0'"),
+    ] {
+        let out = f.root.join(format!("w{world}"));
+        let o = Command::new(env!("CARGO_BIN_EXE_gpurt"))
+            .args(train_args(
+                &f,
+                &out,
+                16,
+                &["--model", "mlp", "--world", world],
+            ))
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{}", text(&o));
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            e.lines()
+                .any(|l| l.starts_with("error:") && l.contains(needle)),
+            "{e}"
+        );
+        assert!(!e.contains("panicked"), "{e}");
+        assert!(!out.exists(), "--world {world} wrote {}", out.display());
+    }
+}
