@@ -227,28 +227,28 @@ impl Classifier {
 
     /// Forward, cross-entropy, backward and the optimiser update as one graph.
     pub fn train_graph(c: &ClassifierConfig, batch: usize) -> Result<Graph> {
+        let (mut g, loss) = Self::loss_graph(c, batch)?;
+        optim::append_update(&mut g, loss, &c.optim)?;
+        Ok(g)
+    }
+
+    /// The forward pass and the training loss (outputs `loss` and `logits`).
+    fn loss_graph(c: &ClassifierConfig, batch: usize) -> Result<(Graph, crate::graph::ValueId)> {
         let mut g = Graph::new(true);
         let logits = Self::forward(&mut g, c, batch)?;
         let y = g.input("y", [batch], DType::U32)?;
         Self::check_classes(&g, logits, c.classes)?;
         let loss = g.cross_entropy_smoothed(logits, y, c.optim.label_smoothing)?;
-        optim::append_update(&mut g, loss, &c.optim)?;
         g.set_output("loss", loss);
         g.set_output("logits", logits);
-        Ok(g)
+        Ok((g, loss))
     }
 
     /// Forward, cross-entropy and backward, the gradients left in the
     /// persistent `grad.*` region: a data-parallel step's first half.
     pub fn gradient_graph(c: &ClassifierConfig, batch: usize) -> Result<Graph> {
-        let mut g = Graph::new(true);
-        let logits = Self::forward(&mut g, c, batch)?;
-        let y = g.input("y", [batch], DType::U32)?;
-        Self::check_classes(&g, logits, c.classes)?;
-        let loss = g.cross_entropy_smoothed(logits, y, c.optim.label_smoothing)?;
+        let (mut g, loss) = Self::loss_graph(c, batch)?;
         optim::append_gradient_store(&mut g, loss)?;
-        g.set_output("loss", loss);
-        g.set_output("logits", logits);
         Ok(g)
     }
 

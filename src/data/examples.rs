@@ -64,7 +64,7 @@ impl Examples {
                     Some(_) => *augment,
                     None => Augment::none(),
                 };
-                Box::new(BatchLoader::sharded(
+                Box::new(BatchLoader::new(
                     Arc::clone(set),
                     norm.clone(),
                     batch,

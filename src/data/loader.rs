@@ -189,31 +189,11 @@ impl BatchLoader {
     /// final partial batch is skipped; without it, it is padded to `batch`
     /// rows. Fails if `batch` is 0 or the normaliser's channel count differs
     /// from the dataset's.
-    pub fn new(
-        dataset: Arc<Dataset>,
-        normalizer: Normalizer,
-        batch: usize,
-        shuffle_seed: Option<u64>,
-        epoch: u64,
-        augment: Augment,
-        drop_last: bool,
-    ) -> Result<BatchLoader> {
-        Self::sharded(
-            dataset,
-            normalizer,
-            batch,
-            shuffle_seed,
-            epoch,
-            augment,
-            drop_last,
-            Shard::WHOLE,
-        )
-    }
-
-    /// [`BatchLoader::new`] for one rank of a data-parallel run: the
-    /// epoch's order is the same on every rank and each keeps its `shard`.
+    /// `shard`: this process's part of each epoch ([`Shard::WHOLE`] alone;
+    /// one rank of a data-parallel run keeps its block of every global
+    /// batch, the order being the same on every rank).
     #[allow(clippy::too_many_arguments)]
-    pub fn sharded(
+    pub fn new(
         dataset: Arc<Dataset>,
         normalizer: Normalizer,
         batch: usize,
@@ -478,6 +458,7 @@ mod tests {
             epoch,
             Augment::none(),
             false,
+            Shard::WHOLE,
         )
         .unwrap()
     }
@@ -532,6 +513,7 @@ mod tests {
             3,
             Augment::none(),
             false,
+            Shard::WHOLE,
         )
         .unwrap();
         let order = visited(loader(&d, 8, Some(1), 3));
@@ -575,6 +557,7 @@ mod tests {
             0,
             Augment::none(),
             true,
+            Shard::WHOLE,
         )
         .unwrap();
         assert_eq!(l.num_batches(), 2);
@@ -588,10 +571,19 @@ mod tests {
         let d = indexed(5);
         let refused = |channels: usize, batch: usize| {
             let norm = Normalizer::identity(channels);
-            BatchLoader::new(d.clone(), norm, batch, None, 0, Augment::none(), false)
-                .err()
-                .unwrap()
-                .to_string()
+            BatchLoader::new(
+                d.clone(),
+                norm,
+                batch,
+                None,
+                0,
+                Augment::none(),
+                false,
+                Shard::WHOLE,
+            )
+            .err()
+            .unwrap()
+            .to_string()
         };
         let e = refused(2, 0);
         crate::test_support::assert_mentions(&e, &["batch size"]);
@@ -620,6 +612,7 @@ mod tests {
                 epoch,
                 aug,
                 false,
+                Shard::WHOLE,
             )
             .unwrap()
             .collect()
@@ -632,6 +625,7 @@ mod tests {
             0,
             Augment::none(),
             false,
+            Shard::WHOLE,
         )
         .unwrap()
         .collect();
@@ -790,8 +784,17 @@ mod tests {
             ..Augment::default()
         };
         let start = Instant::now();
-        let mut l =
-            BatchLoader::new(d, Normalizer::identity(3), 64, Some(1), 0, aug, false).unwrap();
+        let mut l = BatchLoader::new(
+            d,
+            Normalizer::identity(3),
+            64,
+            Some(1),
+            0,
+            aug,
+            false,
+            Shard::WHOLE,
+        )
+        .unwrap();
         assert!(l.next().is_some());
         assert!(l.next().is_some());
         // Let the producer fill the channel and block on it.

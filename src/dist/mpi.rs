@@ -41,6 +41,18 @@ impl Mpi {
     }
 }
 
+impl Mpi {
+    /// MPI_Allreduce(SUM) of `buf`, copied to `send` first.
+    fn sum<T: Equivalence + Copy>(&self, buf: &mut [T], send: &mut Vec<T>) {
+        send.clear();
+        send.extend_from_slice(buf);
+        self.watchdog.guard(|| {
+            self.world
+                .all_reduce_into(&send[..], buf, SystemOperation::sum())
+        });
+    }
+}
+
 impl Collective for Mpi {
     fn rank(&self) -> usize {
         self.world.rank() as usize
@@ -52,23 +64,11 @@ impl Collective for Mpi {
         format!("mpi ({})", self.library)
     }
     fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<()> {
-        let mut send = self.scratch.borrow_mut();
-        send.clear();
-        send.extend_from_slice(buf);
-        self.watchdog.guard(|| {
-            self.world
-                .all_reduce_into(&send[..], buf, SystemOperation::sum())
-        });
+        self.sum(buf, &mut self.scratch.borrow_mut());
         Ok(())
     }
     fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()> {
-        let mut send = self.scratch64.borrow_mut();
-        send.clear();
-        send.extend_from_slice(buf);
-        self.watchdog.guard(|| {
-            self.world
-                .all_reduce_into(&send[..], buf, SystemOperation::sum())
-        });
+        self.sum(buf, &mut self.scratch64.borrow_mut());
         Ok(())
     }
     fn broadcast(&self, buf: &mut [u8]) -> Result<()> {
