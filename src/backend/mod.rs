@@ -37,10 +37,16 @@ pub trait Executable: Send {
         None
     }
     /// Sum the words of `slot` across the ranks of `group`, in place (a
-    /// data-parallel step's gradients). By default through host memory;
-    /// the CPU backend reduces its arena where it lies.
-    fn all_reduce(&mut self, slot: Slot, group: &dyn Collective) -> Result<()> {
-        host_all_reduce(self, slot, group)
+    /// data-parallel step's gradients). By default through host memory
+    /// (`staging`, kept by the caller from step to step); the CPU backend
+    /// reduces its arena where it lies.
+    fn all_reduce(
+        &mut self,
+        slot: Slot,
+        group: &dyn Collective,
+        staging: &mut Vec<f32>,
+    ) -> Result<()> {
+        host_all_reduce(self, slot, group, staging)
     }
 }
 
@@ -49,14 +55,15 @@ pub fn host_all_reduce<E: Executable + ?Sized>(
     exe: &mut E,
     slot: Slot,
     group: &dyn Collective,
+    staging: &mut Vec<f32>,
 ) -> Result<()> {
     if group.world() <= 1 {
         return Ok(());
     }
-    let mut host = vec![0.0; slot.len];
-    exe.read(slot, &mut host)?;
-    group.all_reduce_sum(&mut host)?;
-    exe.write(slot, &host)
+    staging.resize(slot.len, 0.0);
+    exe.read(slot, staging)?;
+    group.all_reduce_sum(staging)?;
+    exe.write(slot, staging)
 }
 
 /// Which device to run on, as the CLI spells it.

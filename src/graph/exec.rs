@@ -14,6 +14,8 @@ pub struct Session {
     exe: Box<dyn Executable>,
     scalars: Vec<f32>,
     device: String,
+    /// Host copy of a device's all-reduce region, reused every step.
+    staging: Vec<f32>,
 }
 
 impl Session {
@@ -26,6 +28,7 @@ impl Session {
             exe,
             scalars,
             device: backend.name(),
+            staging: Vec::new(),
         })
     }
 
@@ -38,6 +41,7 @@ impl Session {
             exe,
             scalars,
             device,
+            staging: Vec::new(),
         }
     }
 
@@ -147,7 +151,7 @@ impl Session {
                 self.module.persistent_words
             )));
         }
-        self.exe.all_reduce(slot, group)
+        self.exe.all_reduce(slot, group, &mut self.staging)
     }
 
     pub fn persistent(&self, name: &str) -> Result<&Binding> {

@@ -269,6 +269,21 @@ fn ctrl_c_saves_then_exits_130() {
     assert_eq!((ck.epoch, ck.batch, ck.step), (0, 3, 3));
     let mut a = args(&f, &out);
     a.extend(["--resume".into(), out.display().to_string()]);
+    // A mid-epoch checkpoint of a 2-rank run does not resume in one
+    // process: each rank's batches would no longer be the ones it left.
+    let record = std::fs::canonicalize(out.join("checkpoint.json")).unwrap();
+    let json = std::fs::read_to_string(&record).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    v["world"] = 2.into();
+    std::fs::write(&record, v.to_string()).unwrap();
+    let o = run(&a, &[]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("with 2 rank(s); resume it with the same number of ranks (got 1)"),
+        "{}",
+        text(&o)
+    );
+    std::fs::write(&record, json).unwrap();
     let o = run(&a, &[]);
     assert!(o.status.success(), "{}", text(&o));
 }

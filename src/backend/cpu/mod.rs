@@ -169,7 +169,7 @@ impl Executable for CpuExecutable {
         self.words().get(slot.offset..slot.end())
     }
 
-    fn all_reduce(&mut self, slot: Slot, group: &dyn Collective) -> Result<()> {
+    fn all_reduce(&mut self, slot: Slot, group: &dyn Collective, _: &mut Vec<f32>) -> Result<()> {
         self.module.check_transfer(slot, slot.len)?;
         group.all_reduce_sum(&mut self.words_mut()[slot.offset..slot.end()])
     }

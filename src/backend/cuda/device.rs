@@ -637,7 +637,12 @@ impl Executable for CudaExecutable {
     /// first, so none waits in NCCL while another waits in MPI); else the
     /// host path.
     #[cfg(feature = "nccl")]
-    fn all_reduce(&mut self, slot: Slot, group: &dyn crate::dist::Collective) -> Result<()> {
+    fn all_reduce(
+        &mut self,
+        slot: Slot,
+        group: &dyn crate::dist::Collective,
+        staging: &mut Vec<f32>,
+    ) -> Result<()> {
         use crate::dist::nccl::{available, Nccl};
         if group.world() <= 1 {
             return Ok(());
@@ -651,7 +656,7 @@ impl Executable for CudaExecutable {
             });
         }
         let Some(Some(nccl)) = &self.nccl else {
-            return crate::backend::host_all_reduce(self, slot, group);
+            return crate::backend::host_all_reduce(self, slot, group, staging);
         };
         let mut view = self
             .arena
