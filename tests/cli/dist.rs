@@ -289,3 +289,54 @@ fn world_flag_is_checked_without_a_launcher() {
         assert!(!out.exists(), "--world {world} wrote {}", out.display());
     }
 }
+
+/// The host path of a device backend: 2 ranks on wgpu (lavapipe in CI)
+/// against 2 ranks on the CPU, 20 SGD steps, to 1e-5 of each tensor's
+/// largest value (the backends' kernels sum in different orders).
+#[cfg(feature = "wgpu")]
+#[test]
+fn two_wgpu_ranks_train_as_two_cpu_ranks() {
+    let test = "two_wgpu_ranks_train_as_two_cpu_ranks";
+    if let Err(e) = gpurt::backend::wgpu::open(None) {
+        assert!(
+            std::env::var("GPURT_REQUIRE_WGPU").as_deref() != Ok("1"),
+            "{test}: GPURT_REQUIRE_WGPU=1 but no wgpu adapter: {e}"
+        );
+        eprintln!("SKIPPED {test}: no wgpu adapter ({e})");
+        return;
+    }
+    let Some(_) = mpirun(test) else { return };
+    let f = fixture(1280);
+    let mut runs = Vec::new();
+    for device in ["wgpu", "cpu"] {
+        let out = f.root.join(device);
+        let common = [
+            "--model",
+            "mlp",
+            "--optimizer",
+            "sgd",
+            "--lr",
+            "0.05",
+            "--epochs",
+            "1",
+            "--val-split",
+            "0",
+            "--device",
+            device,
+        ];
+        let o = mpirun(test)
+            .unwrap()
+            .arg(env!("CARGO_BIN_EXE_gpurt"))
+            .args(train_args(&f, &out, 32, &common))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{device}: {}", text(&o));
+        runs.push(tensors(&out));
+    }
+    for ((name, x), (_, y)) in runs[0].iter().zip(&runs[1]) {
+        let scale = y.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let diff = x.iter().zip(y).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+        eprintln!("{name}: max |wgpu - cpu| / max |w| = {:.2e}", diff / scale);
+        assert!(diff <= 1e-5 * scale, "{name}: {diff} vs scale {scale}");
+    }
+}
