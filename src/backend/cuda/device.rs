@@ -47,7 +47,7 @@ impl Device {
             self.driver % 1000 / 10
         )
     }
-    fn err(&self, what: impl std::fmt::Display, e: DriverError) -> Error {
+    pub(super) fn err(&self, what: impl std::fmt::Display, e: DriverError) -> Error {
         Error::Device {
             device: self.label(),
             detail: format!("{what}: {}", driver_error(e)),
@@ -119,38 +119,6 @@ pub fn probe(ordinal: usize) -> Result<Device> {
         device: format!("cuda:{ordinal}"),
         detail,
     })
-}
-
-/// NCCL on one rank: the communicator forms, and an all-reduce of a
-/// known buffer gives it back unchanged (`tools/gpu-check.sh` runs this).
-#[cfg(feature = "nccl")]
-pub fn nccl_self_test(ordinal: usize) -> Result<String> {
-    let dev = probe(ordinal)?;
-    dev.ctx
-        .bind_to_thread()
-        .map_err(|e| dev.err("binding the context", e))?;
-    let nccl = crate::dist::nccl::Nccl::solo(Arc::clone(&dev.stream))?;
-    let host: Vec<f32> = (0..4099).map(|i| (i as f32 * 0.37).sin()).collect();
-    let mut buf = dev
-        .stream
-        .clone_htod(&host)
-        .map_err(|e| dev.err("copying to the device", e))?;
-    nccl.all_reduce_sum(&mut buf.as_view_mut())?;
-    let back = dev
-        .stream
-        .clone_dtoh(&buf)
-        .map_err(|e| dev.err("copying from the device", e))?;
-    if back != host {
-        return Err(Error::Dist(format!(
-            "NCCL all-reduce over one rank changed the buffer on {}",
-            dev.label()
-        )));
-    }
-    Ok(format!(
-        "NCCL all-reduce on {} (1 rank, {} floats): unchanged, as it must be",
-        dev.label(),
-        host.len()
-    ))
 }
 
 fn probe_why(ordinal: usize) -> std::result::Result<Device, String> {
@@ -643,17 +611,14 @@ impl Executable for CudaExecutable {
         group: &dyn crate::dist::Collective,
         staging: &mut Vec<f32>,
     ) -> Result<()> {
-        use crate::dist::nccl::{available, Nccl};
         if group.world() <= 1 {
             return Ok(());
         }
         if self.nccl.is_none() {
-            let mut ok = [f64::from(u8::from(available()))];
-            group.all_reduce_sum_f64(&mut ok)?;
-            self.nccl = Some(match ok[0] as usize == group.world() {
-                true => Some(Nccl::join(Arc::clone(&self.dev.stream), group)?),
-                false => None,
-            });
+            self.nccl = Some(super::nccl::join_if_every_rank_can(
+                &self.dev.stream,
+                group,
+            )?);
         }
         let Some(Some(nccl)) = &self.nccl else {
             return crate::backend::host_all_reduce(self, slot, group, staging);

@@ -22,6 +22,8 @@ pub mod args;
 mod dense;
 pub mod device;
 mod layout;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 pub mod plan;
 pub mod ptx;
 mod reduce;
@@ -31,9 +33,9 @@ use crate::error::{Error, Result};
 use crate::graph::plan::Module;
 use std::sync::Arc;
 
-#[cfg(feature = "nccl")]
-pub use device::nccl_self_test;
 pub use device::CudaExecutable;
+#[cfg(feature = "nccl")]
+pub use nccl::self_test as nccl_self_test;
 
 /// One CUDA device.
 pub struct CudaBackend {
