@@ -2,6 +2,7 @@
 
 pub mod autodiff;
 pub mod cost;
+mod decode;
 pub mod exec;
 pub mod fuse;
 pub mod ir;
