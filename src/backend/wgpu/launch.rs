@@ -6,9 +6,7 @@
 //! It is pure (no device), so it runs once per module in `compile` and the
 //! parameter words are uploaded once.
 
-use super::lower::{
-    conv_params, elementwise, multi_tensor, pool_params, sum_to, tensor_table, Gemm,
-};
+use super::lower::{dense, elementwise, multi_tensor, pool_params, sum_to, tensor_table};
 use super::shaders::Family;
 use crate::error::{Error, Result};
 use crate::graph::kernel::{Kernel, PoolKind};
@@ -214,111 +212,11 @@ pub fn encode(
         }
     };
     match kernel {
-        Kernel::MatMul(g) => {
-            let (batch, m, k, n, ta, tb) = (g.batch, g.m, g.k, g.n, g.ta, g.tb);
-            Gemm {
-                family: Family::Matmul,
-                tiled: "matmul",
-                reduce: "gemm_splitk_reduce",
-                m,
-                n,
-                k,
-                batch,
-                act: 0,
-                bias: None,
-                a: r(0),
-                b: r(1),
-                c: w(0),
-            }
-            .dispatch(
-                &[
-                    (16, ta as usize),
-                    (17, tb as usize),
-                    (18, m * k),
-                    (19, k * n),
-                    (20, m * n),
-                ],
-                scratch,
-            )
-        }
-        Kernel::Linear { gemm, bias, act } => Gemm {
-            family: Family::Matmul,
-            tiled: "matmul",
-            reduce: "gemm_splitk_reduce",
-            m: gemm.m,
-            n: gemm.n,
-            k: gemm.k,
-            batch: 1,
-            act: act_code(*act),
-            bias: bias.then(|| (2, r(2))),
-            a: r(0),
-            b: r(1),
-            c: w(0),
-        }
-        .dispatch(&[(16, 0), (17, 1)], scratch),
-        Kernel::Conv2d {
-            geom: g,
-            bias,
-            act,
-            residual,
-        } => {
-            let (oh, ow) = g.out_hw().expect("checked by geom");
-            // With a residual the GEMM epilogue adds only the bias; the
-            // store adds the residual, then applies the activation.
-            let mut own = conv_params(g);
-            own.push((31, *residual as usize));
-            if *residual {
-                own.extend([(32, r(2 + *bias as usize)), (33, act_code(*act))]);
-            }
-            Gemm {
-                family: Family::Conv2d,
-                tiled: "conv2d_forward",
-                reduce: "conv2d_forward_reduce",
-                m: g.c_out,
-                n: g.n * oh * ow,
-                k: g.c_in * g.kh * g.kw,
-                batch: 1,
-                act: if *residual { 0 } else { act_code(*act) },
-                bias: bias.then(|| (1, r(2))),
-                a: r(1),
-                b: r(0),
-                c: w(0),
-            }
-            .dispatch(&own, scratch)
-        }
-        Kernel::Conv2dGradInput(g) => Gemm {
-            family: Family::Conv2d,
-            tiled: "conv2d_grad_input",
-            reduce: "conv2d_grad_input_reduce",
-            m: g.c_in,
-            n: g.n * g.h * g.w,
-            k: g.c_out * g.kh * g.kw,
-            batch: 1,
-            act: 0,
-            bias: None,
-            a: r(1),
-            b: r(0),
-            c: w(0),
-        }
-        .dispatch(&conv_params(g), scratch),
-        Kernel::Conv2dGradWeight(g) => {
-            let (oh, ow) = g.out_hw().expect("checked by geom");
-            Gemm {
-                family: Family::Conv2d,
-                tiled: "conv2d_grad_weight",
-                reduce: "conv2d_grad_weight_reduce",
-                m: g.c_out,
-                n: g.c_in * g.kh * g.kw,
-                k: g.n * oh * ow,
-                batch: 1,
-                act: 0,
-                bias: None,
-                a: r(1),
-                b: r(0),
-                c: w(0),
-            }
-            .dispatch(&conv_params(g), scratch)
-        }
+        Kernel::MatMul(_)
+        | Kernel::Linear { .. }
+        | Kernel::Conv2d { .. }
+        | Kernel::Conv2dGradInput(_)
+        | Kernel::Conv2dGradWeight(_) => dense(kernel, &r, &w, scratch),
         Kernel::Conv2dGradBias(s) => {
             let mut p = Params::new(5);
             p.list(0, &[s.n, s.c, s.plane, r(0), w(0)]);

@@ -6,6 +6,7 @@
 use super::launch::{act_code, binary_code, groups_for, rank_ok, Dispatch, Params, TILE, TK, WG};
 use super::shaders::Family;
 use crate::error::{Error, Result};
+use crate::graph::kernel::Kernel;
 use crate::graph::plan::Launch;
 use crate::ops::conv2d::Conv2dGeom;
 use crate::ops::elementwise::{max_depth, EwInstr, MAX_INPUTS, MAX_STACK};
@@ -26,6 +27,126 @@ pub(super) struct Gemm {
     pub(super) a: usize,
     pub(super) b: usize,
     pub(super) c: usize,
+}
+
+/// The launches on the GEMM core: matmul, linear and the three
+/// convolutions (`r(k)`: operand k's word offset, `w(k)`: output k's).
+pub(super) fn dense(
+    kernel: &Kernel,
+    r: &dyn Fn(usize) -> usize,
+    w: &dyn Fn(usize) -> usize,
+    scratch: usize,
+) -> Result<Vec<Dispatch>> {
+    match kernel {
+        Kernel::MatMul(g) => {
+            let (batch, m, k, n, ta, tb) = (g.batch, g.m, g.k, g.n, g.ta, g.tb);
+            Gemm {
+                family: Family::Matmul,
+                tiled: "matmul",
+                reduce: "gemm_splitk_reduce",
+                m,
+                n,
+                k,
+                batch,
+                act: 0,
+                bias: None,
+                a: r(0),
+                b: r(1),
+                c: w(0),
+            }
+            .dispatch(
+                &[
+                    (16, ta as usize),
+                    (17, tb as usize),
+                    (18, m * k),
+                    (19, k * n),
+                    (20, m * n),
+                ],
+                scratch,
+            )
+        }
+        Kernel::Linear { gemm, bias, act } => Gemm {
+            family: Family::Matmul,
+            tiled: "matmul",
+            reduce: "gemm_splitk_reduce",
+            m: gemm.m,
+            n: gemm.n,
+            k: gemm.k,
+            batch: 1,
+            act: act_code(*act),
+            bias: bias.then(|| (2, r(2))),
+            a: r(0),
+            b: r(1),
+            c: w(0),
+        }
+        .dispatch(&[(16, 0), (17, 1)], scratch),
+        Kernel::Conv2d {
+            geom: g,
+            bias,
+            act,
+            residual,
+        } => {
+            let (oh, ow) = g.out_hw().expect("checked by geom");
+            // With a residual the GEMM epilogue adds only the bias; the
+            // store adds the residual, then applies the activation.
+            let mut own = conv_params(g);
+            own.push((31, *residual as usize));
+            if *residual {
+                own.extend([(32, r(2 + *bias as usize)), (33, act_code(*act))]);
+            }
+            Gemm {
+                family: Family::Conv2d,
+                tiled: "conv2d_forward",
+                reduce: "conv2d_forward_reduce",
+                m: g.c_out,
+                n: g.n * oh * ow,
+                k: g.c_in * g.kh * g.kw,
+                batch: 1,
+                act: if *residual { 0 } else { act_code(*act) },
+                bias: bias.then(|| (1, r(2))),
+                a: r(1),
+                b: r(0),
+                c: w(0),
+            }
+            .dispatch(&own, scratch)
+        }
+        Kernel::Conv2dGradInput(g) => Gemm {
+            family: Family::Conv2d,
+            tiled: "conv2d_grad_input",
+            reduce: "conv2d_grad_input_reduce",
+            m: g.c_in,
+            n: g.n * g.h * g.w,
+            k: g.c_out * g.kh * g.kw,
+            batch: 1,
+            act: 0,
+            bias: None,
+            a: r(1),
+            b: r(0),
+            c: w(0),
+        }
+        .dispatch(&conv_params(g), scratch),
+        Kernel::Conv2dGradWeight(g) => {
+            let (oh, ow) = g.out_hw().expect("checked by geom");
+            Gemm {
+                family: Family::Conv2d,
+                tiled: "conv2d_grad_weight",
+                reduce: "conv2d_grad_weight_reduce",
+                m: g.c_out,
+                n: g.c_in * g.kh * g.kw,
+                k: g.n * oh * ow,
+                batch: 1,
+                act: 0,
+                bias: None,
+                a: r(1),
+                b: r(0),
+                c: w(0),
+            }
+            .dispatch(&conv_params(g), scratch)
+        }
+        other => Err(Error::Usage(format!(
+            "wgpu: {other:?} is not a GEMM-core kernel"
+        ))),
+    }
 }
 
 /// Output tiles below which a long K is split across workgroups.
