@@ -4,11 +4,121 @@
 use super::args::*;
 use super::layout::*;
 use super::plan::{operands, Gemm, Planner, Scratch, MAX_GRID_YZ};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::graph::kernel::Kernel;
 use crate::graph::plan::Launch;
 use crate::ops::conv2d::Conv2dGeom;
 
 impl Planner {
+    /// The launches on the dense products: matmul, linear and the three
+    /// convolutions.
+    pub(super) fn dense(
+        &mut self,
+        l: &Launch,
+        kernel: &Kernel,
+        s: &mut Scratch,
+    ) -> Result<Vec<Call>> {
+        let (r, w) = operands(l);
+        Ok(match kernel {
+            Kernel::MatMul(g) => {
+                let (batch, m, k, n, ta, tb) = (g.batch, g.m, g.k, g.n, &g.ta, &g.tb);
+                self.gemm(
+                    s,
+                    Gemm {
+                        a: l.reads[0].offset,
+                        a_k: !ta,
+                        lda: if *ta { m } else { k },
+                        b: l.reads[1].offset,
+                        b_k: *tb,
+                        ldb: if *tb { k } else { n },
+                        c: l.writes[0].offset,
+                        ldc: n,
+                        m,
+                        n,
+                        k,
+                        batch,
+                        strides: [m * k, k * n, m * n],
+                        bias: None,
+                        act: ACT_NONE,
+                    },
+                )?
+            }
+            Kernel::Linear { gemm, bias, act } => {
+                let (m, n, k) = (gemm.m, gemm.n, gemm.k);
+                self.gemm(
+                    s,
+                    Gemm {
+                        a: l.reads[0].offset,
+                        a_k: true,
+                        lda: k,
+                        b: l.reads[1].offset,
+                        b_k: true,
+                        ldb: k,
+                        c: l.writes[0].offset,
+                        ldc: n,
+                        m,
+                        n,
+                        k,
+                        batch: 1,
+                        strides: [0, 0, 0],
+                        bias: bias.then(|| l.reads[2].offset),
+                        act: act.map_or(ACT_NONE, act_code),
+                    },
+                )?
+            }
+            Kernel::Conv2d {
+                geom: g,
+                bias,
+                act,
+                residual,
+            } => {
+                let (oh, ow) = g.out_hw().expect("checked by geom");
+                let (cols, k) = (g.n * oh * ow, g.c_in * g.kh * g.kw);
+                let t = self.tile(g.c_out, cols, 1);
+                let res = match residual {
+                    true => r(2 + *bias as usize),
+                    false => Arg::Null,
+                };
+                let bias = if *bias { r(2) } else { Arg::Null };
+                self.conv_call(
+                    t.pick(["conv2d_fwd_l", "conv2d_fwd_m", "conv2d_fwd_s"]),
+                    t,
+                    g.c_out,
+                    cols,
+                    1,
+                    vec![
+                        r(0),
+                        r(1),
+                        bias,
+                        res,
+                        w(0),
+                        Arg::Bytes(conv_geom(g)?),
+                        Arg::I32(act.map_or(ACT_NONE, act_code)),
+                        Arg::I32(all_aligned(&[l.reads[1].offset, k], t.ea()) as i32),
+                    ],
+                )?
+            }
+            Kernel::Conv2dGradInput(g) => {
+                let cols = g.n * g.h * g.w;
+                let t = self.tile(g.c_in, cols, 1);
+                self.conv_call(
+                    t.pick(["conv2d_dgrad_l", "conv2d_dgrad_m", "conv2d_dgrad_s"]),
+                    t,
+                    g.c_in,
+                    cols,
+                    1,
+                    vec![r(0), r(1), w(0), Arg::Bytes(conv_geom(g)?)],
+                )?
+            }
+            Kernel::Conv2dGradWeight(g) => self.conv2d_grad_weight(l, g, s)?,
+            other => {
+                return Err(Error::Usage(format!(
+                    "cuda: {other:?} is not a dense-product kernel"
+                )))
+            }
+        })
+    }
+
     /// Tile choice: the biggest tile that alone fills the GPU without
     /// padding more than a quarter of its outputs, else 64×64.
     pub(super) fn tile(&self, m: usize, n: usize, batch: usize) -> Tile {

@@ -179,97 +179,11 @@ impl Planner {
         let (r, w) = operands(l);
         let out_n = l.writes.first().map_or(0, |s| s.len);
         Ok(match kernel {
-            Kernel::MatMul(g) => {
-                let (batch, m, k, n, ta, tb) = (g.batch, g.m, g.k, g.n, &g.ta, &g.tb);
-                self.gemm(
-                    s,
-                    Gemm {
-                        a: l.reads[0].offset,
-                        a_k: !ta,
-                        lda: if *ta { m } else { k },
-                        b: l.reads[1].offset,
-                        b_k: *tb,
-                        ldb: if *tb { k } else { n },
-                        c: l.writes[0].offset,
-                        ldc: n,
-                        m,
-                        n,
-                        k,
-                        batch,
-                        strides: [m * k, k * n, m * n],
-                        bias: None,
-                        act: ACT_NONE,
-                    },
-                )?
-            }
-            Kernel::Linear { gemm, bias, act } => {
-                let (m, n, k) = (gemm.m, gemm.n, gemm.k);
-                self.gemm(
-                    s,
-                    Gemm {
-                        a: l.reads[0].offset,
-                        a_k: true,
-                        lda: k,
-                        b: l.reads[1].offset,
-                        b_k: true,
-                        ldb: k,
-                        c: l.writes[0].offset,
-                        ldc: n,
-                        m,
-                        n,
-                        k,
-                        batch: 1,
-                        strides: [0, 0, 0],
-                        bias: bias.then(|| l.reads[2].offset),
-                        act: act.map_or(ACT_NONE, act_code),
-                    },
-                )?
-            }
-            Kernel::Conv2d {
-                geom: g,
-                bias,
-                act,
-                residual,
-            } => {
-                let (oh, ow) = g.out_hw().expect("checked by geom");
-                let (cols, k) = (g.n * oh * ow, g.c_in * g.kh * g.kw);
-                let t = self.tile(g.c_out, cols, 1);
-                let res = match residual {
-                    true => r(2 + *bias as usize),
-                    false => Arg::Null,
-                };
-                let bias = if *bias { r(2) } else { Arg::Null };
-                self.conv_call(
-                    t.pick(["conv2d_fwd_l", "conv2d_fwd_m", "conv2d_fwd_s"]),
-                    t,
-                    g.c_out,
-                    cols,
-                    1,
-                    vec![
-                        r(0),
-                        r(1),
-                        bias,
-                        res,
-                        w(0),
-                        Arg::Bytes(conv_geom(g)?),
-                        Arg::I32(act.map_or(ACT_NONE, act_code)),
-                        Arg::I32(all_aligned(&[l.reads[1].offset, k], t.ea()) as i32),
-                    ],
-                )?
-            }
-            Kernel::Conv2dGradInput(g) => {
-                let cols = g.n * g.h * g.w;
-                let t = self.tile(g.c_in, cols, 1);
-                self.conv_call(
-                    t.pick(["conv2d_dgrad_l", "conv2d_dgrad_m", "conv2d_dgrad_s"]),
-                    t,
-                    g.c_in,
-                    cols,
-                    1,
-                    vec![r(0), r(1), w(0), Arg::Bytes(conv_geom(g)?)],
-                )?
-            }
-            Kernel::Conv2dGradWeight(g) => self.conv2d_grad_weight(l, g, s)?,
+            Kernel::MatMul(_)
+            | Kernel::Linear { .. }
+            | Kernel::Conv2d { .. }
+            | Kernel::Conv2dGradInput(_)
+            | Kernel::Conv2dGradWeight(_) => self.dense(l, kernel, s)?,
             Kernel::Conv2dGradBias(d) => self.reduce(
                 s,
                 r(0),
