@@ -22,12 +22,6 @@ fn state_names(model: &Classifier) -> Vec<String> {
         .collect()
 }
 
-/// Before the first step: every rank must hold the same weights and
-/// optimiser state (the same seed, or the same checkpoint).
-pub(super) fn start(model: &mut Classifier, group: &dyn Collective) -> Result<()> {
-    check_same_weights(model, group)
-}
-
 /// Fails unless every rank holds bit-identical state: a hash of it per
 /// rank, compared through one small all-reduce (three 21-bit pieces and
 /// their squares: the pieces agree everywhere exactly when

@@ -237,10 +237,10 @@ fn train_rank(
         }
     }
     if world > 1 {
-        // DDP's start: every rank takes rank 0's weights and state, and
-        // checks that its own were the same already (same seed, same
-        // checkpoint), which catches ranks started differently.
-        dist_sync::start(&mut model, group)?;
+        // Every rank must already hold rank 0's weights and state (same
+        // seed, same checkpoint). DDP copies rank 0's over instead, which
+        // would hide ranks started with another seed or other data.
+        dist_sync::check_same_weights(&mut model, group)?;
         log(&format!(
             "data-parallel: {world} ranks over {}, {} per rank, global batch {global_batch}",
             group.describe(),
