@@ -97,6 +97,25 @@ fn tensors(dir: &Path) -> Vec<(String, Vec<f32>)> {
     w
 }
 
+/// The flags of a short SGD run of `model`, then `extra`: one epoch, no
+/// validation split (20 steps of global batch 64 over 1280 images).
+fn sgd_steps<'a>(model: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec![
+        "--model",
+        model,
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.05",
+        "--epochs",
+        "1",
+        "--val-split",
+        "0",
+    ];
+    a.extend_from_slice(extra);
+    a
+}
+
 /// 20 steps: 1280 training images, no validation split, global batch 64.
 #[test]
 fn two_ranks_match_one_process_at_twice_the_batch() {
@@ -105,18 +124,7 @@ fn two_ranks_match_one_process_at_twice_the_batch() {
     };
     let f = fixture(1280);
     for model in ["mlp", "cnn"] {
-        let common = [
-            "--model",
-            model,
-            "--optimizer",
-            "sgd",
-            "--lr",
-            "0.05",
-            "--epochs",
-            "1",
-            "--val-split",
-            "0",
-        ];
+        let common = sgd_steps(model, &[]);
         let (two, one) = (
             f.root.join(format!("two-{model}")),
             f.root.join(format!("one-{model}")),
@@ -310,20 +318,7 @@ fn two_wgpu_ranks_train_as_two_cpu_ranks() {
     let mut runs = Vec::new();
     for device in ["wgpu", "cpu"] {
         let out = f.root.join(device);
-        let common = [
-            "--model",
-            "mlp",
-            "--optimizer",
-            "sgd",
-            "--lr",
-            "0.05",
-            "--epochs",
-            "1",
-            "--val-split",
-            "0",
-            "--device",
-            device,
-        ];
+        let common = sgd_steps("mlp", &["--device", device]);
         let o = mpirun(test)
             .unwrap()
             .arg(env!("CARGO_BIN_EXE_gpurt"))

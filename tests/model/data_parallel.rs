@@ -42,6 +42,22 @@ fn pair() -> (Pair, Pair) {
     )
 }
 
+impl Pair {
+    /// Post `buf`, wait, add both ranks' (in rank order, so the ranks get
+    /// the same bits), wait.
+    fn sum<T: Copy + std::ops::Add<Output = T>>(&self, slots: &[Mutex<Vec<T>>; 2], buf: &mut [T]) {
+        *slots[self.rank].lock().unwrap() = buf.to_vec();
+        self.shared.barrier.wait();
+        {
+            let (a, b) = (slots[0].lock().unwrap(), slots[1].lock().unwrap());
+            for (o, (&x, &y)) in buf.iter_mut().zip(a.iter().zip(b.iter())) {
+                *o = x + y;
+            }
+        }
+        self.shared.barrier.wait();
+    }
+}
+
 impl Collective for Pair {
     fn rank(&self) -> usize {
         self.rank
@@ -53,29 +69,11 @@ impl Collective for Pair {
         "two threads".into()
     }
     fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<()> {
-        let s = &self.shared;
-        *s.f32s[self.rank].lock().unwrap() = buf.to_vec();
-        s.barrier.wait();
-        {
-            let (a, b) = (s.f32s[0].lock().unwrap(), s.f32s[1].lock().unwrap());
-            for (o, (x, y)) in buf.iter_mut().zip(a.iter().zip(b.iter())) {
-                *o = x + y;
-            }
-        }
-        s.barrier.wait();
+        self.sum(&self.shared.f32s, buf);
         Ok(())
     }
     fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()> {
-        let s = &self.shared;
-        *s.f64s[self.rank].lock().unwrap() = buf.to_vec();
-        s.barrier.wait();
-        {
-            let (a, b) = (s.f64s[0].lock().unwrap(), s.f64s[1].lock().unwrap());
-            for (o, (x, y)) in buf.iter_mut().zip(a.iter().zip(b.iter())) {
-                *o = x + y;
-            }
-        }
-        s.barrier.wait();
+        self.sum(&self.shared.f64s, buf);
         Ok(())
     }
     fn broadcast(&self, buf: &mut [u8]) -> Result<()> {

@@ -600,6 +600,20 @@ impl CudaExecutable {
     }
 }
 
+/// The arena words of `slot`, writable.
+fn slot_mut<'a>(
+    arena: &'a mut CudaSlice<f32>,
+    dev: &Device,
+    slot: Slot,
+) -> Result<cudarc::driver::CudaViewMut<'a, f32>> {
+    arena
+        .try_slice_mut(slot.offset..slot.end())
+        .ok_or_else(|| Error::Device {
+            device: dev.label(),
+            detail: "slot outside the arena".into(),
+        })
+}
+
 impl Executable for CudaExecutable {
     /// NCCL on the device where every rank can load it (the ranks agree
     /// first, so none waits in NCCL while another waits in MPI); else the
@@ -623,30 +637,16 @@ impl Executable for CudaExecutable {
         let Some(Some(nccl)) = &self.nccl else {
             return crate::backend::host_all_reduce(self, slot, group, staging);
         };
-        let mut view = self
-            .arena
-            .try_slice_mut(slot.offset..slot.end())
-            .ok_or_else(|| Error::Device {
-                device: self.dev.label(),
-                detail: "all-reduce slot outside the arena".into(),
-            })?;
-        nccl.all_reduce_sum(&mut view)
+        nccl.all_reduce_sum(&mut slot_mut(&mut self.arena, &self.dev, slot)?)
     }
 
     fn write(&mut self, slot: Slot, data: &[f32]) -> Result<()> {
         if !self.begin_transfer(slot, data.len())? {
             return Ok(());
         }
-        let stream = Arc::clone(&self.dev.stream);
-        let label = self.dev.label();
-        let mut view = self
-            .arena
-            .try_slice_mut(slot.offset..slot.end())
-            .ok_or_else(|| Error::Device {
-                device: label,
-                detail: "slot outside the arena".into(),
-            })?;
-        stream
+        let mut view = slot_mut(&mut self.arena, &self.dev, slot)?;
+        self.dev
+            .stream
             .memcpy_htod(data, &mut view)
             .map_err(|e| self.dev.err("copying to the device", e))
     }
