@@ -296,6 +296,27 @@ fn world_flag_is_checked_without_a_launcher() {
         assert!(!e.contains("panicked"), "{e}");
         assert!(!out.exists(), "--world {world} wrote {}", out.display());
     }
+    // A count that disagrees with the launcher's (its environment is read
+    // before MPI starts, so no launcher is needed to reach this).
+    let out = f.root.join("mismatch");
+    let o = Command::new(env!("CARGO_BIN_EXE_gpurt"))
+        .args(train_args(
+            &f,
+            &out,
+            16,
+            &["--model", "mlp", "--world", "3"],
+        ))
+        .env("OMPI_COMM_WORLD_RANK", "0")
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("--world 3 but the launcher started 2 processes"),
+        "{}",
+        text(&o)
+    );
+    assert!(!out.exists());
 }
 
 /// The host path of a device backend: 2 ranks on wgpu (lavapipe in CI)
