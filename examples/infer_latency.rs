@@ -1,7 +1,7 @@
 //! Batch-1 inference latency of the small CNN (CIFAR shape, random
 //! weights) through the embedding API, for profiling:
 //!
-//!     cargo run --release --example infer_latency -- 20000
+//!     cargo run --release --example infer_latency -- 20000 [THREADS]
 //!     perf record -g target/release/examples/infer_latency 20000
 
 use gpurt::backend::cpu::CpuBackend;
@@ -26,9 +26,13 @@ fn main() -> gpurt::Result<()> {
         seed: 1,
         fuse: true,
     };
+    let threads: usize = std::env::args()
+        .nth(2)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
     let backend = CpuBackend::new();
     let weights = SharedWeights::from_model(&mut Classifier::new(cfg, &backend)?)?;
-    let mut p = Predictor::new(&weights, 1, &backend)?;
+    let mut p = Predictor::new(&weights, 1, &backend)?.threads(threads)?;
     let x: Vec<f32> = (0..3 * 32 * 32)
         .map(|i| ((i * 2654435761usize) % 1000) as f32 / 500.0 - 1.0)
         .collect();

@@ -535,31 +535,46 @@ pub fn run(
     }
 
     // Batch-1 inference latency of the CNN (CIFAR shape) through the
-    // embedding API: median and p99.
+    // embedding API, median and p99: on as many threads as the rest of the
+    // bench (a predictor with a team, like PyTorch's `set_num_threads`),
+    // then on the calling thread alone (a service's one predictor per
+    // core).
     let mut cfg = cnn_config(vec![3, 32, 32], 1);
     cfg.train_batch = None;
     let weights = SharedWeights::from_model(&mut Classifier::new(cfg, backend)?)?;
-    let mut p = Predictor::new(&weights, 1, backend)?;
     let x = pseudo_random(3 * 32 * 32);
-    let mut lat: Vec<f64> = Vec::with_capacity(1 << 16);
-    let deadline = Instant::now() + budget * 2;
-    while Instant::now() < deadline || lat.len() < 50 {
-        let t = Instant::now();
-        p.run(&x)?;
-        lat.push(t.elapsed().as_secs_f64());
-    }
-    lat.sort_by(f64::total_cmp);
-    for (q, label) in [(0.5, "median"), (0.99, "p99")] {
-        let v = lat[((lat.len() - 1) as f64 * q) as usize];
-        s.out.push(Figure {
-            name: format!("cnn batch-1 inference {label}"),
-            seconds: v,
-            unit: "us".into(),
-            value: v * 1e6,
-            percent_of_peak: None,
-            work: format!("{} calls", lat.len()),
-            skipped: None,
-        });
+    let all = if backend.name().starts_with("cpu") {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    let runs: &[(usize, &str)] = if all > 1 {
+        &[(all, ""), (1, " (1 thread)")]
+    } else {
+        &[(1, "")]
+    };
+    for &(threads, suffix) in runs {
+        let mut p = Predictor::new(&weights, 1, backend)?.threads(threads)?;
+        let mut lat: Vec<f64> = Vec::with_capacity(1 << 16);
+        let deadline = Instant::now() + budget * 2;
+        while Instant::now() < deadline || lat.len() < 50 {
+            let t = Instant::now();
+            p.run(&x)?;
+            lat.push(t.elapsed().as_secs_f64());
+        }
+        lat.sort_by(f64::total_cmp);
+        for (q, label) in [(0.5, "median"), (0.99, "p99")] {
+            let v = lat[((lat.len() - 1) as f64 * q) as usize];
+            s.out.push(Figure {
+                name: format!("cnn batch-1 inference {label}{suffix}"),
+                seconds: v,
+                unit: "us".into(),
+                value: v * 1e6,
+                percent_of_peak: None,
+                work: format!("{} calls, {threads} thread(s)", lat.len()),
+                skipped: None,
+            });
+        }
     }
     Ok((s.peaks, s.out))
 }

@@ -14,6 +14,7 @@
 //! of the small CNN here). [`Predictor::parallel`] switches to rayon's
 //! global pool for large batches.
 
+use crate::backend::cpu::team::{self, Team};
 use crate::backend::{Backend, DeviceSpec};
 use crate::checkpoint::Checkpoint;
 use crate::data::tokenize::TextTokenizer;
@@ -95,6 +96,9 @@ pub struct Predictor {
     out: Vec<f32>,
     /// Run kernels on rayon's global pool instead of the calling thread.
     parallel: bool,
+    /// Helper threads lent to the calling thread's kernels (CPU only).
+    team: Option<Arc<Team>>,
+    on_cpu: bool,
 }
 
 impl Predictor {
@@ -127,7 +131,31 @@ impl Predictor {
             input_shape: Shape(dims),
             out: vec![0.0; batch * weights.classes],
             parallel: false,
+            team: None,
+            on_cpu: backend.name().starts_with("cpu"),
         })
+    }
+
+    /// Runs each call's kernels on `n` threads: the calling thread and
+    /// `n - 1` helpers owned by this predictor, which spin for
+    /// [`team::DEFAULT_SPIN`] after a call (so back-to-back calls hand work
+    /// over in well under a microsecond) and then park. Like PyTorch's
+    /// `set_num_threads` for one latency-bound caller: the batch-1
+    /// convolutions split their output channels between the threads. A
+    /// service with one predictor per core keeps the default, 1. CPU only;
+    /// other devices ignore it.
+    pub fn threads(mut self, n: usize) -> Result<Self> {
+        if n == 0 {
+            return Err(Error::Usage("a predictor needs at least 1 thread".into()));
+        }
+        self.team = if n == 1 || !self.on_cpu {
+            None
+        } else {
+            let team = Team::new(n, team::DEFAULT_SPIN)
+                .map_err(|e| Error::Usage(format!("cannot start {n} predictor threads: {e}")))?;
+            Some(Arc::new(team))
+        };
+        Ok(self)
     }
 
     /// Run kernels on rayon's global pool (all cores) rather than on the
@@ -188,6 +216,8 @@ impl Predictor {
         let program = self.program;
         if self.parallel {
             s.run(program)?;
+        } else if let Some(team) = &self.team {
+            crate::backend::cpu::par::on_team(team, || s.run(program))?;
         } else {
             crate::backend::cpu::par::on_caller_thread(|| s.run(program))?;
         }

@@ -9,6 +9,8 @@ use gpurt::nn::ModelSpec;
 use gpurt::optim::{OptimConfig, OptimizerKind};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 struct Counting;
 
@@ -18,9 +20,22 @@ thread_local! {
     static ALLOCS: Cell<usize> = const { Cell::new(0) };
 }
 
+/// Allocations by every thread (a predictor's helper threads included):
+/// read only by tests holding [`SERIAL`].
+static ALL_ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+/// Held by each test of this file, so that [`ALL_ALLOCS`] counts one
+/// test's threads only.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn count() {
     // `try_with`: allocations during thread teardown are not counted.
     let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+    ALL_ALLOCS.fetch_add(1, Ordering::SeqCst);
 }
 
 fn allocs() -> usize {
@@ -77,6 +92,7 @@ fn input(n: usize, k: usize) -> Vec<f32> {
 
 #[test]
 fn run_allocates_nothing_per_call() {
+    let _serial = serial();
     let (w, _t) = weights();
     let mut p = Predictor::new(&w, 1, &CpuBackend::new()).unwrap();
     let xs: Vec<Vec<f32>> = (0..4).map(|k| input(3 * 32 * 32, k)).collect();
@@ -109,6 +125,7 @@ fn run_allocates_nothing_per_call() {
 
 #[test]
 fn wrong_input_shape_is_a_clear_error() {
+    let _serial = serial();
     let (w, _t) = weights();
     let mut p = Predictor::new(&w, 2, &CpuBackend::new()).unwrap();
     let e = p.run(&[0.5; 100]).unwrap_err().to_string();
@@ -117,6 +134,7 @@ fn wrong_input_shape_is_a_clear_error() {
 
 #[test]
 fn predictor_is_send_and_matches_batch_inference() {
+    let _serial = serial();
     fn is_send<T: Send>() {}
     is_send::<Predictor>();
     let (w, _t) = weights();
@@ -134,6 +152,42 @@ fn predictor_is_send_and_matches_batch_inference() {
             .fold(0.0, f32::max);
         assert!(err < 1e-4, "row {i}: {one:?} vs {want:?}");
     }
+}
+
+/// A predictor on two threads (its helper splits the convolutions' output
+/// channels): the same logits, bit for bit, as on one, and no allocation
+/// per call on either thread once warm.
+#[test]
+fn a_team_predictor_matches_one_thread_and_allocates_nothing() {
+    let _serial = serial();
+    let (w, _t) = weights();
+    let mut one = Predictor::new(&w, 1, &CpuBackend::new()).unwrap();
+    let mut two = Predictor::new(&w, 1, &CpuBackend::new())
+        .unwrap()
+        .threads(2)
+        .unwrap();
+    let xs: Vec<Vec<f32>> = (0..4).map(|k| input(3 * 32 * 32, k)).collect();
+    for x in &xs {
+        let a = one.run(x).unwrap().to_vec();
+        let b = two.run(x).unwrap().to_vec();
+        assert!(a.iter().any(|&v| v != 0.0));
+        assert_eq!(a, b, "two threads changed the logits");
+    }
+    let probe = ALL_ALLOCS.load(Ordering::SeqCst);
+    drop(std::hint::black_box(vec![1u8; 64]));
+    assert!(ALL_ALLOCS.load(Ordering::SeqCst) > probe);
+    let before = ALL_ALLOCS.load(Ordering::SeqCst);
+    let mut sum = 0.0;
+    for i in 0..200 {
+        sum += two.run(&xs[i % 4]).unwrap()[0];
+    }
+    let n = ALL_ALLOCS.load(Ordering::SeqCst) - before;
+    assert!(sum.is_finite());
+    assert_eq!(n, 0, "{n} heap allocations in 200 two-thread calls");
+    assert!(Predictor::new(&w, 1, &CpuBackend::new())
+        .unwrap()
+        .threads(0)
+        .is_err());
 }
 
 /// This target again on each narrower instruction set the host has (the

@@ -86,6 +86,8 @@ pairs = [
     ("MLP train step b256", "MLP 2048-512-20 train step b256", "mlp 2048-512-20 train step b256"),
     ("CNN batch-1 inference median", "CIFAR CNN infer b1 median", "cnn batch-1 inference median"),
     ("CNN batch-1 inference p99", "CIFAR CNN infer b1 p99", "cnn batch-1 inference p99"),
+    ("  same, gpurt on 1 thread: median", "CIFAR CNN infer b1 median", "cnn batch-1 inference median (1 thread)"),
+    ("  same, gpurt on 1 thread: p99", "CIFAR CNN infer b1 p99", "cnn batch-1 inference p99 (1 thread)"),
 ]
 def torch_ms(r, label):
     rows = json.load(open(f"{out}/torch-{r}.json"))

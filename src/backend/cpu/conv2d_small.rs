@@ -17,6 +17,7 @@
 //! calls do not allocate.
 
 use super::isa;
+use super::par::split_rows;
 use super::small_gemm::{gemm_windows, padded};
 use crate::ops::activation::Activation;
 use crate::ops::conv2d::Conv2dGeom;
@@ -113,6 +114,36 @@ pub fn forward(
     let (x_img, y_img) = (g.c_in * g.h * g.w, g.c_out * oh * ow);
     for (xg, yg) in x.chunks(side * x_img).zip(y.chunks_mut(side * y_img)) {
         copy_in(xg, (g.c_in, g.h, g.w), (hp, wp, ph, pw, step), src);
+        let src = &*src;
+        if yg.len() == y_img {
+            // One image: its output channels are split between the
+            // predictor's team, if it has one (each member its own rows of
+            // the product, then their epilogue).
+            let plane = oh * ow;
+            // Equal rows, not whole tiles: each member tiles its own rows,
+            // and the last partial tile costs its live rows only (64 rows
+            // on 6-row tiles: 5 tiles + 2 rows each, not 5 and 5 + 4).
+            split_rows(g.c_out, 1, (&mut *out, np), (yg, plane), |rows, out, y| {
+                gemm_windows(
+                    rows.len(),
+                    q_len,
+                    &w[rows.start * k..],
+                    k,
+                    src,
+                    &offs,
+                    out,
+                    np,
+                );
+                for ((co, y), wide) in rows
+                    .zip(y.chunks_exact_mut(plane))
+                    .zip(out.chunks_exact(np))
+                {
+                    let b = bias.map_or(0.0, |b| b[co]);
+                    plane_epilogue(y, ow, wide, wp, b, act);
+                }
+            });
+            continue;
+        }
         gemm_windows(g.c_out, q_len, w, k, src, &offs, out, np);
         for (i, yi) in yg.chunks_exact_mut(y_img).enumerate() {
             for (co, (plane, wide)) in yi

@@ -28,6 +28,7 @@ pub mod shape;
 pub use crate::math as simd_math;
 mod small_gemm;
 pub mod softmax;
+pub mod team;
 #[cfg(test)]
 pub(crate) mod testing;
 

@@ -8,11 +8,17 @@
 //! has a worker per core, and handing small kernels to a pool and back
 //! costs more than it gains at batch 1.
 
+use super::team::Team;
 use rayon::prelude::*;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
 
 thread_local! {
     static CALLER_ONLY: Cell<bool> = const { Cell::new(false) };
+    /// The team of [`on_team`], taken out while one of its jobs runs (a
+    /// nested split runs on the caller alone).
+    static TEAM: RefCell<Option<Arc<Team>>> = const { RefCell::new(None) };
 }
 
 /// Runs `f` with every CPU kernel it launches on this thread.
@@ -26,6 +32,63 @@ pub fn on_caller_thread<R>(f: impl FnOnce() -> R) -> R {
     }
     let _restore = Restore(CALLER_ONLY.with(|c| c.replace(true)));
     f()
+}
+
+/// [`on_caller_thread`], with `team` lending its helpers to the kernels
+/// that split through [`split_rows`] (the batch-1 convolutions).
+pub fn on_team<R>(team: &Arc<Team>, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Arc<Team>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            TEAM.with(|t| *t.borrow_mut() = self.0.take());
+        }
+    }
+    team.prime();
+    let _restore = Restore(TEAM.with(|t| t.borrow_mut().replace(Arc::clone(team))));
+    on_caller_thread(f)
+}
+
+/// The most members [`split_rows`] hands work to.
+pub const MAX_TEAM: usize = 8;
+
+/// Splits `rows` rows, at multiples of `align`, between the members of
+/// the current [`on_team`] team (or runs them all here without one), and
+/// calls `f(rows, a_part, b_part)` once per member with its rows of `a`
+/// (`a_row` floats per row) and `b` (`b_row` per row). Allocation-free.
+pub fn split_rows<A: Send, B: Send>(
+    rows: usize,
+    align: usize,
+    (a, a_row): (&mut [A], usize),
+    (b, b_row): (&mut [B], usize),
+    f: impl Fn(Range<usize>, &mut [A], &mut [B]) + Sync,
+) {
+    let team = TEAM.with(|t| t.borrow_mut().take());
+    let Some(team) = team.filter(|t| t.size() > 1 && rows > align) else {
+        return f(0..rows, &mut a[..rows * a_row], &mut b[..rows * b_row]);
+    };
+    let blocks = rows.div_ceil(align);
+    let members = team.size().min(blocks).min(MAX_TEAM);
+    // Member m takes blocks [m·blocks/members, (m+1)·blocks/members).
+    let bound = |m: usize| (m * blocks / members * align).min(rows);
+    /// One member's rows of `a` and `b`, taken by that member.
+    type Cell<'a, A, B> = Mutex<Option<(&'a mut [A], &'a mut [B])>>;
+    let cells: [Cell<A, B>; MAX_TEAM] = std::array::from_fn(|_| Mutex::new(None));
+    let (mut a, mut b) = (&mut a[..rows * a_row], &mut b[..rows * b_row]);
+    for (m, cell) in cells.iter().enumerate().take(members) {
+        let n = bound(m + 1) - bound(m);
+        let (ah, at) = std::mem::take(&mut a).split_at_mut(n * a_row);
+        let (bh, bt) = std::mem::take(&mut b).split_at_mut(n * b_row);
+        *cell.lock().expect("split cell") = Some((ah, bh));
+        (a, b) = (at, bt);
+    }
+    team.run(&|m| {
+        if m < members {
+            if let Some((a, b)) = cells[m].lock().expect("split cell").take() {
+                f(bound(m)..bound(m + 1), a, b);
+            }
+        }
+    });
+    TEAM.with(|t| *t.borrow_mut() = Some(team));
 }
 
 /// Threads the kernels may use here: 1 inside [`on_caller_thread`].
@@ -134,6 +197,38 @@ pub fn map2_inplace(y: &mut [f32], a: &[f32], f: impl Fn(f32, f32) -> f32 + Sync
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_rows_covers_every_row_once_on_a_team_and_alone() {
+        let team = Arc::new(Team::new(2, super::super::team::DEFAULT_SPIN).unwrap());
+        for (rows, align) in [(64, 6), (32, 8), (7, 6), (5, 8), (13, 1)] {
+            for with_team in [false, true] {
+                let (mut a, mut b) = (vec![0.0f32; rows * 3], vec![0.0f32; rows * 2]);
+                let go = |a: &mut Vec<f32>, b: &mut Vec<f32>| {
+                    split_rows(rows, align, (a, 3), (b, 2), |r, a, b| {
+                        assert_eq!(a.len(), r.len() * 3);
+                        assert_eq!(b.len(), r.len() * 2);
+                        assert!(r.start % align == 0);
+                        for (i, row) in r.clone().zip(a.chunks_mut(3)) {
+                            row.fill(i as f32 + 1.0);
+                        }
+                        for (i, row) in r.zip(b.chunks_mut(2)) {
+                            row.fill(-(i as f32) - 1.0);
+                        }
+                    })
+                };
+                if with_team {
+                    on_team(&team, || go(&mut a, &mut b));
+                } else {
+                    go(&mut a, &mut b);
+                }
+                for i in 0..rows {
+                    assert!(a[i * 3..][..3].iter().all(|&v| v == i as f32 + 1.0));
+                    assert!(b[i * 2..][..2].iter().all(|&v| v == -(i as f32) - 1.0));
+                }
+            }
+        }
+    }
 
     #[test]
     fn caller_thread_scope_runs_loops_inline_and_restores() {

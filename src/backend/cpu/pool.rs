@@ -206,38 +206,54 @@ pub fn maxpool2d_forward(g: &Pool2dGeom, x: &[f32], y: &mut [f32], argmax: &mut 
     if out == 0 || plane == 0 {
         return;
     }
+    let planes = y.len() / out;
+    let one_plane = |y: &mut [f32], am: &mut [u32], x: &[f32]| {
+        if (g.kh, g.kw, g.stride, g.pad) == (2, 2, (2, 2), (0, 0)) {
+            maxpool_2x2(g.w, ow, x, y, am);
+            return;
+        }
+        // Start from each window's first real pixel, valued -inf, so
+        // that padding never wins even when every pixel is -inf.
+        y.fill(f32::NEG_INFINITY);
+        for (i, am) in am.chunks_exact_mut(ow).enumerate() {
+            let row = (i * g.stride.0).saturating_sub(g.pad.0) * g.w;
+            for (j, a) in am.iter_mut().enumerate() {
+                *a = (row + (j * g.stride.1).saturating_sub(g.pad.1)) as u32;
+            }
+        }
+        let sw = g.stride.1;
+        g.for_each_tap((oh, ow), |i, ih, b, js| {
+            let first = ih * g.w + js.start * sw + b - g.pad.1;
+            let ys = &mut y[i * ow + js.start..i * ow + js.end];
+            let ams = &mut am[i * ow + js.start..i * ow + js.end];
+            match sw {
+                1 => max_tap(x, first, 1, ys, ams),
+                2 => max_tap(x, first, 2, ys, ams),
+                _ => max_tap(x, first, sw, ys, ams),
+            }
+        });
+    };
+    if super::par::threads() == 1 {
+        // On the calling thread, or split between a predictor's team.
+        super::par::split_rows(planes, 1, (y, out), (argmax, out), |r, y, am| {
+            let xs = x[r.start * plane..r.end * plane].chunks_exact(plane);
+            for ((y, am), x) in y
+                .chunks_exact_mut(out)
+                .zip(am.chunks_exact_mut(out))
+                .zip(xs)
+            {
+                one_plane(y, am, x);
+            }
+        });
+        return;
+    }
     y.par_chunks_mut(out)
         .zip(argmax.par_chunks_mut(out))
         .zip(x.par_chunks(plane))
         .with_min_len(super::par::min_len(super::par::planes_per_task(
             g.kh * g.kw * out,
         )))
-        .for_each(|((y, am), x)| {
-            if (g.kh, g.kw, g.stride, g.pad) == (2, 2, (2, 2), (0, 0)) {
-                maxpool_2x2(g.w, ow, x, y, am);
-                return;
-            }
-            // Start from each window's first real pixel, valued -inf, so
-            // that padding never wins even when every pixel is -inf.
-            y.fill(f32::NEG_INFINITY);
-            for (i, am) in am.chunks_exact_mut(ow).enumerate() {
-                let row = (i * g.stride.0).saturating_sub(g.pad.0) * g.w;
-                for (j, a) in am.iter_mut().enumerate() {
-                    *a = (row + (j * g.stride.1).saturating_sub(g.pad.1)) as u32;
-                }
-            }
-            let sw = g.stride.1;
-            g.for_each_tap((oh, ow), |i, ih, b, js| {
-                let first = ih * g.w + js.start * sw + b - g.pad.1;
-                let ys = &mut y[i * ow + js.start..i * ow + js.end];
-                let ams = &mut am[i * ow + js.start..i * ow + js.end];
-                match sw {
-                    1 => max_tap(x, first, 1, ys, ams),
-                    2 => max_tap(x, first, 2, ys, ams),
-                    _ => max_tap(x, first, sw, ys, ams),
-                }
-            });
-        });
+        .for_each(|((y, am), x)| one_plane(y, am, x));
 }
 
 /// Max-pooling backward: `dx` (overwritten) is zero except that each `dy`

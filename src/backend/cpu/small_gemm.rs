@@ -199,8 +199,22 @@ impl Windows<'_> {
     #[inline(always)]
     fn rows<S: pulp::Simd, const MR: usize, const V: usize>(&mut self, simd: S, j0: usize) {
         if !self.packed.is_empty() && Self::packs::<S>(self.np) {
-            for i in (0..self.m).step_by(MR) {
-                self.packed_tile::<S, MR, V>(simd, i, j0);
+            let mut i = 0;
+            while i + MR <= self.m {
+                self.packed_tile::<S, MR, MR, V>(simd, i, j0);
+                i += MR;
+            }
+            // The last tile's live rows only: a 4-row remainder of 6-row
+            // tiles costs 4/6 of a tile, not a whole one on zeros.
+            match self.m - i {
+                0 => {}
+                1 => self.packed_tile::<S, MR, 1, V>(simd, i, j0),
+                2 => self.packed_tile::<S, MR, 2, V>(simd, i, j0),
+                3 => self.packed_tile::<S, MR, 3, V>(simd, i, j0),
+                4 => self.packed_tile::<S, MR, 4, V>(simd, i, j0),
+                5 => self.packed_tile::<S, MR, 5, V>(simd, i, j0),
+                6 => self.packed_tile::<S, MR, 6, V>(simd, i, j0),
+                _ => self.packed_tile::<S, MR, 7, V>(simd, i, j0),
             }
             return;
         }
@@ -252,19 +266,19 @@ impl Windows<'_> {
 }
 
 impl Windows<'_> {
-    /// [`Windows::tile`] reading the packed left operand; rows past `m`
-    /// are computed on zeros and not stored.
+    /// [`Windows::tile`] reading the packed left operand (tiles of `MR`
+    /// rows): the first `R <= MR` rows of the tile at row `i0`.
     #[inline(always)]
-    fn packed_tile<S: pulp::Simd, const R: usize, const V: usize>(
+    fn packed_tile<S: pulp::Simd, const MR: usize, const R: usize, const V: usize>(
         &mut self,
         simd: S,
         i0: usize,
         j0: usize,
     ) {
         let (k, width) = (self.offs.len(), V * S::F32_LANES);
-        let tile = &self.packed[(i0 / R) * k * R..][..k * R];
+        let tile = &self.packed[(i0 / MR) * k * MR..][..k * MR];
         let mut acc = [[simd.splat_f32s(0.0); V]; R];
-        for (&o, a) in self.offs.iter().zip(tile.chunks_exact(R)) {
+        for (&o, a) in self.offs.iter().zip(tile.chunks_exact(MR)) {
             let (v, _) = S::as_simd_f32s(&self.b[o + j0..o + j0 + width]);
             let p: [S::f32s; V] = std::array::from_fn(|q| v[q]);
             for r in 0..R {

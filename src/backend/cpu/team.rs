@@ -1,0 +1,241 @@
+//! A small, latency-first thread team for batch-1 inference.
+//!
+//! Handing half a batch-1 convolution to rayon's pool costs more than the
+//! half is worth: an idle pool thread sleeps, and waking it (a futex, then
+//! a halted vCPU to resume) took tens of microseconds here, the whole
+//! layer's time. A [`Team`] keeps its helpers spinning for a short while
+//! after each job (as OpenMP runtimes do: `GOMP_SPINCOUNT`,
+//! `KMP_BLOCKTIME`), so a job handed over within that window starts in
+//! well under a microsecond; past it the helpers park and cost nothing.
+//! [`Team::prime`] wakes parked helpers ahead of the first job of a call,
+//! so their wake-up overlaps the caller's own work.
+//!
+//! Kernels reach the team of the current call through
+//! [`super::par::split`]; a predictor built with
+//! [`crate::embed::Predictor::threads`] owns one.
+
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::thread::{JoinHandle, Thread};
+use std::time::{Duration, Instant};
+
+/// A job: called once per member with the member's index (0 = caller).
+type Job<'a> = dyn Fn(usize) + Sync + 'a;
+
+/// The caller plus `size - 1` helper threads.
+pub struct Team {
+    shared: Arc<Shared>,
+    helpers: Vec<JoinHandle<()>>,
+    threads: Vec<Thread>,
+}
+
+struct Shared {
+    /// Bumped once per job; helpers start when it moves.
+    epoch: AtomicU64,
+    /// The current job, valid while its epoch's `done` count is short.
+    job: Mutex<Option<&'static Job<'static>>>,
+    /// Helpers that finished the current job.
+    done: AtomicUsize,
+    /// A helper's panic message, re-raised on the caller.
+    panicked: Mutex<Option<Box<dyn std::any::Any + Send>>>,
+    /// Helpers parked (not spinning).
+    parked: AtomicUsize,
+    stop: AtomicBool,
+    spin: Duration,
+}
+
+/// How long helpers spin after a job before parking, unless the team is
+/// built with another: long enough to cover the gap between the layers of
+/// one call and between back-to-back calls, short enough that an idle
+/// service gives its cores back almost at once.
+pub const DEFAULT_SPIN: Duration = Duration::from_millis(1);
+
+impl Team {
+    /// A team of `size` members (the caller and `size - 1` helpers).
+    pub fn new(size: usize, spin: Duration) -> std::io::Result<Team> {
+        let shared = Arc::new(Shared {
+            epoch: AtomicU64::new(0),
+            job: Mutex::new(None),
+            done: AtomicUsize::new(0),
+            panicked: Mutex::new(None),
+            parked: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            spin,
+        });
+        let mut helpers = Vec::new();
+        for member in 1..size.max(1) {
+            let s = Arc::clone(&shared);
+            helpers.push(
+                std::thread::Builder::new()
+                    .name(format!("gpurt-team-{member}"))
+                    .spawn(move || s.serve(member))?,
+            );
+        }
+        let threads = helpers.iter().map(|h| h.thread().clone()).collect();
+        Ok(Team {
+            shared,
+            helpers,
+            threads,
+        })
+    }
+
+    /// Members, the caller included.
+    pub fn size(&self) -> usize {
+        self.helpers.len() + 1
+    }
+
+    /// Wakes parked helpers, so that they are spinning by the time the
+    /// next job comes.
+    pub fn prime(&self) {
+        if self.shared.parked.load(SeqCst) > 0 {
+            for t in &self.threads {
+                t.unpark();
+            }
+        }
+    }
+
+    /// Runs `job(member)` for every member, the caller's share on this
+    /// thread, and returns when all are done. A helper's panic is raised
+    /// here.
+    pub fn run(&self, job: &Job<'_>) {
+        if self.helpers.is_empty() {
+            return job(0);
+        }
+        // SAFETY: the helpers call `job` only between the epoch bump below
+        // and their `done` increment, and this function does not return
+        // (not even by unwinding: the caller's share is caught) until every
+        // helper has counted itself done, so the borrow outlives every use.
+        let erased: &'static Job<'static> =
+            unsafe { std::mem::transmute::<&Job<'_>, &'static Job<'static>>(job) };
+        *self.shared.job.lock().expect("team job lock") = Some(erased);
+        self.shared.done.store(0, SeqCst);
+        self.shared.epoch.fetch_add(1, SeqCst);
+        self.prime();
+        let mine = catch_unwind(AssertUnwindSafe(|| job(0)));
+        while self.shared.done.load(SeqCst) < self.helpers.len() {
+            std::hint::spin_loop();
+        }
+        *self.shared.job.lock().expect("team job lock") = None;
+        let helper_panic = self.shared.panicked.lock().expect("team lock").take();
+        if let Some(p) = helper_panic {
+            resume_unwind(p);
+        }
+        if let Err(p) = mine {
+            resume_unwind(p);
+        }
+    }
+}
+
+impl Shared {
+    /// A helper's loop: spin for a new epoch, run the job, count done;
+    /// park after `spin` without one.
+    fn serve(&self, member: usize) {
+        let mut seen = 0u64;
+        let mut idle_since = Instant::now();
+        loop {
+            let now = self.epoch.load(SeqCst);
+            if self.stop.load(SeqCst) {
+                return;
+            }
+            if now != seen {
+                seen = now;
+                let job = *self.job.lock().expect("team job lock");
+                if let Some(job) = job {
+                    if let Err(p) = catch_unwind(AssertUnwindSafe(|| job(member))) {
+                        *self.panicked.lock().expect("team lock") = Some(p);
+                    }
+                }
+                self.done.fetch_add(1, SeqCst);
+                idle_since = Instant::now();
+                continue;
+            }
+            if idle_since.elapsed() < self.spin {
+                // Read the clock once per 64 polls of the epoch (a `pause`
+                // is tens of cycles on some cores; a clock read more).
+                for _ in 0..64 {
+                    if self.epoch.load(SeqCst) != seen {
+                        break;
+                    }
+                    std::hint::spin_loop();
+                }
+                continue;
+            }
+            // Park, unless a job came in since the check above (the caller
+            // bumps the epoch, then reads `parked`: one of the two sees
+            // the other).
+            self.parked.fetch_add(1, SeqCst);
+            if self.epoch.load(SeqCst) == seen && !self.stop.load(SeqCst) {
+                std::thread::park_timeout(Duration::from_millis(100));
+            }
+            self.parked.fetch_sub(1, SeqCst);
+            idle_since = Instant::now();
+        }
+    }
+}
+
+impl Drop for Team {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, SeqCst);
+        for t in &self.threads {
+            t.unpark();
+        }
+        for h in self.helpers.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for Team {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Team")
+            .field("size", &self.size())
+            .field("spin", &self.shared.spin)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU32;
+
+    #[test]
+    fn every_member_runs_each_job_once() {
+        let team = Team::new(3, DEFAULT_SPIN).unwrap();
+        for round in 0..200u32 {
+            let hits: Vec<AtomicU32> = (0..3).map(|_| AtomicU32::new(0)).collect();
+            team.run(&|m| {
+                hits[m].fetch_add(round + 1, SeqCst);
+            });
+            for h in &hits {
+                assert_eq!(h.load(SeqCst), round + 1);
+            }
+        }
+    }
+
+    #[test]
+    fn parked_helpers_wake_for_the_next_job() {
+        let team = Team::new(2, Duration::from_micros(10)).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let hit = AtomicU32::new(0);
+        team.run(&|m| {
+            hit.fetch_add(m as u32 + 1, SeqCst);
+        });
+        assert_eq!(hit.load(SeqCst), 3);
+    }
+
+    #[test]
+    fn a_helpers_panic_reaches_the_caller_and_the_team_still_works() {
+        let team = Team::new(2, DEFAULT_SPIN).unwrap();
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            team.run(&|m| assert_ne!(m, 1, "helper fails"));
+        }));
+        assert!(r.is_err());
+        let hit = AtomicU32::new(0);
+        team.run(&|_| {
+            hit.fetch_add(1, SeqCst);
+        });
+        assert_eq!(hit.load(SeqCst), 2);
+    }
+}
