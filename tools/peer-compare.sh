@@ -32,8 +32,11 @@ if [ -z "${REPORT_ONLY:-}" ]; then
     avx2)
         export ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2
         export GPURT_CPU_ISA=avx2
-        cargo build --release --quiet --no-default-features --features wgpu,cuda,serve
-        cp target/release/gpurt "$out/gpurt-avx2"
+        # Its own target folder: switching the default build's features
+        # back and forth would rebuild everything each time.
+        cargo build --release --quiet --no-default-features --features wgpu,cuda,serve \
+            --target-dir target/avx2
+        cp target/avx2/release/gpurt "$out/gpurt-avx2"
         gpurt=$out/gpurt-avx2
         ;;
     *)
