@@ -12,7 +12,9 @@
 //! one worker per core, and handing each small kernel to a thread pool and
 //! back costs more than it gains at batch 1 (it doubled the median latency
 //! of the small CNN here). [`Predictor::parallel`] switches to rayon's
-//! global pool for large batches.
+//! global pool for large batches; [`Predictor::threads`] gives one
+//! latency-bound caller helper threads that spin between calls instead
+//! (batch-1 convolutions split between them).
 
 use crate::backend::cpu::team::{self, Team};
 use crate::backend::{Backend, DeviceSpec};
