@@ -63,9 +63,14 @@ pub fn split_rows<A: Send, B: Send>(
     f: impl Fn(Range<usize>, &mut [A], &mut [B]) + Sync,
 ) {
     let team = TEAM.with(|t| t.borrow_mut().take());
-    let Some(team) = team.filter(|t| t.size() > 1 && rows > align) else {
+    let Some(team) = team else {
         return f(0..rows, &mut a[..rows * a_row], &mut b[..rows * b_row]);
     };
+    if team.size() == 1 || rows <= align {
+        f(0..rows, &mut a[..rows * a_row], &mut b[..rows * b_row]);
+        TEAM.with(|t| *t.borrow_mut() = Some(team));
+        return;
+    }
     let blocks = rows.div_ceil(align);
     let members = team.size().min(blocks).min(MAX_TEAM);
     // Member m takes blocks [m·blocks/members, (m+1)·blocks/members).
@@ -228,6 +233,27 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_split_too_small_to_share_leaves_the_team_to_the_next() {
+        let team = Arc::new(Team::new(2, super::super::team::DEFAULT_SPIN).unwrap());
+        let me = std::thread::current().id();
+        on_team(&team, || {
+            let (mut a, mut b) = ([0.0f32; 1], [0u32; 1]);
+            split_rows(1, 1, (&mut a[..], 1), (&mut b[..], 1), |_, _, _| {});
+            let elsewhere = std::sync::atomic::AtomicBool::new(false);
+            let (mut a, mut b) = (vec![0.0f32; 8], vec![0u32; 8]);
+            split_rows(8, 1, (&mut a, 1), (&mut b, 1), |_, _, _| {
+                if std::thread::current().id() != me {
+                    elsewhere.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+            assert!(
+                elsewhere.into_inner(),
+                "the second split ran on the caller alone"
+            );
+        });
     }
 
     #[test]

@@ -163,10 +163,11 @@ impl Shared {
             }
             // Park, unless a job came in since the check above (the caller
             // bumps the epoch, then reads `parked`: one of the two sees
-            // the other).
+            // the other). No timeout: an idle team costs nothing; a job,
+            // `prime` or drop unparks, after which the helper spins again.
             self.parked.fetch_add(1, SeqCst);
             if self.epoch.load(SeqCst) == seen && !self.stop.load(SeqCst) {
-                std::thread::park_timeout(Duration::from_millis(100));
+                std::thread::park();
             }
             self.parked.fetch_sub(1, SeqCst);
             idle_since = Instant::now();
@@ -217,7 +218,14 @@ mod tests {
     #[test]
     fn parked_helpers_wake_for_the_next_job() {
         let team = Team::new(2, Duration::from_micros(10)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while team.shared.parked.load(SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "an idle helper never parked");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Parked for good (no timed wake-ups that would spin again).
         std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(team.shared.parked.load(SeqCst), 1);
         let hit = AtomicU32::new(0);
         team.run(&|m| {
             hit.fetch_add(m as u32 + 1, SeqCst);
