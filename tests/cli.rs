@@ -113,6 +113,16 @@ fn bad_arguments_exit_non_zero() {
     assert_fails_with(&gpurt(&["train", "--device", "tpu"]), &["tpu"]);
     assert_fails_with(&gpurt(&["train", "--data", "imagenet:/x"]), &["imagenet"]);
     assert!(!gpurt(&["frobnicate"]).status.success());
+    assert_fails_with(
+        &gpurt(&[
+            "serve",
+            "--run",
+            env!("CARGO_MANIFEST_DIR"),
+            "--threads-per-worker",
+            "0",
+        ]),
+        &["--threads-per-worker must be at least 1"],
+    );
 }
 
 /// `GPURT_CPU_ISA`: a forced set shows in the device line; a misspelt one

@@ -52,6 +52,9 @@ fn config(run: &Path) -> ServeConfig {
         limits: Limits {
             device: DeviceSpec::Cpu,
             workers: 2,
+            // Each worker's batch-1 predictor on a team of two: every
+            // test here also runs the split convolutions under load.
+            threads_per_worker: 2,
             max_batch: 16,
             max_delay: Duration::from_millis(2),
             max_queue: 256,

@@ -10,8 +10,8 @@
 //! that builds while a batch runs forms the next batch.
 
 use super::metrics::ModelMetrics;
+use super::model::Limits;
 use super::request::{InputSpec, Rows};
-use crate::backend::DeviceSpec;
 use crate::checkpoint::Checkpoint;
 use crate::data::{DataSpec, Normalizer};
 use crate::embed::{Predictor, SharedWeights, TextPredictor};
@@ -95,14 +95,9 @@ pub enum Engine {
     },
 }
 
-/// Load `run` and compile one engine per worker on `device`.
-pub fn load(
-    run: &Path,
-    device: &DeviceSpec,
-    max_batch: usize,
-    workers: usize,
-    generation: u64,
-) -> Result<(Vec<Engine>, Version)> {
+/// Load `run` and compile one engine per worker on `limits.device`.
+pub fn load(run: &Path, limits: &Limits, generation: u64) -> Result<(Vec<Engine>, Version)> {
+    let (device, max_batch, workers) = (&limits.device, limits.max_batch, limits.workers);
     let ck = Checkpoint::load(run)?;
     let sizes = batch_sizes(max_batch);
     let backend = crate::backend::select(device)?;
@@ -137,7 +132,12 @@ pub fn load(
             for _ in 0..workers {
                 let predictors = sizes
                     .iter()
-                    .map(|&b| Predictor::new(&weights, b, backend.as_ref()))
+                    .map(|&b| {
+                        // A team helps one image (its convolutions split);
+                        // batches run image groups on the worker alone.
+                        let threads = if b == 1 { limits.threads_per_worker } else { 1 };
+                        Predictor::new(&weights, b, backend.as_ref())?.threads(threads)
+                    })
                     .collect::<Result<Vec<_>>>()?;
                 engines.push(Engine::Image {
                     predictors,

@@ -19,6 +19,8 @@ use std::time::Duration;
 pub struct Limits {
     pub device: DeviceSpec,
     pub workers: usize,
+    /// Threads of each worker's batch-1 predictor (`Predictor::threads`).
+    pub threads_per_worker: usize,
     pub max_batch: usize,
     pub max_delay: Duration,
     pub max_queue: usize,
@@ -47,8 +49,7 @@ impl Model {
         run: PathBuf,
         limits: Limits,
     ) -> Result<(Arc<Model>, Vec<JoinHandle<()>>)> {
-        let (engines, version) =
-            batcher::load(&run, &limits.device, limits.max_batch, limits.workers, 1)?;
+        let (engines, version) = batcher::load(&run, &limits, 1)?;
         let version = Arc::new(version);
         let (tx, rx) = crossbeam_channel::bounded(limits.max_queue);
         let shared = Arc::new(Shared {
@@ -156,13 +157,7 @@ impl Model {
         let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.version();
         let run = run.unwrap_or_else(|| old.run.clone());
-        let (engines, version) = batcher::load(
-            &run,
-            &self.limits.device,
-            self.limits.max_batch,
-            self.limits.workers,
-            old.generation + 1,
-        )?;
+        let (engines, version) = batcher::load(&run, &self.limits, old.generation + 1)?;
         let same_input = match (&old.input, &version.input) {
             (InputSpec::Image { dims: a, .. }, InputSpec::Image { dims: b, .. }) => a == b,
             (InputSpec::Text { .. }, InputSpec::Text { .. }) => true,
