@@ -145,7 +145,8 @@ impl Predictor {
     /// `set_num_threads` for one latency-bound caller: the batch-1
     /// convolutions split their output channels between the threads. A
     /// service with one predictor per core keeps the default, 1. CPU only;
-    /// other devices ignore it.
+    /// other devices ignore it, and so does [`Predictor::parallel`]`(true)`,
+    /// which hands the kernels to rayon's pool instead.
     pub fn threads(mut self, n: usize) -> Result<Self> {
         if n == 0 {
             return Err(Error::Usage("a predictor needs at least 1 thread".into()));

@@ -54,7 +54,8 @@ pub const MAX_TEAM: usize = 8;
 /// Splits `rows` rows, at multiples of `align`, between the members of
 /// the current [`on_team`] team (or runs them all here without one), and
 /// calls `f(rows, a_part, b_part)` once per member with its rows of `a`
-/// (`a_row` floats per row) and `b` (`b_row` per row). Allocation-free.
+/// (`a_row` elements per row) and `b` (`b_row` per row). Members past
+/// [`MAX_TEAM`] get nothing. Allocation-free.
 pub fn split_rows<A: Send, B: Send>(
     rows: usize,
     align: usize,

@@ -11,7 +11,7 @@
 //! so their wake-up overlaps the caller's own work.
 //!
 //! Kernels reach the team of the current call through
-//! [`super::par::split`]; a predictor built with
+//! [`super::par::split_rows`]; a predictor built with
 //! [`crate::embed::Predictor::threads`] owns one.
 
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
