@@ -38,7 +38,30 @@ fn conv_out_dim(size: usize, k: usize, stride: usize, pad: usize, dil: usize) ->
     Some(span / stride + 1)
 }
 
+/// Which product of a convolution an implicit GEMM computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvProduct {
+    Forward,
+    GradInput,
+    GradWeight,
+}
+
 impl Conv2dGeom {
+    /// `(m, n, k)` of the implicit GEMM that computes `p`: the forward is
+    /// `c_out × n·oh·ow` over `c_in·kh·kw`, grad-input `c_in × n·h·w` over
+    /// `c_out·kh·kw`, grad-weight `c_out × c_in·kh·kw` over `n·oh·ow`. The
+    /// GPU lowerings size their launches from it. Panics if the kernel
+    /// does not fit (launch geometry is checked when a module is built).
+    pub fn gemm_dims(&self, p: ConvProduct) -> (usize, usize, usize) {
+        let (oh, ow) = self.out_hw().expect("conv geometry checked at build");
+        let taps = self.kh * self.kw;
+        match p {
+            ConvProduct::Forward => (self.c_out, self.n * oh * ow, self.c_in * taps),
+            ConvProduct::GradInput => (self.c_in, self.n * self.h * self.w, self.c_out * taps),
+            ConvProduct::GradWeight => (self.c_out, self.c_in * taps, self.n * oh * ow),
+        }
+    }
+
     /// `(oh, ow)`, or `None` if the dilated kernel does not fit in the padded
     /// input (or a kernel size, stride or dilation is zero).
     pub fn out_hw(&self) -> Option<(usize, usize)> {
@@ -237,4 +260,31 @@ pub fn backward(
         )?));
     }
     Ok(grads)
+}
+
+#[cfg(test)]
+mod gemm_dims_tests {
+    use super::*;
+
+    #[test]
+    fn each_product_has_the_gemm_shape_of_its_direction() {
+        // 7x9 input, 3x2 kernel, stride (2, 1), pad (1, 0), dilation (1, 2):
+        // oh = (7 + 2 - 3) / 2 + 1 = 4, ow = (9 - 3) / 1 + 1 = 7.
+        let g = Conv2dGeom {
+            n: 3,
+            c_in: 5,
+            h: 7,
+            w: 9,
+            c_out: 4,
+            kh: 3,
+            kw: 2,
+            stride: (2, 1),
+            pad: (1, 0),
+            dilation: (1, 2),
+        };
+        assert_eq!(g.out_hw(), Some((4, 7)));
+        assert_eq!(g.gemm_dims(ConvProduct::Forward), (4, 3 * 4 * 7, 5 * 6));
+        assert_eq!(g.gemm_dims(ConvProduct::GradInput), (5, 3 * 7 * 9, 4 * 6));
+        assert_eq!(g.gemm_dims(ConvProduct::GradWeight), (4, 5 * 6, 3 * 4 * 7));
+    }
 }

@@ -7,7 +7,7 @@ use super::plan::{operands, Gemm, Planner, Scratch, MAX_GRID_YZ};
 use crate::error::{Error, Result};
 use crate::graph::kernel::Kernel;
 use crate::graph::plan::Launch;
-use crate::ops::conv2d::Conv2dGeom;
+use crate::ops::conv2d::{Conv2dGeom, ConvProduct};
 
 impl Planner {
     /// The launches on the dense products: matmul, linear and the three
@@ -72,8 +72,7 @@ impl Planner {
                 act,
                 residual,
             } => {
-                let (oh, ow) = g.out_hw().expect("checked by geom");
-                let (cols, k) = (g.n * oh * ow, g.c_in * g.kh * g.kw);
+                let (_, cols, k) = g.gemm_dims(ConvProduct::Forward);
                 let t = self.tile(g.c_out, cols, 1);
                 let res = match residual {
                     true => r(2 + *bias as usize),
@@ -99,7 +98,7 @@ impl Planner {
                 )?
             }
             Kernel::Conv2dGradInput(g) => {
-                let cols = g.n * g.h * g.w;
+                let (_, cols, _) = g.gemm_dims(ConvProduct::GradInput);
                 let t = self.tile(g.c_in, cols, 1);
                 self.conv_call(
                     t.pick(["conv2d_dgrad_l", "conv2d_dgrad_m", "conv2d_dgrad_s"]),
@@ -282,8 +281,7 @@ impl Planner {
     ) -> Result<Vec<Call>> {
         let (r, w) = operands(l);
         Ok({
-            let (oh, ow) = g.out_hw().expect("checked by geom");
-            let (m, n, k) = (g.c_out, g.c_in * g.kh * g.kw, g.n * oh * ow);
+            let (m, n, k) = g.gemm_dims(ConvProduct::GradWeight);
             let t = self.tile(m, n, 1);
             let splits = self.gemm_splits(t, m, n, k, 1);
             let part = if splits > 1 {

@@ -8,7 +8,7 @@ use super::shaders::Family;
 use crate::error::{Error, Result};
 use crate::graph::kernel::Kernel;
 use crate::graph::plan::Launch;
-use crate::ops::conv2d::Conv2dGeom;
+use crate::ops::conv2d::{Conv2dGeom, ConvProduct};
 use crate::ops::elementwise::{max_depth, EwInstr, MAX_INPUTS, MAX_STACK};
 use crate::tensor::Shape;
 
@@ -86,7 +86,7 @@ pub(super) fn dense(
             act,
             residual,
         } => {
-            let (oh, ow) = g.out_hw().expect("checked by geom");
+            let (m, n, k) = g.gemm_dims(ConvProduct::Forward);
             // With a residual the GEMM epilogue adds only the bias; the
             // store adds the residual, then applies the activation.
             let mut own = conv_params(g);
@@ -98,9 +98,9 @@ pub(super) fn dense(
                 family: Family::Conv2d,
                 tiled: "conv2d_forward",
                 reduce: "conv2d_forward_reduce",
-                m: g.c_out,
-                n: g.n * oh * ow,
-                k: g.c_in * g.kh * g.kw,
+                m,
+                n,
+                k,
                 batch: 1,
                 act: if *residual { 0 } else { act_code(*act) },
                 bias: bias.then(|| (1, r(2))),
@@ -110,30 +110,27 @@ pub(super) fn dense(
             }
             .dispatch(&own, scratch)
         }
-        Kernel::Conv2dGradInput(g) => Gemm {
-            family: Family::Conv2d,
-            tiled: "conv2d_grad_input",
-            reduce: "conv2d_grad_input_reduce",
-            m: g.c_in,
-            n: g.n * g.h * g.w,
-            k: g.c_out * g.kh * g.kw,
-            batch: 1,
-            act: 0,
-            bias: None,
-            a: r(1),
-            b: r(0),
-            c: w(0),
-        }
-        .dispatch(&conv_params(g), scratch),
-        Kernel::Conv2dGradWeight(g) => {
-            let (oh, ow) = g.out_hw().expect("checked by geom");
+        Kernel::Conv2dGradInput(g) | Kernel::Conv2dGradWeight(g) => {
+            let (product, tiled, reduce) = match kernel {
+                Kernel::Conv2dGradInput(_) => (
+                    ConvProduct::GradInput,
+                    "conv2d_grad_input",
+                    "conv2d_grad_input_reduce",
+                ),
+                _ => (
+                    ConvProduct::GradWeight,
+                    "conv2d_grad_weight",
+                    "conv2d_grad_weight_reduce",
+                ),
+            };
+            let (m, n, k) = g.gemm_dims(product);
             Gemm {
                 family: Family::Conv2d,
-                tiled: "conv2d_grad_weight",
-                reduce: "conv2d_grad_weight_reduce",
-                m: g.c_out,
-                n: g.c_in * g.kh * g.kw,
-                k: g.n * oh * ow,
+                tiled,
+                reduce,
+                m,
+                n,
+                k,
                 batch: 1,
                 act: 0,
                 bias: None,
