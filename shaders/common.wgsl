@@ -6,11 +6,15 @@
 //      integer never passes through a float register.
 //   1: this launch's parameters (offsets in words, sizes, shapes, constants),
 //      bound with a dynamic offset into one buffer written at compile time.
+//      A uniform buffer: parameters are read everywhere, often inside inner
+//      loops, and uniform reads at fixed offsets are the cheapest kind on
+//      every adapter (a GPU's constant cache; a broadcast scalar load on a
+//      CPU adapter, where a storage read is a per-lane loop).
 //   2: runtime scalars (lr, step, and host-computed per-run constants),
 //      written before every run.
 
 @group(0) @binding(0) var<storage, read_write> arena: array<u32>;
-@group(0) @binding(1) var<storage, read> prm: array<u32>;
+@group(0) @binding(1) var<uniform> prm: array<vec4<u32>, 256>;
 @group(0) @binding(2) var<uniform> rt: array<vec4<f32>, 64>;
 
 /// Threads per workgroup of every 1-D kernel.
@@ -25,10 +29,10 @@ fn st(i: u32, v: f32) {
     arena[i] = bitcast<u32>(v);
 }
 fn pu(i: u32) -> u32 {
-    return prm[i];
+    return prm[i / 4u][i % 4u];
 }
 fn pf(i: u32) -> f32 {
-    return bitcast<f32>(prm[i]);
+    return bitcast<f32>(pu(i));
 }
 fn scalar(i: u32) -> f32 {
     return rt[i / 4u][i % 4u];

@@ -1444,6 +1444,28 @@ fn optimizer_cases(out: &mut Vec<Prepared>) {
             graph_case_with(out, &name, g, 3, TOL, &[("lr", 0.05), ("step", step)]);
         }
     }
+    // Many tensors: more rows than one parameter window of wgpu's
+    // multi-tensor launch holds (169 Adam rows, 203 SGD rows), so the fused update is
+    // chunked. The weight is the sum of 250 [3, 4] parameters.
+    for c in [
+        OptimConfig::new(OptimizerKind::Adam),
+        config(OptimizerKind::Sgd, 0.9, false, 0.0),
+    ] {
+        let mut g = Graph::new(true);
+        let x = input(&mut g, "x", &[5, 4]);
+        let y = g.input("y", [5], DType::U32).unwrap();
+        let mut w = g.param("w0", [3, 4]).unwrap();
+        for i in 1..250 {
+            let p = g.param(&format!("w{i}"), [3, 4]).unwrap();
+            w = g.add(w, p).unwrap();
+        }
+        let logits = g.linear(x, w, None).unwrap();
+        let loss = g.cross_entropy(logits, y).unwrap();
+        append_update(&mut g, loss, &c).unwrap();
+        g.set_output("loss", loss);
+        let name = format!("{:?} momentum={} over 250 tensors", c.kind, c.momentum);
+        graph_case(out, &name, g, 3, TOL);
+    }
 }
 
 /// Every op case.

@@ -19,7 +19,7 @@ use crate::common::catalogue::{self, Prepared, TOL};
 use crate::common::{input, rel_err};
 use crate::gate::gpu;
 use gpurt::backend::cpu::CpuBackend;
-use gpurt::backend::wgpu::WgpuBackend;
+use gpurt::backend::wgpu::{GemmStyle, WgpuBackend};
 use gpurt::backend::Backend;
 use gpurt::graph::exec::Session;
 use gpurt::graph::ir::Graph;
@@ -41,6 +41,23 @@ fn wgpu_matches_cpu_on_every_op() {
     let t = "wgpu_matches_cpu_on_every_op";
     let Some(gpu) = gpu(t) else { return };
     check_all(t, gpu, &catalogue::op_cases());
+}
+
+/// The GEMM kernels the adapter does not pick (the tiled ones on a CPU
+/// adapter, the team ones on a GPU) on the same catalogue, so both stay
+/// checked wherever the tests run.
+#[test]
+fn wgpu_other_gemm_style_matches_cpu() {
+    let t = "wgpu_other_gemm_style_matches_cpu";
+    let Some(gpu) = gpu(t) else { return };
+    let other = match gpu.gemm_style() {
+        GemmStyle::Direct => GemmStyle::Tiled,
+        GemmStyle::Tiled => GemmStyle::Direct,
+    };
+    match gpu.with_gemm_style(other) {
+        Ok(b) => check_all(t, &b, &catalogue::op_cases()),
+        Err(e) => println!("SKIPPED: {t}: {e}"),
+    }
 }
 
 #[test]

@@ -10,24 +10,30 @@ use wgpu::naga;
 #[test]
 fn every_shader_validates() {
     let mut failures = Vec::new();
-    for (name, src, entries, wg) in shader_sources() {
-        let module = match naga::front::wgsl::parse_str(&src) {
+    for m in shader_sources() {
+        let (name, src) = (&m.name, &m.source);
+        let module = match naga::front::wgsl::parse_str(src) {
             Ok(m) => m,
             Err(e) => {
-                failures.push(format!("{name}: {}", e.emit_to_string(&src)));
+                failures.push(format!("{name}: {}", e.emit_to_string(src)));
                 continue;
             }
         };
-        let mut v = naga::valid::Validator::new(
-            naga::valid::ValidationFlags::all(),
-            naga::valid::Capabilities::default(),
-        );
+        let mut caps = naga::valid::Capabilities::default();
+        if m.subgroups {
+            caps |= naga::valid::Capabilities::SUBGROUP;
+        }
+        let mut v = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps);
+        if m.subgroups {
+            v.subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+                .subgroup_operations(naga::valid::SubgroupOperationSet::all());
+        }
         if let Err(e) = v.validate(&module) {
-            failures.push(format!("{name}: {}", e.emit_to_string(&src)));
+            failures.push(format!("{name}: {}", e.emit_to_string(src)));
             continue;
         }
-        for want in entries {
-            let found = module.entry_points.iter().find(|e| e.name == *want);
+        for &(want, wg) in &m.entries {
+            let found = module.entry_points.iter().find(|e| e.name == want);
             match found {
                 None => failures.push(format!("{name}: no entry point '{want}'")),
                 Some(e) if e.workgroup_size != [wg, 1, 1] => failures.push(format!(
@@ -38,7 +44,7 @@ fn every_shader_validates() {
             }
         }
         for e in &module.entry_points {
-            if !entries.contains(&e.name.as_str()) {
+            if !m.entries.iter().any(|w| w.0 == e.name) {
                 failures.push(format!("{name}: entry point '{}' is not listed", e.name));
             }
         }
@@ -60,7 +66,7 @@ fn every_shader_file_is_built() {
         let used = matches!(stem, "common")
             || sources
                 .iter()
-                .any(|(n, src, _, _)| *n == stem || src.contains(&marker));
+                .any(|m| m.name == stem || m.source.contains(&marker));
         assert!(used, "{} is not built into any module", path.display());
     }
 }

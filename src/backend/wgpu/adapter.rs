@@ -134,11 +134,12 @@ pub fn candidates(f: &Found, hardware_only: bool) -> Vec<usize> {
 }
 
 /// A device with the adapter's own limits (not WebGPU's defaults, so big
-/// arenas fit where the hardware allows) and timestamp queries if offered.
+/// arenas fit where the hardware allows), timestamp queries and subgroups
+/// if offered.
 pub fn request(a: &Adapter) -> Result<(Device, Queue)> {
     let desc = ::wgpu::DeviceDescriptor {
         label: Some("gpurt"),
-        required_features: a.features() & Features::TIMESTAMP_QUERY,
+        required_features: a.features() & (Features::TIMESTAMP_QUERY | Features::SUBGROUP),
         required_limits: a.limits(),
         ..Default::default()
     };

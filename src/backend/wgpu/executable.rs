@@ -2,8 +2,8 @@
 //! words of every launch uploaded once, the pipelines and one bind group;
 //! `run` records a whole program into one command buffer.
 
-use super::launch::{self, Runtime, RUNTIME_SLOTS};
-use super::{device_error, Family, Gpu};
+use super::launch::{self, Runtime, PARAM_WORDS, RUNTIME_SLOTS};
+use super::{device_error, Family, GemmStyle, Gpu};
 use crate::backend::Executable;
 use crate::error::{Error, Result};
 use crate::graph::plan::{Module, Slot};
@@ -37,14 +37,13 @@ pub struct WgpuExecutable {
 }
 
 impl WgpuExecutable {
-    pub(super) fn new(gpu: Arc<Gpu>, module: Arc<Module>) -> Result<Self> {
+    pub(super) fn new(gpu: Arc<Gpu>, module: Arc<Module>, gemm: GemmStyle) -> Result<Self> {
         // Slots in the arena, no output overlapping another operand, every
         // launch decoded: checked once for every backend.
         let kernels = module.validate()?;
-        let align = (gpu.limits.min_storage_buffer_offset_alignment.max(4) / 4) as usize;
+        let align = (gpu.limits.min_uniform_buffer_offset_alignment.max(4) / 4) as usize;
         let mut rt = Runtime::new(module.scalars.len());
         let mut words: Vec<u32> = Vec::new();
-        let mut window = 1usize;
         let mut scratch = 0usize;
         let mut pipelines: Vec<w::ComputePipeline> = Vec::new();
         let mut index: HashMap<(Family, &'static str), usize> = HashMap::new();
@@ -53,7 +52,7 @@ impl WgpuExecutable {
             let mut steps = Vec::new();
             for (l, k) in p.launches.iter().zip(ks) {
                 let dispatches =
-                    launch::encode(l, k, &mut rt, module.arena_words).map_err(|e| {
+                    launch::encode(l, k, &mut rt, module.arena_words, gemm).map_err(|e| {
                         device_error(format!("program '{}': {}: {e}", p.name, l.op.kernel_name()))
                     })?;
                 for d in dispatches {
@@ -69,7 +68,6 @@ impl WgpuExecutable {
                     };
                     let offset = u32::try_from(words.len() * 4)
                         .map_err(|_| Error::Limit("kernel parameters exceed 4 GiB".into()))?;
-                    window = window.max(d.params.len());
                     words.extend_from_slice(&d.params);
                     words.resize(words.len().div_ceil(align) * align, 0);
                     steps.push(Step {
@@ -89,14 +87,14 @@ impl WgpuExecutable {
                 rt.len()
             )));
         }
-        // Every window [offset, offset + window) lies inside the buffer.
-        words.resize(words.len() + window, 0);
-        let window_bytes = window as u64 * 4;
-        if window_bytes > gpu.limits.max_storage_buffer_binding_size {
+        // Every window [offset, offset + PARAM_WORDS) lies inside the buffer.
+        words.resize(words.len() + PARAM_WORDS, 0);
+        let window_bytes = PARAM_WORDS as u64 * 4;
+        if window_bytes > gpu.limits.max_uniform_buffer_binding_size {
             return Err(device_error(format!(
-                "one launch has {window_bytes} bytes of parameters, more than \
-                 max_storage_buffer_binding_size ({})",
-                gpu.limits.max_storage_buffer_binding_size
+                "the kernels' {window_bytes}-byte parameter window exceeds \
+                 max_uniform_buffer_binding_size ({})",
+                gpu.limits.max_uniform_buffer_binding_size
             )));
         }
         let arena = gpu.buffer(
@@ -113,7 +111,7 @@ impl WgpuExecutable {
                 .create_buffer_init(&w::util::BufferInitDescriptor {
                     label: Some("kernel parameters"),
                     contents: bytemuck::cast_slice(&words),
-                    usage: w::BufferUsages::STORAGE,
+                    usage: w::BufferUsages::UNIFORM,
                 })
         })?;
         let runtime = gpu.buffer(

@@ -6,7 +6,9 @@
 //! It is pure (no device), so it runs once per module in `compile` and the
 //! parameter words are uploaded once.
 
-use super::lower::{dense, elementwise, multi_tensor, pool_params, sum_to, tensor_table};
+use super::lower::{
+    dense, elementwise, multi_tensor, pool_params, sum_to, tensor_table, GemmStyle,
+};
 use super::shaders::Family;
 use crate::error::{Error, Result};
 use crate::graph::kernel::{Kernel, PoolKind};
@@ -28,6 +30,9 @@ pub(super) const TK: usize = 16;
 /// largest head size its per-thread rows hold (AD).
 pub(super) const ATTENTION_ROWS: usize = 64;
 pub(super) const ATTENTION_MAX_HEAD: usize = 64;
+/// Words of one launch's parameter window (`prm` in common.wgsl, a
+/// uniform of 256 vec4s).
+pub const PARAM_WORDS: usize = 1024;
 /// Capacity of the runtime-scalar uniform (`rt` in common.wgsl).
 pub const RUNTIME_SLOTS: usize = 256;
 
@@ -109,6 +114,7 @@ impl Runtime {
 
 /// Parameter words under construction; values that do not fit in u32 are
 /// reported when the launch is finished.
+#[derive(Clone)]
 pub(super) struct Params {
     words: Vec<u32>,
     overflow: Option<usize>,
@@ -150,6 +156,13 @@ impl Params {
             return Err(Error::Limit(format!(
                 "{}::{entry}: value {v} does not fit the kernel's 32-bit parameters",
                 family.name()
+            )));
+        }
+        if self.words.len() > PARAM_WORDS {
+            return Err(Error::Limit(format!(
+                "{}::{entry}: {} parameter words, the kernels hold {PARAM_WORDS}",
+                family.name(),
+                self.words.len()
             )));
         }
         Ok(Dispatch {
@@ -194,6 +207,7 @@ pub fn encode(
     kernel: &Kernel,
     rt: &mut Runtime,
     scratch: usize,
+    gemm: GemmStyle,
 ) -> Result<Vec<Dispatch>> {
     // Operand k's offset; in place, operand k lives in output 0's range.
     let r = |k: usize| -> usize {
@@ -216,7 +230,7 @@ pub fn encode(
         | Kernel::Linear { .. }
         | Kernel::Conv2d { .. }
         | Kernel::Conv2dGradInput(_)
-        | Kernel::Conv2dGradWeight(_) => dense(kernel, &r, &w, scratch),
+        | Kernel::Conv2dGradWeight(_) => dense(kernel, &r, &w, scratch, gemm),
         Kernel::Conv2dGradBias(s) => {
             let mut p = Params::new(5);
             p.list(0, &[s.n, s.c, s.plane, r(0), w(0)]);

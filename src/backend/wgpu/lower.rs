@@ -3,8 +3,10 @@
 //! split-K), convolution and pooling geometry, strided reductions, fused
 //! elementwise programs and the multi-tensor optimiser tables.
 
-use super::launch::{act_code, binary_code, groups_for, rank_ok, Dispatch, Params, TILE, TK, WG};
-use super::shaders::Family;
+use super::launch::{
+    act_code, binary_code, groups_for, rank_ok, Dispatch, Params, PARAM_WORDS, TILE, TK, WG,
+};
+use super::shaders::{Family, DIRECT_ENTRIES};
 use crate::error::{Error, Result};
 use crate::graph::kernel::Kernel;
 use crate::graph::plan::Launch;
@@ -12,11 +14,53 @@ use crate::ops::conv2d::{Conv2dGeom, ConvProduct};
 use crate::ops::elementwise::{max_depth, EwInstr, MAX_INPUTS, MAX_STACK};
 use crate::tensor::Shape;
 
+/// Which GEMM kernels matmuls and convolutions lower to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmStyle {
+    /// gemm.wgsl: 64x64 output tiles staged through workgroup memory,
+    /// 16x16 invocations each owning 4x4 outputs; for GPUs, whose
+    /// workgroup memory is on-chip and shared by the invocations' loads.
+    Tiled,
+    /// gemm_direct.wgsl: teams of 8 invocations in one subgroup, each
+    /// team 8 rows x 32 columns, A values shared by subgroup broadcast;
+    /// for adapters whose workgroup memory is ordinary memory (CPU
+    /// adapters such as lavapipe), where staging adds copies and barriers
+    /// and saves no traffic, and where a 64x64 tile wastes most of its
+    /// work on the narrow GEMMs of batch-1 inference.
+    Direct,
+}
+
+impl GemmStyle {
+    /// Direct on CPU adapters with subgroups of at least a team, tiled
+    /// elsewhere.
+    pub fn for_adapter(info: &::wgpu::AdapterInfo, features: ::wgpu::Features) -> Self {
+        if info.device_type == ::wgpu::DeviceType::Cpu && GemmStyle::direct_runs(info, features) {
+            GemmStyle::Direct
+        } else {
+            GemmStyle::Tiled
+        }
+    }
+
+    /// Whether the team GEMM runs on an adapter: subgroups, each holding
+    /// a whole team.
+    pub fn direct_runs(info: &::wgpu::AdapterInfo, features: ::wgpu::Features) -> bool {
+        features.contains(::wgpu::Features::SUBGROUP)
+            && info.subgroup_min_size >= super::shaders::DIRECT_WG
+    }
+}
+
+/// Rows of one team's block, and columns (gemm_direct.wgsl: TEAM rows,
+/// TEAM lanes of 4 columns).
+const TEAM_ROWS: usize = 8;
+const TEAM_COLS: usize = 32;
+
 /// A GEMM on the shared core (gemm.wgsl).
 pub(super) struct Gemm {
     pub(super) family: Family,
     pub(super) tiled: &'static str,
+    pub(super) direct: &'static str,
     pub(super) reduce: &'static str,
+    pub(super) style: GemmStyle,
     pub(super) m: usize,
     pub(super) n: usize,
     pub(super) k: usize,
@@ -36,6 +80,7 @@ pub(super) fn dense(
     r: &dyn Fn(usize) -> usize,
     w: &dyn Fn(usize) -> usize,
     scratch: usize,
+    style: GemmStyle,
 ) -> Result<Vec<Dispatch>> {
     match kernel {
         Kernel::MatMul(g) => {
@@ -43,7 +88,9 @@ pub(super) fn dense(
             Gemm {
                 family: Family::Matmul,
                 tiled: "matmul",
+                direct: DIRECT_ENTRIES[0],
                 reduce: "gemm_splitk_reduce",
+                style,
                 m,
                 n,
                 k,
@@ -68,7 +115,9 @@ pub(super) fn dense(
         Kernel::Linear { gemm, bias, act } => Gemm {
             family: Family::Matmul,
             tiled: "matmul",
+            direct: DIRECT_ENTRIES[0],
             reduce: "gemm_splitk_reduce",
+            style,
             m: gemm.m,
             n: gemm.n,
             k: gemm.k,
@@ -97,7 +146,9 @@ pub(super) fn dense(
             Gemm {
                 family: Family::Conv2d,
                 tiled: "conv2d_forward",
+                direct: DIRECT_ENTRIES[0],
                 reduce: "conv2d_forward_reduce",
+                style,
                 m,
                 n,
                 k,
@@ -111,15 +162,17 @@ pub(super) fn dense(
             .dispatch(&own, scratch)
         }
         Kernel::Conv2dGradInput(g) | Kernel::Conv2dGradWeight(g) => {
-            let (product, tiled, reduce) = match kernel {
+            let (product, tiled, direct, reduce) = match kernel {
                 Kernel::Conv2dGradInput(_) => (
                     ConvProduct::GradInput,
                     "conv2d_grad_input",
+                    DIRECT_ENTRIES[1],
                     "conv2d_grad_input_reduce",
                 ),
                 _ => (
                     ConvProduct::GradWeight,
                     "conv2d_grad_weight",
+                    DIRECT_ENTRIES[2],
                     "conv2d_grad_weight_reduce",
                 ),
             };
@@ -127,7 +180,9 @@ pub(super) fn dense(
             Gemm {
                 family: Family::Conv2d,
                 tiled,
+                direct,
                 reduce,
+                style,
                 m,
                 n,
                 k,
@@ -167,8 +222,13 @@ impl Gemm {
         if self.m == 0 || self.n == 0 || self.batch == 0 {
             return Ok(vec![]);
         }
-        let tiles_n = self.n.div_ceil(TILE);
-        let per_batch = self.m.div_ceil(TILE) * tiles_n;
+        // Output tiles (tiled) or blocks (direct) along N and per batch.
+        let (rows, cols) = match self.style {
+            GemmStyle::Tiled => (TILE, TILE),
+            GemmStyle::Direct => (TEAM_ROWS, TEAM_COLS),
+        };
+        let tiles_n = self.n.div_ceil(cols);
+        let per_batch = self.m.div_ceil(rows) * tiles_n;
         let tiles = per_batch * self.batch;
         let (splits, per_split) = self.splits(tiles);
         let outputs = self.m * self.n * self.batch;
@@ -182,7 +242,11 @@ impl Gemm {
         for &(i, v) in own {
             p.u(i, v);
         }
-        let mut tiled = p.dispatch(self.family, self.tiled, tiles * splits)?;
+        let entry = match self.style {
+            GemmStyle::Tiled => self.tiled,
+            GemmStyle::Direct => self.direct,
+        };
+        let mut tiled = p.dispatch(self.family, entry, tiles * splits)?;
         if splits == 1 {
             return Ok(vec![tiled]);
         }
@@ -325,20 +389,28 @@ pub(super) fn tensor_table(
 }
 
 pub(super) fn multi_tensor(
-    mut p: Params,
+    p: Params,
     rows: Vec<Vec<usize>>,
     family: Family,
     entry: &'static str,
 ) -> Result<Vec<Dispatch>> {
-    let total: usize = rows.iter().map(|r| groups_for(r[1])).sum();
-    p.u(0, rows.len()).u(1, total);
-    let mut at = 8;
-    for row in &rows {
-        p.list(at, row);
-        at += row.len();
+    // As many tensors per dispatch as one parameter window holds.
+    let cols = rows.first().map_or(1, Vec::len).max(1);
+    let per = (PARAM_WORDS - 8) / cols;
+    let mut out = Vec::new();
+    for chunk in rows.chunks(per) {
+        let mut p = p.clone();
+        let base = chunk[0][0];
+        let total: usize = chunk.iter().map(|r| groups_for(r[1])).sum();
+        p.u(0, chunk.len()).u(1, total);
+        let mut at = 8;
+        for row in chunk {
+            p.u(at, row[0] - base).list(at + 1, &row[1..]);
+            at += row.len();
+        }
+        if total > 0 {
+            out.push(p.dispatch(family, entry, total)?);
+        }
     }
-    if total == 0 {
-        return Ok(vec![]);
-    }
-    Ok(vec![p.dispatch(family, entry, total)?])
+    Ok(out)
 }

@@ -20,14 +20,15 @@ mod lower;
 mod shaders;
 
 pub use executable::WgpuExecutable;
-pub use shaders::{shader_sources, Family};
+pub use lower::GemmStyle;
+pub use shaders::{shader_sources, Family, ModuleSource};
 
 use crate::backend::{Backend, Executable};
 use crate::error::{Error, Result};
 use crate::graph::plan::{Launch, Module, Program};
 use ::wgpu as w;
 use adapter::device_error;
-use launch::RUNTIME_SLOTS;
+use launch::{PARAM_WORDS, RUNTIME_SLOTS};
 use std::collections::HashMap;
 use std::num::NonZeroU64;
 use std::sync::{Arc, Mutex};
@@ -39,6 +40,7 @@ const MAX_ARENA_WORDS: usize = 1 << 31;
 /// An opened adapter: device, queue, and the pipelines built on it.
 pub struct WgpuBackend {
     gpu: Arc<Gpu>,
+    gemm: GemmStyle,
 }
 
 struct Gpu {
@@ -49,7 +51,8 @@ struct Gpu {
     timestamps: bool,
     layout: w::BindGroupLayout,
     pipeline_layout: w::PipelineLayout,
-    modules: Mutex<HashMap<Family, w::ShaderModule>>,
+    /// By kernel file and whether it is the subgroup variant.
+    modules: Mutex<HashMap<(Family, bool), w::ShaderModule>>,
     pipelines: Mutex<HashMap<(Family, &'static str), w::ComputePipeline>>,
     /// Errors no scope caught (reported at the next call into the device).
     errors: Arc<Mutex<Vec<String>>>,
@@ -155,9 +158,9 @@ impl WgpuBackend {
                 entry(
                     1,
                     w::BindingType::Buffer {
-                        ty: w::BufferBindingType::Storage { read_only: true },
+                        ty: w::BufferBindingType::Uniform,
                         has_dynamic_offset: true,
-                        min_binding_size: None,
+                        min_binding_size: NonZeroU64::new(PARAM_WORDS as u64 * 4),
                     },
                 ),
                 entry(
@@ -176,9 +179,11 @@ impl WgpuBackend {
             immediate_size: 0,
         });
         let timestamps = device.features().contains(w::Features::TIMESTAMP_QUERY);
+        let info = a.get_info();
         Ok(WgpuBackend {
+            gemm: GemmStyle::for_adapter(&info, device.features()),
             gpu: Arc::new(Gpu {
-                info: a.get_info(),
+                info,
                 limits: device.limits(),
                 device,
                 queue,
@@ -205,7 +210,32 @@ impl WgpuBackend {
     /// Like [`Backend::compile`], keeping the concrete type (for
     /// [`WgpuExecutable::profile`]).
     pub fn compile_wgpu(&self, module: Arc<Module>) -> Result<WgpuExecutable> {
-        WgpuExecutable::new(Arc::clone(&self.gpu), module)
+        WgpuExecutable::new(Arc::clone(&self.gpu), module, self.gemm)
+    }
+
+    /// The GEMM kernels this backend lowers matmuls and convolutions to
+    /// (chosen from the adapter when opened).
+    pub fn gemm_style(&self) -> GemmStyle {
+        self.gemm
+    }
+
+    /// The same device lowering to the given GEMM kernels, so tests and
+    /// benchmarks can run both on one adapter; an error if the adapter
+    /// cannot run them (the team GEMM needs subgroups of 8 or more).
+    pub fn with_gemm_style(&self, gemm: GemmStyle) -> Result<WgpuBackend> {
+        if gemm == GemmStyle::Direct
+            && !GemmStyle::direct_runs(&self.gpu.info, self.gpu.device.features())
+        {
+            return Err(device_error(format!(
+                "{}: the team GEMM needs the SUBGROUP feature with subgroups of at least {}",
+                adapter::describe_info(&self.gpu.info),
+                shaders::DIRECT_WG
+            )));
+        }
+        Ok(WgpuBackend {
+            gpu: Arc::clone(&self.gpu),
+            gemm,
+        })
     }
 }
 
@@ -252,19 +282,20 @@ impl Gpu {
         if let Some(p) = lock(&self.pipelines).get(&(family, entry)) {
             return Ok(p.clone());
         }
+        let direct = shaders::needs_subgroups(entry);
         let module = {
             let mut modules = lock(&self.modules);
-            match modules.get(&family) {
+            match modules.get(&(family, direct)) {
                 Some(m) => m.clone(),
                 None => {
-                    let src = shaders::source(family);
+                    let src = shaders::source(family, direct);
                     let m = self.scoped(&format!("shaders/{}.wgsl", family.name()), || {
                         self.device.create_shader_module(w::ShaderModuleDescriptor {
                             label: Some(family.name()),
                             source: w::ShaderSource::Wgsl(src.into()),
                         })
                     })?;
-                    modules.insert(family, m.clone());
+                    modules.insert((family, direct), m.clone());
                     m
                 }
             }

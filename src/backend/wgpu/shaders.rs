@@ -1,10 +1,24 @@
 //! The WGSL sources, embedded at build time (no file is read at run time).
 //! Each op family is one file under `shaders/`; `common.wgsl` (bindings,
 //! helpers, reductions, activations) is prepended to every family, and the
-//! GEMM core `gemm.wgsl` is appended to the families built on it.
+//! GEMM core `gemm.wgsl` is appended to the families built on it, followed
+//! on adapters that run the team GEMM by `gemm_direct.wgsl` (which needs
+//! the SUBGROUP feature, so it is a module variant of its own; naga takes
+//! subgroup builtins without WGSL's `enable subgroups`, which it rejects).
 
 const COMMON: &str = include_str!("../../../shaders/common.wgsl");
 const GEMM: &str = include_str!("../../../shaders/gemm.wgsl");
+const GEMM_DIRECT: &str = include_str!("../../../shaders/gemm_direct.wgsl");
+
+/// The team GEMM's entry points (gemm_direct.wgsl), indexed by the
+/// including family's mode, and their workgroup size (one team).
+pub const DIRECT_ENTRIES: [&str; 3] = ["gemm_direct_0", "gemm_direct_1", "gemm_direct_2"];
+pub const DIRECT_WG: u32 = 8;
+
+/// Whether an entry point lives in the subgroup variant of its module.
+pub fn needs_subgroups(entry: &str) -> bool {
+    DIRECT_ENTRIES.contains(&entry)
+}
 
 /// One shader module per kernel file (`shaders/<stem>.wgsl`).
 pub use crate::ops::KernelFile as Family;
@@ -97,10 +111,13 @@ pub fn workgroup_size(f: Family) -> u32 {
 }
 
 /// The complete module source of a kernel file: prelude, family, and the
-/// GEMM core where the family builds on it.
-pub fn source(f: Family) -> String {
+/// GEMM core where the family builds on it (with the team GEMM if
+/// `direct`).
+pub fn source(f: Family, direct: bool) -> String {
     let gemm = matches!(f, Family::Matmul | Family::Conv2d);
-    let mut s = String::with_capacity(COMMON.len() + body(f).len() + GEMM.len() + 64);
+    let direct = direct && gemm;
+    let mut s =
+        String::with_capacity(COMMON.len() + body(f).len() + GEMM.len() + GEMM_DIRECT.len() + 128);
     s.push_str(COMMON);
     s.push_str("\n// ---- shaders/");
     s.push_str(f.name());
@@ -110,14 +127,51 @@ pub fn source(f: Family) -> String {
         s.push_str("\n// ---- shaders/gemm.wgsl\n");
         s.push_str(GEMM);
     }
+    if direct {
+        s.push_str("\n// ---- shaders/gemm_direct.wgsl\n");
+        s.push_str(GEMM_DIRECT);
+    }
     s
 }
 
-/// Every shader module as the backend builds it: (file stem, full source,
-/// entry points, workgroup size), for validation without an adapter.
-pub fn shader_sources() -> Vec<(&'static str, String, &'static [&'static str], u32)> {
-    Family::ALL
-        .iter()
-        .map(|&f| (f.name(), source(f), entry_points(f), workgroup_size(f)))
-        .collect()
+/// One shader module as the backend may build it, for validation without
+/// an adapter.
+pub struct ModuleSource {
+    /// The kernel file's stem, with "+direct" for the subgroup variant.
+    pub name: String,
+    pub source: String,
+    /// Every entry point and its workgroup size as the launch table
+    /// assumes it.
+    pub entries: Vec<(&'static str, u32)>,
+    /// Whether it needs the SUBGROUP feature.
+    pub subgroups: bool,
+}
+
+/// Every shader module the backend may build: each kernel file, and the
+/// subgroup variants of the GEMM families.
+pub fn shader_sources() -> Vec<ModuleSource> {
+    let mut out = Vec::new();
+    for f in Family::ALL {
+        let entries: Vec<(&'static str, u32)> = entry_points(f)
+            .iter()
+            .map(|&e| (e, workgroup_size(f)))
+            .collect();
+        if matches!(f, Family::Matmul | Family::Conv2d) {
+            let mut all = entries.clone();
+            all.extend(DIRECT_ENTRIES.iter().map(|&e| (e, DIRECT_WG)));
+            out.push(ModuleSource {
+                name: format!("{}+direct", f.name()),
+                source: source(f, true),
+                entries: all,
+                subgroups: true,
+            });
+        }
+        out.push(ModuleSource {
+            name: f.name().to_string(),
+            source: source(f, false),
+            entries,
+            subgroups: false,
+        });
+    }
+    out
 }

@@ -1,0 +1,146 @@
+// The GEMM core for adapters whose workgroup memory is ordinary memory
+// (CPU adapters such as lavapipe), appended after gemm.wgsl when the
+// adapter has subgroups of at least TEAM invocations (the SUBGROUP
+// feature; naga takes the builtins without an `enable subgroups`).
+//
+// On such an adapter a subgroup is one SIMD register's lanes and every
+// storage or workgroup-memory access is a loop over those lanes, so the
+// cost of a GEMM is its load count. Staging tiles in workgroup memory
+// adds copies and barriers and saves nothing; what saves loads is
+// registers and lanes sharing values. A team of TEAM invocations (one
+// workgroup, inside one subgroup) computes TEAM rows x TEAM*4 columns:
+// per k each lane loads one row's A value and its own four B values, and
+// the team broadcasts the A values, so 5 loads feed 32 FMAs per lane (the
+// tiled kernel: 8 workgroup-memory loads per 16, plus filling the tiles).
+// Rows and columns past the edge load clamped (valid) addresses and are
+// never stored. Written out by hand, not as loops over arrays: lavapipe
+// keeps loop-indexed arrays in memory (2x slower measured).
+//
+// Entry points by mode (the including family's constant: matmul has only
+// 0; conv2d's forward, grad_input and grad_weight are 0, 1 and 2), one
+// team per workgroup.
+//
+// Params as `gemm_tiled`, except [3] column groups (TEAM*4 columns) along
+// N, [4] groups per batch (row blocks x column groups), [12] workgroups
+// (groups times splits).
+
+const TEAM: u32 = 8u;
+
+fn gemm_team(mode: u32, g: u32, lid: u32, lane: u32) {
+    let m = pu(0u);
+    let n = pu(1u);
+    let per_batch = pu(4u);
+    let grid = per_batch * pu(5u);
+    let split = g / grid;
+    let batch = (g % grid) / per_batch;
+    let t = g % per_batch;
+    let i0 = (t / pu(3u)) * TEAM;
+    let j0 = ((t % pu(3u)) * TEAM + lid) * 4u;
+    let mine = row_ctx(mode, batch, min(i0 + lane, m - 1u));
+    let c0 = col_ctx(mode, batch, min(j0, n - 1u));
+    let c1 = col_ctx(mode, batch, min(j0 + 1u, n - 1u));
+    let c2 = col_ctx(mode, batch, min(j0 + 2u, n - 1u));
+    let c3 = col_ctx(mode, batch, min(j0 + 3u, n - 1u));
+    let kbeg = split * pu(14u);
+    let kend = min(pu(2u), kbeg + pu(14u));
+    let radix = k_radix(mode);
+    let one = k_split(1u, radix);
+    var kc = k_split(kbeg, radix);
+    var acc0 = vec4<f32>();
+    var acc1 = vec4<f32>();
+    var acc2 = vec4<f32>();
+    var acc3 = vec4<f32>();
+    var acc4 = vec4<f32>();
+    var acc5 = vec4<f32>();
+    var acc6 = vec4<f32>();
+    var acc7 = vec4<f32>();
+    for (var k = kbeg; k < kend; k++) {
+        let b = vec4<f32>(
+            load_b(mode, batch, kc, c0),
+            load_b(mode, batch, kc, c1),
+            load_b(mode, batch, kc, c2),
+            load_b(mode, batch, kc, c3),
+        );
+        let a = load_a(mode, batch, mine, kc);
+        acc0 = fma(vec4<f32>(subgroupBroadcast(a, 0u)), b, acc0);
+        acc1 = fma(vec4<f32>(subgroupBroadcast(a, 1u)), b, acc1);
+        acc2 = fma(vec4<f32>(subgroupBroadcast(a, 2u)), b, acc2);
+        acc3 = fma(vec4<f32>(subgroupBroadcast(a, 3u)), b, acc3);
+        acc4 = fma(vec4<f32>(subgroupBroadcast(a, 4u)), b, acc4);
+        acc5 = fma(vec4<f32>(subgroupBroadcast(a, 5u)), b, acc5);
+        acc6 = fma(vec4<f32>(subgroupBroadcast(a, 6u)), b, acc6);
+        acc7 = fma(vec4<f32>(subgroupBroadcast(a, 7u)), b, acc7);
+        kc = k_add(kc, one, radix);
+    }
+    team_row(mode, split, batch, i0 + 0u, j0, c0, c1, c2, c3, acc0);
+    team_row(mode, split, batch, i0 + 1u, j0, c0, c1, c2, c3, acc1);
+    team_row(mode, split, batch, i0 + 2u, j0, c0, c1, c2, c3, acc2);
+    team_row(mode, split, batch, i0 + 3u, j0, c0, c1, c2, c3, acc3);
+    team_row(mode, split, batch, i0 + 4u, j0, c0, c1, c2, c3, acc4);
+    team_row(mode, split, batch, i0 + 5u, j0, c0, c1, c2, c3, acc5);
+    team_row(mode, split, batch, i0 + 6u, j0, c0, c1, c2, c3, acc6);
+    team_row(mode, split, batch, i0 + 7u, j0, c0, c1, c2, c3, acc7);
+}
+
+/// Store row i of a team's block (nothing past the edges): the epilogue,
+/// or the raw partial sum when K is split.
+fn team_row(mode: u32, split: u32, batch: u32, i: u32, j0: u32,
+            c0: vec4<i32>, c1: vec4<i32>, c2: vec4<i32>, c3: vec4<i32>, acc: vec4<f32>) {
+    let m = pu(0u);
+    let n = pu(1u);
+    if i >= m || j0 >= n {
+        return;
+    }
+    let live = min(n - j0, 4u);
+    if pu(13u) > 1u {
+        let at = pu(15u) + ((split * pu(5u) + batch) * m + i) * n + j0;
+        for (var c = 0u; c < live; c++) {
+            st(at + c, acc[c]);
+        }
+        return;
+    }
+    let row = row_ctx(mode, batch, i);
+    store_c(mode, batch, row, c0, epilogue(i, j0, acc.x));
+    if live > 1u {
+        store_c(mode, batch, row, c1, epilogue(i, j0 + 1u, acc.y));
+    }
+    if live > 2u {
+        store_c(mode, batch, row, c2, epilogue(i, j0 + 2u, acc.z));
+    }
+    if live > 3u {
+        store_c(mode, batch, row, c3, epilogue(i, j0 + 3u, acc.w));
+    }
+}
+
+@compute @workgroup_size(8)
+fn gemm_direct_0(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32,
+                  @builtin(subgroup_invocation_id) lane: u32) {
+    let g = group_id(wid, nwg);
+    if g >= pu(12u) {
+        return;
+    }
+    gemm_team(0u, g, lid, lane);
+}
+
+@compute @workgroup_size(8)
+fn gemm_direct_1(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32,
+                  @builtin(subgroup_invocation_id) lane: u32) {
+    let g = group_id(wid, nwg);
+    if g >= pu(12u) {
+        return;
+    }
+    gemm_team(1u, g, lid, lane);
+}
+
+@compute @workgroup_size(8)
+fn gemm_direct_2(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32,
+                  @builtin(subgroup_invocation_id) lane: u32) {
+    let g = group_id(wid, nwg);
+    if g >= pu(12u) {
+        return;
+    }
+    gemm_team(2u, g, lid, lane);
+}
