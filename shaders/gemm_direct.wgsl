@@ -34,9 +34,10 @@ fn gemm_team(mode: u32, g: u32, lid: u32, lane: u32) {
     let split = g / grid;
     let batch = (g % grid) / per_batch;
     let t = g % per_batch;
-    let i0 = (t / pu(3u)) * TEAM;
+    let i0 = (t / pu(3u)) * 2u * TEAM;
     let j0 = ((t % pu(3u)) * TEAM + lid) * 4u;
-    let mine = row_ctx(mode, batch, min(i0 + lane, m - 1u));
+    let mine0 = row_ctx(mode, batch, min(i0 + lane, m - 1u));
+    let mine1 = row_ctx(mode, batch, min(i0 + TEAM + lane, m - 1u));
     let c0 = col_ctx(mode, batch, min(j0, n - 1u));
     let c1 = col_ctx(mode, batch, min(j0 + 1u, n - 1u));
     let c2 = col_ctx(mode, batch, min(j0 + 2u, n - 1u));
@@ -54,6 +55,14 @@ fn gemm_team(mode: u32, g: u32, lid: u32, lane: u32) {
     var acc5 = vec4<f32>();
     var acc6 = vec4<f32>();
     var acc7 = vec4<f32>();
+    var acc8 = vec4<f32>();
+    var acc9 = vec4<f32>();
+    var acc10 = vec4<f32>();
+    var acc11 = vec4<f32>();
+    var acc12 = vec4<f32>();
+    var acc13 = vec4<f32>();
+    var acc14 = vec4<f32>();
+    var acc15 = vec4<f32>();
     for (var k = kbeg; k < kend; k++) {
         let b = vec4<f32>(
             load_b(mode, batch, kc, c0),
@@ -61,15 +70,24 @@ fn gemm_team(mode: u32, g: u32, lid: u32, lane: u32) {
             load_b(mode, batch, kc, c2),
             load_b(mode, batch, kc, c3),
         );
-        let a = load_a(mode, batch, mine, kc);
-        acc0 = fma(vec4<f32>(subgroupBroadcast(a, 0u)), b, acc0);
-        acc1 = fma(vec4<f32>(subgroupBroadcast(a, 1u)), b, acc1);
-        acc2 = fma(vec4<f32>(subgroupBroadcast(a, 2u)), b, acc2);
-        acc3 = fma(vec4<f32>(subgroupBroadcast(a, 3u)), b, acc3);
-        acc4 = fma(vec4<f32>(subgroupBroadcast(a, 4u)), b, acc4);
-        acc5 = fma(vec4<f32>(subgroupBroadcast(a, 5u)), b, acc5);
-        acc6 = fma(vec4<f32>(subgroupBroadcast(a, 6u)), b, acc6);
-        acc7 = fma(vec4<f32>(subgroupBroadcast(a, 7u)), b, acc7);
+        let a0 = load_a(mode, batch, mine0, kc);
+        let a1 = load_a(mode, batch, mine1, kc);
+        acc0 = fma(vec4<f32>(subgroupBroadcast(a0, 0u)), b, acc0);
+        acc1 = fma(vec4<f32>(subgroupBroadcast(a0, 1u)), b, acc1);
+        acc2 = fma(vec4<f32>(subgroupBroadcast(a0, 2u)), b, acc2);
+        acc3 = fma(vec4<f32>(subgroupBroadcast(a0, 3u)), b, acc3);
+        acc4 = fma(vec4<f32>(subgroupBroadcast(a0, 4u)), b, acc4);
+        acc5 = fma(vec4<f32>(subgroupBroadcast(a0, 5u)), b, acc5);
+        acc6 = fma(vec4<f32>(subgroupBroadcast(a0, 6u)), b, acc6);
+        acc7 = fma(vec4<f32>(subgroupBroadcast(a0, 7u)), b, acc7);
+        acc8 = fma(vec4<f32>(subgroupBroadcast(a1, 0u)), b, acc8);
+        acc9 = fma(vec4<f32>(subgroupBroadcast(a1, 1u)), b, acc9);
+        acc10 = fma(vec4<f32>(subgroupBroadcast(a1, 2u)), b, acc10);
+        acc11 = fma(vec4<f32>(subgroupBroadcast(a1, 3u)), b, acc11);
+        acc12 = fma(vec4<f32>(subgroupBroadcast(a1, 4u)), b, acc12);
+        acc13 = fma(vec4<f32>(subgroupBroadcast(a1, 5u)), b, acc13);
+        acc14 = fma(vec4<f32>(subgroupBroadcast(a1, 6u)), b, acc14);
+        acc15 = fma(vec4<f32>(subgroupBroadcast(a1, 7u)), b, acc15);
         kc = k_add(kc, one, radix);
     }
     team_row(mode, split, batch, i0 + 0u, j0, c0, c1, c2, c3, acc0);
@@ -80,6 +98,14 @@ fn gemm_team(mode: u32, g: u32, lid: u32, lane: u32) {
     team_row(mode, split, batch, i0 + 5u, j0, c0, c1, c2, c3, acc5);
     team_row(mode, split, batch, i0 + 6u, j0, c0, c1, c2, c3, acc6);
     team_row(mode, split, batch, i0 + 7u, j0, c0, c1, c2, c3, acc7);
+    team_row(mode, split, batch, i0 + 8u, j0, c0, c1, c2, c3, acc8);
+    team_row(mode, split, batch, i0 + 9u, j0, c0, c1, c2, c3, acc9);
+    team_row(mode, split, batch, i0 + 10u, j0, c0, c1, c2, c3, acc10);
+    team_row(mode, split, batch, i0 + 11u, j0, c0, c1, c2, c3, acc11);
+    team_row(mode, split, batch, i0 + 12u, j0, c0, c1, c2, c3, acc12);
+    team_row(mode, split, batch, i0 + 13u, j0, c0, c1, c2, c3, acc13);
+    team_row(mode, split, batch, i0 + 14u, j0, c0, c1, c2, c3, acc14);
+    team_row(mode, split, batch, i0 + 15u, j0, c0, c1, c2, c3, acc15);
 }
 
 /// Store row i of a team's block (nothing past the edges): the epilogue,

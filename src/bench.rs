@@ -278,6 +278,61 @@ impl Suite<'_> {
     }
 
     /// Time one graph's program on the backend (inputs random, not zero).
+    /// One figure per kernel of program `program` of `cfg`'s module, its
+    /// dispatches' device times summed (the second of two runs), largest
+    /// first; nothing on devices without timers.
+    fn kernel_times(&mut self, what: &str, cfg: &ClassifierConfig, program: &str) -> Result<()> {
+        let module = std::sync::Arc::new(Classifier::module(cfg)?);
+        let Some(p) = module.programs.iter().position(|p| p.name == program) else {
+            return Ok(());
+        };
+        let scalars: Vec<f32> = module
+            .scalars
+            .iter()
+            .map(|s| if s == "lr" { 1e-4 } else { 1.0 })
+            .collect();
+        let mut exe = self.backend.compile(std::sync::Arc::clone(&module))?;
+        if exe.kernel_times(p, &scalars)?.is_none() {
+            return Ok(());
+        }
+        let Some(times) = exe.kernel_times(p, &scalars)? else {
+            return Ok(());
+        };
+        let total: f64 = times.iter().map(|t| t.1).sum();
+        let mut by: Vec<(&str, usize, f64)> = Vec::new();
+        for (k, t) in times {
+            match by.iter_mut().find(|e| e.0 == k) {
+                Some(e) => {
+                    e.1 += 1;
+                    e.2 += t;
+                }
+                None => by.push((k, 1, t)),
+            }
+        }
+        by.sort_by(|a, b| b.2.total_cmp(&a.2));
+        self.out.push(Figure {
+            name: format!("{what}: device time, all kernels"),
+            seconds: total,
+            unit: "ms".into(),
+            value: total * 1e3,
+            percent_of_peak: None,
+            work: format!("timestamp queries, {} dispatches", by.iter().map(|e| e.1).sum::<usize>()),
+            skipped: None,
+        });
+        for (k, n, t) in by {
+            self.out.push(Figure {
+                name: format!("  {k} (x{n})"),
+                seconds: t,
+                unit: "%".into(),
+                value: 100.0 * t / total.max(f64::MIN_POSITIVE),
+                percent_of_peak: None,
+                work: format!("{what}: share of device time"),
+                skipped: None,
+            });
+        }
+        Ok(())
+    }
+
     fn graph(&mut self, g: &Graph) -> Result<f64> {
         let mut s = case_session(self.backend, g)?;
         self.time(|| s.run(0))
@@ -532,6 +587,16 @@ pub fn run(
             work: format!("{batch} examples per step"),
             skipped: None,
         });
+    }
+
+    // Where a device's time goes: per-kernel device times of the CIFAR
+    // train step and of batch-1 inference, where the device has timers.
+    for (what, batch, train) in [("cifar b64 train step", 64, true), ("batch-1 inference", 1, false)] {
+        let mut cfg = cnn_config(vec![3, 32, 32], batch);
+        if !train {
+            cfg.train_batch = None;
+        }
+        s.kernel_times(what, &cfg, if train { "train" } else { "infer" })?;
     }
 
     // Batch-1 inference latency of the CNN (CIFAR shape) through the

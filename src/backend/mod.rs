@@ -31,6 +31,16 @@ pub trait Executable: Send {
     /// Run program `program` of the module with the runtime scalars in the
     /// module's order.
     fn run(&mut self, program: usize, scalars: &[f32]) -> Result<()>;
+    /// Device time of each dispatch of one run of `program`, as (kernel
+    /// name, seconds) in order, where the device has timers (wgpu's
+    /// timestamp queries); `None` elsewhere.
+    fn kernel_times(
+        &mut self,
+        _program: usize,
+        _scalars: &[f32],
+    ) -> Result<Option<Vec<(&'static str, f64)>>> {
+        Ok(None)
+    }
     /// Zero-copy view of the arena where the backend keeps it in host memory
     /// (the CPU backend); `None` on devices.
     fn host_view(&self, _slot: Slot) -> Option<&[f32]> {

@@ -292,6 +292,17 @@ impl WgpuExecutable {
 }
 
 impl Executable for WgpuExecutable {
+    fn kernel_times(
+        &mut self,
+        program: usize,
+        scalars: &[f32],
+    ) -> Result<Option<Vec<(&'static str, f64)>>> {
+        if !self.gpu.timestamps {
+            return Ok(None);
+        }
+        self.profile(program, scalars).map(Some)
+    }
+
     fn write(&mut self, slot: Slot, data: &[f32]) -> Result<()> {
         self.module.check_transfer(slot, data.len())?;
         if !data.is_empty() {

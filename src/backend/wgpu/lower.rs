@@ -51,7 +51,7 @@ impl GemmStyle {
 
 /// Rows of one team's block, and columns (gemm_direct.wgsl: TEAM rows,
 /// TEAM lanes of 4 columns).
-const TEAM_ROWS: usize = 8;
+const TEAM_ROWS: usize = 16;
 const TEAM_COLS: usize = 32;
 
 /// A GEMM on the shared core (gemm.wgsl).
