@@ -316,7 +316,10 @@ impl Suite<'_> {
             unit: "ms".into(),
             value: total * 1e3,
             percent_of_peak: None,
-            work: format!("timestamp queries, {} dispatches", by.iter().map(|e| e.1).sum::<usize>()),
+            work: format!(
+                "timestamp queries, {} dispatches",
+                by.iter().map(|e| e.1).sum::<usize>()
+            ),
             skipped: None,
         });
         for (k, n, t) in by {
@@ -591,7 +594,10 @@ pub fn run(
 
     // Where a device's time goes: per-kernel device times of the CIFAR
     // train step and of batch-1 inference, where the device has timers.
-    for (what, batch, train) in [("cifar b64 train step", 64, true), ("batch-1 inference", 1, false)] {
+    for (what, batch, train) in [
+        ("cifar b64 train step", 64, true),
+        ("batch-1 inference", 1, false),
+    ] {
         let mut cfg = cnn_config(vec![3, 32, 32], batch);
         if !train {
             cfg.train_batch = None;

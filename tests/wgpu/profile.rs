@@ -127,3 +127,80 @@ fn profile_gemm_rates() {
         println!("{name}: {:.2} ms, {:.2} GFLOP/s", s * 1e3, flops / s * 1e-9);
     }
 }
+
+/// Where the batch-1 inference latency goes on the adapter: writing the
+/// input, recording and submitting the program, and reading the logits
+/// back (copy, submit, map, wait), each the median of 300 calls, against
+/// the device time of the kernels alone (timestamp queries).
+#[test]
+#[ignore]
+fn profile_batch1_latency_phases() {
+    use gpurt::backend::Executable;
+    use std::time::Instant;
+    let b = match wgpu::open(None) {
+        Ok(b) => b,
+        Err(e) => {
+            println!("SKIPPED: profile_batch1_latency_phases: no wgpu adapter ({e})");
+            return;
+        }
+    };
+    let cfg = ClassifierConfig {
+        spec: ModelSpec::cnn(10),
+        input: vec![3, 32, 32],
+        classes: 10,
+        train_batch: None,
+        infer_batch: 1,
+        optim: OptimConfig::new(OptimizerKind::Adam),
+        seed: 1,
+        fuse: true,
+    };
+    let module = Arc::new(Classifier::module(&cfg).unwrap());
+    let p = module
+        .programs
+        .iter()
+        .position(|p| p.name == "infer")
+        .unwrap();
+    let prog = &module.programs[p];
+    let input = prog.inputs[0].slot;
+    let output = prog
+        .outputs
+        .iter()
+        .find(|o| o.name == "logits")
+        .unwrap()
+        .slot;
+    let scalars = vec![1.0; module.scalars.len()];
+    let mut exe = b.compile_wgpu(Arc::clone(&module)).unwrap();
+    let x: Vec<f32> = (0..3 * 32 * 32)
+        .map(|i| ((i * 37 % 101) as f32) / 101.0 - 0.5)
+        .collect();
+    let mut logits = vec![0.0; output.len];
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2] * 1e6
+    };
+    let (mut w, mut r, mut rd, mut all) = (vec![], vec![], vec![], vec![]);
+    for i in 0..350 {
+        let t0 = Instant::now();
+        exe.write(input, &x).unwrap();
+        let t1 = Instant::now();
+        exe.run(p, &scalars).unwrap();
+        let t2 = Instant::now();
+        exe.read(output, &mut logits).unwrap();
+        let t3 = Instant::now();
+        if i >= 50 {
+            w.push((t1 - t0).as_secs_f64());
+            r.push((t2 - t1).as_secs_f64());
+            rd.push((t3 - t2).as_secs_f64());
+            all.push((t3 - t0).as_secs_f64());
+        }
+    }
+    let device: f64 = exe.profile(p, &scalars).unwrap().iter().map(|t| t.1).sum();
+    println!(
+        "batch-1 phases (median us): write {:.1}, record+submit {:.1}, read-back incl. the wait {:.1}, total {:.1}; kernels' device time {:.1}",
+        median(&mut w),
+        median(&mut r),
+        median(&mut rd),
+        median(&mut all),
+        device * 1e6
+    );
+}

@@ -210,9 +210,18 @@ impl Gemm {
     /// Splits of K: enough workgroups to occupy a device when the output
     /// has few tiles (a convolution's weight gradient sums over the whole
     /// batch into a small tensor), each split at least `MIN_SPLIT_K` long.
+    /// A CPU adapter (the direct style) runs workgroups on the host's
+    /// cores, so two per core occupy it; more splits only add the reduce
+    /// dispatch and its traffic.
     fn splits(&self, tiles: usize) -> (usize, usize) {
         let k = self.k.max(1);
-        let want = SPLIT_BELOW_TILES.div_ceil(tiles.max(1));
+        let occupy = match self.style {
+            GemmStyle::Tiled => SPLIT_BELOW_TILES,
+            GemmStyle::Direct => {
+                2 * std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            }
+        };
+        let want = occupy.div_ceil(tiles.max(1));
         let s = want.min(k / MIN_SPLIT_K).max(1);
         let per = k.div_ceil(s).div_ceil(TK) * TK;
         (k.div_ceil(per), per)
