@@ -8,17 +8,22 @@
 // cost of a GEMM is its load count. Staging tiles in workgroup memory
 // adds copies and barriers and saves nothing; what saves loads is
 // registers and lanes sharing values. A team of TEAM invocations (one
-// workgroup, inside one subgroup) computes TEAM rows x TEAM*4 columns:
-// per k each lane loads one row's A value and its own four B values, and
-// the team broadcasts the A values, so 5 loads feed 32 FMAs per lane (the
-// tiled kernel: 8 workgroup-memory loads per 16, plus filling the tiles).
-// Rows and columns past the edge load clamped (valid) addresses and are
-// never stored. Written out by hand, not as loops over arrays: lavapipe
-// keeps loop-indexed arrays in memory (2x slower measured).
+// workgroup, inside one subgroup) computes 16 rows (32 when `tall`) x
+// TEAM*4 columns: per k each lane loads two (four) rows' A values and
+// its own four B values, and the team broadcasts the A values, so 6 loads
+// feed 64 FMAs per lane (8 feed 128) where the tiled kernel spends 8
+// workgroup-memory loads on 16, plus filling the tiles. The tall team
+// keeps more accumulators than registers; it pays on large GEMMs (B is
+// re-read half as often) and loses on the small ones of batch-1
+// inference, so the lowering picks it by size. Rows and columns past the
+// edge load clamped (valid) addresses and are never stored. Written out
+// by hand, not as loops over arrays: lavapipe keeps loop-indexed arrays in
+// memory (2x slower measured).
 //
 // Entry points by mode (the including family's constant: matmul has only
-// 0; conv2d's forward, grad_input and grad_weight are 0, 1 and 2), one
-// team per workgroup.
+// 0; conv2d's forward, grad_input and grad_weight are 0, 1 and 2) and
+// height, one team per workgroup. `mode` and `tall` are constants per
+// entry point, so compilers fold them.
 //
 // Params as `gemm_tiled`, except [3] column groups (TEAM*4 columns) along
 // N, [4] groups per batch (row blocks x column groups), [12] workgroups
@@ -26,7 +31,7 @@
 
 const TEAM: u32 = 8u;
 
-fn gemm_team(mode: u32, g: u32, lid: u32, lane: u32) {
+fn gemm_team(mode: u32, tall: bool, g: u32, lid: u32, lane: u32) {
     let m = pu(0u);
     let n = pu(1u);
     let per_batch = pu(4u);
@@ -34,10 +39,12 @@ fn gemm_team(mode: u32, g: u32, lid: u32, lane: u32) {
     let split = g / grid;
     let batch = (g % grid) / per_batch;
     let t = g % per_batch;
-    let i0 = (t / pu(3u)) * 2u * TEAM;
+    let i0 = (t / pu(3u)) * select(2u, 4u, tall) * TEAM;
     let j0 = ((t % pu(3u)) * TEAM + lid) * 4u;
     let mine0 = row_ctx(mode, batch, min(i0 + lane, m - 1u));
     let mine1 = row_ctx(mode, batch, min(i0 + TEAM + lane, m - 1u));
+    let mine2 = row_ctx(mode, batch, min(i0 + 2u * TEAM + lane, m - 1u));
+    let mine3 = row_ctx(mode, batch, min(i0 + 3u * TEAM + lane, m - 1u));
     let c0 = col_ctx(mode, batch, min(j0, n - 1u));
     let c1 = col_ctx(mode, batch, min(j0 + 1u, n - 1u));
     let c2 = col_ctx(mode, batch, min(j0 + 2u, n - 1u));
@@ -63,6 +70,22 @@ fn gemm_team(mode: u32, g: u32, lid: u32, lane: u32) {
     var acc13 = vec4<f32>();
     var acc14 = vec4<f32>();
     var acc15 = vec4<f32>();
+    var acc16 = vec4<f32>();
+    var acc17 = vec4<f32>();
+    var acc18 = vec4<f32>();
+    var acc19 = vec4<f32>();
+    var acc20 = vec4<f32>();
+    var acc21 = vec4<f32>();
+    var acc22 = vec4<f32>();
+    var acc23 = vec4<f32>();
+    var acc24 = vec4<f32>();
+    var acc25 = vec4<f32>();
+    var acc26 = vec4<f32>();
+    var acc27 = vec4<f32>();
+    var acc28 = vec4<f32>();
+    var acc29 = vec4<f32>();
+    var acc30 = vec4<f32>();
+    var acc31 = vec4<f32>();
     for (var k = kbeg; k < kend; k++) {
         let b = vec4<f32>(
             load_b(mode, batch, kc, c0),
@@ -88,6 +111,26 @@ fn gemm_team(mode: u32, g: u32, lid: u32, lane: u32) {
         acc13 = fma(vec4<f32>(subgroupBroadcast(a1, 5u)), b, acc13);
         acc14 = fma(vec4<f32>(subgroupBroadcast(a1, 6u)), b, acc14);
         acc15 = fma(vec4<f32>(subgroupBroadcast(a1, 7u)), b, acc15);
+        if tall {
+            let a2 = load_a(mode, batch, mine2, kc);
+            let a3 = load_a(mode, batch, mine3, kc);
+            acc16 = fma(vec4<f32>(subgroupBroadcast(a2, 0u)), b, acc16);
+            acc17 = fma(vec4<f32>(subgroupBroadcast(a2, 1u)), b, acc17);
+            acc18 = fma(vec4<f32>(subgroupBroadcast(a2, 2u)), b, acc18);
+            acc19 = fma(vec4<f32>(subgroupBroadcast(a2, 3u)), b, acc19);
+            acc20 = fma(vec4<f32>(subgroupBroadcast(a2, 4u)), b, acc20);
+            acc21 = fma(vec4<f32>(subgroupBroadcast(a2, 5u)), b, acc21);
+            acc22 = fma(vec4<f32>(subgroupBroadcast(a2, 6u)), b, acc22);
+            acc23 = fma(vec4<f32>(subgroupBroadcast(a2, 7u)), b, acc23);
+            acc24 = fma(vec4<f32>(subgroupBroadcast(a3, 0u)), b, acc24);
+            acc25 = fma(vec4<f32>(subgroupBroadcast(a3, 1u)), b, acc25);
+            acc26 = fma(vec4<f32>(subgroupBroadcast(a3, 2u)), b, acc26);
+            acc27 = fma(vec4<f32>(subgroupBroadcast(a3, 3u)), b, acc27);
+            acc28 = fma(vec4<f32>(subgroupBroadcast(a3, 4u)), b, acc28);
+            acc29 = fma(vec4<f32>(subgroupBroadcast(a3, 5u)), b, acc29);
+            acc30 = fma(vec4<f32>(subgroupBroadcast(a3, 6u)), b, acc30);
+            acc31 = fma(vec4<f32>(subgroupBroadcast(a3, 7u)), b, acc31);
+        }
         kc = k_add(kc, one, radix);
     }
     team_row(mode, split, batch, i0 + 0u, j0, c0, c1, c2, c3, acc0);
@@ -106,6 +149,24 @@ fn gemm_team(mode: u32, g: u32, lid: u32, lane: u32) {
     team_row(mode, split, batch, i0 + 13u, j0, c0, c1, c2, c3, acc13);
     team_row(mode, split, batch, i0 + 14u, j0, c0, c1, c2, c3, acc14);
     team_row(mode, split, batch, i0 + 15u, j0, c0, c1, c2, c3, acc15);
+    if tall {
+        team_row(mode, split, batch, i0 + 16u, j0, c0, c1, c2, c3, acc16);
+        team_row(mode, split, batch, i0 + 17u, j0, c0, c1, c2, c3, acc17);
+        team_row(mode, split, batch, i0 + 18u, j0, c0, c1, c2, c3, acc18);
+        team_row(mode, split, batch, i0 + 19u, j0, c0, c1, c2, c3, acc19);
+        team_row(mode, split, batch, i0 + 20u, j0, c0, c1, c2, c3, acc20);
+        team_row(mode, split, batch, i0 + 21u, j0, c0, c1, c2, c3, acc21);
+        team_row(mode, split, batch, i0 + 22u, j0, c0, c1, c2, c3, acc22);
+        team_row(mode, split, batch, i0 + 23u, j0, c0, c1, c2, c3, acc23);
+        team_row(mode, split, batch, i0 + 24u, j0, c0, c1, c2, c3, acc24);
+        team_row(mode, split, batch, i0 + 25u, j0, c0, c1, c2, c3, acc25);
+        team_row(mode, split, batch, i0 + 26u, j0, c0, c1, c2, c3, acc26);
+        team_row(mode, split, batch, i0 + 27u, j0, c0, c1, c2, c3, acc27);
+        team_row(mode, split, batch, i0 + 28u, j0, c0, c1, c2, c3, acc28);
+        team_row(mode, split, batch, i0 + 29u, j0, c0, c1, c2, c3, acc29);
+        team_row(mode, split, batch, i0 + 30u, j0, c0, c1, c2, c3, acc30);
+        team_row(mode, split, batch, i0 + 31u, j0, c0, c1, c2, c3, acc31);
+    }
 }
 
 /// Store row i of a team's block (nothing past the edges): the epilogue,
@@ -140,33 +201,66 @@ fn team_row(mode: u32, split: u32, batch: u32, i: u32, j0: u32,
 
 @compute @workgroup_size(8)
 fn gemm_direct_0(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                  @builtin(local_invocation_index) lid: u32,
-                  @builtin(subgroup_invocation_id) lane: u32) {
+        @builtin(local_invocation_index) lid: u32,
+        @builtin(subgroup_invocation_id) lane: u32) {
     let g = group_id(wid, nwg);
     if g >= pu(12u) {
         return;
     }
-    gemm_team(0u, g, lid, lane);
+    gemm_team(0u, false, g, lid, lane);
 }
 
 @compute @workgroup_size(8)
 fn gemm_direct_1(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                  @builtin(local_invocation_index) lid: u32,
-                  @builtin(subgroup_invocation_id) lane: u32) {
+        @builtin(local_invocation_index) lid: u32,
+        @builtin(subgroup_invocation_id) lane: u32) {
     let g = group_id(wid, nwg);
     if g >= pu(12u) {
         return;
     }
-    gemm_team(1u, g, lid, lane);
+    gemm_team(1u, false, g, lid, lane);
 }
 
 @compute @workgroup_size(8)
 fn gemm_direct_2(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                  @builtin(local_invocation_index) lid: u32,
-                  @builtin(subgroup_invocation_id) lane: u32) {
+        @builtin(local_invocation_index) lid: u32,
+        @builtin(subgroup_invocation_id) lane: u32) {
     let g = group_id(wid, nwg);
     if g >= pu(12u) {
         return;
     }
-    gemm_team(2u, g, lid, lane);
+    gemm_team(2u, false, g, lid, lane);
+}
+
+@compute @workgroup_size(8)
+fn gemm_direct_tall_0(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32,
+        @builtin(subgroup_invocation_id) lane: u32) {
+    let g = group_id(wid, nwg);
+    if g >= pu(12u) {
+        return;
+    }
+    gemm_team(0u, true, g, lid, lane);
+}
+
+@compute @workgroup_size(8)
+fn gemm_direct_tall_1(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32,
+        @builtin(subgroup_invocation_id) lane: u32) {
+    let g = group_id(wid, nwg);
+    if g >= pu(12u) {
+        return;
+    }
+    gemm_team(1u, true, g, lid, lane);
+}
+
+@compute @workgroup_size(8)
+fn gemm_direct_tall_2(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32,
+        @builtin(subgroup_invocation_id) lane: u32) {
+    let g = group_id(wid, nwg);
+    if g >= pu(12u) {
+        return;
+    }
+    gemm_team(2u, true, g, lid, lane);
 }
