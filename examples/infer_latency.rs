@@ -1,10 +1,11 @@
 //! Batch-1 inference latency of the small CNN (CIFAR shape, random
 //! weights) through the embedding API, for profiling:
 //!
-//!     cargo run --release --example infer_latency -- 20000 [THREADS]
+//!     cargo run --release --example infer_latency -- 20000 [THREADS] [DEVICE]
 //!     perf record -g target/release/examples/infer_latency 20000
+//!
+//! DEVICE as `gpurt --device` takes it (cpu by default; wgpu, cuda:0).
 
-use gpurt::backend::cpu::CpuBackend;
 use gpurt::embed::{Predictor, SharedWeights};
 use gpurt::model::{Classifier, ClassifierConfig};
 use gpurt::nn::ModelSpec;
@@ -30,9 +31,13 @@ fn main() -> gpurt::Result<()> {
         .nth(2)
         .and_then(|s| s.parse().ok())
         .unwrap_or(1);
-    let backend = CpuBackend::new();
-    let weights = SharedWeights::from_model(&mut Classifier::new(cfg, &backend)?)?;
-    let mut p = Predictor::new(&weights, 1, &backend)?.threads(threads)?;
+    let device: gpurt::backend::DeviceSpec = std::env::args()
+        .nth(3)
+        .unwrap_or_else(|| "cpu".into())
+        .parse()?;
+    let backend = gpurt::backend::select(&device)?;
+    let weights = SharedWeights::from_model(&mut Classifier::new(cfg, backend.as_ref())?)?;
+    let mut p = Predictor::new(&weights, 1, backend.as_ref())?.threads(threads)?;
     let x: Vec<f32> = (0..3 * 32 * 32)
         .map(|i| ((i * 2654435761usize) % 1000) as f32 / 500.0 - 1.0)
         .collect();

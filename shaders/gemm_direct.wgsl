@@ -13,9 +13,8 @@
 // its own four B values, and the team broadcasts the A values, so 6 loads
 // feed 64 FMAs per lane (8 feed 128) where the tiled kernel spends 8
 // workgroup-memory loads on 16, plus filling the tiles. The tall team
-// keeps more accumulators than registers; it pays on large GEMMs (B is
-// re-read half as often) and loses on the small ones of batch-1
-// inference, so the lowering picks it by size. Rows and columns past the
+// keeps more accumulators than registers and still wins wherever its
+// rows are used (M > 16). Rows and columns past the
 // edge load clamped (valid) addresses and are never stored. Written out
 // by hand, not as loops over arrays: lavapipe keeps loop-indexed arrays in
 // memory (2x slower measured).
