@@ -288,7 +288,12 @@ fn kernels_wgpu(c: &mut Criterion) {
                 continue;
             }
         };
-        g.bench_function(id, |b| b.iter(|| s.run(0).unwrap()));
+        g.bench_function(id, |b| {
+            b.iter(|| {
+                s.run(0).unwrap();
+                s.finish().unwrap()
+            })
+        });
     }
     g.finish();
 }

@@ -338,7 +338,10 @@ impl Suite<'_> {
 
     fn graph(&mut self, g: &Graph) -> Result<f64> {
         let mut s = case_session(self.backend, g)?;
-        self.time(|| s.run(0))
+        self.time(|| {
+            s.run(0)?;
+            s.finish()
+        })
     }
 }
 

@@ -31,6 +31,11 @@ pub trait Executable: Send {
     /// Run program `program` of the module with the runtime scalars in the
     /// module's order.
     fn run(&mut self, program: usize, scalars: &[f32]) -> Result<()>;
+    /// Wait until every run asked for has finished (runs may return before
+    /// the device is done; reads always wait). For timing.
+    fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// Device time of each dispatch of one run of `program`, as (kernel
     /// name, seconds) in order, where the device has timers (wgpu's
     /// timestamp queries); `None` elsewhere.

@@ -122,6 +122,12 @@ impl Session {
         self.exe.run(program, &self.scalars)
     }
 
+    /// Wait for every run to finish on the device (see
+    /// [`Executable::finish`]).
+    pub fn finish(&mut self) -> Result<()> {
+        self.exe.finish()
+    }
+
     fn output(&self, program: usize, name: &str) -> Result<&Binding> {
         let p = &self.module.programs[program];
         p.output(name)

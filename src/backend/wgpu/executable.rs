@@ -1,6 +1,13 @@
 //! A module loaded on a wgpu device: one arena buffer, the parameter
 //! words of every launch uploaded once, the pipelines and one bind group;
 //! `run` records a whole program into one command buffer.
+//!
+//! A run's command buffer is submitted lazily: a `read` that follows
+//! appends its copy to it, so inference is one submission and one wait
+//! (on lavapipe each submission costs tens of microseconds of queue
+//! hand-off). Anything else that touches the queue (`write`, the next
+//! `run`, profiling, drop) submits it first, which keeps every operation
+//! in program order.
 
 use super::launch::{self, Runtime, PARAM_WORDS, RUNTIME_SLOTS};
 use super::{device_error, Family, GemmStyle, Gpu};
@@ -34,6 +41,8 @@ pub struct WgpuExecutable {
     rt: Runtime,
     rt_host: Vec<f32>,
     staging: Option<w::Buffer>,
+    /// A recorded run not yet submitted.
+    pending: Option<w::CommandEncoder>,
 }
 
 impl WgpuExecutable {
@@ -155,6 +164,27 @@ impl WgpuExecutable {
             rt,
             rt_host: vec![0.0; RUNTIME_SLOTS],
             staging: None,
+            pending: None,
+        })
+    }
+
+    /// Submit the pending run, if any.
+    fn flush(&mut self) -> Result<()> {
+        if let Some(enc) = self.pending.take() {
+            self.gpu.queue.submit([enc.finish()]);
+            // Reclaim finished submissions without waiting for this one.
+            let _ = self.gpu.device.poll(w::PollType::Poll);
+            self.gpu.check("run")?;
+        }
+        Ok(())
+    }
+
+    /// The pending run's encoder (a read appends to it), or a new one.
+    fn encoder(&mut self) -> w::CommandEncoder {
+        self.pending.take().unwrap_or_else(|| {
+            self.gpu
+                .device
+                .create_command_encoder(&w::CommandEncoderDescriptor::default())
         })
     }
 
@@ -232,6 +262,7 @@ impl WgpuExecutable {
                 self.gpu.info.name
             )));
         }
+        self.flush()?;
         let n = self.programs[program].len();
         if n == 0 {
             return Ok(vec![]);
@@ -292,6 +323,15 @@ impl WgpuExecutable {
 }
 
 impl Executable for WgpuExecutable {
+    fn finish(&mut self) -> Result<()> {
+        self.flush()?;
+        self.gpu
+            .device
+            .poll(w::PollType::wait_indefinitely())
+            .map_err(|e| device_error(format!("finish: {e}")))?;
+        self.gpu.check("finish")
+    }
+
     fn kernel_times(
         &mut self,
         program: usize,
@@ -305,6 +345,8 @@ impl Executable for WgpuExecutable {
 
     fn write(&mut self, slot: Slot, data: &[f32]) -> Result<()> {
         self.module.check_transfer(slot, data.len())?;
+        // Queue writes land before the next submission's commands.
+        self.flush()?;
         if !data.is_empty() {
             self.gpu.queue.write_buffer(
                 &self.arena,
@@ -322,10 +364,7 @@ impl Executable for WgpuExecutable {
         }
         let bytes = slot.len as u64 * 4;
         let staging = self.staging(bytes)?;
-        let mut enc = self
-            .gpu
-            .device
-            .create_command_encoder(&w::CommandEncoderDescriptor::default());
+        let mut enc = self.encoder();
         enc.copy_buffer_to_buffer(&self.arena, slot.offset as u64 * 4, &staging, 0, bytes);
         self.gpu.queue.submit([enc.finish()]);
         let data = self.map_read(&staging, bytes, "read")?;
@@ -335,6 +374,9 @@ impl Executable for WgpuExecutable {
 
     fn run(&mut self, program: usize, scalars: &[f32]) -> Result<()> {
         self.module.program_for_run(program, scalars)?;
+        // The runtime scalars are a queue write: the previous run goes
+        // first.
+        self.flush()?;
         self.write_runtime(scalars);
         let mut enc = self
             .gpu
@@ -347,9 +389,14 @@ impl Executable for WgpuExecutable {
             });
             self.record(&mut pass, &self.programs[program]);
         }
-        self.gpu.queue.submit([enc.finish()]);
-        // Reclaim finished submissions without waiting for this one.
-        let _ = self.gpu.device.poll(w::PollType::Poll);
+        self.pending = Some(enc);
         self.gpu.check("run")
+    }
+}
+
+impl Drop for WgpuExecutable {
+    /// Submit a run nobody read: dropping does not cancel work asked for.
+    fn drop(&mut self) {
+        let _ = self.flush();
     }
 }

@@ -54,7 +54,6 @@ impl GemmStyle {
 const TEAM_ROWS: usize = 16;
 const TEAM_COLS: usize = 32;
 
-
 /// A GEMM on the shared core (gemm.wgsl).
 pub(super) struct Gemm {
     pub(super) family: Family,
