@@ -629,6 +629,10 @@ pub fn run(
     };
     for &(threads, suffix) in runs {
         let mut p = Predictor::new(&weights, 1, backend)?.threads(threads)?;
+        // Warm-up calls first, as the PyTorch and burn harnesses do.
+        for _ in 0..20 {
+            p.run(&x)?;
+        }
         let mut lat: Vec<f64> = Vec::with_capacity(1 << 16);
         let deadline = Instant::now() + budget * 2;
         while Instant::now() < deadline || lat.len() < 50 {
