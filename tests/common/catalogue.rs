@@ -387,7 +387,7 @@ fn matmul_cases(out: &mut Vec<Prepared>) {
     // (batch dims, m, k, n), each with every transpose: ragged tiles
     // (33x17x65, 65x70x130), one and two full tiles, a long K over one
     // tile, split across workgroups (split-K), batched and multi-batched.
-    let shapes: [(&[usize], usize, usize, usize); 14] = [
+    let shapes: [(&[usize], usize, usize, usize); 15] = [
         (&[], 1, 1, 1),
         (&[], 3, 7, 5),
         (&[], 3, 7, 33),
@@ -402,6 +402,8 @@ fn matmul_cases(out: &mut Vec<Prepared>) {
         (&[2], 3, 5, 4),
         (&[2], 3, 1100, 5),
         (&[2, 3], 7, 5, 33),
+        // Past 2^24 multiply-adds: wgpu's direct style takes wide teams.
+        (&[], 257, 255, 260),
     ];
     for (bd, m, k, n) in shapes {
         for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {

@@ -204,3 +204,39 @@ fn profile_batch1_latency_phases() {
         device * 1e6
     );
 }
+
+/// Seconds to compile the small CNN's MNIST module (train step at batch
+/// 64 and inference) on a fresh device, with each GEMM style: most of
+/// `gpurt bench`'s cold start is the adapter compiling pipelines.
+#[test]
+#[ignore]
+fn profile_module_compile() {
+    use gpurt::backend::wgpu::GemmStyle;
+    use std::time::Instant;
+    let cfg = ClassifierConfig {
+        spec: ModelSpec::cnn(10),
+        input: vec![1, 28, 28],
+        classes: 10,
+        train_batch: Some(64),
+        infer_batch: 256,
+        optim: OptimConfig::new(OptimizerKind::Adam),
+        seed: 1,
+        fuse: true,
+    };
+    let module = Arc::new(Classifier::module(&cfg).unwrap());
+    for style in [GemmStyle::Direct, GemmStyle::Tiled] {
+        let b = match wgpu::open(None) {
+            Ok(b) => b,
+            Err(e) => {
+                println!("SKIPPED: profile_module_compile: no wgpu adapter ({e})");
+                return;
+            }
+        };
+        let Ok(b) = b.with_gemm_style(style) else {
+            continue;
+        };
+        let t = Instant::now();
+        b.compile_wgpu(Arc::clone(&module)).unwrap();
+        println!("{style:?}: {:.2} s", t.elapsed().as_secs_f64());
+    }
+}

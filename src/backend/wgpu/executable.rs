@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::graph::plan::{Module, Slot};
 use ::wgpu as w;
 use ::wgpu::util::DeviceExt;
+use rayon::prelude::*;
 use std::collections::HashMap;
 use std::num::NonZeroU64;
 use std::sync::Arc;
@@ -54,7 +55,7 @@ impl WgpuExecutable {
         let mut rt = Runtime::new(module.scalars.len());
         let mut words: Vec<u32> = Vec::new();
         let mut scratch = 0usize;
-        let mut pipelines: Vec<w::ComputePipeline> = Vec::new();
+        let mut wanted: Vec<(Family, &'static str)> = Vec::new();
         let mut index: HashMap<(Family, &'static str), usize> = HashMap::new();
         let mut programs = Vec::new();
         for (p, ks) in module.programs.iter().zip(&kernels) {
@@ -70,9 +71,9 @@ impl WgpuExecutable {
                     let pipeline = match index.get(&(d.family, d.entry)) {
                         Some(&i) => i,
                         None => {
-                            pipelines.push(gpu.pipeline(d.family, d.entry)?);
-                            index.insert((d.family, d.entry), pipelines.len() - 1);
-                            pipelines.len() - 1
+                            wanted.push((d.family, d.entry));
+                            index.insert((d.family, d.entry), wanted.len() - 1);
+                            wanted.len() - 1
                         }
                     };
                     let offset = u32::try_from(words.len() * 4)
@@ -89,6 +90,13 @@ impl WgpuExecutable {
             }
             programs.push(steps);
         }
+        // Pipelines compile on every core: on a CPU adapter each is an
+        // LLVM compilation, and the team GEMM's take a large share of a
+        // cold start.
+        let pipelines = wanted
+            .par_iter()
+            .map(|&(f, e)| gpu.pipeline(f, e))
+            .collect::<Result<Vec<_>>>()?;
         let arena_bytes = gpu.check_arena(&module, scratch)?;
         if rt.len() > RUNTIME_SLOTS {
             return Err(device_error(format!(

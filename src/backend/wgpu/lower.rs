@@ -53,6 +53,8 @@ impl GemmStyle {
 /// (gemm_direct.wgsl: TEAM lanes of 4 columns).
 const TEAM_ROWS: usize = 16;
 const TEAM_COLS: usize = 32;
+/// Multiply-adds from which a GEMM may take wide teams.
+const WIDE_FMAS: usize = 1 << 24;
 
 /// A GEMM on the shared core (gemm.wgsl).
 pub(super) struct Gemm {
@@ -239,9 +241,19 @@ impl Gemm {
         // on lavapipe they are 1.7x faster on a 1024^3 GEMM and take
         // batch-1 inference from 1.5 to 1.25 ms.
         let tall = self.style == GemmStyle::Direct && self.m > TEAM_ROWS;
+        // Wide teams (twice the columns) on large matmuls that still give
+        // every host core several teams: 1.4x on a 1024^3 GEMM. Not for
+        // convolutions: lavapipe takes about a second to compile each wide
+        // pipeline, which would triple the CNN's cold start.
+        let wide = tall
+            && self.family == Family::Matmul
+            && self.m * self.n * self.k >= WIDE_FMAS
+            && self.m.div_ceil(2 * TEAM_ROWS) * self.n.div_ceil(2 * TEAM_COLS) * self.batch
+                >= 4 * host();
         // Output tiles (tiled) or blocks (direct) along N and per batch.
         let (rows, cols) = match self.style {
             GemmStyle::Tiled => (TILE, TILE),
+            GemmStyle::Direct if wide => (2 * TEAM_ROWS, 2 * TEAM_COLS),
             GemmStyle::Direct if tall => (2 * TEAM_ROWS, TEAM_COLS),
             GemmStyle::Direct => (TEAM_ROWS, TEAM_COLS),
         };
@@ -262,7 +274,10 @@ impl Gemm {
         }
         let entry = match self.style {
             GemmStyle::Tiled => self.tiled,
-            GemmStyle::Direct => DIRECT_ENTRIES[self.direct + 3 * tall as usize],
+            GemmStyle::Direct => {
+                // Short, tall (3 + mode) or wide (6, matmul only).
+                DIRECT_ENTRIES[self.direct + 3 * (tall as usize + wide as usize)]
+            }
         };
         let mut tiled = p.dispatch(self.family, entry, tiles * splits)?;
         if splits == 1 {

@@ -11,15 +11,17 @@ const GEMM: &str = include_str!("../../../shaders/gemm.wgsl");
 const GEMM_DIRECT: &str = include_str!("../../../shaders/gemm_direct.wgsl");
 
 /// The team GEMM's entry points (gemm_direct.wgsl), indexed by the
-/// including family's mode, 16 rows per team then 32 (tall), and their
-/// workgroup size (one team).
-pub const DIRECT_ENTRIES: [&str; 6] = [
+/// including family's mode: 16 rows x 32 columns per team, then 32 x 32
+/// (tall), then 32 x 64 (wide, mode 0 only); and their workgroup size
+/// (one team).
+pub const DIRECT_ENTRIES: [&str; 7] = [
     "gemm_direct_0",
     "gemm_direct_1",
     "gemm_direct_2",
     "gemm_direct_tall_0",
     "gemm_direct_tall_1",
     "gemm_direct_tall_2",
+    "gemm_direct_wide_0",
 ];
 pub const DIRECT_WG: u32 = 8;
 
