@@ -37,6 +37,21 @@ pub struct Figure {
     pub skipped: Option<String>,
 }
 
+impl Figure {
+    /// A measured figure with no peak to compare against.
+    fn plain(name: String, seconds: f64, unit: &str, value: f64, work: String) -> Self {
+        Figure {
+            name,
+            seconds,
+            unit: unit.into(),
+            value,
+            percent_of_peak: None,
+            work,
+            skipped: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Peaks {
     /// The instruction set the probe (and gpurt's own kernels) ran on.
@@ -277,7 +292,6 @@ impl Suite<'_> {
         });
     }
 
-    /// Time one graph's program on the backend (inputs random, not zero).
     /// One figure per kernel of program `program` of `cfg`'s module, its
     /// dispatches' device times summed (the second of two runs), largest
     /// first; nothing on devices without timers.
@@ -310,32 +324,27 @@ impl Suite<'_> {
             }
         }
         by.sort_by(|a, b| b.2.total_cmp(&a.2));
-        self.out.push(Figure {
-            name: format!("{what}: device time, all kernels"),
-            seconds: total,
-            unit: "ms".into(),
-            value: total * 1e3,
-            percent_of_peak: None,
-            work: format!(
-                "timestamp queries, {} dispatches",
-                by.iter().map(|e| e.1).sum::<usize>()
-            ),
-            skipped: None,
-        });
+        let dispatches: usize = by.iter().map(|e| e.1).sum();
+        self.out.push(Figure::plain(
+            format!("{what}: device time, all kernels"),
+            total,
+            "ms",
+            total * 1e3,
+            format!("timestamp queries, {dispatches} dispatches"),
+        ));
         for (k, n, t) in by {
-            self.out.push(Figure {
-                name: format!("  {k} (x{n})"),
-                seconds: t,
-                unit: "%".into(),
-                value: 100.0 * t / total.max(f64::MIN_POSITIVE),
-                percent_of_peak: None,
-                work: format!("{what}: share of device time"),
-                skipped: None,
-            });
+            self.out.push(Figure::plain(
+                format!("  {k} (x{n})"),
+                t,
+                "%",
+                100.0 * t / total.max(f64::MIN_POSITIVE),
+                format!("{what}: share of device time"),
+            ));
         }
         Ok(())
     }
 
+    /// Time one graph's program on the backend (inputs random, not zero).
     fn graph(&mut self, g: &Graph) -> Result<f64> {
         let mut s = case_session(self.backend, g)?;
         self.time(|| {
@@ -520,15 +529,13 @@ pub fn run(
         budget,
         out: Vec::new(),
     };
-    s.out.push(Figure {
-        name: "cold start to first train step (cnn, mnist shape)".into(),
-        seconds: cold,
-        unit: "ms".into(),
-        value: cold * 1e3,
-        percent_of_peak: None,
-        work: "process start to one finished step".into(),
-        skipped: None,
-    });
+    s.out.push(Figure::plain(
+        "cold start to first train step (cnn, mnist shape)".to_string(),
+        cold,
+        "ms",
+        cold * 1e3,
+        "process start to one finished step".to_string(),
+    ));
 
     for case in kernel_cases()? {
         let t = s.graph(&case.graph);
@@ -584,15 +591,13 @@ pub fn run(
         let x = pseudo_random(batch * input.iter().product::<usize>());
         let y: Vec<u32> = (0..batch as u32).map(|i| i % classes as u32).collect();
         let t = s.time(|| m.train_step(&x, &y, 1e-4).map(|_| ()))?;
-        s.out.push(Figure {
-            name: name.into(),
-            seconds: t,
-            unit: "img/s".into(),
-            value: batch as f64 / t,
-            percent_of_peak: None,
-            work: format!("{batch} examples per step"),
-            skipped: None,
-        });
+        s.out.push(Figure::plain(
+            name.into(),
+            t,
+            "img/s",
+            batch as f64 / t,
+            format!("{batch} examples per step"),
+        ));
     }
 
     // Where a device's time goes: per-kernel device times of the CIFAR
@@ -643,15 +648,13 @@ pub fn run(
         lat.sort_by(f64::total_cmp);
         for (q, label) in [(0.5, "median"), (0.99, "p99")] {
             let v = lat[((lat.len() - 1) as f64 * q) as usize];
-            s.out.push(Figure {
-                name: format!("cnn batch-1 inference {label}{suffix}"),
-                seconds: v,
-                unit: "us".into(),
-                value: v * 1e6,
-                percent_of_peak: None,
-                work: format!("{} calls, {threads} thread(s)", lat.len()),
-                skipped: None,
-            });
+            s.out.push(Figure::plain(
+                format!("cnn batch-1 inference {label}{suffix}"),
+                v,
+                "us",
+                v * 1e6,
+                format!("{} calls, {threads} thread(s)", lat.len()),
+            ));
         }
     }
     Ok((s.peaks, s.out))
