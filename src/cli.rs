@@ -206,22 +206,8 @@ pub struct TrainArgs {
     pub cased: bool,
     #[arg(long, default_value_t = 3)]
     pub epochs: usize,
-    /// Examples per step (per rank in a data-parallel run: the global
-    /// batch is --batch times the number of ranks).
-    #[arg(long, default_value_t = 64)]
-    pub batch: usize,
-    /// Data-parallel ranks: auto reads the launcher's environment
-    /// (`mpirun -n N gpurt train ...`), one process without a launcher;
-    /// a number must match the launcher's. Needs a build with --features mpi.
-    #[arg(long, default_value = "auto")]
-    pub world: String,
-    /// Data-parallel: seconds any rank waits for the others in one
-    /// collective before it stops the job (a rank died or hung).
-    #[arg(long, default_value_t = 300)]
-    pub dist_timeout: u64,
-    /// adam, adamw or sgd.
-    #[arg(long, default_value = "adam")]
-    pub optimizer: String,
+    #[command(flatten)]
+    pub step: StepArgs,
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f32,
     /// constant, step (halve every epoch), cosine, or plateau (multiply by
@@ -384,10 +370,10 @@ impl TrainArgs {
             model: self.model.clone(),
             data,
             epochs: self.epochs,
-            batch: self.batch,
-            world: self.world.parse::<WorldSpec>()?,
-            dist_timeout: std::time::Duration::from_secs(self.dist_timeout.max(1)),
-            optimizer: self.optimizer.parse::<OptimizerKind>()?,
+            batch: self.step.batch,
+            world: self.step.world.parse::<WorldSpec>()?,
+            dist_timeout: std::time::Duration::from_secs(self.step.dist_timeout.max(1)),
+            optimizer: self.step.optimizer.parse::<OptimizerKind>()?,
             lr: self.lr,
             lr_schedule: self.lr_schedule()?,
             early_stop: match (self.early_stop, &self.monitor) {
@@ -450,21 +436,10 @@ impl TrainArgs {
     }
 }
 
+/// What one train step is: shared by `train` and `plan`, so a plan is
+/// made for exactly the step a training run would take.
 #[derive(Args, Debug)]
-pub struct PlanArgs {
-    /// Preset (cnn, mlp, resnet20/32/56, fasttext, transformer) or a path
-    /// to a TOML model spec.
-    #[arg(long, default_value = "cnn")]
-    pub model: String,
-    /// Input of one example: C,H,W for images, or text:T for token
-    /// sequences of T tokens.
-    #[arg(long, default_value = "1,28,28")]
-    pub input: String,
-    /// Vocabulary size of a text model's embeddings.
-    #[arg(long, default_value_t = 16_000)]
-    pub vocab: usize,
-    #[arg(long, default_value_t = 10)]
-    pub classes: usize,
+pub struct StepArgs {
     /// Examples per step (per rank in a data-parallel run: the global
     /// batch is --batch times the number of ranks).
     #[arg(long, default_value_t = 64)]
@@ -481,6 +456,25 @@ pub struct PlanArgs {
     /// adam, adamw or sgd.
     #[arg(long, default_value = "adam")]
     pub optimizer: String,
+}
+
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    /// Preset (cnn, mlp, resnet20/32/56, fasttext, transformer) or a path
+    /// to a TOML model spec.
+    #[arg(long, default_value = "cnn")]
+    pub model: String,
+    /// Input of one example: C,H,W for images, or text:T for token
+    /// sequences of T tokens.
+    #[arg(long, default_value = "1,28,28")]
+    pub input: String,
+    /// Vocabulary size of a text model's embeddings.
+    #[arg(long, default_value_t = 16_000)]
+    pub vocab: usize,
+    #[arg(long, default_value_t = 10)]
+    pub classes: usize,
+    #[command(flatten)]
+    pub step: StepArgs,
 }
 
 #[derive(Args, Debug)]

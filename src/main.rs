@@ -237,16 +237,16 @@ fn plan(a: PlanArgs) -> Result<()> {
         spec,
         input,
         classes: a.classes,
-        train_batch: Some(a.batch),
+        train_batch: Some(a.step.batch),
         infer_batch: 1,
-        optim: gpurt::optim::OptimConfig::new(a.optimizer.parse()?),
+        optim: gpurt::optim::OptimConfig::new(a.step.optimizer.parse()?),
         seed: 0,
         fuse: true,
     };
     let r = gpurt::inspect::PlanReport::new(&cfg)?;
     println!(
         "model {} input {:?} batch {}\n",
-        cfg.spec.name, cfg.input, a.batch
+        cfg.spec.name, cfg.input, a.step.batch
     );
     print!("{}", r.render());
     Ok(())
