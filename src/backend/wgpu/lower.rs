@@ -22,7 +22,8 @@ pub enum GemmStyle {
     /// workgroup memory is on-chip and shared by the invocations' loads.
     Tiled,
     /// gemm_direct.wgsl: teams of 8 invocations in one subgroup, each
-    /// team 8 rows x 32 columns, A values shared by subgroup broadcast;
+    /// team 16 or 32 rows x 32 columns (32 x 64 for large matmuls), A
+    /// values shared by subgroup broadcast;
     /// for adapters whose workgroup memory is ordinary memory (CPU
     /// adapters such as lavapipe), where staging adds copies and barriers
     /// and saves no traffic, and where a 64x64 tile wastes most of its
@@ -280,14 +281,14 @@ impl Gemm {
                 DIRECT_ENTRIES[self.direct + 3 * (tall as usize + wide as usize)]
             }
         };
-        let mut tiled = p.dispatch(self.family, entry, tiles * splits)?;
+        let mut gemm = p.dispatch(self.family, entry, tiles * splits)?;
         if splits == 1 {
-            return Ok(vec![tiled]);
+            return Ok(vec![gemm]);
         }
-        tiled.scratch = splits * outputs;
+        gemm.scratch = splits * outputs;
         p.u(12, outputs);
         Ok(vec![
-            tiled,
+            gemm,
             p.dispatch(self.family, self.reduce, groups_for(outputs))?,
         ])
     }
