@@ -31,16 +31,27 @@
 
 const TEAM: u32 = 8u;
 
-fn gemm_team(mode: u32, tall: bool, g: u32, lid: u32, lane: u32) {
-    let m = pu(0u);
-    let n = pu(1u);
+/// Where workgroup `g`'s team works: (split, batch, first row, this
+/// lane's first column) for teams of `rows` rows and lanes of `cols`
+/// columns.
+fn team_at(g: u32, lid: u32, rows: u32, cols: u32) -> vec4<u32> {
     let per_batch = pu(4u);
     let grid = per_batch * pu(5u);
-    let split = g / grid;
-    let batch = (g % grid) / per_batch;
     let t = g % per_batch;
-    let i0 = (t / pu(3u)) * select(2u, 4u, tall) * TEAM;
-    let j0 = ((t % pu(3u)) * TEAM + lid) * 4u;
+    return vec4<u32>(g / grid, (g % grid) / per_batch, (t / pu(3u)) * rows, ((t % pu(3u)) * TEAM + lid) * cols);
+}
+
+fn gemm_team(mode: u32, tall: bool, g: u32, lid: u32, lane: u32) {
+    if g >= pu(12u) {
+        return;
+    }
+    let m = pu(0u);
+    let n = pu(1u);
+    let at = team_at(g, lid, select(2u, 4u, tall) * TEAM, 4u);
+    let split = at.x;
+    let batch = at.y;
+    let i0 = at.z;
+    let j0 = at.w;
     let mine0 = row_ctx(mode, batch, min(i0 + lane, m - 1u));
     let mine1 = row_ctx(mode, batch, min(i0 + TEAM + lane, m - 1u));
     let mine2 = row_ctx(mode, batch, min(i0 + 2u * TEAM + lane, m - 1u));
@@ -175,15 +186,16 @@ fn gemm_team(mode: u32, tall: bool, g: u32, lid: u32, lane: u32) {
 /// `gemm_team` behind a flag doubled lavapipe's compile time of every
 /// team pipeline.
 fn gemm_team_wide(mode: u32, g: u32, lid: u32, lane: u32) {
+    if g >= pu(12u) {
+        return;
+    }
     let m = pu(0u);
     let n = pu(1u);
-    let per_batch = pu(4u);
-    let grid = per_batch * pu(5u);
-    let split = g / grid;
-    let batch = (g % grid) / per_batch;
-    let t = g % per_batch;
-    let i0 = (t / pu(3u)) * 4u * TEAM;
-    let j0 = ((t % pu(3u)) * TEAM + lid) * 8u;
+    let at = team_at(g, lid, 4u * TEAM, 8u);
+    let split = at.x;
+    let batch = at.y;
+    let i0 = at.z;
+    let j0 = at.w;
     let mine0 = row_ctx(mode, batch, min(i0 + lane, m - 1u));
     let mine1 = row_ctx(mode, batch, min(i0 + TEAM + lane, m - 1u));
     let mine2 = row_ctx(mode, batch, min(i0 + 2u * TEAM + lane, m - 1u));
@@ -449,75 +461,47 @@ fn team_row(mode: u32, split: u32, batch: u32, i: u32, j0: u32,
 fn gemm_direct_0(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32,
         @builtin(subgroup_invocation_id) lane: u32) {
-    let g = group_id(wid, nwg);
-    if g >= pu(12u) {
-        return;
-    }
-    gemm_team(0u, false, g, lid, lane);
+    gemm_team(0u, false, group_id(wid, nwg), lid, lane);
 }
 
 @compute @workgroup_size(8)
 fn gemm_direct_1(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32,
         @builtin(subgroup_invocation_id) lane: u32) {
-    let g = group_id(wid, nwg);
-    if g >= pu(12u) {
-        return;
-    }
-    gemm_team(1u, false, g, lid, lane);
+    gemm_team(1u, false, group_id(wid, nwg), lid, lane);
 }
 
 @compute @workgroup_size(8)
 fn gemm_direct_2(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32,
         @builtin(subgroup_invocation_id) lane: u32) {
-    let g = group_id(wid, nwg);
-    if g >= pu(12u) {
-        return;
-    }
-    gemm_team(2u, false, g, lid, lane);
+    gemm_team(2u, false, group_id(wid, nwg), lid, lane);
 }
 
 @compute @workgroup_size(8)
 fn gemm_direct_tall_0(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32,
         @builtin(subgroup_invocation_id) lane: u32) {
-    let g = group_id(wid, nwg);
-    if g >= pu(12u) {
-        return;
-    }
-    gemm_team(0u, true, g, lid, lane);
+    gemm_team(0u, true, group_id(wid, nwg), lid, lane);
 }
 
 @compute @workgroup_size(8)
 fn gemm_direct_tall_1(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32,
         @builtin(subgroup_invocation_id) lane: u32) {
-    let g = group_id(wid, nwg);
-    if g >= pu(12u) {
-        return;
-    }
-    gemm_team(1u, true, g, lid, lane);
+    gemm_team(1u, true, group_id(wid, nwg), lid, lane);
 }
 
 @compute @workgroup_size(8)
 fn gemm_direct_tall_2(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32,
         @builtin(subgroup_invocation_id) lane: u32) {
-    let g = group_id(wid, nwg);
-    if g >= pu(12u) {
-        return;
-    }
-    gemm_team(2u, true, g, lid, lane);
+    gemm_team(2u, true, group_id(wid, nwg), lid, lane);
 }
 
 @compute @workgroup_size(8)
 fn gemm_direct_wide_0(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32,
         @builtin(subgroup_invocation_id) lane: u32) {
-    let g = group_id(wid, nwg);
-    if g >= pu(12u) {
-        return;
-    }
-    gemm_team_wide(0u, g, lid, lane);
+    gemm_team_wide(0u, group_id(wid, nwg), lid, lane);
 }

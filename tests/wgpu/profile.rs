@@ -5,6 +5,7 @@
 #![cfg(feature = "wgpu")]
 
 use gpurt::backend::wgpu;
+use gpurt::graph::plan::Module;
 use gpurt::model::{Classifier, ClassifierConfig};
 use gpurt::nn::ModelSpec;
 use gpurt::optim::{OptimConfig, OptimizerKind};
@@ -25,14 +26,8 @@ fn profile_cnn_infer_batch1() {
     profile_cnn(vec![3, 32, 32], None, 1);
 }
 
-fn profile_cnn(input: Vec<usize>, train_batch: Option<usize>, infer_batch: usize) {
-    let b = match wgpu::open(None) {
-        Ok(b) => b,
-        Err(e) => {
-            println!("SKIPPED: profile_cnn: no wgpu adapter ({e})");
-            return;
-        }
-    };
+/// The small CNN's module (Adam, fused) for one input shape.
+fn cnn_module(input: Vec<usize>, train_batch: Option<usize>, infer_batch: usize) -> Arc<Module> {
     let cfg = ClassifierConfig {
         spec: ModelSpec::cnn(10),
         input,
@@ -43,7 +38,18 @@ fn profile_cnn(input: Vec<usize>, train_batch: Option<usize>, infer_batch: usize
         seed: 1,
         fuse: true,
     };
-    let module = Arc::new(Classifier::module(&cfg).unwrap());
+    Arc::new(Classifier::module(&cfg).unwrap())
+}
+
+fn profile_cnn(input: Vec<usize>, train_batch: Option<usize>, infer_batch: usize) {
+    let b = match wgpu::open(None) {
+        Ok(b) => b,
+        Err(e) => {
+            println!("SKIPPED: profile_cnn: no wgpu adapter ({e})");
+            return;
+        }
+    };
+    let module = cnn_module(input, train_batch, infer_batch);
     let scalars: Vec<f32> = module
         .scalars
         .iter()
@@ -144,17 +150,7 @@ fn profile_batch1_latency_phases() {
             return;
         }
     };
-    let cfg = ClassifierConfig {
-        spec: ModelSpec::cnn(10),
-        input: vec![3, 32, 32],
-        classes: 10,
-        train_batch: None,
-        infer_batch: 1,
-        optim: OptimConfig::new(OptimizerKind::Adam),
-        seed: 1,
-        fuse: true,
-    };
-    let module = Arc::new(Classifier::module(&cfg).unwrap());
+    let module = cnn_module(vec![3, 32, 32], None, 1);
     let p = module
         .programs
         .iter()
@@ -213,17 +209,7 @@ fn profile_batch1_latency_phases() {
 fn profile_module_compile() {
     use gpurt::backend::wgpu::GemmStyle;
     use std::time::Instant;
-    let cfg = ClassifierConfig {
-        spec: ModelSpec::cnn(10),
-        input: vec![1, 28, 28],
-        classes: 10,
-        train_batch: Some(64),
-        infer_batch: 256,
-        optim: OptimConfig::new(OptimizerKind::Adam),
-        seed: 1,
-        fuse: true,
-    };
-    let module = Arc::new(Classifier::module(&cfg).unwrap());
+    let module = cnn_module(vec![1, 28, 28], Some(64), 256);
     for style in [GemmStyle::Direct, GemmStyle::Tiled] {
         let b = match wgpu::open(None) {
             Ok(b) => b,
