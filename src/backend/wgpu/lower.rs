@@ -449,3 +449,93 @@ pub(super) fn multi_tensor(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ::wgpu::{AdapterInfo, Backend, DeviceType, Features};
+
+    fn adapter(device_type: DeviceType, subgroup_min_size: u32) -> AdapterInfo {
+        AdapterInfo {
+            name: "test".into(),
+            vendor: 0,
+            device: 0,
+            device_type,
+            device_pci_bus_id: String::new(),
+            driver: String::new(),
+            driver_info: String::new(),
+            backend: Backend::Vulkan,
+            subgroup_min_size,
+            subgroup_max_size: subgroup_min_size.max(8),
+            transient_saves_memory: None,
+            limit_bucket: None,
+        }
+    }
+
+    #[test]
+    fn the_team_gemm_needs_a_cpu_adapter_with_whole_teams_per_subgroup() {
+        let cpu = adapter(DeviceType::Cpu, 8);
+        assert_eq!(
+            GemmStyle::for_adapter(&cpu, Features::SUBGROUP),
+            GemmStyle::Direct
+        );
+        // No subgroups, or subgroups narrower than a team: tiled.
+        assert_eq!(
+            GemmStyle::for_adapter(&cpu, Features::empty()),
+            GemmStyle::Tiled
+        );
+        let narrow = adapter(DeviceType::Cpu, 4);
+        assert!(!GemmStyle::direct_runs(&narrow, Features::SUBGROUP));
+        assert_eq!(
+            GemmStyle::for_adapter(&narrow, Features::SUBGROUP),
+            GemmStyle::Tiled
+        );
+        // A GPU keeps the tiled core even where the team one could run.
+        let gpu = adapter(DeviceType::DiscreteGpu, 32);
+        assert!(GemmStyle::direct_runs(&gpu, Features::SUBGROUP));
+        assert_eq!(
+            GemmStyle::for_adapter(&gpu, Features::SUBGROUP),
+            GemmStyle::Tiled
+        );
+    }
+
+    #[test]
+    fn a_launch_past_the_parameter_window_is_a_limit_error() {
+        let mut p = Params::new(8);
+        p.u(PARAM_WORDS, 1);
+        match p.dispatch(Family::Adam, "adam_update", 1) {
+            Err(Error::Limit(msg)) => assert!(msg.contains("adam_update"), "{msg}"),
+            other => panic!("expected a limit error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn multi_tensor_tables_are_chunked_with_workgroups_counted_per_chunk() {
+        // 400 tensors of 300 elements (2 workgroups each), 6 words a row.
+        let mut first = 0;
+        let rows: Vec<Vec<usize>> = (0..400)
+            .map(|t| {
+                let row = vec![first, 300, 10 * t, 10 * t + 1, 0, 0];
+                first += groups_for(300);
+                row
+            })
+            .collect();
+        let d = multi_tensor(Params::new(8), rows, Family::Adam, "adam_update").unwrap();
+        let per = (PARAM_WORDS - 8) / 6;
+        assert_eq!(d.len(), 400usize.div_ceil(per));
+        let mut tensors = 0;
+        for chunk in &d {
+            assert!(chunk.params.len() <= PARAM_WORDS);
+            let n = chunk.params[0] as usize;
+            assert_eq!(chunk.groups, 2 * n);
+            assert_eq!(chunk.params[1] as usize, 2 * n);
+            // Each chunk's first workgroups start at 0 and advance by 2.
+            for r in 0..n {
+                assert_eq!(chunk.params[8 + 6 * r] as usize, 2 * r);
+                assert_eq!(chunk.params[8 + 6 * r + 2] as usize, 10 * (tensors + r));
+            }
+            tensors += n;
+        }
+        assert_eq!(tensors, 400);
+    }
+}
