@@ -365,7 +365,7 @@ fn malformed_requests_get_a_status_and_a_json_error_naming_the_field() {
             input("[2]", "BYTES", r#"["a",1]"#),
             "application/json",
             400,
-            "body",
+            "inputs[0].data",
         ),
         (
             "nested deeper than 8",
@@ -373,7 +373,7 @@ fn malformed_requests_get_a_status_and_a_json_error_naming_the_field() {
             input("[1,1,28,28]", "FP32", &deep),
             "application/json",
             400,
-            "body",
+            "inputs[0].data",
         ),
         (
             "not base64",

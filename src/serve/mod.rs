@@ -7,6 +7,7 @@
 //! device otherwise), each owning compiled predictors. The two meet at a
 //! bounded queue per model (see [`batcher`]).
 
+mod numbers;
 pub mod request;
 
 #[cfg(feature = "serve")]

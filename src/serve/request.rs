@@ -19,6 +19,7 @@
 use crate::data::Normalizer;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use std::fmt;
 use std::path::Path;
 
@@ -110,9 +111,10 @@ impl fmt::Display for RequestError {
 }
 
 #[derive(Deserialize)]
-struct RawRequest {
+struct RawRequest<'a> {
     id: Option<String>,
-    inputs: Vec<RawInput>,
+    #[serde(borrow)]
+    inputs: Vec<RawInput<'a>>,
     #[serde(default)]
     parameters: Option<RawParameters>,
 }
@@ -123,11 +125,24 @@ struct RawParameters {
 }
 
 #[derive(Deserialize)]
-struct RawInput {
+struct RawInput<'a> {
     name: String,
     shape: Vec<u64>,
     datatype: String,
-    data: Flat,
+    /// Read by [`read_data`] once the rest of the request is checked.
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+/// `data`, flattened: numbers or strings, never both. An array of
+/// numbers takes [`super::numbers::flat_numbers`]; everything else
+/// (strings, and whatever is refused) the serde path below.
+fn read_data(raw: &RawValue) -> Result<Flat, RequestError> {
+    match super::numbers::flat_numbers(raw.get(), MAX_DEPTH) {
+        Some(v) => Ok(Flat::Numbers(v)),
+        None => serde_json::from_str(raw.get())
+            .map_err(|e| RequestError::bad("inputs[0].data", e.to_string())),
+    }
 }
 
 /// `data`, flattened while parsing: numbers or strings, never both.
@@ -273,7 +288,7 @@ pub fn decode(
             ))
         }
     };
-    let [input]: [RawInput; 1] = raw.inputs.try_into().map_err(|v: Vec<RawInput>| {
+    let [input]: [RawInput<'_>; 1] = raw.inputs.try_into().map_err(|v: Vec<RawInput>| {
         RequestError::bad(
             "inputs",
             format!("expected 1 input tensor, got {}", v.len()),
@@ -307,7 +322,7 @@ pub fn decode(
         ));
     }
     let n = check_shape(&input, spec, max_rows)?;
-    let rows = match (spec, input.datatype.as_str(), input.data) {
+    let rows = match (spec, input.datatype.as_str(), read_data(input.data)?) {
         (InputSpec::Image { .. }, "FP32", Flat::Numbers(v)) => {
             check_count(&v, n * spec.row_len())?;
             let mut out = Vec::with_capacity(v.len());
@@ -380,26 +395,31 @@ pub fn decode(
 
 /// The shape must be `[n, ...the model's input]` (`[n]` for strings), with
 /// `1 <= n <= max_rows`. Returns n.
-fn check_shape(input: &RawInput, spec: &InputSpec, max_rows: usize) -> Result<usize, RequestError> {
-    let want: Vec<u64> = match (spec, input.datatype.as_str()) {
-        (InputSpec::Image { dims, .. }, "FP32" | "UINT8") => {
-            dims.iter().map(|&d| d as u64).collect()
-        }
-        _ => Vec::new(),
+fn check_shape(
+    input: &RawInput<'_>,
+    spec: &InputSpec,
+    max_rows: usize,
+) -> Result<usize, RequestError> {
+    let want: &[usize] = match (spec, input.datatype.as_str()) {
+        (InputSpec::Image { dims, .. }, "FP32" | "UINT8") => dims,
+        _ => &[],
     };
-    let show = |d: &[u64]| {
-        let v: Vec<String> = d.iter().map(u64::to_string).collect();
-        format!("[{}]", v.join(", "))
-    };
-    let expected = format!(
-        "[n{}]",
-        want.iter().map(|d| format!(", {d}")).collect::<String>()
-    );
-    if input.shape.len() != want.len() + 1 || input.shape[1..] != want[..] {
+    let fits = input.shape.len() == want.len() + 1
+        && input.shape[1..]
+            .iter()
+            .zip(want)
+            .all(|(&s, &d)| s == d as u64);
+    if !fits {
+        // Formatted only here: a request that fits pays for no message.
+        let show = |d: &[u64]| {
+            let v: Vec<String> = d.iter().map(u64::to_string).collect();
+            format!("[{}]", v.join(", "))
+        };
+        let expected: String = want.iter().map(|d| format!(", {d}")).collect();
         return Err(RequestError::bad(
             "inputs[0].shape",
             format!(
-                "{} does not fit the model's input {expected}",
+                "{} does not fit the model's input [n{expected}]",
                 show(&input.shape)
             ),
         ));
