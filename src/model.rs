@@ -5,9 +5,10 @@ use crate::backend::Backend;
 use crate::dist::{Collective, Solo};
 use crate::error::{Error, Result};
 use crate::graph::exec::Session;
+use crate::graph::fuse::{self, FuseExtras};
 use crate::graph::ir::Graph;
+use crate::graph::plan;
 use crate::graph::plan::Slot;
-use crate::graph::{fuse, plan};
 use crate::nn::init::init_params;
 use crate::nn::spec::{InputKind, ModelSpec, ParamDecl};
 use crate::optim::{self, OptimConfig};
@@ -123,7 +124,7 @@ impl Classifier {
         world: usize,
     ) -> Result<Self> {
         let decls = config.spec.declare(&config.input)?;
-        let (module, summed) = Self::compile(&config, world)?;
+        let (module, summed) = Self::compile(&config, world, backend.fuse_extras())?;
         let mut session = Session::new(backend, module)?;
         for (name, t) in init_params(&decls, config.seed) {
             session.write_persistent(&name, &t.data)?;
@@ -157,13 +158,18 @@ impl Classifier {
     }
 
     /// [`Classifier::module`] for one of `world` data-parallel ranks.
+    /// Only the fusions every backend lowers are applied.
     pub fn module_for(config: &ClassifierConfig, world: usize) -> Result<plan::Module> {
-        Ok(Self::compile(config, world)?.0)
+        Ok(Self::compile(config, world, FuseExtras::default())?.0)
     }
 
     /// The module, and the persistent tensors the ranks sum after each
     /// step's first program (the gradients and the running statistics).
-    fn compile(config: &ClassifierConfig, world: usize) -> Result<(plan::Module, Vec<String>)> {
+    fn compile(
+        config: &ClassifierConfig,
+        world: usize,
+        extras: FuseExtras,
+    ) -> Result<(plan::Module, Vec<String>)> {
         let mut graphs = Vec::new();
         let mut summed = Vec::new();
         match config.train_batch {
@@ -196,7 +202,7 @@ impl Classifier {
         graphs.push((INFER, Self::infer_graph(config, config.infer_batch)?));
         if config.fuse {
             for (_, g) in graphs.iter_mut() {
-                fuse::fuse(g);
+                fuse::fuse_with(g, extras);
             }
         }
         let refs: Vec<(&str, &Graph)> = graphs.iter().map(|(n, g)| (*n, g)).collect();

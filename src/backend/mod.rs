@@ -10,14 +10,31 @@ pub mod cuda;
 pub mod wgpu;
 
 use crate::dist::Collective;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::graph::fuse::FuseExtras;
 use crate::graph::plan::{Module, Slot};
 use std::sync::Arc;
+
+/// The error of a GPU backend given a conv2d with a fused max pool: the
+/// `conv_max_pool` rule is only applied for backends that ask for it.
+pub(crate) fn no_fused_pool(device: &str) -> Error {
+    Error::Device {
+        device: device.into(),
+        detail: "no kernel for conv2d with a fused max pool: build the module with this \
+                 backend's fuse_extras"
+            .into(),
+    }
+}
 
 pub trait Backend {
     /// Human-readable device name (`cpu (2 threads, avx512)`, an adapter
     /// name...).
     fn name(&self) -> String;
+    /// The fusion rules beyond the common ones that this backend has
+    /// kernels for; a module built for it may use them.
+    fn fuse_extras(&self) -> FuseExtras {
+        FuseExtras::default()
+    }
     /// Allocate the arena and prepare every kernel the module launches.
     fn compile(&self, module: Arc<Module>) -> Result<Box<dyn Executable>>;
 }

@@ -114,7 +114,13 @@ fn rule(
             p,
             act,
             residual: false,
+            pool: false,
         } => ops::conv2d::backward(g, *p, *act, inputs, outputs[0], dy),
+        Op::Conv2d { pool: true, .. } => Err(Error::shape(
+            "gradients",
+            "a conv2d with a fused max pool has no gradient rule: it is an inference kernel"
+                .to_string(),
+        )),
         Op::ClipGradNorm { .. } => Err(Error::shape(
             "gradients",
             "clip_grad_norm is an optimiser step and has no gradient rule".to_string(),

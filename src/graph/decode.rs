@@ -108,20 +108,38 @@ impl Kernel {
                     act: *act,
                 }
             }
-            Op::Conv2d { p, act, residual } => {
+            Op::Conv2d {
+                p,
+                act,
+                residual,
+                pool,
+            } => {
                 need(2 + *residual as usize, 1)?;
                 let geom = p.geom(&rs[0], &rs[1])?;
-                if *residual && rs.last() != Some(&ws[0]) {
+                if *residual && (*pool || rs.last() != Some(&ws[0])) {
                     return Err(Error::shape(
                         name,
                         format!("residual {:?} for output {}", rs.last(), ws[0]),
                     ));
+                }
+                if *pool {
+                    let (oh, ow) = geom
+                        .out_hw()
+                        .ok_or_else(|| Error::shape(name, format!("no output for {geom:?}")))?;
+                    let pooled = Shape(vec![geom.n, geom.c_out, oh / 2, ow / 2]);
+                    if ws[0] != pooled {
+                        return Err(Error::shape(
+                            name,
+                            format!("max-pooled output {} where {pooled} is due", ws[0]),
+                        ));
+                    }
                 }
                 Kernel::Conv2d {
                     geom,
                     bias: rs.len() == 3 + *residual as usize,
                     act: *act,
                     residual: *residual,
+                    pool: *pool,
                 }
             }
             Op::Conv2dGradInput { p } => {

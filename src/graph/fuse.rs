@@ -21,6 +21,12 @@
 //!    stack-program kernel.
 //! 7. `multi_tensor_update`: every parameter's optimiser update becomes one
 //!    launch.
+//! 8. `conv_max_pool` (only for a backend that asks, [`FuseExtras`]): a
+//!    convolution (+ bias, + activation) whose only reader is a 2×2,
+//!    stride-2 max pool whose indices nobody reads (inference) writes the
+//!    pooled output straight from its tile: the full-size output is never
+//!    stored nor read back. The CPU asks for it; the GPU backends have no
+//!    such kernel.
 //!
 //! Every rule only absorbs a value that has exactly one consumer and is not
 //! a graph output, so no other node can observe the difference. A fused-
@@ -43,8 +49,22 @@ pub struct Fusion {
     pub detail: String,
 }
 
-/// Apply every rule once, in order; returns what was fused.
+/// Rules that only some backends have kernels for
+/// ([`crate::backend::Backend::fuse_extras`]); off by default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FuseExtras {
+    /// `conv_max_pool`: `Op::Conv2d { pool: true, .. }`.
+    pub conv_max_pool: bool,
+}
+
+/// Apply every rule every backend lowers once, in order; returns what was
+/// fused.
 pub fn fuse(g: &mut Graph) -> Vec<Fusion> {
+    fuse_with(g, FuseExtras::default())
+}
+
+/// [`fuse`], plus the `extras` a backend asks for.
+pub fn fuse_with(g: &mut Graph, extras: FuseExtras) -> Vec<Fusion> {
     clear_dead(g);
     let mut out = Vec::new();
     constant_loss_grad(g, &mut out);
@@ -55,6 +75,9 @@ pub fn fuse(g: &mut Graph) -> Vec<Fusion> {
     act_backward_bias(g, &mut out);
     elementwise_chain(g, &mut out);
     multi_tensor_update(g, &mut out);
+    if extras.conv_max_pool {
+        conv_max_pool(g, &mut out);
+    }
     drop_cleared(g);
     out
 }
@@ -197,10 +220,12 @@ fn residual_epilogue(g: &mut Graph, out: &mut Vec<Fusion>) {
                 p,
                 act: None,
                 residual: false,
+                pool: false,
             } => Some(Op::Conv2d {
                 p,
                 act: None,
                 residual: true,
+                pool: false,
             }),
             Op::BatchNorm2d {
                 eps,
@@ -319,10 +344,12 @@ fn epilogue(g: &mut Graph, out: &mut Vec<Fusion>) {
                 p: cp,
                 act: None,
                 residual,
+                pool: false,
             } => Op::Conv2d {
                 p: *cp,
                 act: Some(a),
                 residual: *residual,
+                pool: false,
             },
             Op::Linear { bias, act: None } => Op::Linear {
                 bias: *bias,
@@ -355,6 +382,52 @@ fn epilogue(g: &mut Graph, out: &mut Vec<Fusion>) {
             rule: "epilogue",
             launches_saved: 1,
             bytes_saved: 2 * bytes(g, v),
+            detail,
+        });
+    }
+}
+
+fn conv_max_pool(g: &mut Graph, out: &mut Vec<Fusion>) {
+    let cons = consumers(g);
+    for i in 0..g.nodes.len() {
+        let Some(n) = live(g, i) else { continue };
+        let Op::MaxPool2d { p: pp } = g.nodes[i].op else {
+            continue;
+        };
+        if (pp.kernel, pp.stride, pp.pad) != ((2, 2), (2, 2), (0, 0)) {
+            continue;
+        }
+        let (v, idx) = (g.nodes[i].inputs[0], g.nodes[i].outputs[1]);
+        if !cons[idx.0 as usize].is_empty() || g.output_name(idx).is_some() {
+            continue;
+        }
+        let Some(p) = producer(g, v) else { continue };
+        let Op::Conv2d {
+            p: cp,
+            act,
+            residual: false,
+            pool: false,
+        } = g.nodes[p.0 as usize].op
+        else {
+            continue;
+        };
+        if !private_to(g, &cons, v, n) {
+            continue;
+        }
+        let fused = Op::Conv2d {
+            p: cp,
+            act,
+            residual: false,
+            pool: true,
+        };
+        let inputs = g.nodes[p.0 as usize].inputs.clone();
+        let detail = format!("conv2d + max_pool2d 2x2 {}", g.shape(v));
+        absorb(g, i, p, fused, inputs);
+        out.push(Fusion {
+            rule: "conv_max_pool",
+            launches_saved: 1,
+            // The full-size output's write and read, and the indices.
+            bytes_saved: 2 * bytes(g, v) + bytes(g, idx),
             detail,
         });
     }

@@ -86,12 +86,17 @@ pub enum Kernel {
         bias: bool,
         act: Option<Activation>,
     },
-    /// Reads (x, w, [bias], [residual]).
+    /// Reads (x, w, [bias], [residual]). `pool`: the output is 2×2,
+    /// stride-2 max pooled (`[n, c_out, oh / 2, ow / 2]`); only for a
+    /// backend whose [`FuseExtras`] ask for it.
+    ///
+    /// [`FuseExtras`]: crate::graph::fuse::FuseExtras
     Conv2d {
         geom: Conv2dGeom,
         bias: bool,
         act: Option<Activation>,
         residual: bool,
+        pool: bool,
     },
     Conv2dGradInput(Conv2dGeom),
     Conv2dGradWeight(Conv2dGeom),

@@ -214,6 +214,7 @@ impl Graph {
                 p,
                 act,
                 residual: false,
+                pool: false,
             },
             inputs,
             Shape(vec![g.n, g.c_out, oh, ow]),

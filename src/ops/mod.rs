@@ -45,12 +45,18 @@ pub enum Op {
         act: Option<Activation>,
     },
     /// NCHW convolution (+ bias) (+ a residual of the output's shape, the
-    /// last input), then an optional activation. The residual is only
-    /// fused in (`graph::fuse`), never built directly.
+    /// last input), then an optional activation, then (`pool`) a 2×2,
+    /// stride-2 max pool whose output is the op's. The residual and the
+    /// pool are only fused in (`graph::fuse`), never built directly; the
+    /// pool only where the backend asks for it ([`FuseExtras`]), and only
+    /// where nothing reads the pool's indices (inference).
+    ///
+    /// [`FuseExtras`]: crate::graph::fuse::FuseExtras
     Conv2d {
         p: ConvParams,
         act: Option<Activation>,
         residual: bool,
+        pool: bool,
     },
     Conv2dGradInput {
         p: ConvParams,

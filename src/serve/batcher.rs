@@ -238,6 +238,9 @@ fn smallest_fitting<T>(ps: &mut [T], rows: usize, size: impl Fn(&T) -> usize) ->
 pub struct Shared {
     /// Requests being decoded, not yet queued: the batcher waits for them.
     pub decoding: AtomicUsize,
+    /// Requests between the handler's start and its answer (decoding,
+    /// queued or computing): the fast path is for a request alone in it.
+    pub in_flight: AtomicUsize,
     pub metrics: Arc<ModelMetrics>,
     pub max_batch: usize,
     pub max_delay: Duration,
@@ -418,6 +421,7 @@ mod tests {
     fn only_short_one_example_runs_take_the_http_thread() {
         let s = Shared {
             decoding: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
             metrics: Arc::new(ModelMetrics::new("m")),
             max_batch: 4,
             max_delay: Duration::ZERO,

@@ -353,6 +353,7 @@ async fn infer_inner(
     let Some(model) = s.model(name) else {
         return Err(unknown(s, name));
     };
+    let _in_flight = Counted::start(&model.shared.in_flight);
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("");
         let essence = ct.split(';').next().unwrap_or("").trim();

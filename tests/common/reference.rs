@@ -91,7 +91,12 @@ pub fn eval_f64(
                 }
                 (vec![y], mutated)
             }
-            Op::Conv2d { p, act, residual } => {
+            Op::Conv2d {
+                p,
+                act,
+                residual,
+                pool,
+            } => {
                 let bias = (x.len() == 3 + *residual as usize).then(|| x[2]);
                 let mut y = conv2d(xs[0], xs[1], p, x[0], x[1], bias);
                 if *residual {
@@ -99,6 +104,12 @@ pub fn eval_f64(
                 }
                 if let Some(a) = act {
                     y.iter_mut().for_each(|v| *v = act_forward(*a, *v));
+                }
+                if *pool {
+                    let g = p.geom(xs[0], xs[1]).expect("conv geometry");
+                    let (oh, ow) = g.out_hw().expect("conv output");
+                    let full = Shape(vec![g.n, g.c_out, oh, ow]);
+                    y = max_pool2d(&full, &PoolParams::square(2), &y).0;
                 }
                 (vec![y], mutated)
             }

@@ -228,3 +228,121 @@ fn fusion_leaves_no_dead_nodes() {
         }
     }
 }
+
+/// `conv_max_pool` (the CPU's pooled convolution): conv2d (+ bias) (+ an
+/// activation) then a 2×2 max pool, fused, gives the unfused result bit
+/// for bit: random geometries with odd sizes, stride 1 (pooled from the
+/// GEMM's rows, on one thread and over the pool, one image and several
+/// side by side) and stride 2 (pooled from a buffer), every activation,
+/// and NaN inputs (the first NaN of a window wins, as in max_pool2d).
+#[test]
+fn conv_max_pool_equals_conv_then_pool_bit_for_bit() {
+    use gpurt::graph::fuse::{fuse_with, FuseExtras};
+    use gpurt::ops::{ConvParams, PoolParams};
+    let extras = FuseExtras {
+        conv_max_pool: true,
+    };
+    let mut r = rng(77);
+    let (mut fused_cases, mut nan_cases) = (0, 0);
+    for case in 0..120 {
+        let n = [1, 2, 3, 8][r.random_range(0..4)];
+        let (c_in, c_out) = (
+            [1, 3, 4][r.random_range(0..3)],
+            [1, 5, 16][r.random_range(0..3)],
+        );
+        let (h, w) = (r.random_range(3..16), r.random_range(3..16));
+        let k = r.random_range(1..=3usize).min(h).min(w);
+        let p = ConvParams {
+            stride: if case % 4 == 3 { (2, 2) } else { (1, 1) },
+            pad: (r.random_range(0..2), r.random_range(0..2)),
+            dilation: (1, 1),
+        };
+        let act = [
+            None,
+            Some(Activation::Relu),
+            Some(Activation::Gelu),
+            Some(Activation::Tanh),
+        ][case % 4];
+        let mut g = Graph::new(false);
+        let x = g.input("x", [n, c_in, h, w], DType::F32).unwrap();
+        let wt = g.param("w", [c_out, c_in, k, k]).unwrap();
+        let b = (case % 3 != 0).then(|| g.param("b", [c_out]).unwrap());
+        let mut y = g.conv2d(x, wt, b, p).unwrap();
+        if let Some(a) = act {
+            y = g.act(a, y).unwrap();
+        }
+        let Ok(y) = g.max_pool2d(y, PoolParams::square(2)) else {
+            continue; // an output smaller than the window
+        };
+        g.set_output("y", y);
+        let mut data = random_data(&g, &mut r, 1);
+        if case % 5 == 0 {
+            let xd = data.get_mut(&x).unwrap();
+            for i in (0..xd.len()).step_by(7) {
+                xd[i] = f64::NAN;
+            }
+            nan_cases += 1;
+        }
+        let mut f = g.clone();
+        let fusions = fuse_with(&mut f, extras);
+        assert!(
+            fusions.iter().any(|f| f.rule == "conv_max_pool"),
+            "case {case}: not fused: {fusions:?}"
+        );
+        fused_cases += 1;
+        let want = run_cpu(&g, &data, &Scalars::new());
+        let got = run_cpu(&f, &data, &Scalars::new());
+        let (want, got) = (&want["y"], &got["y"]);
+        if case % 5 != 0 {
+            // The f64 reference of the fused op, against the CPU's.
+            let vals = crate::common::reference::eval_f64(&f, &data, &Default::default());
+            let exact = &vals[f.output("y").unwrap().0 as usize];
+            assert_close(&format!("case {case}: f64 reference"), got, exact, 1e-5);
+        }
+        assert_eq!(want.len(), got.len());
+        for (i, (a, b)) in want.iter().zip(got).enumerate() {
+            assert!(
+                a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+                "case {case} (n {n}, c {c_in}->{c_out}, {h}x{w}, k {k}, {p:?}, {act:?}) \
+                 element {i}: fused {b} vs unfused {a}"
+            );
+        }
+    }
+    assert!(
+        fused_cases >= 100 && nan_cases >= 15,
+        "{fused_cases} / {nan_cases}"
+    );
+}
+
+/// The pooled convolution needs the pool's indices unread: a training
+/// graph (whose max-pool gradient reads them) keeps the two kernels, and
+/// without the extra (the GPU backends) nothing changes.
+#[test]
+fn conv_max_pool_only_where_the_indices_are_unread_and_asked_for() {
+    use gpurt::graph::fuse::{fuse_with, FuseExtras};
+    let extras = FuseExtras {
+        conv_max_pool: true,
+    };
+    let cfg = cnn_config(vec![1, 28, 28]);
+    let rules = |extras: FuseExtras| -> Vec<Vec<&'static str>> {
+        use gpurt::model::Classifier;
+        [
+            Classifier::train_graph(&cfg, 64),
+            Classifier::infer_graph(&cfg, 1),
+        ]
+        .into_iter()
+        .map(|g| {
+            let mut g = g.unwrap();
+            fuse_with(&mut g, extras).iter().map(|f| f.rule).collect()
+        })
+        .collect()
+    };
+    let (with, without) = (rules(extras), rules(FuseExtras::default()));
+    // [train, infer]: two pooled convolutions in inference only.
+    let count = |v: &[&str]| v.iter().filter(|r| **r == "conv_max_pool").count();
+    assert_eq!(
+        with.iter().map(|v| count(v)).collect::<Vec<_>>(),
+        vec![0, 2]
+    );
+    assert!(without.iter().all(|v| count(v) == 0));
+}

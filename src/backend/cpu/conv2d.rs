@@ -119,6 +119,8 @@ thread_local! {
     static TASK_SCRATCH: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
     /// Per-call buffers shared by all tasks, owned by the calling thread.
     static CALL_SCRATCH: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    /// The full-size output of a pooled convolution that is not stride 1.
+    static POOL_SCRATCH: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
     /// Per-call im2col index table (strided layout), owned by the calling thread.
     static INDEX_SCRATCH: Cell<Vec<u32>> = const { Cell::new(Vec::new()) };
 }
@@ -437,6 +439,72 @@ pub fn conv2d_forward_act(
     y: &mut [f32],
 ) {
     let (oh, ow) = g.check("conv2d_forward", x.len(), w.len(), y.len());
+    forward_act(g, (oh, ow), x, w, bias, act, false, y)
+}
+
+/// [`conv2d_forward_act`], then a 2×2, stride-2 max pool (the first NaN of
+/// a window wins, as in [`super::pool::maxpool2d_forward`]): `y` is
+/// `[n, c_out, oh / 2, ow / 2]`. Stride-1 convolutions pool straight from
+/// the GEMM's output, so the full-size output is never stored; others
+/// (and a single image over a thread pool) go through a per-thread buffer.
+pub fn conv2d_forward_act_pool(
+    g: &Conv2dGeom,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    act: Option<Activation>,
+    y: &mut [f32],
+) {
+    let (oh, ow) = g.checked_out_hw();
+    assert_eq!(
+        x.len(),
+        g.x_len(),
+        "conv2d_forward_pool: x length for {g:?}"
+    );
+    assert_eq!(
+        w.len(),
+        g.w_len(),
+        "conv2d_forward_pool: w length for {g:?}"
+    );
+    let (ph, pw) = (oh / 2, ow / 2);
+    assert_eq!(
+        y.len(),
+        g.n * g.c_out * ph * pw,
+        "conv2d_forward_pool: y length for {g:?}"
+    );
+    if y.is_empty() {
+        return;
+    }
+    // Where the full-size output would come from `conv2d_small` (as
+    // `forward_act` chooses), pool from its rows; elsewhere from the full
+    // output, so that the fused result is always the unfused one, bit for
+    // bit.
+    let threads = super::par::threads();
+    if super::conv2d_small::applies(g) && !x.is_empty() && (threads == 1 || g.n >= threads) {
+        return forward_act(g, (oh, ow), x, w, bias, act, true, y);
+    }
+    with_scratch(&POOL_SCRATCH, g.y_len(), |full| {
+        conv2d_forward_act(g, x, w, bias, act, full);
+        for (dst, src) in y.chunks_exact_mut(ph * pw).zip(full.chunks_exact(oh * ow)) {
+            // -0.0 adds nothing, not even to -0.0.
+            super::conv2d_small::pooled_epilogue(dst, pw, src, ow, -0.0, None);
+        }
+    });
+}
+
+/// The forward convolution once `y`'s size is checked: `(oh, ow)` is the
+/// convolution's output, `pool` whether `y` is its 2×2 max pool.
+#[allow(clippy::too_many_arguments)]
+fn forward_act(
+    g: &Conv2dGeom,
+    (oh, ow): (usize, usize),
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    act: Option<Activation>,
+    pool: bool,
+    y: &mut [f32],
+) {
     // Stride-1 convolutions run as an implicit GEMM (`conv2d_small`: no
     // im2col, no packing, no allocation), image by image: on this thread
     // when it is the only one (a predictor's), else over the pool when
@@ -447,13 +515,14 @@ pub fn conv2d_forward_act(
     if super::conv2d_small::applies(g) && !y.is_empty() && !x.is_empty() {
         let threads = super::par::threads();
         if threads == 1 {
-            return super::conv2d_small::forward(g, (oh, ow), x, w, bias, act, y);
+            return super::conv2d_small::forward(g, (oh, ow), x, w, bias, act, pool, y);
         }
         if g.n >= threads {
             // Groups of images (about four per thread, for balance) share
             // each task's setup: tap offsets and the zeroed padded copy.
             let per = g.n.div_ceil(4 * threads);
-            let (x_img, y_img) = (g.c_in * g.h * g.w, g.c_out * oh * ow);
+            let x_img = g.c_in * g.h * g.w;
+            let y_img = y.len() / g.n;
             y.par_chunks_mut(per * y_img)
                 .zip(x.par_chunks(per * x_img))
                 .for_each(|(yg, xg)| {
@@ -461,11 +530,15 @@ pub fn conv2d_forward_act(
                         n: yg.len() / y_img,
                         ..*g
                     };
-                    super::conv2d_small::forward(&group, (oh, ow), xg, w, bias, act, yg)
+                    super::conv2d_small::forward(&group, (oh, ow), xg, w, bias, act, pool, yg)
                 });
             return;
         }
     }
+    debug_assert!(
+        !pool,
+        "conv2d_forward_act_pool pools other convolutions itself"
+    );
     conv2d_forward_plain(g, (oh, ow), x, w, bias, y);
     if let Some(a) = act {
         super::activation::cpu_forward_inplace(a, y);

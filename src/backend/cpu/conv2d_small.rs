@@ -18,6 +18,7 @@
 
 use super::isa;
 use super::par::split_rows;
+use super::pool::beats;
 use super::small_gemm::{gemm_windows, padded};
 use crate::ops::activation::Activation;
 use crate::ops::conv2d::Conv2dGeom;
@@ -56,14 +57,17 @@ pub fn side_by_side(g: &Conv2dGeom, (oh, ow): (usize, usize)) -> usize {
     side
 }
 
-/// `y = act(conv(x, w) + bias)` for `g` (stride 1), on the calling thread.
-/// `(oh, ow)` is the output size, already checked.
+/// `y = act(conv(x, w) + bias)` for `g` (stride 1), on the calling thread,
+/// or (`pool`) its 2×2, stride-2 max pool, taken straight from the GEMM's
+/// output rows ([`pooled_epilogue`]). `(oh, ow)` is the convolution's
+/// output size, `y`'s already checked.
 ///
 /// Small images go [`side_by_side`] in groups: image `i` of a group sits
 /// at column `pw + i·(w + pw)` of padded rows `wp = pw + side·(w + pw)`
 /// wide, the `pw` zeros after each image being the next one's left
 /// padding. A tap's window then crosses every image of the group, output
 /// pixel `(oy, ox)` of image `i` being column `oy·wp + i·(w + pw) + ox`.
+#[allow(clippy::too_many_arguments)]
 pub fn forward(
     g: &Conv2dGeom,
     (oh, ow): (usize, usize),
@@ -71,9 +75,12 @@ pub fn forward(
     w: &[f32],
     bias: Option<&[f32]>,
     act: Option<Activation>,
+    pool: bool,
     y: &mut [f32],
 ) {
     debug_assert!(applies(g));
+    // What each output channel's plane holds, and how it is written.
+    let (py, px) = if pool { (oh / 2, ow / 2) } else { (oh, ow) };
     let (ph, pw) = g.pad;
     let (dh, dw) = g.dilation;
     let side = side_by_side(g, (oh, ow));
@@ -111,7 +118,11 @@ pub fn forward(
         src.fill(0.0);
     }
 
-    let (x_img, y_img) = (g.c_in * g.h * g.w, g.c_out * oh * ow);
+    let (x_img, y_img) = (g.c_in * g.h * g.w, g.c_out * py * px);
+    let epilogue = |y: &mut [f32], wide: &[f32], b: f32| match pool {
+        true => pooled_epilogue(y, px, wide, wp, b, act),
+        false => plane_epilogue(y, ow, wide, wp, b, act),
+    };
     for (xg, yg) in x.chunks(side * x_img).zip(y.chunks_mut(side * y_img)) {
         copy_in(xg, (g.c_in, g.h, g.w), (hp, wp, ph, pw, step), src);
         let src = &*src;
@@ -119,7 +130,7 @@ pub fn forward(
             // One image: its output channels are split between the
             // predictor's team, if it has one (each member its own rows of
             // the product, then their epilogue).
-            let plane = oh * ow;
+            let plane = py * px;
             // Equal rows, not whole tiles: each member tiles its own rows,
             // and the last partial tile costs its live rows only (64 rows
             // on 6-row tiles: 5 tiles + 2 rows each, not 5 and 5 + 4).
@@ -138,8 +149,7 @@ pub fn forward(
                     .zip(y.chunks_exact_mut(plane))
                     .zip(out.chunks_exact(np))
                 {
-                    let b = bias.map_or(0.0, |b| b[co]);
-                    plane_epilogue(y, ow, wide, wp, b, act);
+                    epilogue(y, wide, bias.map_or(0.0, |b| b[co]));
                 }
             });
             continue;
@@ -147,12 +157,11 @@ pub fn forward(
         gemm_windows(g.c_out, q_len, w, k, src, &offs, out, np);
         for (i, yi) in yg.chunks_exact_mut(y_img).enumerate() {
             for (co, (plane, wide)) in yi
-                .chunks_exact_mut(oh * ow)
+                .chunks_exact_mut(py * px)
                 .zip(out.chunks_exact(np))
                 .enumerate()
             {
-                let b = bias.map_or(0.0, |b| b[co]);
-                plane_epilogue(plane, ow, &wide[i * step..], wp, b, act);
+                epilogue(plane, &wide[i * step..], bias.map_or(0.0, |b| b[co]));
             }
         }
     }
@@ -229,6 +238,81 @@ isa::vectorized! {
                 plane_rows(plane, ow, wide, wp, |v| crate::ops::activation::relu(v + b))
             }
             Some(a) => plane_rows(plane, ow, wide, wp, |v| a.forward(v + b)),
+        }
+    }
+}
+
+isa::vectorized! {
+    /// Row `r` of `plane` (rows of `pw`) = the 2×2 max pool of
+    /// `act(b + wide)` over wide rows `2r` and `2r + 1` (`wp` apart): the
+    /// windows' values in row-major order, a later one taking over when it
+    /// [`beats`] the best so far (the first maximum, or the first NaN), so
+    /// the result is bit for bit that of the activation, then
+    /// `maxpool2d_forward`.
+    pub(super) fn pooled_epilogue(
+        plane: &mut [f32],
+        pw: usize,
+        wide: &[f32],
+        wp: usize,
+        b: f32,
+        act: Option<Activation>,
+    ) {
+        match act {
+            None => pooled_rows(plane, pw, wide, wp, |v| v + b),
+            Some(Activation::Relu) => {
+                pooled_rows(plane, pw, wide, wp, |v| crate::ops::activation::relu(v + b))
+            }
+            Some(a) => pooled_rows(plane, pw, wide, wp, |v| a.forward(v + b)),
+        }
+    }
+}
+
+/// [`pooled_epilogue`]'s loop, `L` windows at a time from fixed-size
+/// arrays (which the compiler vectorises, the stride-2 de-interleave
+/// included) where the rows hold `2L` floats from the window on, one
+/// window at a time at the buffer's end.
+#[inline(always)]
+fn pooled_rows(plane: &mut [f32], pw: usize, wide: &[f32], wp: usize, f: impl Fn(f32) -> f32) {
+    const L: usize = 8;
+    if pw == 0 {
+        return;
+    }
+    let window = |t: [f32; 2], u: [f32; 2]| {
+        let mut best = f(t[0]);
+        for v in [f(t[1]), f(u[0]), f(u[1])] {
+            best = if beats(v, best) { v } else { best };
+        }
+        best
+    };
+    for (r, dst) in plane.chunks_exact_mut(pw).enumerate() {
+        let (top, bot) = (2 * r * wp, (2 * r + 1) * wp);
+        let mut j = 0;
+        while j < pw {
+            let cnt = (pw - j).min(L);
+            let rows = (
+                wide.get(top + 2 * j..top + 2 * j + 2 * L),
+                wide.get(bot + 2 * j..bot + 2 * j + 2 * L),
+            );
+            if let (Some(t), Some(u)) = rows {
+                let t: &[f32; 2 * L] = t.try_into().expect("2L floats");
+                let u: &[f32; 2 * L] = u.try_into().expect("2L floats");
+                let mut out = [0.0f32; L];
+                for l in 0..L {
+                    out[l] = window([t[2 * l], t[2 * l + 1]], [u[2 * l], u[2 * l + 1]]);
+                }
+                // Element-wise on purpose: a variable-length copy is a
+                // `memcpy` call.
+                #[allow(clippy::manual_memcpy)]
+                for l in 0..cnt {
+                    dst[j + l] = out[l];
+                }
+            } else {
+                for (c, d) in dst.iter_mut().enumerate().skip(j).take(cnt) {
+                    let (t, u) = (top + 2 * c, bot + 2 * c);
+                    *d = window([wide[t], wide[t + 1]], [wide[u], wide[u + 1]]);
+                }
+            }
+            j += cnt;
         }
     }
 }

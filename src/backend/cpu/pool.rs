@@ -72,7 +72,7 @@ impl Pool2dGeom {
 /// Does `v` replace `cur` as a window's maximum? Strict `>` keeps the first
 /// maximum; a NaN replaces any number but not an earlier NaN.
 #[inline(always)]
-fn beats(v: f32, cur: f32) -> bool {
+pub(super) fn beats(v: f32, cur: f32) -> bool {
     (v > cur) | (v.is_nan() & !cur.is_nan())
 }
 

@@ -66,11 +66,13 @@ impl Planner {
                     },
                 )?
             }
+            Kernel::Conv2d { pool: true, .. } => return Err(crate::backend::no_fused_pool("cuda")),
             Kernel::Conv2d {
                 geom: g,
                 bias,
                 act,
                 residual,
+                pool: false,
             } => {
                 let (_, cols, k) = g.gemm_dims(ConvProduct::Forward);
                 let t = self.tile(g.c_out, cols, 1);

@@ -133,11 +133,13 @@ pub(super) fn dense(
             c: w(0),
         }
         .dispatch(&[(16, 0), (17, 1)], scratch),
+        Kernel::Conv2d { pool: true, .. } => Err(super::super::no_fused_pool("wgpu")),
         Kernel::Conv2d {
             geom: g,
             bias,
             act,
             residual,
+            pool: false,
         } => {
             let (m, n, k) = g.gemm_dims(ConvProduct::Forward);
             // With a residual the GEMM epilogue adds only the bias; the
