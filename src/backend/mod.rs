@@ -35,6 +35,12 @@ pub trait Backend {
     fn fuse_extras(&self) -> FuseExtras {
         FuseExtras::default()
     }
+    /// The CPU backend: kernels run on the host's cores, so a run's time
+    /// grows with every example of a batch, padding included, and a
+    /// module compiles in microseconds.
+    fn is_cpu(&self) -> bool {
+        false
+    }
     /// Allocate the arena and prepare every kernel the module launches.
     fn compile(&self, module: Arc<Module>) -> Result<Box<dyn Executable>>;
 }

@@ -71,14 +71,29 @@ pub struct Job {
     pub reply: tokio::sync::oneshot::Sender<std::result::Result<Answer, String>>,
 }
 
-/// Batch sizes compiled per worker: powers of two up to `max_batch`, and
-/// `max_batch` itself, so a batch pads by less than 2x.
-pub fn batch_sizes(max_batch: usize) -> Vec<usize> {
-    let mut v: Vec<usize> = std::iter::successors(Some(1usize), |b| b.checked_mul(2))
-        .take_while(|&b| b < max_batch)
-        .collect();
-    v.push(max_batch.max(1));
+/// Batch sizes compiled per worker, from 1 up to `max_batch`, each about
+/// `growth` times the last (at least one more), so that a batch pads by
+/// less than that factor.
+pub fn batch_sizes(max_batch: usize, growth: f64) -> Vec<usize> {
+    let mut v = vec![1usize];
+    while let Some(&last) = v.last().filter(|&&b| b < max_batch) {
+        let next = (last as f64 * growth).ceil() as usize;
+        v.push(next.max(last + 1).min(max_batch));
+    }
     v
+}
+
+/// [`batch_sizes`]' growth on `backend`. On the CPU a padded example
+/// costs as much as a real one (with powers of two, batches of 17 ran as
+/// 32), and a size costs nothing to compile: fine steps, 13 sizes up to
+/// 32. A GPU's time hardly grows with a small batch, and each size costs
+/// its pipelines at start: powers of two.
+pub fn batch_growth(backend: &dyn crate::backend::Backend) -> f64 {
+    if backend.is_cpu() {
+        1.25
+    } else {
+        2.0
+    }
 }
 
 /// A worker's predictors, one per batch size, smallest first.
@@ -99,8 +114,8 @@ pub enum Engine {
 pub fn load(run: &Path, limits: &Limits, generation: u64) -> Result<(Vec<Engine>, Version)> {
     let (device, max_batch, workers) = (&limits.device, limits.max_batch, limits.workers);
     let ck = Checkpoint::load(run)?;
-    let sizes = batch_sizes(max_batch);
     let backend = crate::backend::select(device)?;
+    let sizes = batch_sizes(max_batch, batch_growth(backend.as_ref()));
     let mut engines = Vec::with_capacity(workers);
     let (input, class_names) = match &ck.text {
         Some(text) => {
@@ -436,9 +451,21 @@ mod tests {
     }
 
     #[test]
-    fn batch_sizes_cover_every_count_with_less_than_2x_padding() {
-        assert_eq!(batch_sizes(1), vec![1]);
-        assert_eq!(batch_sizes(32), vec![1, 2, 4, 8, 16, 32]);
-        assert_eq!(batch_sizes(48), vec![1, 2, 4, 8, 16, 32, 48]);
+    fn batch_sizes_cover_every_count_with_padding_below_the_growth() {
+        assert_eq!(batch_sizes(1, 2.0), vec![1]);
+        assert_eq!(batch_sizes(32, 2.0), vec![1, 2, 4, 8, 16, 32]);
+        assert_eq!(batch_sizes(48, 2.0), vec![1, 2, 4, 8, 16, 32, 48]);
+        let fine = batch_sizes(32, 1.25);
+        assert_eq!(fine, vec![1, 2, 3, 4, 5, 7, 9, 12, 15, 19, 24, 30, 32]);
+        for (growth, max) in [(1.25, 32), (1.25, 256), (2.0, 100)] {
+            let sizes = batch_sizes(max, growth);
+            for rows in 1..=max {
+                let run = *sizes.iter().find(|&&s| s >= rows).unwrap();
+                assert!(
+                    (run as f64) < rows as f64 * growth + 1.0,
+                    "{rows} rows run as {run} ({sizes:?})"
+                );
+            }
+        }
     }
 }

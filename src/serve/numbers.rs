@@ -16,13 +16,14 @@
 
 /// The numbers of `raw` (valid JSON) in order, if it is an array whose
 /// elements are numbers or such arrays, nested at most `max_depth` deep.
-pub fn flat_numbers(raw: &str, max_depth: usize) -> Option<Vec<f64>> {
+/// `expect` is how many the request's shape says (only a capacity hint).
+pub fn flat_numbers(raw: &str, max_depth: usize, expect: usize) -> Option<Vec<f64>> {
     let b = raw.as_bytes();
     if b.first() != Some(&b'[') {
         return None;
     }
-    let commas = b.iter().filter(|&&c| c == b',').count();
-    let mut out = Vec::with_capacity(commas + 1);
+    // Every number takes two bytes at least (a digit and a comma).
+    let mut out = Vec::with_capacity(expect.min(b.len() / 2 + 1));
     let (mut i, mut depth) = (0, 0usize);
     while i < b.len() {
         match b[i] {
@@ -40,12 +41,27 @@ pub fn flat_numbers(raw: &str, max_depth: usize) -> Option<Vec<f64>> {
             b',' | b' ' | b'\t' | b'\n' | b'\r' => i += 1,
             b'-' | b'0'..=b'9' => {
                 let start = i;
-                i += 1;
+                let neg = b[i] == b'-';
+                i += neg as usize;
+                // The integer part, read as it is scanned.
+                let (mut v, digits) = (0u64, i);
+                while let Some(d) = b.get(i).filter(|c| c.is_ascii_digit()) {
+                    v = v.wrapping_mul(10).wrapping_add(u64::from(d - b'0'));
+                    i += 1;
+                }
+                let fraction = matches!(b.get(i), Some(b'.' | b'e' | b'E'));
+                if !fraction && i - digits <= 15 {
+                    // Up to 15 digits are exact in f64 (and in u64). `-0`
+                    // is -0.0, as serde_json reads it.
+                    let v = v as f64;
+                    out.push(if neg { -v } else { v });
+                    continue;
+                }
                 while i < b.len() && matches!(b[i], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
                 {
                     i += 1;
                 }
-                out.push(number(&raw[start..i])?);
+                out.push(float(&raw[start..i])?);
             }
             _ => return None,
         }
@@ -53,22 +69,11 @@ pub fn flat_numbers(raw: &str, max_depth: usize) -> Option<Vec<f64>> {
     Some(out)
 }
 
-/// One valid JSON number token, correctly rounded to f64 (serde_json's
-/// default reading can be an ulp or so off for long decimals; both give
-/// the same f32 the model reads); `-0` is -0.0 as in serde_json. `None`
-/// if out of f64's range.
-fn number(tok: &str) -> Option<f64> {
-    let (neg, digits) = match tok.strip_prefix('-') {
-        Some(d) => (true, d),
-        None => (false, tok),
-    };
-    // Up to 15 digits are exact in f64 and cannot overflow u64.
-    if digits.len() <= 15 && digits.bytes().all(|c| c.is_ascii_digit()) {
-        let v = digits
-            .bytes()
-            .fold(0u64, |v, c| v * 10 + u64::from(c - b'0')) as f64;
-        return Some(if neg { -v } else { v });
-    }
+/// A valid JSON number token that is not a short integer, correctly
+/// rounded to f64 (serde_json's default reading can be an ulp or so off
+/// for long decimals; both give the same f32, which is what the model
+/// reads). `None` if out of f64's range.
+fn float(tok: &str) -> Option<f64> {
     let v: f64 = tok.parse().ok()?;
     v.is_finite().then_some(v)
 }
@@ -110,7 +115,7 @@ mod tests {
             "[[], [[]]]",
         ];
         for raw in cases {
-            let fast = flat_numbers(raw, 8).unwrap_or_else(|| panic!("{raw}: no fast path"));
+            let fast = flat_numbers(raw, 8, 0).unwrap_or_else(|| panic!("{raw}: no fast path"));
             let slow = general(raw).unwrap();
             assert_eq!(fast.len(), slow.len(), "{raw}");
             for (a, b) in fast.iter().zip(&slow) {
@@ -141,7 +146,7 @@ mod tests {
                 .collect();
             let raw = format!("[{}]", toks.join(","));
             let Some(slow) = general(&raw) else { continue };
-            let fast = flat_numbers(&raw, 8).unwrap();
+            let fast = flat_numbers(&raw, 8, 0).unwrap();
             assert_eq!(fast.len(), slow.len(), "{raw}");
             for ((a, b), tok) in fast.iter().zip(&slow).zip(&toks) {
                 // Correctly rounded, and the same f32 as serde_json's reading.
@@ -165,8 +170,8 @@ mod tests {
             r#""text""#,
         ] {
             assert!(serde_json::from_str::<&RawValue>(raw).is_ok(), "{raw}");
-            assert_eq!(flat_numbers(raw, 8), None, "{raw}");
+            assert_eq!(flat_numbers(raw, 8, 0), None, "{raw}");
         }
-        assert_eq!(flat_numbers("[[[[[[[[1]]]]]]]]", 8), Some(vec![1.0]));
+        assert_eq!(flat_numbers("[[[[[[[[1]]]]]]]]", 8, 1), Some(vec![1.0]));
     }
 }

@@ -137,8 +137,8 @@ struct RawInput<'a> {
 /// `data`, flattened: numbers or strings, never both. An array of
 /// numbers takes [`super::numbers::flat_numbers`]; everything else
 /// (strings, and whatever is refused) the serde path below.
-fn read_data(raw: &RawValue) -> Result<Flat, RequestError> {
-    match super::numbers::flat_numbers(raw.get(), MAX_DEPTH) {
+fn read_data(raw: &RawValue, expect: usize) -> Result<Flat, RequestError> {
+    match super::numbers::flat_numbers(raw.get(), MAX_DEPTH, expect) {
         Some(v) => Ok(Flat::Numbers(v)),
         None => serde_json::from_str(raw.get())
             .map_err(|e| RequestError::bad("inputs[0].data", e.to_string())),
@@ -322,7 +322,11 @@ pub fn decode(
         ));
     }
     let n = check_shape(&input, spec, max_rows)?;
-    let rows = match (spec, input.datatype.as_str(), read_data(input.data)?) {
+    let rows = match (
+        spec,
+        input.datatype.as_str(),
+        read_data(input.data, n.saturating_mul(spec.row_len()))?,
+    ) {
         (InputSpec::Image { .. }, "FP32", Flat::Numbers(v)) => {
             check_count(&v, n * spec.row_len())?;
             let mut out = Vec::with_capacity(v.len());

@@ -84,6 +84,20 @@ pub fn forward(
     let (ph, pw) = g.pad;
     let (dh, dw) = g.dilation;
     let side = side_by_side(g, (oh, ow));
+    let whole = g.n - g.n % side;
+    if whole != g.n && whole != 0 {
+        // The images after the last whole group get a layout of their own:
+        // a short group placed as `side` images computes the empty places
+        // too (at batch 4, two groups of 3 cost 6 images).
+        let (x_img, y_img) = (g.c_in * g.h * g.w, g.c_out * py * px);
+        let (xa, xb) = x.split_at(whole * x_img);
+        let (ya, yb) = y.split_at_mut(whole * y_img);
+        for (n, x, y) in [(whole, xa, ya), (g.n - whole, xb, yb)] {
+            let part = Conv2dGeom { n, ..*g };
+            forward(&part, (oh, ow), x, w, bias, act, pool, y);
+        }
+        return;
+    }
     let step = g.w + pw;
     let (hp, wp) = (g.h + 2 * ph, pw + side * step);
     let k = g.c_in * g.kh * g.kw;
@@ -110,8 +124,7 @@ pub fn forward(
     }
     let (src, out) = buf[..src_len + out_len].split_at_mut(src_len);
     // The padding and the tail stay zero from group to group: only the
-    // pixels are rewritten. (A short last group leaves an earlier group's
-    // pixels in its empty places; the columns that read them are dropped.)
+    // pixels are rewritten. (Every group is whole: see the split above.)
     if g.pad == (0, 0) {
         src[img_len..].fill(0.0);
     } else {
@@ -145,23 +158,24 @@ pub fn forward(
                     out,
                     np,
                 );
-                for ((co, y), wide) in rows
-                    .zip(y.chunks_exact_mut(plane))
-                    .zip(out.chunks_exact(np))
-                {
-                    epilogue(y, wide, bias.map_or(0.0, |b| b[co]));
+                // The member's output from this channel on (see below).
+                for (j, (co, y)) in rows.zip(y.chunks_exact_mut(plane)).enumerate() {
+                    epilogue(y, &out[j * np..], bias.map_or(0.0, |b| b[co]));
                 }
             });
             continue;
         }
         gemm_windows(g.c_out, q_len, w, k, src, &offs, out, np);
         for (i, yi) in yg.chunks_exact_mut(y_img).enumerate() {
-            for (co, (plane, wide)) in yi
-                .chunks_exact_mut(py * px)
-                .zip(out.chunks_exact(np))
-                .enumerate()
-            {
-                epilogue(plane, &wide[i * step..], bias.map_or(0.0, |b| b[co]));
+            for (co, plane) in yi.chunks_exact_mut(py * px).enumerate() {
+                // The rest of the output, not only this channel's: the
+                // vector reads of the last rows may run on (see
+                // `pooled_rows`).
+                epilogue(
+                    plane,
+                    &out[co * np + i * step..],
+                    bias.map_or(0.0, |b| b[co]),
+                );
             }
         }
     }
@@ -269,8 +283,13 @@ isa::vectorized! {
 
 /// [`pooled_epilogue`]'s loop, `L` windows at a time from fixed-size
 /// arrays (which the compiler vectorises, the stride-2 de-interleave
-/// included) where the rows hold `2L` floats from the window on, one
-/// window at a time at the buffer's end.
+/// included), stored as whole vectors as [`plane_rows`] stores them: a
+/// row of `L` or more in steps of `L`, the last one overlapping; a shorter
+/// row as `L` floats, the extra ones landing on the next row, which is
+/// rewritten right after (the plane's last row: only its own). Computed
+/// element-wise only where a vector's reads would pass the end of `wide`:
+/// callers pass `wide` up to the end of their GEMM output, not of the
+/// channel, so that is the last rows of the last channel.
 #[inline(always)]
 fn pooled_rows(plane: &mut [f32], pw: usize, wide: &[f32], wp: usize, f: impl Fn(f32) -> f32) {
     const L: usize = 8;
@@ -284,35 +303,40 @@ fn pooled_rows(plane: &mut [f32], pw: usize, wide: &[f32], wp: usize, f: impl Fn
         }
         best
     };
-    for (r, dst) in plane.chunks_exact_mut(pw).enumerate() {
-        let (top, bot) = (2 * r * wp, (2 * r + 1) * wp);
-        let mut j = 0;
-        while j < pw {
-            let cnt = (pw - j).min(L);
-            let rows = (
-                wide.get(top + 2 * j..top + 2 * j + 2 * L),
-                wide.get(bot + 2 * j..bot + 2 * j + 2 * L),
-            );
-            if let (Some(t), Some(u)) = rows {
-                let t: &[f32; 2 * L] = t.try_into().expect("2L floats");
-                let u: &[f32; 2 * L] = u.try_into().expect("2L floats");
-                let mut out = [0.0f32; L];
-                for l in 0..L {
-                    out[l] = window([t[2 * l], t[2 * l + 1]], [u[2 * l], u[2 * l + 1]]);
-                }
-                // Element-wise on purpose: a variable-length copy is a
-                // `memcpy` call.
-                #[allow(clippy::manual_memcpy)]
-                for l in 0..cnt {
-                    dst[j + l] = out[l];
-                }
-            } else {
-                for (c, d) in dst.iter_mut().enumerate().skip(j).take(cnt) {
-                    let (t, u) = (top + 2 * c, bot + 2 * c);
-                    *d = window([wide[t], wide[t + 1]], [wide[u], wide[u + 1]]);
+    // `L` windows from column `c` of pooled row `r` into `plane[at..]`
+    // (as many as fit); false if `wide` is too short for a vector.
+    let vector = |plane: &mut [f32], r: usize, c: usize, at: usize| -> bool {
+        let (top, bot) = (2 * r * wp + 2 * c, (2 * r + 1) * wp + 2 * c);
+        let (Some(t), Some(u)) = (wide.get(top..top + 2 * L), wide.get(bot..bot + 2 * L)) else {
+            return false;
+        };
+        let t: &[f32; 2 * L] = t.try_into().expect("2L floats");
+        let u: &[f32; 2 * L] = u.try_into().expect("2L floats");
+        let mut d = [0.0f32; L];
+        for l in 0..L {
+            d[l] = window([t[2 * l], t[2 * l + 1]], [u[2 * l], u[2 * l + 1]]);
+        }
+        match plane.get_mut(at..at + L) {
+            Some(dst) => dst.copy_from_slice(&d),
+            None => {
+                let n = plane.len() - at;
+                copy_short(&mut plane[at..], &d[..n]);
+            }
+        }
+        true
+    };
+    // Vectors per row, starting at 0, L, 2L, ..., and pw - L last
+    // (overlapping); one for a short row.
+    let per_row = if pw >= L { pw.div_ceil(L) } else { 1 };
+    for r in 0..plane.len() / pw {
+        for k in 0..per_row {
+            let c = if pw >= L { (k * L).min(pw - L) } else { 0 };
+            if !vector(plane, r, c, r * pw + c) {
+                for c in c..pw.min(c + L) {
+                    let (t, u) = (2 * r * wp + 2 * c, (2 * r + 1) * wp + 2 * c);
+                    plane[r * pw + c] = window([wide[t], wide[t + 1]], [wide[u], wide[u + 1]]);
                 }
             }
-            j += cnt;
         }
     }
 }

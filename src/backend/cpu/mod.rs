@@ -84,6 +84,10 @@ impl Backend for CpuBackend {
         }
     }
 
+    fn is_cpu(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> String {
         let (ours, gemm) = (isa::active(), isa::gemm_isa());
         let gemm = if gemm == ours {
