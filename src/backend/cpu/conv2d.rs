@@ -73,6 +73,7 @@
 //! (grad-weight) a NaN can also reach a few elements that a direct
 //! evaluation would leave finite. Finite data is unaffected.
 
+use super::conv2d_small::Epilogue;
 use super::matmul::{sgemm, Threads};
 use crate::ops::activation::Activation;
 use rayon::prelude::*;
@@ -438,39 +439,34 @@ pub fn conv2d_forward_act(
     act: Option<Activation>,
     y: &mut [f32],
 ) {
-    let (oh, ow) = g.check("conv2d_forward", x.len(), w.len(), y.len());
-    forward_act(g, (oh, ow), x, w, bias, act, false, y)
+    let e = Epilogue {
+        bias,
+        act,
+        pool: false,
+    };
+    conv2d_forward_with(g, x, w, e, y)
 }
 
-/// [`conv2d_forward_act`], then a 2×2, stride-2 max pool (the first NaN of
-/// a window wins, as in [`super::pool::maxpool2d_forward`]): `y` is
-/// `[n, c_out, oh / 2, ow / 2]`. Stride-1 convolutions pool straight from
-/// the GEMM's output, so the full-size output is never stored; others
-/// (and a single image over a thread pool) go through a per-thread buffer.
-pub fn conv2d_forward_act_pool(
-    g: &Conv2dGeom,
-    x: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
-    act: Option<Activation>,
-    y: &mut [f32],
-) {
+/// [`conv2d_forward`] with the epilogue `e`. With `e.pool`, `y` is the 2×2,
+/// stride-2 max pool of the output (the first NaN of a window wins, as in
+/// [`super::pool::maxpool2d_forward`]), `[n, c_out, oh / 2, ow / 2]`:
+/// stride-1 convolutions pool straight from the GEMM's output, so the
+/// full-size output is never stored; others (and a single image over a
+/// thread pool) go through a per-thread buffer.
+pub fn conv2d_forward_with(g: &Conv2dGeom, x: &[f32], w: &[f32], e: Epilogue<'_>, y: &mut [f32]) {
+    if !e.pool {
+        let (oh, ow) = g.check("conv2d_forward", x.len(), w.len(), y.len());
+        return forward_act(g, (oh, ow), x, w, e, y);
+    }
     let (oh, ow) = g.checked_out_hw();
-    assert_eq!(
-        x.len(),
-        g.x_len(),
-        "conv2d_forward_pool: x length for {g:?}"
-    );
-    assert_eq!(
-        w.len(),
-        g.w_len(),
-        "conv2d_forward_pool: w length for {g:?}"
-    );
     let (ph, pw) = (oh / 2, ow / 2);
+    let what = "conv2d_forward (pooled)";
+    assert_eq!(x.len(), g.x_len(), "{what}: x length for {g:?}");
+    assert_eq!(w.len(), g.w_len(), "{what}: w length for {g:?}");
     assert_eq!(
         y.len(),
         g.n * g.c_out * ph * pw,
-        "conv2d_forward_pool: y length for {g:?}"
+        "{what}: y length for {g:?}"
     );
     if y.is_empty() {
         return;
@@ -481,10 +477,10 @@ pub fn conv2d_forward_act_pool(
     // bit.
     let threads = super::par::threads();
     if super::conv2d_small::applies(g) && !x.is_empty() && (threads == 1 || g.n >= threads) {
-        return forward_act(g, (oh, ow), x, w, bias, act, true, y);
+        return forward_act(g, (oh, ow), x, w, e, y);
     }
     with_scratch(&POOL_SCRATCH, g.y_len(), |full| {
-        conv2d_forward_act(g, x, w, bias, act, full);
+        conv2d_forward_act(g, x, w, e.bias, e.act, full);
         for (dst, src) in y.chunks_exact_mut(ph * pw).zip(full.chunks_exact(oh * ow)) {
             // -0.0 adds nothing, not even to -0.0.
             super::conv2d_small::pooled_epilogue(dst, pw, src, ow, -0.0, None);
@@ -493,16 +489,13 @@ pub fn conv2d_forward_act_pool(
 }
 
 /// The forward convolution once `y`'s size is checked: `(oh, ow)` is the
-/// convolution's output, `pool` whether `y` is its 2×2 max pool.
-#[allow(clippy::too_many_arguments)]
+/// convolution's output, `e.pool` whether `y` is its 2×2 max pool.
 fn forward_act(
     g: &Conv2dGeom,
     (oh, ow): (usize, usize),
     x: &[f32],
     w: &[f32],
-    bias: Option<&[f32]>,
-    act: Option<Activation>,
-    pool: bool,
+    e: Epilogue<'_>,
     y: &mut [f32],
 ) {
     // Stride-1 convolutions run as an implicit GEMM (`conv2d_small`: no
@@ -515,7 +508,7 @@ fn forward_act(
     if super::conv2d_small::applies(g) && !y.is_empty() && !x.is_empty() {
         let threads = super::par::threads();
         if threads == 1 {
-            return super::conv2d_small::forward(g, (oh, ow), x, w, bias, act, pool, y);
+            return super::conv2d_small::forward(g, (oh, ow), x, w, e, y);
         }
         if g.n >= threads {
             // Groups of images (about four per thread, for balance) share
@@ -530,17 +523,17 @@ fn forward_act(
                         n: yg.len() / y_img,
                         ..*g
                     };
-                    super::conv2d_small::forward(&group, (oh, ow), xg, w, bias, act, pool, yg)
+                    super::conv2d_small::forward(&group, (oh, ow), xg, w, e, yg)
                 });
             return;
         }
     }
     debug_assert!(
-        !pool,
-        "conv2d_forward_act_pool pools other convolutions itself"
+        !e.pool,
+        "conv2d_forward_with pools other convolutions itself"
     );
-    conv2d_forward_plain(g, (oh, ow), x, w, bias, y);
-    if let Some(a) = act {
+    conv2d_forward_plain(g, (oh, ow), x, w, e.bias, y);
+    if let Some(a) = e.act {
         super::activation::cpu_forward_inplace(a, y);
     }
 }

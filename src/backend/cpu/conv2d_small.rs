@@ -57,27 +57,35 @@ pub fn side_by_side(g: &Conv2dGeom, (oh, ow): (usize, usize)) -> usize {
     side
 }
 
-/// `y = act(conv(x, w) + bias)` for `g` (stride 1), on the calling thread,
-/// or (`pool`) its 2×2, stride-2 max pool, taken straight from the GEMM's
-/// output rows ([`pooled_epilogue`]). `(oh, ow)` is the convolution's
-/// output size, `y`'s already checked.
+/// What a forward convolution does to its GEMM's output on the way to
+/// `y`: adds the bias, applies the activation and (`pool`) keeps the 2×2,
+/// stride-2 max pools.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Epilogue<'a> {
+    pub bias: Option<&'a [f32]>,
+    pub act: Option<Activation>,
+    pub pool: bool,
+}
+
+/// `y = e(conv(x, w))` for `g` (stride 1), on the calling thread: with
+/// `e.pool`, the max pools taken straight from the GEMM's output rows
+/// ([`pooled_epilogue`]). `(oh, ow)` is the convolution's output size,
+/// `y`'s already checked.
 ///
 /// Small images go [`side_by_side`] in groups: image `i` of a group sits
 /// at column `pw + i·(w + pw)` of padded rows `wp = pw + side·(w + pw)`
 /// wide, the `pw` zeros after each image being the next one's left
 /// padding. A tap's window then crosses every image of the group, output
 /// pixel `(oy, ox)` of image `i` being column `oy·wp + i·(w + pw) + ox`.
-#[allow(clippy::too_many_arguments)]
 pub fn forward(
     g: &Conv2dGeom,
     (oh, ow): (usize, usize),
     x: &[f32],
     w: &[f32],
-    bias: Option<&[f32]>,
-    act: Option<Activation>,
-    pool: bool,
+    e: Epilogue<'_>,
     y: &mut [f32],
 ) {
+    let Epilogue { bias, act, pool } = e;
     debug_assert!(applies(g));
     // What each output channel's plane holds, and how it is written.
     let (py, px) = if pool { (oh / 2, ow / 2) } else { (oh, ow) };
@@ -94,7 +102,7 @@ pub fn forward(
         let (ya, yb) = y.split_at_mut(whole * y_img);
         for (n, x, y) in [(whole, xa, ya), (g.n - whole, xb, yb)] {
             let part = Conv2dGeom { n, ..*g };
-            forward(&part, (oh, ow), x, w, bias, act, pool, y);
+            forward(&part, (oh, ow), x, w, e, y);
         }
         return;
     }

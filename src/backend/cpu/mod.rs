@@ -269,11 +269,12 @@ fn execute(
             residual: false,
             pool,
         } => {
-            let forward = match pool {
-                true => conv2d::conv2d_forward_act_pool,
-                false => conv2d::conv2d_forward_act,
+            let e = conv2d_small::Epilogue {
+                bias: bias.then(|| r[2]),
+                act: *act,
+                pool: *pool,
             };
-            forward(geom, r[0], r[1], bias.then(|| r[2]), *act, w[0]);
+            conv2d::conv2d_forward_with(geom, r[0], r[1], e, w[0]);
         }
         // The decoder refuses a residual with a pool.
         Kernel::Conv2d {
