@@ -3,8 +3,11 @@
 //! thousands of them. serde_json's generic path visits each element through
 //! `deserialize_any` and grows the vector as it goes; `perf` of `gpurt
 //! serve` at concurrency 64 put that at 30% of the HTTP threads' time
-//! (about 11 µs of a 784-pixel request). Here the array is scanned once to
-//! count its elements and once to read them.
+//! (about 11 µs of a 784-pixel request). Here the array is read in one
+//! pass into a vector sized from the request's shape, short integers
+//! accumulated as their digits are scanned: the whole decode of such a
+//! request (serde_json's check of the raw text included) takes 7.5 µs,
+//! against 10.8 µs for serde_json only parsing it into a `Value`.
 //!
 //! The input is a [`serde_json::value::RawValue`]'s text, which serde_json
 //! has already checked to be valid JSON, so every number token follows the

@@ -454,59 +454,27 @@ pub fn conv2d_forward_act(
 /// full-size output is never stored; others (and a single image over a
 /// thread pool) go through a per-thread buffer.
 pub fn conv2d_forward_with(g: &Conv2dGeom, x: &[f32], w: &[f32], e: Epilogue<'_>, y: &mut [f32]) {
-    if !e.pool {
-        let (oh, ow) = g.check("conv2d_forward", x.len(), w.len(), y.len());
-        return forward_act(g, (oh, ow), x, w, e, y);
-    }
-    let (oh, ow) = g.checked_out_hw();
-    let (ph, pw) = (oh / 2, ow / 2);
-    let what = "conv2d_forward (pooled)";
-    assert_eq!(x.len(), g.x_len(), "{what}: x length for {g:?}");
-    assert_eq!(w.len(), g.w_len(), "{what}: w length for {g:?}");
-    assert_eq!(
-        y.len(),
-        g.n * g.c_out * ph * pw,
-        "{what}: y length for {g:?}"
-    );
-    if y.is_empty() {
-        return;
-    }
-    // Where the full-size output would come from `conv2d_small` (as
-    // `forward_act` chooses), pool from its rows; elsewhere from the full
-    // output, so that the fused result is always the unfused one, bit for
-    // bit.
-    let threads = super::par::threads();
-    if super::conv2d_small::applies(g) && !x.is_empty() && (threads == 1 || g.n >= threads) {
-        return forward_act(g, (oh, ow), x, w, e, y);
-    }
-    with_scratch(&POOL_SCRATCH, g.y_len(), |full| {
-        conv2d_forward_act(g, x, w, e.bias, e.act, full);
-        for (dst, src) in y.chunks_exact_mut(ph * pw).zip(full.chunks_exact(oh * ow)) {
-            // -0.0 adds nothing, not even to -0.0.
-            super::conv2d_small::pooled_epilogue(dst, pw, src, ow, -0.0, None);
+    let (oh, ow) = match e.pool {
+        false => g.check("conv2d_forward", x.len(), w.len(), y.len()),
+        true => {
+            let (oh, ow) = g.checked_out_hw();
+            let what = "conv2d_forward (pooled)";
+            assert_eq!(x.len(), g.x_len(), "{what}: x length for {g:?}");
+            assert_eq!(w.len(), g.w_len(), "{what}: w length for {g:?}");
+            let pooled = g.n * g.c_out * (oh / 2) * (ow / 2);
+            assert_eq!(y.len(), pooled, "{what}: y length for {g:?}");
+            (oh, ow)
         }
-    });
-}
-
-/// The forward convolution once `y`'s size is checked: `(oh, ow)` is the
-/// convolution's output, `e.pool` whether `y` is its 2×2 max pool.
-fn forward_act(
-    g: &Conv2dGeom,
-    (oh, ow): (usize, usize),
-    x: &[f32],
-    w: &[f32],
-    e: Epilogue<'_>,
-    y: &mut [f32],
-) {
+    };
     // Stride-1 convolutions run as an implicit GEMM (`conv2d_small`: no
     // im2col, no packing, no allocation), image by image: on this thread
     // when it is the only one (a predictor's), else over the pool when
     // there are images enough for every thread. Measured against the
     // im2col path below: -3% on the 32->64 CIFAR layer at batch 64, -30% on
     // the 3->32 first layer, -7% on the whole CNN train step, and half the
-    // batch-1 latency.
+    // batch-1 latency. A pooled output is pooled from the GEMM's rows.
+    let threads = super::par::threads();
     if super::conv2d_small::applies(g) && !y.is_empty() && !x.is_empty() {
-        let threads = super::par::threads();
         if threads == 1 {
             return super::conv2d_small::forward(g, (oh, ow), x, w, e, y);
         }
@@ -528,10 +496,23 @@ fn forward_act(
             return;
         }
     }
-    debug_assert!(
-        !e.pool,
-        "conv2d_forward_with pools other convolutions itself"
-    );
+    if e.pool {
+        // Elsewhere the full-size output comes first, from the path below
+        // (so the pooled result is the unfused one, bit for bit), then the
+        // pool.
+        if y.is_empty() {
+            return;
+        }
+        let plain = Epilogue { pool: false, ..e };
+        return with_scratch(&POOL_SCRATCH, g.y_len(), |full| {
+            conv2d_forward_with(g, x, w, plain, full);
+            let (ph, pw) = (oh / 2, ow / 2);
+            for (dst, src) in y.chunks_exact_mut(ph * pw).zip(full.chunks_exact(oh * ow)) {
+                // -0.0 adds nothing, not even to -0.0.
+                super::conv2d_small::pooled_epilogue(dst, pw, src, ow, -0.0, None);
+            }
+        });
+    }
     conv2d_forward_plain(g, (oh, ow), x, w, e.bias, y);
     if let Some(a) = e.act {
         super::activation::cpu_forward_inplace(a, y);
