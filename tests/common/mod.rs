@@ -266,3 +266,36 @@ pub fn run_cpu(g: &Graph, data: &Data, scalars: &Scalars) -> HashMap<String, Vec
         .map(|(n, _)| (n.clone(), cpu.output(g, n)))
         .collect()
 }
+
+/// A module whose inference graph holds the CPU-only pooled convolution
+/// (`conv_max_pool`, fused with the CPU's extras): what the GPU backends
+/// must refuse with a typed error, since they have no kernel for it.
+pub fn pooled_conv_module() -> gpurt::graph::plan::Module {
+    use gpurt::graph::fuse::{fuse_with, FuseExtras};
+    use gpurt::ops::{Activation, ConvParams, PoolParams};
+    let mut g = Graph::new(false);
+    let x = g.input("x", [2, 3, 9, 9], DType::F32).unwrap();
+    let w = g.param("w", [8, 3, 3, 3]).unwrap();
+    let y = g.conv2d(x, w, None, ConvParams::default()).unwrap();
+    let y = g.act(Activation::Relu, y).unwrap();
+    let y = g.max_pool2d(y, PoolParams::square(2)).unwrap();
+    g.set_output("y", y);
+    let extras = FuseExtras {
+        conv_max_pool: true,
+    };
+    let fusions = fuse_with(&mut g, extras);
+    assert!(fusions.iter().any(|f| f.rule == "conv_max_pool"));
+    compile(&[("p", &g)]).unwrap()
+}
+
+/// `r` is the typed refusal of a module with the CPU-only pooled
+/// convolution (not a panic, not a wrong answer).
+pub fn assert_refuses_pooled_conv<T>(backend: &str, r: gpurt::Result<T>) {
+    match r {
+        Err(e @ gpurt::Error::Device { .. }) => {
+            assert!(e.to_string().contains("fused max pool"), "{backend}: {e}")
+        }
+        Err(e) => panic!("{backend}: the wrong error for a pooled convolution: {e}"),
+        Ok(_) => panic!("{backend}: accepted a pooled convolution it has no kernel for"),
+    }
+}

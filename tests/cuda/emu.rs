@@ -497,3 +497,11 @@ fn emulated_fused_attention_matches_the_composition() {
         1e-4,
     );
 }
+
+/// The CUDA lowering refuses a module fused with the CPU's extras (a
+/// pooled convolution) with a typed error: no device needed.
+#[test]
+fn a_cpu_only_fusion_is_refused_with_a_typed_error() {
+    let module = crate::common::pooled_conv_module();
+    crate::common::assert_refuses_pooled_conv("cuda", plan(&module, Target { sms: 132 }));
+}

@@ -276,3 +276,15 @@ fn wgpu_training_is_deterministic() {
         );
     }
 }
+
+/// The adapter asks for no CPU-only fusion, and a module fused with the
+/// CPU's extras (a pooled convolution) is refused with a typed error.
+#[test]
+fn a_cpu_only_fusion_is_refused_with_a_typed_error() {
+    let Some(g) = gpu("a_cpu_only_fusion_is_refused_with_a_typed_error") else {
+        return;
+    };
+    assert_eq!(g.fuse_extras(), Default::default());
+    let module = std::sync::Arc::new(crate::common::pooled_conv_module());
+    crate::common::assert_refuses_pooled_conv("wgpu", g.compile(module));
+}
