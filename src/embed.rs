@@ -16,7 +16,7 @@
 //! latency-bound caller helper threads that spin between calls instead
 //! (batch-1 convolutions split between them).
 
-use crate::backend::cpu::team::{self, Team};
+use crate::backend::cpu::team::{self, Team, TeamChoice};
 use crate::backend::{Backend, DeviceSpec};
 use crate::checkpoint::Checkpoint;
 use crate::data::tokenize::TextTokenizer;
@@ -98,8 +98,9 @@ pub struct Predictor {
     out: Vec<f32>,
     /// Run kernels on rayon's global pool instead of the calling thread.
     parallel: bool,
-    /// Helper threads lent to the calling thread's kernels (CPU only).
-    team: Option<Arc<Team>>,
+    /// Helper threads lent to the calling thread's kernels (CPU only),
+    /// and whether calls currently run on them (see [`TeamChoice`]).
+    team: Option<(Arc<Team>, TeamChoice)>,
     on_cpu: bool,
 }
 
@@ -143,8 +144,10 @@ impl Predictor {
     /// [`team::DEFAULT_SPIN`] after a call (so back-to-back calls hand work
     /// over in well under a microsecond) and then park. Like PyTorch's
     /// `set_num_threads` for one latency-bound caller: the batch-1
-    /// convolutions split their output channels between the threads. A
-    /// service with one predictor per core keeps the default, 1. CPU only;
+    /// convolutions split their output channels between the threads. The
+    /// calls are timed, and run alone instead while that is faster (where
+    /// the cores share data slowly; see [`TeamChoice`]). A service with
+    /// one predictor per core keeps the default, 1. CPU only;
     /// other devices ignore it, and so does [`Predictor::parallel`]`(true)`,
     /// which hands the kernels to rayon's pool instead.
     pub fn threads(mut self, n: usize) -> Result<Self> {
@@ -156,7 +159,7 @@ impl Predictor {
         } else {
             let team = Team::new(n, team::DEFAULT_SPIN)
                 .map_err(|e| Error::Usage(format!("cannot start {n} predictor threads: {e}")))?;
-            Some(Arc::new(team))
+            Some((Arc::new(team), TeamChoice::default()))
         };
         Ok(self)
     }
@@ -219,8 +222,15 @@ impl Predictor {
         let program = self.program;
         if self.parallel {
             s.run(program)?;
-        } else if let Some(team) = &self.team {
-            crate::backend::cpu::par::on_team(team, || s.run(program))?;
+        } else if let Some((team, choice)) = &mut self.team {
+            // Timed, so that the team is used only while it is faster.
+            let start = std::time::Instant::now();
+            if choice.use_team() {
+                crate::backend::cpu::par::on_team(team, || s.run(program))?;
+            } else {
+                crate::backend::cpu::par::on_caller_thread(|| s.run(program))?;
+            }
+            choice.record(start.elapsed().as_secs_f64());
         } else {
             crate::backend::cpu::par::on_caller_thread(|| s.run(program))?;
         }
