@@ -346,3 +346,57 @@ fn conv_max_pool_only_where_the_indices_are_unread_and_asked_for() {
     );
     assert!(without.iter().all(|v| count(v) == 0));
 }
+
+/// The pooled convolution's bad inputs are refused by name: its gradient
+/// (an inference kernel), and, in a module made or edited by hand, an
+/// output that is not the pooled shape or a residual beside the pool.
+#[test]
+fn a_pooled_convolution_refuses_what_it_cannot_do() {
+    use gpurt::graph::kernel::Kernel;
+    use gpurt::graph::plan::{Launch, Slot};
+    use gpurt::ops::{ConvParams, Op};
+    use gpurt::tensor::Shape;
+    // Fused before differentiating: no gradient.
+    let mut g = Graph::new(true);
+    let x = g.input("x", [2, 3, 9, 9], DType::F32).unwrap();
+    let w = g.param("w", [8, 3, 3, 3]).unwrap();
+    let y = g.conv2d(x, w, None, ConvParams::default()).unwrap();
+    let y = g.act(Activation::Relu, y).unwrap();
+    let y = g.max_pool2d(y, gpurt::ops::PoolParams::square(2)).unwrap();
+    let loss = g.sum(y, &[0, 1, 2, 3], false).unwrap();
+    g.set_output("loss", loss);
+    let extras = gpurt::graph::fuse::FuseExtras {
+        conv_max_pool: true,
+    };
+    gpurt::graph::fuse::fuse_with(&mut g, extras);
+    let e = gradients(&mut g, loss, &[w]).unwrap_err().to_string();
+    assert!(
+        e.contains("fused max pool") || e.contains("inference kernel"),
+        "{e}"
+    );
+    // Hand-made launches: 9x9 -> 7x7, pooled 3x3.
+    let slot = |len| Slot { offset: 0, len };
+    let launch = |residual: bool, out: [usize; 4]| Launch {
+        op: Op::Conv2d {
+            p: ConvParams::default(),
+            act: None,
+            residual,
+            pool: true,
+        },
+        reads: vec![slot(486), slot(216)],
+        writes: vec![slot(out.iter().product())],
+        read_shapes: vec![Shape(vec![2, 3, 9, 9]), Shape(vec![8, 3, 3, 3])],
+        write_shapes: vec![Shape(out.to_vec())],
+        inplace: None,
+    };
+    assert!(Kernel::describe(&launch(false, [2, 8, 3, 3])).is_ok());
+    let e = Kernel::describe(&launch(false, [2, 8, 7, 7]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("max-pooled output"), "{e}");
+    let mut with_residual = launch(true, [2, 8, 3, 3]);
+    with_residual.reads.push(slot(144));
+    with_residual.read_shapes.push(Shape(vec![2, 8, 3, 3]));
+    let e = Kernel::describe(&with_residual).unwrap_err().to_string();
+    assert!(e.contains("residual"), "{e}");
+}
