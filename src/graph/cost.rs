@@ -36,6 +36,15 @@ pub fn flops(l: &Launch) -> u64 {
         Op::MatMul { ta, tb } => matmul_dims(&rs[0], *ta, &rs[1], *tb)
             .map_or(0, |(b, m, k, n)| product(&[2, b, m, k, n])),
         Op::Linear { .. } => out.saturating_mul(2 * rs[0].last() as u64),
+        // A pooled convolution computes its full-size output first.
+        Op::Conv2d { p, pool: true, .. } => p
+            .geom(&rs[0], &rs[1])
+            .ok()
+            .and_then(|g| g.out_hw())
+            .map_or(0, |(oh, ow)| {
+                let sy = crate::Shape(vec![rs[0].0[0], rs[1].0[0], oh, ow]);
+                conv(&rs[0], &rs[1], &sy)
+            }),
         Op::Conv2d { .. } => conv(&rs[0], &rs[1], &ws[0]),
         Op::Conv2dGradInput { .. } => conv(&ws[0], &rs[1], &rs[0]),
         Op::Conv2dGradWeight { .. } => conv(&rs[0], &ws[0], &rs[1]),

@@ -400,3 +400,22 @@ fn a_pooled_convolution_refuses_what_it_cannot_do() {
     let e = Kernel::describe(&with_residual).unwrap_err().to_string();
     assert!(e.contains("residual"), "{e}");
 }
+
+/// The pooled convolution's estimated work is the convolution's (its
+/// output is pooled, not its arithmetic).
+#[test]
+fn a_pooled_convolution_costs_what_its_convolution_costs() {
+    use gpurt::graph::cost::flops;
+    use gpurt::ops::Op;
+    let conv_flops = |m: &gpurt::graph::plan::Module| {
+        m.programs[0]
+            .launches
+            .iter()
+            .filter(|l| matches!(l.op, Op::Conv2d { .. }))
+            .map(flops)
+            .sum::<u64>()
+    };
+    let pooled = crate::common::pooled_conv_module();
+    // 2 images, 8 outputs channels of 7x7, 3x3x3 taps, 2 flops each.
+    assert_eq!(conv_flops(&pooled), 2 * 2 * 8 * 7 * 7 * 3 * 3 * 3);
+}
