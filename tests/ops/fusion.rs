@@ -416,6 +416,6 @@ fn a_pooled_convolution_costs_what_its_convolution_costs() {
             .sum::<u64>()
     };
     let pooled = crate::common::pooled_conv_module();
-    // 2 images, 8 outputs channels of 7x7, 3x3x3 taps, 2 flops each.
+    // 2 images, 8 output channels of 7x7, 3x3x3 taps, 2 flops each.
     assert_eq!(conv_flops(&pooled), 2 * 2 * 8 * 7 * 7 * 3 * 3 * 3);
 }
