@@ -355,6 +355,10 @@ impl TeamChoice {
         if self.calls >= due {
             self.calls = 0;
             self.probe = PROBE;
+            // The probed way is judged on this probe's times alone: times
+            // kept from before (when it may have been slower, the reason
+            // it was left) held its median there.
+            self.kept[usize::from(!self.on_team)] = 0;
         }
     }
 
@@ -450,12 +454,10 @@ mod tests {
             on_team <= FIRST_PROBE as usize + 6 * PROBE as usize,
             "{on_team} of {n}"
         );
-        // And back when the team is faster again.
-        drive(
-            &mut c,
-            2 * PERIOD as usize,
-            |t| if t { 35e-6 } else { 59e-6 },
-        );
+        // And back at the next probe when the team is faster again (the
+        // slow times from before do not count).
+        let back = PERIOD as usize + 2 * PROBE as usize;
+        drive(&mut c, back, |t| if t { 35e-6 } else { 59e-6 });
         assert!(c.use_team());
         // Within 3%: no flip.
         let mut c = TeamChoice::default();
