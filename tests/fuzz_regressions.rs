@@ -658,3 +658,87 @@ fn png_reference_decoder_runs_on_every_valid_seed() {
         }
     }
 }
+
+/// The request decoder's numeric fast path (`serve/numbers.rs`) against
+/// serde_json's own reading, on the valid request seeds mutated at random
+/// in the bytes numbers are made of (digits, signs, points, exponents,
+/// commas, brackets, quotes, spaces): every mutant passes the
+/// `serve_request` check (no panic; a refusal is a 4xx naming a field),
+/// and every accepted numeric request holds exactly the values serde_json
+/// reads in its `data` (as f32; within one f32 step, since serde_json's
+/// default float reading may be an ulp off in f64).
+#[test]
+fn mutated_requests_decode_as_serde_json_reads_them() {
+    use gpurt::serve::request::{decode, InputSpec, Rows};
+    const ALPHABET: &[u8] = b"0123456789-+.eE,[] \"";
+    let seeds: Vec<Vec<u8>> = ["valid-uint8.json", "valid-fp32-nested.json"]
+        .iter()
+        .map(|n| std::fs::read(fuzz_dir().join("corpus/serve_request").join(n)).unwrap())
+        .collect();
+    let spec = InputSpec::Image {
+        dims: [1, 28, 28],
+        normalizer: gpurt::data::Normalizer::identity(1),
+    };
+    let mut s = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move |n: usize| {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s % n as u64) as usize
+    };
+    let (mut accepted, mut refused) = (0, 0);
+    for round in 0..4000 {
+        let mut body = seeds[round % seeds.len()].clone();
+        for _ in 0..1 + next(4) {
+            let at = next(body.len());
+            let b = ALPHABET[next(ALPHABET.len())];
+            match next(3) {
+                0 => body[at] = b,
+                1 => body.insert(at, b),
+                _ => {
+                    body.remove(at);
+                }
+            }
+        }
+        if std::panic::catch_unwind(|| checks::serve_request(&body)).is_err() {
+            panic!(
+                "round {round}: panicked on {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        let Ok(r) = decode(&body, &spec, 16) else {
+            refused += 1;
+            continue;
+        };
+        accepted += 1;
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        fn flat(v: &serde_json::Value, out: &mut Vec<f64>) {
+            match v {
+                serde_json::Value::Array(a) => a.iter().for_each(|e| flat(e, out)),
+                serde_json::Value::Number(n) => out.push(n.as_f64().unwrap()),
+                other => panic!("accepted data holds {other}"),
+            }
+        }
+        let mut want = Vec::new();
+        flat(&v["inputs"][0]["data"], &mut want);
+        let got: Vec<f32> = match &r.rows {
+            Rows::Values(x) => x.clone(),
+            Rows::Pixels(p) => p.iter().map(|&b| f32::from(b)).collect(),
+            Rows::Texts(_) => panic!("numbers decoded as texts"),
+        };
+        assert_eq!(got.len(), want.len(), "round {round}");
+        for (g, w) in got.iter().zip(&want) {
+            // `-0` is pixel 0: equal values, not equal bits.
+            let w = *w as f32;
+            let steps = (g.to_bits() as i64 - w.to_bits() as i64).abs();
+            assert!(
+                *g == w || steps <= 1,
+                "round {round}: {g} decoded where serde_json reads {w}"
+            );
+        }
+    }
+    assert!(
+        accepted > 100 && refused > 100,
+        "{accepted} accepted, {refused} refused"
+    );
+}
