@@ -45,6 +45,11 @@ for r in $(seq 1 "$rounds"); do
     target/release/examples/serve_load --url http://127.0.0.1:18431 --model cnn \
         --requests "$requests" --label gpurt ${embed:+$embed "$run"} | tee -a "$out/results"
     embed=
+    # Whether batching happened: the round's batches and their mean size
+    # (all levels together), from the server's own metrics.
+    curl -sf http://127.0.0.1:18431/metrics | awk '
+        /^gpurt_batch_size_sum/ { s = $2 } /^gpurt_batch_size_count/ { c = $2 }
+        END { if (c > 0) printf "gpurt batches this round: %d, %.1f examples each\n", c, s / c }'
     kill -TERM $pid
     wait $pid
     GPURT_RUN=$run "$py" -m uvicorn --app-dir tools serve_torch:app --workers "$cores" \
