@@ -509,7 +509,7 @@ pub fn conv2d_forward_with(g: &Conv2dGeom, x: &[f32], w: &[f32], e: Epilogue<'_>
             let (ph, pw) = (oh / 2, ow / 2);
             for (dst, src) in y.chunks_exact_mut(ph * pw).zip(full.chunks_exact(oh * ow)) {
                 // -0.0 adds nothing, not even to -0.0.
-                super::conv2d_small::pooled_epilogue(dst, pw, src, ow, -0.0, None);
+                super::conv2d_small::epilogue(dst, pw, src, ow, -0.0, None, true);
             }
         });
     }

@@ -69,7 +69,7 @@ pub struct Epilogue<'a> {
 
 /// `y = e(conv(x, w))` for `g` (stride 1), on the calling thread: with
 /// `e.pool`, the max pools taken straight from the GEMM's output rows
-/// ([`pooled_epilogue`]). `(oh, ow)` is the convolution's output size,
+/// ([`epilogue`]). `(oh, ow)` is the convolution's output size,
 /// `y`'s already checked.
 ///
 /// Small images go [`side_by_side`] in groups: image `i` of a group sits
@@ -140,10 +140,8 @@ pub fn forward(
     }
 
     let (x_img, y_img) = (g.c_in * g.h * g.w, g.c_out * py * px);
-    let epilogue = |y: &mut [f32], wide: &[f32], b: f32| match pool {
-        true => pooled_epilogue(y, px, wide, wp, b, act),
-        false => plane_epilogue(y, ow, wide, wp, b, act),
-    };
+    let width = if pool { px } else { ow };
+    let store = |y: &mut [f32], wide: &[f32], b: f32| epilogue(y, width, wide, wp, b, act, pool);
     for (xg, yg) in x.chunks(side * x_img).zip(y.chunks_mut(side * y_img)) {
         copy_in(xg, (g.c_in, g.h, g.w), (hp, wp, ph, pw, step), src);
         let src = &*src;
@@ -168,7 +166,7 @@ pub fn forward(
                 );
                 // The member's output from this channel on (see below).
                 for (j, (co, y)) in rows.zip(y.chunks_exact_mut(plane)).enumerate() {
-                    epilogue(y, &out[j * np..], bias.map_or(0.0, |b| b[co]));
+                    store(y, &out[j * np..], bias.map_or(0.0, |b| b[co]));
                 }
             });
             continue;
@@ -179,7 +177,7 @@ pub fn forward(
                 // The rest of the output, not only this channel's: the
                 // vector reads of the last rows may run on (see
                 // `pooled_rows`).
-                epilogue(
+                store(
                     plane,
                     &out[co * np + i * step..],
                     bias.map_or(0.0, |b| b[co]),
@@ -223,7 +221,7 @@ isa::vectorized! {
     /// Copies the images `xg` (`c_in` planes of `h × w`) side by side into the
     /// padded group copy `src` (planes of `hp × wp`): pixel `(c, r, x)` of
     /// image `i` to `c·hp·wp + (r + ph)·wp + pw + i·step + x`. Compiled per
-    /// instruction set, as is [`plane_epilogue`]: in the baseline build the
+    /// instruction set, as is [`epilogue`]: in the baseline build the
     /// short rows of small images were copied one float at a time.
     fn copy_in(
         xg: &[f32],
@@ -244,52 +242,50 @@ isa::vectorized! {
 }
 
 isa::vectorized! {
-    /// Row `r` of `plane` (rows of `ow`) = `act(b + wide[r·wp..][..ow])`.
-    fn plane_epilogue(
-        plane: &mut [f32],
-        ow: usize,
-        wide: &[f32],
-        wp: usize,
-        b: f32,
-        act: Option<Activation>,
-    ) {
-        // One loop per activation, so the common ones vectorise.
-        match act {
-            None => plane_rows(plane, ow, wide, wp, |v| v + b),
-            Some(Activation::Relu) => {
-                plane_rows(plane, ow, wide, wp, |v| crate::ops::activation::relu(v + b))
-            }
-            Some(a) => plane_rows(plane, ow, wide, wp, |v| a.forward(v + b)),
-        }
-    }
-}
-
-isa::vectorized! {
-    /// Row `r` of `plane` (rows of `pw`) = the 2×2 max pool of
-    /// `act(b + wide)` over wide rows `2r` and `2r + 1` (`wp` apart): the
+    /// Row `r` of `plane` (rows of `width`) = `act(b + wide[r·wp..][..width])`
+    /// ([`plane_rows`]); or, with `pool`, the 2×2 max pool of `act(b +
+    /// wide)` over wide rows `2r` and `2r + 1` ([`pooled_rows`]): the
     /// windows' values in row-major order, a later one taking over when it
     /// [`beats`] the best so far (the first maximum, or the first NaN), so
     /// the result is bit for bit that of the activation, then
     /// `maxpool2d_forward`.
-    pub(super) fn pooled_epilogue(
+    pub(super) fn epilogue(
         plane: &mut [f32],
-        pw: usize,
+        width: usize,
         wide: &[f32],
         wp: usize,
         b: f32,
         act: Option<Activation>,
+        pool: bool,
     ) {
+        // One loop per activation, so the common ones vectorise.
         match act {
-            None => pooled_rows(plane, pw, wide, wp, |v| v + b),
-            Some(Activation::Relu) => {
-                pooled_rows(plane, pw, wide, wp, |v| crate::ops::activation::relu(v + b))
-            }
-            Some(a) => pooled_rows(plane, pw, wide, wp, |v| a.forward(v + b)),
+            None => rows(pool, plane, width, wide, wp, |v| v + b),
+            Some(Activation::Relu) => rows(pool, plane, width, wide, wp, |v| {
+                crate::ops::activation::relu(v + b)
+            }),
+            Some(a) => rows(pool, plane, width, wide, wp, |v| a.forward(v + b)),
         }
     }
 }
 
-/// [`pooled_epilogue`]'s loop, `L` windows at a time from fixed-size
+/// [`epilogue`]'s loop for one activation `f`.
+#[inline(always)]
+fn rows(
+    pool: bool,
+    plane: &mut [f32],
+    width: usize,
+    wide: &[f32],
+    wp: usize,
+    f: impl Fn(f32) -> f32,
+) {
+    match pool {
+        true => pooled_rows(plane, width, wide, wp, f),
+        false => plane_rows(plane, width, wide, wp, f),
+    }
+}
+
+/// The pooled [`epilogue`]'s loop, `L` windows at a time from fixed-size
 /// arrays (which the compiler vectorises, the stride-2 de-interleave
 /// included), stored as whole vectors as [`plane_rows`] stores them: a
 /// row of `L` or more in steps of `L`, the last one overlapping; a shorter
