@@ -622,7 +622,7 @@ pub fn run(
     cfg.train_batch = None;
     let weights = SharedWeights::from_model(&mut Classifier::new(cfg, backend)?)?;
     let x = pseudo_random(3 * 32 * 32);
-    let all = if backend.name().starts_with("cpu") {
+    let all = if backend.is_cpu() {
         rayon::current_num_threads()
     } else {
         1

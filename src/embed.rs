@@ -135,7 +135,7 @@ impl Predictor {
             out: vec![0.0; batch * weights.classes],
             parallel: false,
             team: None,
-            on_cpu: backend.name().starts_with("cpu"),
+            on_cpu: backend.is_cpu(),
         })
     }
 
