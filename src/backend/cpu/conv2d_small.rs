@@ -85,8 +85,11 @@ pub fn forward(
     e: Epilogue<'_>,
     y: &mut [f32],
 ) {
-    let Epilogue { bias, act, pool } = e;
     debug_assert!(applies(g));
+    if super::conv2d_winograd::applies(g, (oh, ow)) {
+        return super::conv2d_winograd::forward(g, (oh, ow), x, w, e, y);
+    }
+    let Epilogue { bias, act, pool } = e;
     // What each output channel's plane holds, and how it is written.
     let (py, px) = if pool { (oh / 2, ow / 2) } else { (oh, ow) };
     let (ph, pw) = g.pad;

@@ -12,6 +12,7 @@ pub mod conv2d;
 mod conv2d_layout;
 pub mod conv2d_small;
 mod conv2d_wgrad;
+mod conv2d_winograd;
 pub mod cross_entropy;
 pub mod dropout;
 pub mod elementwise;
