@@ -231,7 +231,8 @@ fn fusion_leaves_no_dead_nodes() {
 
 /// `conv_max_pool` (the CPU's pooled convolution): conv2d (+ bias) (+ an
 /// activation) then a 2×2 max pool, fused, gives the unfused result bit
-/// for bit: random geometries with odd sizes, stride 1 (pooled from the
+/// for bit where both run the implicit GEMM (fewer than 16 channels: the
+/// Winograd path is checked below): random geometries with odd sizes, stride 1 (pooled from the
 /// GEMM's rows, on one thread and over the pool, one image and several
 /// side by side) and stride 2 (pooled from a buffer), every activation,
 /// and NaN inputs (the first NaN of a window wins, as in max_pool2d).
@@ -312,6 +313,82 @@ fn conv_max_pool_equals_conv_then_pool_bit_for_bit() {
         fused_cases >= 100 && nan_cases >= 15,
         "{fused_cases} / {nan_cases}"
     );
+}
+
+/// Pooled convolutions the CPU runs with Winograd F(2×2, 3×3) (3×3,
+/// stride 1, 16 channels or more, enough images): fused, they agree with
+/// conv-then-pool (the implicit GEMM) and with the f64 reference up to
+/// f32 rounding, NaN windows included; odd and padded sizes, a large
+/// image (bands of tile rows), one thread's batch and the pool's groups.
+#[test]
+fn conv_max_pool_on_the_winograd_path_agrees_with_conv_then_pool() {
+    use gpurt::graph::fuse::{fuse_with, FuseExtras};
+    use gpurt::ops::{ConvParams, PoolParams};
+    let extras = FuseExtras {
+        conv_max_pool: true,
+    };
+    let mut r = rng(78);
+    let cases: [(usize, usize, usize, usize, usize, usize); 5] = [
+        (32, 32, 64, 13, 13, 0),
+        (24, 16, 17, 15, 15, 0),
+        (48, 17, 16, 9, 10, 1),
+        (4, 16, 16, 34, 30, 1),
+        (192, 16, 24, 6, 7, 0),
+    ];
+    for (case, (n, c_in, c_out, h, w, pad)) in cases.into_iter().enumerate() {
+        let act = [Some(Activation::Relu), None, Some(Activation::Tanh)][case % 3];
+        let mut g = Graph::new(false);
+        let x = g.input("x", [n, c_in, h, w], DType::F32).unwrap();
+        let wt = g.param("w", [c_out, c_in, 3, 3]).unwrap();
+        let b = g.param("b", [c_out]).unwrap();
+        let p = ConvParams {
+            stride: (1, 1),
+            pad: (pad, pad),
+            dilation: (1, 1),
+        };
+        let mut y = g.conv2d(x, wt, Some(b), p).unwrap();
+        if let Some(a) = act {
+            y = g.act(a, y).unwrap();
+        }
+        let y = g.max_pool2d(y, PoolParams::square(2)).unwrap();
+        g.set_output("y", y);
+        let clean = random_data(&g, &mut r, 1);
+        let mut with_nan = clean.clone();
+        let xd = with_nan.get_mut(&x).unwrap();
+        for i in (0..xd.len()).step_by(997) {
+            xd[i] = f64::NAN;
+        }
+        let mut f = g.clone();
+        let fusions = fuse_with(&mut f, extras);
+        assert!(
+            fusions.iter().any(|f| f.rule == "conv_max_pool"),
+            "case {case}: not fused: {fusions:?}"
+        );
+        // Clean data: against the f64 reference and the unfused graph.
+        let got = &run_cpu(&f, &clean, &Scalars::new())["y"];
+        let vals = crate::common::reference::eval_f64(&f, &clean, &Default::default());
+        let exact = &vals[f.output("y").unwrap().0 as usize];
+        assert_close(&format!("case {case}: f64 reference"), got, exact, 1e-5);
+        let want = &run_cpu(&g, &clean, &Scalars::new())["y"];
+        assert_close(&format!("case {case}: fused vs unfused"), got, want, 1e-5);
+        // NaN inputs: the same windows NaN, the rest as close.
+        let got = &run_cpu(&f, &with_nan, &Scalars::new())["y"];
+        let want = &run_cpu(&g, &with_nan, &Scalars::new())["y"];
+        let nan = |v: &[f64]| v.iter().map(|x| x.is_nan()).collect::<Vec<_>>();
+        assert_eq!(nan(want), nan(got), "case {case}: NaN windows");
+        assert!(nan(got).iter().any(|&b| b), "case {case}: no NaN window");
+        let finite = |v: &[f64]| {
+            v.iter()
+                .map(|&x| if x.is_nan() { 0.0 } else { x })
+                .collect::<Vec<_>>()
+        };
+        assert_close(
+            &format!("case {case}: fused vs unfused, NaN inputs"),
+            &finite(got),
+            &finite(want),
+            1e-5,
+        );
+    }
 }
 
 /// The pooled convolution needs the pool's indices unread: a training

@@ -86,7 +86,7 @@ pub fn forward(
     y: &mut [f32],
 ) {
     debug_assert!(applies(g));
-    if super::conv2d_winograd::applies(g, (oh, ow)) {
+    if super::conv2d_winograd::applies(g, (oh, ow), e.pool) {
         return super::conv2d_winograd::forward(g, (oh, ow), x, w, e, y);
     }
     let Epilogue { bias, act, pool } = e;
