@@ -60,6 +60,8 @@ impl Model {
             max_delay: limits.max_delay,
             test_batch_delay: limits.test_batch_delay,
             solo_us: AtomicU64::new(0),
+            last_batch_us: AtomicU64::new(0),
+            epoch: Shared::quiet_epoch(),
         });
         let mut seats = Vec::new();
         let mut handles = Vec::new();
