@@ -8,7 +8,11 @@
 # for. Both servers get every core: gpurt one worker per core, uvicorn one
 # process per core with one torch thread each.
 #
-#   tools/serve-compare.sh [ROUNDS] [REQUESTS]      (defaults: 2, 3000)
+#   tools/serve-compare.sh [ROUNDS] [REQUESTS]      (defaults: 2, 20000)
+#
+# 20000 requests a level: with 8000 (a third of a second at concurrency
+# 64) the batching ratio per round spread from 2.56 to 3.43 on a 2-core
+# VM; with 20000 from 3.05 to 3.31.
 #
 # RUN=DIR serves an existing cnn run; otherwise one is trained (1 epoch on
 # the bundled MNIST). Needs the peer venv (../shared/peers/setup.sh makes
@@ -18,7 +22,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-2}
-requests=${2:-3000}
+requests=${2:-20000}
 py=${PEERS_PYTHON:-/tmp/peers-venv/bin/python}
 cores=$(nproc)
 out=$(mktemp -d)
