@@ -87,7 +87,8 @@ pub fn forward(
 ) {
     debug_assert!(applies(g));
     if super::conv2d_winograd::applies(g, (oh, ow), e.pool) {
-        return super::conv2d_winograd::forward(g, (oh, ow), x, w, e, y);
+        let epilogue = (e.bias, e.act);
+        return super::conv2d_winograd::forward_pooled(g, (oh, ow), [x, w], epilogue, y);
     }
     let Epilogue { bias, act, pool } = e;
     // What each output channel's plane holds, and how it is written.

@@ -24,7 +24,7 @@
 //! differs from the direct convolution's (the transforms add and halve)
 //! within f32 noise: the fused pool equals conv-then-pool up to it.
 
-use super::conv2d_small::{copy_short, Epilogue};
+use super::conv2d_small::copy_short;
 use super::isa;
 use super::pool::beats;
 use super::small_gemm::{gemm_windows, padded};
@@ -58,7 +58,7 @@ thread_local! {
     static OFFSETS: Cell<Vec<usize>> = const { Cell::new(Vec::new()) };
 }
 
-/// Does [`forward`] take this convolution? A fused 2×2 max pool
+/// Does [`forward_pooled`] take this convolution? A fused 2×2 max pool
 /// (`pool`), 3×3 kernels at stride and dilation 1, enough channels, and
 /// enough pool windows in the call for whole register tiles in the GEMMs
 /// (batch-1 inference stays direct).
@@ -72,17 +72,17 @@ pub fn applies(g: &Conv2dGeom, (oh, ow): (usize, usize), pool: bool) -> bool {
         && g.n * (oh / 2) * (ow / 2) >= MIN_TILES
 }
 
-/// `y = e(conv(x, w))` for `g` (see [`applies`]), on the calling thread;
-/// `(oh, ow)` is the convolution's output size, `y`'s already checked.
-pub fn forward(
+/// `y = pool(act(conv(x, w) + bias))` for `g` (see [`applies`]), on the
+/// calling thread: `(oh, ow)` is the convolution's output size, `y` the
+/// pooled output (`n × c_out × oh/2 × ow/2`), its length already checked.
+pub fn forward_pooled(
     g: &Conv2dGeom,
     (oh, ow): (usize, usize),
-    x: &[f32],
-    w: &[f32],
-    e: Epilogue<'_>,
+    [x, w]: [&[f32]; 2],
+    (bias, act): (Option<&[f32]>, Option<Activation>),
     y: &mut [f32],
 ) {
-    debug_assert!(applies(g, (oh, ow), e.pool));
+    debug_assert!(applies(g, (oh, ow), true));
     let (th, tw) = (oh / 2, ow / 2);
     if th * tw == 0 || y.is_empty() {
         return;
@@ -163,9 +163,9 @@ pub fn forward(
             }
             for (i, yi) in yg.chunks_exact_mut(y_img).enumerate() {
                 for (co, dst) in yi.chunks_exact_mut(plane).enumerate() {
-                    let b = e.bias.map_or(0.0, |b| b[co]);
+                    let b = bias.map_or(0.0, |b| b[co]);
                     let src = &m[co * ps + i * cols..];
-                    output_tiles(src, c_out * ps, (t, cols), b, e.act, out);
+                    output_tiles(src, c_out * ps, (t, cols), b, act, out);
                     for ty in rows.clone() {
                         let local = (ty - rows.start) * t.s;
                         copy_short(&mut dst[ty * tw..][..tw], &out[local..][..tw]);
@@ -478,12 +478,8 @@ mod tests {
             let tol = 1e-5 * ((c_in * 9) as f64).sqrt();
             let (py, px) = (oh / 2, ow / 2);
             let mut y = vec![0.0f32; g.n * c_out * py * px];
-            let e = Epilogue {
-                bias: Some(&bias),
-                act: Some(Activation::Relu),
-                pool: true,
-            };
-            forward(&g, (oh, ow), &x, &wt, e, &mut y);
+            let epilogue = (Some(&bias[..]), Some(Activation::Relu));
+            forward_pooled(&g, (oh, ow), [&x, &wt], epilogue, &mut y);
             for (p, (plane, fp)) in y.chunks(py * px).zip(want.chunks(oh * ow)).enumerate() {
                 for r in 0..py {
                     for c in 0..px {
