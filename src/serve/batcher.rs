@@ -288,7 +288,7 @@ impl Shared {
 
     /// Whether a lone request may run on the HTTP thread: its runs are
     /// short and the workers have been quiet for [`QUIET_US`].
-    pub fn solo_is_short(&self) -> bool {
+    pub fn may_run_alone(&self) -> bool {
         let now = self.now_us();
         self.solo_us.load(Ordering::Relaxed) <= ALONE_MAX_US
             && now.saturating_sub(self.last_batch_us.load(Ordering::Relaxed)) >= QUIET_US
@@ -476,16 +476,16 @@ mod tests {
             last_batch_us: AtomicU64::new(0),
             epoch: Shared::quiet_epoch(),
         };
-        assert!(s.solo_is_short(), "no run yet: try the fast path once");
+        assert!(s.may_run_alone(), "no run yet: try the fast path once");
         s.solo_us.store(ALONE_MAX_US + 1, Ordering::Relaxed);
-        assert!(!s.solo_is_short());
+        assert!(!s.may_run_alone());
         s.note_solo(Instant::now());
-        assert!(s.solo_is_short());
+        assert!(s.may_run_alone());
         // A queued batch just started: the workers are not quiet.
         s.note_batch();
-        assert!(!s.solo_is_short());
+        assert!(!s.may_run_alone());
         std::thread::sleep(Duration::from_micros(2 * QUIET_US));
-        assert!(s.solo_is_short());
+        assert!(s.may_run_alone());
     }
 
     #[test]

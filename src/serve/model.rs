@@ -121,7 +121,7 @@ impl Model {
         payload: &Payload,
         n: usize,
     ) -> Option<std::result::Result<Answer, String>> {
-        if n != 1 || !self.shared.test_batch_delay.is_zero() || !self.shared.solo_is_short() {
+        if n != 1 || !self.shared.test_batch_delay.is_zero() || !self.shared.may_run_alone() {
             return None;
         }
         let idle = self.shared.in_flight.load(Ordering::Acquire) <= 1

@@ -231,10 +231,10 @@ fn fusion_leaves_no_dead_nodes() {
 
 /// `conv_max_pool` (the CPU's pooled convolution): conv2d (+ bias) (+ an
 /// activation) then a 2×2 max pool, fused, gives the unfused result bit
-/// for bit where both run the implicit GEMM (fewer than 16 channels: the
-/// Winograd path is checked below): random geometries with odd sizes, stride 1 (pooled from the
-/// GEMM's rows, on one thread and over the pool, one image and several
-/// side by side) and stride 2 (pooled from a buffer), every activation,
+/// for bit where both run the implicit GEMM (fewer than 16 channels; the
+/// Winograd path is checked below): random geometries with odd sizes,
+/// stride 1 (pooled from the GEMM's rows, on one thread and over the
+/// pool, one image and several side by side) and stride 2 (pooled from a buffer), every activation,
 /// and NaN inputs (the first NaN of a window wins, as in max_pool2d).
 #[test]
 fn conv_max_pool_equals_conv_then_pool_bit_for_bit() {
@@ -319,7 +319,8 @@ fn conv_max_pool_equals_conv_then_pool_bit_for_bit() {
 /// stride 1, 16 channels or more, enough images): fused, they agree with
 /// conv-then-pool (the implicit GEMM) and with the f64 reference up to
 /// f32 rounding, NaN windows included; odd and padded sizes, a large
-/// image (bands of tile rows), one thread's batch and the pool's groups.
+/// image (bands of tile rows), the pool's groups of one to 24 images (the
+/// unit test beside the kernel calls it with whole batches).
 #[test]
 fn conv_max_pool_on_the_winograd_path_agrees_with_conv_then_pool() {
     use gpurt::graph::fuse::{fuse_with, FuseExtras};

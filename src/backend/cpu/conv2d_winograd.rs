@@ -49,8 +49,9 @@ const MIN_CHANNELS: usize = 16;
 const MIN_TILES: usize = 96;
 
 /// GEMM columns per band of tile rows when one image has more than
-/// [`CHUNK_TILES`]: narrower bands made the GEMMs too narrow (a 32×32
-/// image: 34 columns, +16%), wider ones left L2.
+/// [`CHUNK_TILES`]. Measured on a 32×32 32->64 layer (one AVX-512 thread,
+/// per image): bands of 34 columns 176 µs (GEMMs too narrow), of 153
+/// columns 151 µs, the whole 272-column image 162 µs (out of L2).
 const BAND_TILES: usize = 160;
 
 thread_local! {
@@ -165,7 +166,7 @@ pub fn forward_pooled(
                 for (co, dst) in yi.chunks_exact_mut(plane).enumerate() {
                     let b = bias.map_or(0.0, |b| b[co]);
                     let src = &m[co * ps + i * cols..];
-                    output_tiles(src, c_out * ps, (t, cols), b, act, out);
+                    output_tiles(src, c_out * ps, cols, b, act, out);
                     for ty in rows.clone() {
                         let local = (ty - rows.start) * t.s;
                         copy_short(&mut dst[ty * tw..][..tw], &out[local..][..tw]);
@@ -213,8 +214,8 @@ impl Tiles {
 
 isa::vectorized! {
     /// `U[ξ][co][ci] = (G g Gᵀ)[ξ]` for every 3×3 filter `g = w[co][ci]`,
-    /// `G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1]`, `L` filters at a time (one at a
-    /// time, the transform cost a batch-32 call of a 32->64 layer 16 us).
+    /// `G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1]`, `L` filters at a time. Once per
+    /// call, shared by the call's images: at batch 4 it was 6% of the time.
     fn filters(w: &[f32], c_out: usize, c_in: usize, u: &mut [f32]) {
         let count = c_out * c_in;
         for f0 in (0..count).step_by(L) {
@@ -341,17 +342,17 @@ isa::vectorized! {
     fn output_tiles(
         m: &[f32],
         stride: usize,
-        tc: (Tiles, usize),
+        cols: usize,
         b: f32,
         act: Option<Activation>,
         out: &mut [f32],
     ) {
         match act {
-            None => outputs(m, stride, tc.1, out, |v| v + b),
-            Some(Activation::Relu) => outputs(m, stride, tc.1, out, |v| {
+            None => outputs(m, stride, cols, out, |v| v + b),
+            Some(Activation::Relu) => outputs(m, stride, cols, out, |v| {
                 crate::ops::activation::relu(v + b)
             }),
-            Some(a) => outputs(m, stride, tc.1, out, |v| a.forward(v + b)),
+            Some(a) => outputs(m, stride, cols, out, |v| a.forward(v + b)),
         }
     }
 }
