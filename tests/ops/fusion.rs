@@ -234,8 +234,9 @@ fn fusion_leaves_no_dead_nodes() {
 /// for bit where both run the implicit GEMM (fewer than 16 channels; the
 /// Winograd path is checked below): random geometries with odd sizes,
 /// stride 1 (pooled from the GEMM's rows, on one thread and over the
-/// pool, one image and several side by side) and stride 2 (pooled from a buffer), every activation,
-/// and NaN inputs (the first NaN of a window wins, as in max_pool2d).
+/// pool, one image and several side by side) and stride 2 (pooled from a
+/// buffer), every activation, and NaN inputs (the first NaN of a window
+/// wins, as in max_pool2d).
 #[test]
 fn conv_max_pool_equals_conv_then_pool_bit_for_bit() {
     use gpurt::graph::fuse::{fuse_with, FuseExtras};
